@@ -1,0 +1,51 @@
+"""The whole mesh at one moment: what one good configuration says.
+
+:class:`Mesh` is the single value handed from the config layer to
+translation. Its collections are tuples sorted by key; the lookup helpers
+build their indexes lazily once per instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+from controlplane.model.gateway import Gateway
+from controlplane.model.policy import DestinationPolicy
+from controlplane.model.routing import VirtualService
+from controlplane.model.service import Labels, Service, labels_match
+
+
+@dataclass(frozen=True)
+class Mesh:
+    services: tuple[Service, ...] = ()
+    destination_policies: tuple[DestinationPolicy, ...] = ()
+    virtual_services: tuple[VirtualService, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
+
+    @cached_property
+    def services_by_host(self) -> Mapping[str, Service]:
+        return {s.host: s for s in self.services}
+
+    @cached_property
+    def policies_by_host(self) -> Mapping[str, DestinationPolicy]:
+        return {p.host: p for p in self.destination_policies}
+
+    @cached_property
+    def gateways_by_key(self) -> Mapping[str, Gateway]:
+        return {g.key: g for g in self.gateways}
+
+    def service(self, host: str) -> Service | None:
+        return self.services_by_host.get(host)
+
+    def policy(self, host: str) -> DestinationPolicy | None:
+        return self.policies_by_host.get(host)
+
+    def virtual_services_for_gateway(self, gateway: str) -> tuple[VirtualService, ...]:
+        """VirtualServices bound to ``gateway`` (``"mesh"`` or ``"namespace/name"``)."""
+        return tuple(vs for vs in self.virtual_services if gateway in vs.gateways)
+
+    def gateways_for(self, node_labels: Labels) -> tuple[Gateway, ...]:
+        """Gateways whose selector matches a gateway proxy with ``node_labels``."""
+        return tuple(g for g in self.gateways if g.selector and labels_match(g.selector, node_labels))

@@ -1,0 +1,113 @@
+"""Services, their ports and their endpoints.
+
+A :class:`Service` is what a Kubernetes ``Service`` plus the
+``WorkloadEntry`` objects it selects, or an Istio ``ServiceEntry``, becomes:
+one host with ports, and per port the endpoints that serve it (the endpoint
+port can differ per service port, through ``targetPort`` or a workload's
+named ports).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+Labels = tuple[tuple[str, str], ...]
+"""A label set as a tuple of ``(key, value)`` pairs sorted by key."""
+
+
+def labels_match(selector: Labels, labels: Labels) -> bool:
+    """True when every pair of ``selector`` is in ``labels`` (an empty selector matches all)."""
+    if not selector:
+        return True
+    have = dict(labels)
+    return all(have.get(k) == v for k, v in selector)
+
+
+class Protocol(enum.Enum):
+    HTTP = "HTTP"
+    HTTP2 = "HTTP2"
+    GRPC = "GRPC"
+    HTTPS = "HTTPS"
+    TLS = "TLS"
+    TCP = "TCP"
+    UDP = "UDP"
+    MONGO = "MONGO"
+    REDIS = "REDIS"
+    MYSQL = "MYSQL"
+
+    @property
+    def is_http(self) -> bool:
+        return self in (Protocol.HTTP, Protocol.HTTP2, Protocol.GRPC)
+
+
+class Resolution(enum.Enum):
+    STATIC = "STATIC"
+    DNS = "DNS"
+    DNS_ROUND_ROBIN = "DNS_ROUND_ROBIN"
+    NONE = "NONE"
+
+
+@dataclass(frozen=True, slots=True)
+class Locality:
+    region: str = ""
+    zone: str = ""
+    subzone: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Locality:
+        """Parse Istio's ``region/zone/subzone`` form (trailing parts optional)."""
+        parts = [*text.split("/"), "", ""]
+        return cls(parts[0], parts[1], parts[2])
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.region, self.zone, self.subzone) if p)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str
+    port: int
+    labels: Labels = ()
+    weight: int = 1
+    locality: Locality = Locality()
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: Protocol
+    target_port: int | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One host of the mesh.
+
+    ``endpoints`` holds, per service port number, the endpoints sorted by
+    address then port. ``source`` says which resource made it
+    (``"Service default/reviews"``, ``"ServiceEntry default/httpbin"``).
+    """
+
+    host: str
+    namespace: str
+    name: str
+    ports: tuple[ServicePort, ...]
+    endpoints: tuple[tuple[int, tuple[Endpoint, ...]], ...]
+    resolution: Resolution = Resolution.STATIC
+    addresses: tuple[str, ...] = ()
+    mesh_external: bool = False
+    source: str = ""
+
+    def port(self, number: int) -> ServicePort | None:
+        for p in self.ports:
+            if p.port == number:
+                return p
+        return None
+
+    def endpoints_for(self, port: int) -> tuple[Endpoint, ...]:
+        for number, endpoints in self.endpoints:
+            if number == port:
+                return endpoints
+        return ()
