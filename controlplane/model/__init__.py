@@ -12,6 +12,7 @@ from controlplane.model.names import DEFAULT_DOMAIN, fqdn, host_aliases
 from controlplane.model.policy import (
     ConnectionPool,
     ConsistentHash,
+    DestinationPolicy,
     HttpConnectionPool,
     LoadBalancer,
     LoadBalancerKind,
@@ -20,7 +21,6 @@ from controlplane.model.policy import (
     Subset,
     TcpConnectionPool,
     TrafficPolicy,
-    DestinationPolicy,
 )
 from controlplane.model.routing import (
     Abort,

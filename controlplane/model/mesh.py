@@ -48,4 +48,6 @@ class Mesh:
 
     def gateways_for(self, node_labels: Labels) -> tuple[Gateway, ...]:
         """Gateways whose selector matches a gateway proxy with ``node_labels``."""
-        return tuple(g for g in self.gateways if g.selector and labels_match(g.selector, node_labels))
+        return tuple(
+            g for g in self.gateways if g.selector and labels_match(g.selector, node_labels)
+        )

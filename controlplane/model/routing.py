@@ -156,7 +156,10 @@ class TcpRoute:
 
 @dataclass(frozen=True, slots=True)
 class VirtualService:
-    """A ``VirtualService``; ``hosts`` are FQDNs, ``gateways`` are ``namespace/name`` or ``mesh``."""
+    """A ``VirtualService``.
+
+    ``hosts`` are FQDNs; ``gateways`` are ``namespace/name`` or ``mesh``.
+    """
 
     namespace: str
     name: str

@@ -1,0 +1,171 @@
+"""One file in, validated resources and findings out.
+
+:func:`read_text` parses a file's text and turns every document into a
+:class:`~controlplane.config.resources.Resource`: first the envelope
+(apiVersion, kind, metadata), then the structural schema check, then the
+kind's converter. A document with errors yields no resource; the file as a
+whole is usable only when it has no errors at all (see
+:class:`FileResult.ok`). Everything here depends on the file's text alone,
+so results are cached by content and can be computed in worker processes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.config import gateways, policies, routing, services
+from controlplane.config.diagnostics import Finding
+from controlplane.config.istio_schema import KINDS, TOP_LEVEL_FIELDS
+from controlplane.config.report import Reporter
+from controlplane.config.resources import Meta, Resource, Spec
+from controlplane.config.schema import check_message, suggest
+from controlplane.config.yamlsource import Document, YamlSyntaxError, parse
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """What one file's text says: its resources and the findings against it."""
+
+    file: str
+    resources: tuple[Resource, ...]
+    findings: tuple[Finding, ...]
+    syntax_error: tuple[int, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.is_error for f in self.findings)
+
+
+def _convert_service(spec: dict[str, Any], ns: str, name: str, report: Reporter) -> Spec:
+    return services.kube_service(spec, report)
+
+
+def _convert_workload(spec: dict[str, Any], ns: str, name: str, report: Reporter) -> Spec:
+    return services.workload(spec, ("spec",), report)
+
+
+def _convert_service_entry(spec: dict[str, Any], ns: str, name: str, report: Reporter) -> Spec:
+    return services.service_entry(spec, report)
+
+
+_CONVERTERS: dict[str, Callable[[dict[str, Any], str, str, Reporter], Spec]] = {
+    "Service": _convert_service,
+    "WorkloadEntry": _convert_workload,
+    "ServiceEntry": _convert_service_entry,
+    "VirtualService": routing.virtual_service,
+    "DestinationRule": policies.destination_rule,
+    "Gateway": gateways.gateway,
+}
+
+
+def read_text(file: str, text: str) -> FileResult:
+    """Parse and validate every document of ``text`` (the content of ``file``)."""
+    try:
+        documents = parse(text)
+    except YamlSyntaxError as exc:
+        finding = Finding("PF100", file, 0, (), "", str(exc))
+        return FileResult(file, (), (finding,), (exc.line, exc.column))
+    resources: list[Resource] = []
+    findings: list[Finding] = []
+    for document in documents:
+        resource = read_document(file, document, findings)
+        if resource is not None:
+            resources.append(resource)
+    return FileResult(file, tuple(resources), tuple(findings))
+
+
+def read_document(file: str, document: Document, findings: list[Finding]) -> Resource | None:
+    data = document.data
+    report = Reporter(file, document.index, "")
+    try:
+        return _read(data, document, report)
+    finally:
+        findings.extend(report.findings)
+
+
+def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
+    if not isinstance(data, dict):
+        report.error("PF101", (), "a document must be a mapping with apiVersion, kind and metadata")
+        return None
+    kind, api_version = data.get("kind"), data.get("apiVersion")
+    if not isinstance(kind, str) or not kind:
+        report.error("PF101", ("kind",), "the document has no kind")
+        return None
+    if not isinstance(api_version, str) or not api_version:
+        report.error("PF101", ("apiVersion",), "the document has no apiVersion")
+        return None
+    if kind not in KINDS:
+        report.error(
+            "PF102",
+            ("kind",),
+            f"unknown kind {kind!r}; Pilotfish reads {', '.join(sorted(KINDS))}"
+            f"{suggest(kind, list(KINDS))}",
+        )
+        return None
+    versions, message = KINDS[kind]
+    if api_version not in versions:
+        report.error(
+            "PF103",
+            ("apiVersion",),
+            f"apiVersion {api_version!r} is not valid for {kind}; use {' or '.join(versions)}",
+        )
+        return None
+    metadata = data.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    namespace = (
+        metadata.get("namespace") if isinstance(metadata, dict) else None
+    ) or DEFAULT_NAMESPACE
+    report.resource = f"{kind} {namespace}/{name}" if isinstance(name, str) else kind
+    for key in data:
+        if key not in TOP_LEVEL_FIELDS:
+            report.error(
+                "PF110",
+                (key,),
+                f"unknown top-level field {key!r}{suggest(key, list(TOP_LEVEL_FIELDS))}",
+            )
+    if metadata is None:
+        report.error("PF104", ("metadata",), "the document has no metadata; add metadata.name")
+        return None
+    check_message(metadata, "ObjectMeta", ("metadata",), report)
+    if report.failed:
+        return None
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
+        report.error(
+            "PF104",
+            ("metadata", "name"),
+            f"metadata.name {name!r} must be a lowercase DNS name (a-z, 0-9, '-', '.')",
+        )
+    if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace) or len(namespace) > 63:
+        report.error(
+            "PF104",
+            ("metadata", "namespace"),
+            f"metadata.namespace {namespace!r} must be a lowercase DNS label (a-z, 0-9, '-')",
+        )
+    spec = data.get("spec")
+    if spec is None:
+        report.error("PF113", ("spec",), f"a {kind} needs a spec")
+        return None
+    check_message(spec, message, ("spec",), report)
+    if report.failed:
+        return None
+    converted = _CONVERTERS[kind](spec, namespace, name, report)  # type: ignore[arg-type]
+    if report.failed:
+        return None
+    labels = metadata.get("labels") or {}
+    meta = Meta(
+        kind=kind,
+        namespace=namespace,
+        name=name,  # type: ignore[arg-type]
+        file=report.file,
+        doc=document.index,
+        line=document.line,
+        labels=tuple(sorted(labels.items())),
+    )
+    return Resource(meta, converted)

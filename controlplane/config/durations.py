@@ -1,0 +1,44 @@
+"""Istio durations: ``1.5s``, ``100ms``, ``1m30s``, ``2h``.
+
+Istio's YAML accepts Go-style duration strings (a sequence of decimal
+numbers, each with a unit: h, m, s, ms, us or µs, ns). Negative durations
+are not valid anywhere in the networking API.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ns": 1e-9,
+}
+_cache: dict[str, timedelta | None] = {}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """The duration ``text`` denotes, or None when it is not a valid Istio duration."""
+    try:
+        return _cache[text]
+    except KeyError:
+        pass
+    result: timedelta | None = None
+    position, seconds = 0, 0.0
+    for match in _PART.finditer(text):
+        if match.start() != position:
+            break
+        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    else:
+        if position and position == len(text):
+            result = timedelta(seconds=seconds)
+    if len(_cache) < 10_000:
+        _cache[text] = result
+    return result

@@ -1,0 +1,204 @@
+"""DestinationRule documents -> :class:`controlplane.model.DestinationPolicy`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.config.durations import parse_duration
+from controlplane.config.report import Path, Reporter
+from controlplane.model import (
+    ConnectionPool,
+    ConsistentHash,
+    DestinationPolicy,
+    HttpConnectionPool,
+    LoadBalancer,
+    LoadBalancerKind,
+    OutlierDetection,
+    PortTrafficPolicy,
+    Subset,
+    TcpConnectionPool,
+    TrafficPolicy,
+    fqdn,
+)
+
+_SIMPLE = {
+    "ROUND_ROBIN": LoadBalancerKind.ROUND_ROBIN,
+    "RANDOM": LoadBalancerKind.RANDOM,
+    "LEAST_REQUEST": LoadBalancerKind.LEAST_REQUEST,
+    "LEAST_CONN": LoadBalancerKind.LEAST_REQUEST,
+    "PASSTHROUGH": LoadBalancerKind.PASSTHROUGH,
+}
+
+
+def _dur(value: str | None) -> Any:
+    return parse_duration(value) if value is not None else None
+
+
+def _load_balancer(value: dict[str, Any], path: Path, report: Reporter) -> LoadBalancer | None:
+    simple = value.get("simple")
+    hashing = value.get("consistentHash")
+    if hashing is not None:
+        keys = [
+            k
+            for k in ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
+            if hashing.get(k) is not None
+        ]
+        if not keys:
+            report.error(
+                "PF113",
+                (*path, "consistentHash"),
+                "consistentHash needs one of httpHeaderName, httpCookie, useSourceIp, "
+                "httpQueryParameterName",
+            )
+            return None
+        cookie = hashing.get("httpCookie") or {}
+        if hashing.get("httpCookie") is not None and not cookie.get("name"):
+            report.error(
+                "PF113",
+                (*path, "consistentHash", "httpCookie", "name"),
+                "a hash cookie needs a name",
+            )
+        ring = (hashing.get("ringHash") or {}).get("minimumRingSize") or hashing.get(
+            "minimumRingSize"
+        )
+        return LoadBalancer(
+            LoadBalancerKind.CONSISTENT_HASH,
+            ConsistentHash(
+                http_header_name=hashing.get("httpHeaderName"),
+                http_cookie_name=cookie.get("name"),
+                http_cookie_path=cookie.get("path"),
+                http_cookie_ttl=_dur(cookie.get("ttl")),
+                use_source_ip=bool(hashing.get("useSourceIp")),
+                http_query_parameter_name=hashing.get("httpQueryParameterName"),
+                minimum_ring_size=ring,
+            ),
+        )
+    if simple is None or simple == "UNSPECIFIED":
+        return None
+    return LoadBalancer(_SIMPLE[simple])
+
+
+def _connection_pool(value: dict[str, Any]) -> ConnectionPool:
+    tcp = value.get("tcp")
+    http = value.get("http")
+    return ConnectionPool(
+        tcp=TcpConnectionPool(
+            max_connections=tcp.get("maxConnections"),
+            connect_timeout=_dur(tcp.get("connectTimeout")),
+        )
+        if tcp
+        else None,
+        http=HttpConnectionPool(
+            http1_max_pending_requests=http.get("http1MaxPendingRequests"),
+            http2_max_requests=http.get("http2MaxRequests"),
+            max_requests_per_connection=http.get("maxRequestsPerConnection"),
+            max_retries=http.get("maxRetries"),
+            idle_timeout=_dur(http.get("idleTimeout")),
+        )
+        if http
+        else None,
+    )
+
+
+def _outlier(value: dict[str, Any], path: Path, report: Reporter) -> OutlierDetection:
+    percent = value.get("maxEjectionPercent")
+    if percent is not None and not 0 <= percent <= 100:
+        report.error("PF114", (*path, "maxEjectionPercent"), f"{percent} is not a percentage 0-100")
+    return OutlierDetection(
+        consecutive_5xx_errors=value.get("consecutive5xxErrors"),
+        consecutive_gateway_errors=value.get("consecutiveGatewayErrors"),
+        interval=_dur(value.get("interval")),
+        base_ejection_time=_dur(value.get("baseEjectionTime")),
+        max_ejection_percent=percent,
+    )
+
+
+def traffic_policy(value: dict[str, Any], path: Path, report: Reporter) -> TrafficPolicy:
+    levels: list[PortTrafficPolicy] = []
+    seen: set[int] = set()
+    for index, level in enumerate(value.get("portLevelSettings") or ()):
+        here = (*path, "portLevelSettings", index)
+        port = ((level or {}).get("port") or {}).get("number")
+        if port is None:
+            report.error(
+                "PF113", (*here, "port", "number"), "a port-level setting needs a port number"
+            )
+            continue
+        if port in seen:
+            report.error("PF114", (*here, "port", "number"), f"port {port} is configured twice")
+        seen.add(port)
+        levels.append(
+            PortTrafficPolicy(
+                port=port,
+                load_balancer=_load_balancer(level["loadBalancer"], (*here, "loadBalancer"), report)
+                if level.get("loadBalancer")
+                else None,
+                connection_pool=_connection_pool(level["connectionPool"])
+                if level.get("connectionPool")
+                else None,
+                outlier_detection=_outlier(
+                    level["outlierDetection"], (*here, "outlierDetection"), report
+                )
+                if level.get("outlierDetection")
+                else None,
+            )
+        )
+    return TrafficPolicy(
+        load_balancer=_load_balancer(value["loadBalancer"], (*path, "loadBalancer"), report)
+        if value.get("loadBalancer")
+        else None,
+        connection_pool=_connection_pool(value["connectionPool"])
+        if value.get("connectionPool")
+        else None,
+        outlier_detection=_outlier(value["outlierDetection"], (*path, "outlierDetection"), report)
+        if value.get("outlierDetection")
+        else None,
+        port_level=tuple(sorted(levels, key=lambda p: p.port)),
+    )
+
+
+def destination_rule(
+    spec: dict[str, Any], namespace: str, name: str, report: Reporter
+) -> DestinationPolicy:
+    host = spec.get("host")
+    if not host:
+        report.error("PF113", ("spec", "host"), "a DestinationRule needs a host")
+        host = ""
+    subsets: list[Subset] = []
+    first: dict[str, int] = {}
+    for index, subset in enumerate(spec.get("subsets") or ()):
+        here: Path = ("spec", "subsets", index)
+        subset = subset or {}
+        subset_name = subset.get("name")
+        if not subset_name:
+            report.error("PF113", (*here, "name"), "a subset needs a name")
+            continue
+        if subset_name in first:
+            report.error(
+                "PF119",
+                (*here, "name"),
+                f"subset {subset_name!r} is already defined at spec.subsets[{first[subset_name]}]; "
+                "subset names must be unique",
+            )
+            continue
+        first[subset_name] = index
+        policy = subset.get("trafficPolicy")
+        subsets.append(
+            Subset(
+                name=subset_name,
+                labels=tuple(sorted((subset.get("labels") or {}).items())),
+                traffic_policy=traffic_policy(policy, (*here, "trafficPolicy"), report)
+                if policy
+                else None,
+            )
+        )
+    policy = spec.get("trafficPolicy")
+    return DestinationPolicy(
+        host=fqdn(host, namespace) if host else "",
+        namespace=namespace,
+        name=name,
+        traffic_policy=traffic_policy(policy, ("spec", "trafficPolicy"), report)
+        if policy
+        else TrafficPolicy(),
+        subsets=tuple(subsets),
+    )

@@ -1,0 +1,335 @@
+"""VirtualService documents -> :class:`controlplane.model.VirtualService`.
+
+The schema check has already vetted field names and types; this module
+checks what a schema cannot (regexes compile, weights sum to 100, a rule has
+exactly one action) and expands hosts to FQDNs in the resource's namespace.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from controlplane.config.durations import parse_duration
+from controlplane.config.report import Path, Reporter
+from controlplane.model import (
+    Abort,
+    Delay,
+    Fault,
+    HeaderOperations,
+    HttpMatch,
+    HttpRoute,
+    Redirect,
+    Retries,
+    Rewrite,
+    RouteDestination,
+    StringMatch,
+    StringMatchKind,
+    TcpMatch,
+    TcpRoute,
+    VirtualService,
+    fqdn,
+)
+
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+_regex_ok: dict[str, str | None] = {}
+
+
+def regex_error(pattern: str) -> str | None:
+    """Why ``pattern`` is not a usable (RE2-compatible) regex, or None when it is."""
+    try:
+        return _regex_ok[pattern]
+    except KeyError:
+        pass
+    problem: str | None = None
+    if re.search(r"\(\?[=!<]|\\[1-9]", pattern):
+        problem = "lookaround and backreferences are not supported by Envoy's RE2 engine"
+    else:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            problem = str(exc)
+    _regex_ok[pattern] = problem
+    return problem
+
+
+def string_match(value: dict[str, Any], path: Path, report: Reporter) -> StringMatch | None:
+    present = [k for k in ("exact", "prefix", "regex") if value.get(k) is not None]
+    if not present:
+        report.error("PF113", path, "a string match needs one of exact, prefix or regex")
+        return None
+    kind = present[0]
+    text = value[kind]
+    if kind == "regex":
+        problem = regex_error(text)
+        if problem:
+            report.error("PF115", (*path, "regex"), f"invalid regex {text!r}: {problem}")
+            return None
+    return StringMatch(StringMatchKind(kind), text)
+
+
+def _match_map(
+    value: dict[str, Any] | None, path: Path, report: Reporter, *, lower: bool
+) -> tuple[tuple[str, StringMatch], ...]:
+    out: list[tuple[str, StringMatch]] = []
+    for name, match in sorted((value or {}).items()):
+        parsed = string_match(match or {}, (*path, name), report)
+        if parsed is not None:
+            out.append((name.lower() if lower else name, parsed))
+    return tuple(out)
+
+
+def header_operations(value: dict[str, Any] | None) -> HeaderOperations:
+    if not value:
+        return HeaderOperations()
+    return HeaderOperations(
+        set=tuple(sorted((k.lower(), str(v)) for k, v in (value.get("set") or {}).items())),
+        add=tuple(sorted((k.lower(), str(v)) for k, v in (value.get("add") or {}).items())),
+        remove=tuple(h.lower() for h in value.get("remove") or ()),
+    )
+
+
+def _percent(value: dict[str, Any] | None, path: Path, report: Reporter) -> float | None:
+    if value is None:
+        return None
+    number = float(value.get("value") or 0.0)
+    if not 0.0 <= number <= 100.0:
+        report.error("PF114", (*path, "value"), f"a percentage must be 0 to 100, not {number}")
+        return None
+    return number
+
+
+def _duration(value: str | None, path: Path, report: Reporter) -> Any:
+    if value is None:
+        return None
+    parsed = parse_duration(value)
+    if parsed is None:
+        report.error("PF116", path, f"invalid duration {value!r}: write it like 1.5s or 100ms")
+    return parsed
+
+
+def _destination(
+    value: dict[str, Any] | None, path: Path, namespace: str, report: Reporter
+) -> tuple[str, str | None, int | None] | None:
+    if not value or not value.get("host"):
+        report.error("PF113", (*path, "host"), "a destination needs a host")
+        return None
+    port = (value.get("port") or {}).get("number")
+    if port is not None and not 1 <= port <= 65535:
+        report.error("PF114", (*path, "port", "number"), f"port {port} is not 1-65535")
+    return fqdn(value["host"], namespace), value.get("subset") or None, port
+
+
+def _weighted(
+    routes: list[dict[str, Any]], path: Path, namespace: str, report: Reporter
+) -> tuple[RouteDestination, ...]:
+    out: list[RouteDestination] = []
+    total = 0
+    for index, item in enumerate(routes):
+        dest = _destination(
+            item.get("destination"), (*path, index, "destination"), namespace, report
+        )
+        weight = item.get("weight")
+        if weight is None:
+            weight = 100 if len(routes) == 1 else 0
+        if weight < 0:
+            report.error("PF114", (*path, index, "weight"), "a weight cannot be negative")
+        total += weight
+        if dest is None:
+            continue
+        headers = item.get("headers") or {}
+        out.append(
+            RouteDestination(
+                host=dest[0],
+                subset=dest[1],
+                port=dest[2],
+                weight=weight,
+                request_headers=header_operations(headers.get("request")),
+                response_headers=header_operations(headers.get("response")),
+            )
+        )
+    if routes and total != 100:
+        weights = ", ".join(str(r.get("weight", "unset")) for r in routes)
+        report.error(
+            "PF117",
+            path,
+            f"route weights sum to {total} ({weights}); make them sum to 100",
+        )
+    return tuple(out)
+
+
+def _http_match(value: dict[str, Any], path: Path, namespace: str, report: Reporter) -> HttpMatch:
+    def single(key: str) -> StringMatch | None:
+        item = value.get(key)
+        return string_match(item, (*path, key), report) if item is not None else None
+
+    without: list[tuple[str, StringMatch | None]] = []
+    for name, match in sorted((value.get("withoutHeaders") or {}).items()):
+        parsed = string_match(match, (*path, "withoutHeaders", name), report) if match else None
+        without.append((name.lower(), parsed))
+    port = value.get("port")
+    if port is not None and not 1 <= port <= 65535:
+        report.error("PF114", (*path, "port"), f"port {port} is not 1-65535")
+    return HttpMatch(
+        name=value.get("name") or "",
+        uri=single("uri"),
+        scheme=single("scheme"),
+        method=single("method"),
+        authority=single("authority"),
+        headers=_match_map(value.get("headers"), (*path, "headers"), report, lower=True),
+        without_headers=tuple(without),
+        query_params=_match_map(
+            value.get("queryParams"), (*path, "queryParams"), report, lower=False
+        ),
+        port=port,
+        ignore_uri_case=bool(value.get("ignoreUriCase")),
+        gateways=tuple(_gateway_ref(g, namespace) for g in value.get("gateways") or ()),
+    )
+
+
+def _redirect(value: dict[str, Any], path: Path, report: Reporter) -> Redirect:
+    code = value.get("redirectCode") or 301
+    if code not in REDIRECT_CODES:
+        report.error(
+            "PF114",
+            (*path, "redirectCode"),
+            f"redirectCode {code} is not one of {', '.join(map(str, REDIRECT_CODES))}",
+        )
+    return Redirect(
+        uri=value.get("uri"),
+        authority=value.get("authority"),
+        port=value.get("port"),
+        scheme=value.get("scheme"),
+        redirect_code=code,
+    )
+
+
+def _fault(value: dict[str, Any], path: Path, report: Reporter) -> Fault:
+    delay = abort = None
+    if (d := value.get("delay")) is not None:
+        fixed = _duration(d.get("fixedDelay"), (*path, "delay", "fixedDelay"), report)
+        if d.get("fixedDelay") is None:
+            report.error("PF113", (*path, "delay", "fixedDelay"), "a delay needs fixedDelay")
+        pct = _percent(d.get("percentage"), (*path, "delay", "percentage"), report)
+        if fixed is not None:
+            delay = Delay(fixed, 100.0 if pct is None else pct)
+    if (a := value.get("abort")) is not None:
+        status, grpc = a.get("httpStatus"), a.get("grpcStatus")
+        if status is None and grpc is None:
+            report.error("PF113", (*path, "abort"), "an abort needs httpStatus or grpcStatus")
+        if status is not None and not 200 <= status <= 599:
+            report.error(
+                "PF114", (*path, "abort", "httpStatus"), f"HTTP status {status} is not 200-599"
+            )
+        pct = _percent(a.get("percentage"), (*path, "abort", "percentage"), report)
+        abort = Abort(status, grpc, 100.0 if pct is None else pct)
+    if delay is None and abort is None and not report.failed:
+        report.error("PF113", path, "a fault needs a delay or an abort")
+    return Fault(delay, abort)
+
+
+def _http_route(
+    value: dict[str, Any], path: Path, namespace: str, report: Reporter
+) -> HttpRoute | None:
+    routes, redirect = value.get("route"), value.get("redirect")
+    if routes and redirect is not None:
+        report.error("PF120", (*path, "redirect"), "a rule has either route or redirect, not both")
+    if not routes and redirect is None:
+        if value.get("directResponse") is not None or value.get("delegate") is not None:
+            return None
+        report.error("PF113", (*path, "route"), "a rule needs a route (or a redirect)")
+    if redirect is not None and value.get("rewrite") is not None:
+        report.error("PF120", (*path, "rewrite"), "a redirect rule cannot also rewrite")
+    retries = None
+    if (r := value.get("retries")) is not None:
+        attempts = r.get("attempts") or 0
+        if attempts < 0:
+            report.error("PF114", (*path, "retries", "attempts"), "attempts cannot be negative")
+        retry_on = tuple(p.strip() for p in (r.get("retryOn") or "").split(",") if p.strip())
+        retries = Retries(
+            attempts=attempts,
+            per_try_timeout=_duration(
+                r.get("perTryTimeout"), (*path, "retries", "perTryTimeout"), report
+            ),
+            retry_on=retry_on,
+        )
+    mirror = None
+    if (m := value.get("mirror")) is not None:
+        dest = _destination(m, (*path, "mirror"), namespace, report)
+        if dest is not None:
+            mirror = RouteDestination(host=dest[0], subset=dest[1], port=dest[2])
+    rewrite = None
+    if (rw := value.get("rewrite")) is not None:
+        rewrite = Rewrite(uri=rw.get("uri"), authority=rw.get("authority"))
+    headers = value.get("headers") or {}
+    return HttpRoute(
+        name=value.get("name") or "",
+        matches=tuple(
+            _http_match(m or {}, (*path, "match", i), namespace, report)
+            for i, m in enumerate(value.get("match") or ())
+        ),
+        destinations=_weighted(routes or [], (*path, "route"), namespace, report),
+        redirect=_redirect(redirect, (*path, "redirect"), report) if redirect is not None else None,
+        rewrite=rewrite,
+        timeout=_duration(value.get("timeout"), (*path, "timeout"), report),
+        retries=retries,
+        fault=_fault(value["fault"], (*path, "fault"), report) if value.get("fault") else None,
+        mirror=mirror,
+        mirror_percentage=_percent(
+            value.get("mirrorPercentage"), (*path, "mirrorPercentage"), report
+        ),
+        request_headers=header_operations(headers.get("request")),
+        response_headers=header_operations(headers.get("response")),
+    )
+
+
+def _gateway_ref(name: str, namespace: str) -> str:
+    return name if name == "mesh" or "/" in name else f"{namespace}/{name}"
+
+
+def virtual_service(
+    spec: dict[str, Any], namespace: str, name: str, report: Reporter
+) -> VirtualService:
+    hosts = spec.get("hosts") or []
+    if not hosts:
+        report.error("PF113", ("spec", "hosts"), "a VirtualService needs at least one host")
+    gateways = tuple(_gateway_ref(g, namespace) for g in spec.get("gateways") or ()) or ("mesh",)
+    for index, host in enumerate(hosts):
+        if host == "*" and "mesh" in gateways:
+            report.error(
+                "PF114", ("spec", "hosts", index), "host '*' is only allowed for gateways, not mesh"
+            )
+    http: list[HttpRoute] = []
+    for index, rule in enumerate(spec.get("http") or ()):
+        route = _http_route(rule or {}, ("spec", "http", index), namespace, report)
+        if route is not None:
+            http.append(route)
+    tcp: list[TcpRoute] = []
+    for index, rule in enumerate(spec.get("tcp") or ()):
+        path: Path = ("spec", "tcp", index)
+        rule = rule or {}
+        if not rule.get("route"):
+            report.error("PF113", (*path, "route"), "a tcp rule needs a route")
+        matches = tuple(
+            TcpMatch(
+                port=m.get("port"),
+                destination_subnets=tuple(m.get("destinationSubnets") or ()),
+                source_labels=tuple(sorted((m.get("sourceLabels") or {}).items())),
+                gateways=tuple(_gateway_ref(g, namespace) for g in m.get("gateways") or ()),
+            )
+            for m in (rule.get("match") or ())
+            if m is not None
+        )
+        tcp.append(
+            TcpRoute(
+                matches, _weighted(rule.get("route") or [], (*path, "route"), namespace, report)
+            )
+        )
+    return VirtualService(
+        namespace=namespace,
+        name=name,
+        hosts=tuple(fqdn(h, namespace) for h in hosts),
+        gateways=gateways,
+        http=tuple(http),
+        tcp=tuple(tcp),
+    )

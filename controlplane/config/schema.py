@@ -1,0 +1,303 @@
+"""The structural check: field names, types and enum values against Istio's API.
+
+:func:`check_message` walks a document's plain data alongside the field table
+in :mod:`controlplane.config.istio_schema` and reports
+
+* fields Istio's API does not have (``PF110``, an error, with a "did you
+  mean" suggestion),
+* fields Istio has but Pilotfish does not act on (``PF111``, a warning that
+  names them, so real Istio YAML still loads),
+* wrong types (``PF112``), bad enum values (``PF114``; ``PF118`` for load
+  balancers), malformed durations (``PF116``) and oneof conflicts (``PF120``).
+
+``SUPPORTED`` lists, per message, the fields Pilotfish acts on. Below a field
+that is not acted on, types are still checked but no further warnings are
+given: one warning per ignored subtree is enough.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from controlplane.config.durations import parse_duration
+from controlplane.config.istio_schema import ENUMS, MESSAGES, FieldSpec
+from controlplane.config.report import Path, Reporter
+
+_ALL = frozenset({"*"})
+
+SUPPORTED: dict[str, frozenset[str]] = {
+    "ObjectMeta": _ALL,
+    "meta.v1.OwnerReference": _ALL,
+    "meta.v1.ManagedFieldsEntry": _ALL,
+    "VirtualService": frozenset({"hosts", "gateways", "http", "tcp"}),
+    "HTTPRoute": frozenset(
+        {
+            "name",
+            "match",
+            "route",
+            "redirect",
+            "rewrite",
+            "timeout",
+            "retries",
+            "fault",
+            "mirror",
+            "mirrorPercentage",
+            "headers",
+        }
+    ),
+    "HTTPMatchRequest": frozenset(
+        {
+            "name",
+            "uri",
+            "scheme",
+            "method",
+            "authority",
+            "headers",
+            "queryParams",
+            "port",
+            "ignoreUriCase",
+            "withoutHeaders",
+            "gateways",
+        }
+    ),
+    "StringMatch": frozenset({"exact", "prefix", "regex"}),
+    "HTTPRouteDestination": frozenset({"destination", "weight", "headers"}),
+    "RouteDestination": frozenset({"destination", "weight"}),
+    "Destination": frozenset({"host", "subset", "port"}),
+    "PortSelector": frozenset({"number"}),
+    "Headers": frozenset({"request", "response"}),
+    "Headers.HeaderOperations": frozenset({"set", "add", "remove"}),
+    "HTTPRedirect": frozenset({"uri", "authority", "port", "scheme", "redirectCode"}),
+    "HTTPRewrite": frozenset({"uri", "authority"}),
+    "HTTPRetry": frozenset({"attempts", "perTryTimeout", "retryOn"}),
+    "HTTPFaultInjection": frozenset({"delay", "abort"}),
+    "HTTPFaultInjection.Delay": frozenset({"fixedDelay", "percentage"}),
+    "HTTPFaultInjection.Abort": frozenset({"httpStatus", "grpcStatus", "percentage"}),
+    "Percent": frozenset({"value"}),
+    "TCPRoute": frozenset({"match", "route"}),
+    "L4MatchAttributes": frozenset({"port"}),
+    "DestinationRule": frozenset({"host", "trafficPolicy", "subsets"}),
+    "TrafficPolicy": frozenset(
+        {"loadBalancer", "connectionPool", "outlierDetection", "portLevelSettings"}
+    ),
+    "TrafficPolicy.PortTrafficPolicy": frozenset(
+        {"port", "loadBalancer", "connectionPool", "outlierDetection"}
+    ),
+    "Subset": frozenset({"name", "labels", "trafficPolicy"}),
+    "LoadBalancerSettings": frozenset({"simple", "consistentHash"}),
+    "LoadBalancerSettings.ConsistentHashLB": frozenset(
+        {
+            "httpHeaderName",
+            "httpCookie",
+            "useSourceIp",
+            "httpQueryParameterName",
+            "ringHash",
+            "minimumRingSize",
+        }
+    ),
+    "LoadBalancerSettings.ConsistentHashLB.RingHash": frozenset({"minimumRingSize"}),
+    "LoadBalancerSettings.ConsistentHashLB.HTTPCookie": frozenset({"name", "path", "ttl"}),
+    "ConnectionPoolSettings": frozenset({"tcp", "http"}),
+    "ConnectionPoolSettings.TCPSettings": frozenset({"maxConnections", "connectTimeout"}),
+    "ConnectionPoolSettings.HTTPSettings": frozenset(
+        {
+            "http1MaxPendingRequests",
+            "http2MaxRequests",
+            "maxRequestsPerConnection",
+            "maxRetries",
+            "idleTimeout",
+        }
+    ),
+    "OutlierDetection": frozenset(
+        {
+            "consecutive5xxErrors",
+            "consecutiveGatewayErrors",
+            "interval",
+            "baseEjectionTime",
+            "maxEjectionPercent",
+        }
+    ),
+    "Gateway": frozenset({"selector", "servers"}),
+    "Server": frozenset({"port", "hosts"}),
+    "Port": frozenset({"number", "name", "protocol"}),
+    "ServiceEntry": frozenset(
+        {"hosts", "addresses", "ports", "location", "resolution", "endpoints", "workloadSelector"}
+    ),
+    "ServicePort": frozenset({"number", "protocol", "name", "targetPort"}),
+    "WorkloadEntry": frozenset({"address", "ports", "labels", "weight", "locality"}),
+    "WorkloadSelector": frozenset({"labels"}),
+    "ServiceSpec": frozenset(
+        # Cluster-networking fields mean nothing without kube-proxy; accepting them silently
+        # keeps `kubectl get svc -o yaml` output free of noise.
+        {
+            "ports",
+            "selector",
+            "type",
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "internalTrafficPolicy",
+            "sessionAffinity",
+        }
+    ),
+    "core.v1.ServicePort": frozenset({"name", "protocol", "appProtocol", "port", "targetPort"}),
+}
+
+_INT_RANGES = {
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+_TYPE_NAMES = {
+    "string": "a string",
+    "bool": "true or false",
+    "double": "a number",
+    "float": "a number",
+    "duration": "a duration like 1.5s",
+    "int-or-string": "a number or a name",
+}
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _expected(type_: str) -> str:
+    if type_ in _TYPE_NAMES:
+        return _TYPE_NAMES[type_]
+    if type_ in _INT_RANGES:
+        return "a non-negative integer" if type_.startswith("u") else "an integer"
+    if type_.startswith("enum:"):
+        return "one of " + ", ".join(ENUMS[type_[5:]])
+    if type_.startswith(("message:", "map:")):
+        return "a mapping"
+    return type_
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    lowered = {c.lower(): c for c in choices}
+    if name.lower() in lowered:
+        return f"; did you mean {lowered[name.lower()]!r}?"
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_message(
+    value: Any, message: str, path: Path, report: Reporter, *, warn: bool = True
+) -> None:
+    """Check a mapping against ``MESSAGES[message]``; report into ``report``."""
+    if not isinstance(value, dict):
+        report.error("PF112", path, f"expected a mapping, found {_describe(value)}")
+        return
+    fields = MESSAGES[message]
+    supported = SUPPORTED.get(message, frozenset())
+    oneofs: dict[str, str] = {}
+    for name, item in value.items():
+        spec = fields.get(name)
+        here = (*path, name)
+        if spec is None:
+            where = message.rsplit(".", 1)[-1]
+            report.error(
+                "PF110",
+                here,
+                f"unknown field {name!r} in {where}{suggest(name, list(fields))}",
+            )
+            continue
+        if item is None:
+            continue
+        if spec.oneof is not None:
+            other = oneofs.get(spec.oneof)
+            if other is not None:
+                report.error(
+                    "PF120", here, f"{name!r} and {other!r} exclude each other: set only one"
+                )
+            oneofs[spec.oneof] = name
+        acted_on = supported is _ALL or name in supported
+        if warn and not acted_on:
+            report.warn(
+                "PF111",
+                here,
+                f"field {name!r} is valid Istio but Pilotfish does not act on it yet; "
+                "it is ignored",
+            )
+        _check_field(item, spec, here, report, warn=warn and acted_on)
+
+
+def _check_field(value: Any, spec: FieldSpec, path: Path, report: Reporter, *, warn: bool) -> None:
+    if spec.repeated:
+        if not isinstance(value, list):
+            report.error("PF112", path, f"expected a list, found {_describe(value)}")
+            return
+        for index, item in enumerate(value):
+            if item is not None:
+                _check_value(item, spec.type, (*path, index), report, warn=warn)
+        return
+    _check_value(value, spec.type, path, report, warn=warn)
+
+
+def _check_value(value: Any, type_: str, path: Path, report: Reporter, *, warn: bool) -> None:
+    if type_ == "string":
+        if not isinstance(value, str):
+            report.error("PF112", path, f"expected a string, found {_describe(value)}")
+    elif type_ in _INT_RANGES:
+        low, high = _INT_RANGES[type_]
+        if isinstance(value, str) and type_.endswith("64") and value.lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            report.error("PF112", path, f"expected {_expected(type_)}, found {_describe(value)}")
+        elif not low <= value <= high:
+            report.error("PF114", path, f"{value} is out of range for {type_}")
+    elif type_ == "bool":
+        if not isinstance(value, bool):
+            report.error("PF112", path, f"expected true or false, found {_describe(value)}")
+    elif type_ in ("double", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            report.error("PF112", path, f"expected a number, found {_describe(value)}")
+    elif type_ == "duration":
+        if not isinstance(value, str):
+            report.error(
+                "PF116", path, f"expected a duration like 1.5s or 100ms, found {_describe(value)}"
+            )
+        elif parse_duration(value) is None:
+            report.error("PF116", path, f"invalid duration {value!r}: write it like 1.5s or 100ms")
+    elif type_ == "int-or-string":
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            report.error("PF112", path, f"expected a number or a name, found {_describe(value)}")
+    elif type_ == "struct":
+        pass
+    elif type_.startswith("enum:"):
+        enum_name = type_[5:]
+        allowed = ENUMS[enum_name]
+        if value not in allowed:
+            code = "PF118" if enum_name == "LoadBalancerSettings.SimpleLB" else "PF114"
+            report.error(
+                code,
+                path,
+                f"{_describe(value)} is not one of {', '.join(allowed)}"
+                f"{suggest(str(value), list(allowed))}",
+            )
+    elif type_.startswith("message:"):
+        check_message(value, type_[8:], path, report, warn=warn)
+    elif type_.startswith("map:"):
+        if not isinstance(value, dict):
+            report.error("PF112", path, f"expected a mapping, found {_describe(value)}")
+            return
+        inner = type_[4:]
+        for key, item in value.items():
+            if item is not None or inner == "string":
+                _check_value(item, inner, (*path, key), report, warn=warn)
+    else:  # pragma: no cover - the table is closed, see tests/config/test_istio_schema.py
+        raise AssertionError(f"unknown schema type {type_!r}")

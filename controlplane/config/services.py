@@ -1,0 +1,189 @@
+"""Service, WorkloadEntry and ServiceEntry documents -> resource records.
+
+Port protocols are chosen the way Istio chooses them: ``appProtocol`` first,
+then the port name (``http``, ``http-web``, ``grpc-api`` ...), then, for a
+ServiceEntry, the ``protocol`` field. A port with no hint is TCP: Pilotfish
+does not sniff protocols, so name your HTTP ports.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from controlplane.config.report import Path, Reporter
+from controlplane.config.resources import (
+    KubePort,
+    KubeServiceSpec,
+    ServiceEntrySpec,
+    WorkloadSpec,
+)
+from controlplane.model import Locality, Protocol, Resolution, ServicePort
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*$"
+)
+_PROTOCOL_NAMES = {p.value.lower(): p for p in Protocol}
+_PROTOCOL_NAMES.update(
+    {"http1.1": Protocol.HTTP, "h2c": Protocol.HTTP2, "kubernetes.io/h2c": Protocol.HTTP2}
+)
+
+
+def protocol_of(app_protocol: str | None, name: str | None, protocol: str | None) -> Protocol:
+    if app_protocol and app_protocol.lower() in _PROTOCOL_NAMES:
+        return _PROTOCOL_NAMES[app_protocol.lower()]
+    if name:
+        prefix = name.lower().split("-", 1)[0]
+        if prefix in _PROTOCOL_NAMES:
+            return _PROTOCOL_NAMES[prefix]
+    if protocol and protocol.lower() in _PROTOCOL_NAMES:
+        return _PROTOCOL_NAMES[protocol.lower()]
+    return Protocol.TCP
+
+
+def _check_port(number: Any, path: Path, report: Reporter) -> bool:
+    if number is None:
+        report.error("PF113", path, "a port number is required")
+        return False
+    if not 1 <= number <= 65535:
+        report.error("PF114", path, f"port {number} is not 1-65535")
+        return False
+    return True
+
+
+def is_valid_address(address: str) -> bool:
+    if address.startswith("unix://"):
+        return len(address) > len("unix://")
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(address))
+
+
+def kube_service(spec: dict[str, Any], report: Reporter) -> KubeServiceSpec:
+    ports: list[KubePort] = []
+    raw = spec.get("ports") or []
+    if not raw:
+        report.error("PF113", ("spec", "ports"), "a Service needs at least one port")
+    names: set[str] = set()
+    for index, port in enumerate(raw):
+        here: Path = ("spec", "ports", index)
+        port = port or {}
+        name = port.get("name") or ""
+        if len(raw) > 1 and not name:
+            report.error("PF113", (*here, "name"), "ports must be named when a Service has several")
+        if name in names and name:
+            report.error("PF114", (*here, "name"), f"port name {name!r} is used twice")
+        names.add(name)
+        if not _check_port(port.get("port"), (*here, "port"), report):
+            continue
+        target = port.get("targetPort")
+        if isinstance(target, int) and not 1 <= target <= 65535:
+            report.error("PF114", (*here, "targetPort"), f"targetPort {target} is not 1-65535")
+        ports.append(
+            KubePort(
+                name=name,
+                port=port["port"],
+                target_port=target,
+                protocol=protocol_of(port.get("appProtocol"), name, None)
+                if (port.get("protocol") or "TCP") == "TCP"
+                else Protocol.UDP,
+            )
+        )
+    selector = spec.get("selector")
+    return KubeServiceSpec(
+        selector=tuple(sorted(selector.items())) if selector else None,
+        ports=tuple(ports),
+    )
+
+
+def workload(
+    spec: dict[str, Any], path: Path, report: Reporter, *, need_address: bool = True
+) -> WorkloadSpec:
+    address = spec.get("address") or ""
+    if not address and need_address:
+        report.error("PF113", (*path, "address"), "a workload needs an address")
+    elif address and not is_valid_address(address):
+        report.error("PF114", (*path, "address"), f"{address!r} is not an IP address or host name")
+    ports = spec.get("ports") or {}
+    for name, number in ports.items():
+        _check_port(number, (*path, "ports", name), report)
+    weight = spec.get("weight")
+    if weight is not None and weight < 1:
+        report.error("PF114", (*path, "weight"), "a weight must be at least 1 (omit it for 1)")
+    return WorkloadSpec(
+        address=address,
+        ports=tuple(sorted(ports.items())),
+        labels=tuple(sorted((spec.get("labels") or {}).items())),
+        weight=weight or 1,
+        locality=Locality.parse(spec.get("locality") or ""),
+    )
+
+
+def service_entry(spec: dict[str, Any], report: Reporter) -> ServiceEntrySpec:
+    hosts = spec.get("hosts") or []
+    if not hosts:
+        report.error("PF113", ("spec", "hosts"), "a ServiceEntry needs at least one host")
+    ports: list[ServicePort] = []
+    for index, port in enumerate(spec.get("ports") or ()):
+        here: Path = ("spec", "ports", index)
+        port = port or {}
+        if not _check_port(port.get("number"), (*here, "number"), report):
+            continue
+        if not port.get("name"):
+            report.error("PF113", (*here, "name"), "a ServiceEntry port needs a name")
+        ports.append(
+            ServicePort(
+                name=port.get("name") or "",
+                port=port["number"],
+                protocol=protocol_of(None, None, port.get("protocol") or port.get("name")),
+                target_port=port.get("targetPort"),
+            )
+        )
+    if spec.get("endpoints") and spec.get("workloadSelector") is not None:
+        report.error(
+            "PF120",
+            ("spec", "workloadSelector"),
+            "use either endpoints or workloadSelector, not both",
+        )
+    resolution = (
+        Resolution[spec.get("resolution") or "NONE"]
+        if spec.get("resolution") != "DYNAMIC_DNS"
+        else Resolution.DNS
+    )
+    endpoints = tuple(
+        workload(ep or {}, ("spec", "endpoints", i), report)
+        for i, ep in enumerate(spec.get("endpoints") or ())
+    )
+    if resolution is Resolution.STATIC:
+        for i, ep in enumerate(endpoints):
+            if ep.address and not _is_ip_or_unix(ep.address):
+                report.error(
+                    "PF114",
+                    ("spec", "endpoints", i, "address"),
+                    f"resolution STATIC needs IP addresses, not {ep.address!r} (use DNS)",
+                )
+    selector = spec.get("workloadSelector")
+    return ServiceEntrySpec(
+        hosts=tuple(hosts),
+        addresses=tuple(spec.get("addresses") or ()),
+        ports=tuple(ports),
+        mesh_external=(spec.get("location") or "MESH_EXTERNAL") == "MESH_EXTERNAL",
+        resolution=resolution,
+        endpoints=endpoints,
+        workload_selector=tuple(sorted((selector.get("labels") or {}).items()))
+        if selector is not None
+        else None,
+    )
+
+
+def _is_ip_or_unix(address: str) -> bool:
+    if address.startswith("unix://"):
+        return True
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        return False

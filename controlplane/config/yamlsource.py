@@ -1,0 +1,226 @@
+"""Reading YAML fast, and finding where things are in it afterwards.
+
+Loading is the hot path of a large config directory, so it goes through
+libyaml (PyYAML's C parser) with two shortcuts over ``yaml.CSafeLoader``:
+tag resolution is cached per scalar text (the same few strings repeat
+thousands of times), and nodes become plain ``dict``/``list``/scalars in one
+tight recursive pass instead of PyYAML's generic constructor. Semantics stay
+PyYAML's safe YAML 1.1 (the same resolver decides what is an int or a bool),
+except that duplicate keys are an error, as they are for ``kubectl``.
+
+Positions are not kept: :func:`locate` re-composes one document and walks a
+field path to its node only when a diagnostic needs a line and column. A
+directory with no errors never pays for position bookkeeping.
+
+PyYAML exceptions are wrapped here, once, into :class:`YamlSyntaxError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
+
+from controlplane.errors import PilotfishError
+
+try:
+    from yaml._yaml import CParser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    CParser = None  # type: ignore[assignment, misc]
+
+_STR = "tag:yaml.org,2002:str"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
+_MERGE = "tag:yaml.org,2002:merge"
+_RESOLVER = Resolver()
+_CONSTRUCTOR = SafeConstructor()
+_SCALAR_CONSTRUCTORS = {
+    "tag:yaml.org,2002:null": _CONSTRUCTOR.construct_yaml_null,
+    "tag:yaml.org,2002:bool": _CONSTRUCTOR.construct_yaml_bool,
+    "tag:yaml.org,2002:int": _CONSTRUCTOR.construct_yaml_int,
+    "tag:yaml.org,2002:float": _CONSTRUCTOR.construct_yaml_float,
+}
+
+
+class YamlSyntaxError(PilotfishError):
+    def __init__(self, message: str, line: int, column: int) -> None:
+        self.line = line
+        self.column = column
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One YAML document of a file: its index, first line (1-based) and plain data."""
+
+    index: int
+    line: int
+    data: Any
+
+
+_implicit_tags: dict[str, str] = {}
+
+
+def _resolve_scalar(value: str, implicit: tuple[bool, bool]) -> str:
+    if not implicit[0]:
+        return _STR
+    tag = _implicit_tags.get(value)
+    if tag is None:
+        tag = _RESOLVER.resolve(ScalarNode, value, implicit)  # type: ignore[no-untyped-call]
+        if len(_implicit_tags) < 100_000:
+            _implicit_tags[value] = tag
+    return tag
+
+
+if CParser is not None:
+
+    class _FastComposer(CParser):  # type: ignore[misc, valid-type]
+        """libyaml composer whose tag resolution skips PyYAML's per-node path tracking."""
+
+        def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+            return None
+
+        def ascend_resolver(self) -> None:
+            return None
+
+        def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
+            if kind is ScalarNode:
+                return _resolve_scalar(value, implicit)
+            return _SEQ if kind is SequenceNode else _MAP
+
+    def _compose_all(text: str) -> Iterator[Node]:
+        composer = _FastComposer(text)
+        try:
+            while composer.check_node():
+                node: Node = composer.get_node()
+                yield node
+        finally:
+            composer.dispose()
+
+else:  # pragma: no cover
+
+    def _compose_all(text: str) -> Iterator[Node]:
+        return yaml.compose_all(text, Loader=yaml.SafeLoader)
+
+
+_scalar_cache: dict[tuple[str, str], Any] = {}
+
+
+def _scalar(node: ScalarNode) -> Any:
+    tag = node.tag
+    if tag == _STR:
+        return node.value
+    key = (tag, node.value)
+    try:
+        return _scalar_cache[key]
+    except KeyError:
+        pass
+    construct = _SCALAR_CONSTRUCTORS.get(tag)
+    value = construct(node) if construct is not None else node.value
+    if len(_scalar_cache) < 100_000:
+        _scalar_cache[key] = value
+    return value
+
+
+def _mark_of(node: Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _build(node: Node, active: set[int]) -> Any:
+    cls = type(node)
+    if cls is ScalarNode:
+        return _scalar(node)  # type: ignore[arg-type]
+    ident = id(node)
+    if ident in active:
+        raise YamlSyntaxError("recursive alias: a node contains itself", *_mark_of(node))
+    active.add(ident)
+    try:
+        if cls is SequenceNode:
+            return [_build(item, active) for item in node.value]
+        result: dict[str, Any] = {}
+        merged: set[str] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                for key, value in _merged(_build(value_node, active), value_node):
+                    if key not in result:
+                        result[key] = value
+                        merged.add(key)
+                continue
+            if type(key_node) is not ScalarNode:
+                raise YamlSyntaxError("mapping keys must be scalars", *_mark_of(key_node))
+            key = key_node.value
+            if key in result and key not in merged:
+                raise YamlSyntaxError(f"duplicate key {key!r}", *_mark_of(key_node))
+            merged.discard(key)
+            result[key] = _build(value_node, active)
+        return result
+    finally:
+        active.discard(ident)
+
+
+def _merged(value: Any, node: Node) -> Iterator[tuple[str, Any]]:
+    for source in value if isinstance(value, list) else [value]:
+        if not isinstance(source, dict):
+            raise YamlSyntaxError("a merge key (<<) needs a mapping", *_mark_of(node))
+        yield from source.items()
+
+
+def parse(text: str) -> list[Document]:
+    """Every document of ``text``; empty documents are skipped. Raises :class:`YamlSyntaxError`."""
+    documents: list[Document] = []
+    try:
+        for index, node in enumerate(_compose_all(text)):
+            data = _build(node, set())
+            if data is None:
+                continue
+            documents.append(Document(index, node.start_mark.line + 1, data))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise YamlSyntaxError(f"YAML syntax: {problem}", line, column) from None
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(f"YAML error: {exc}", 1, 1) from None
+    except RecursionError:
+        raise YamlSyntaxError("YAML nesting is too deep", 1, 1) from None
+    return documents
+
+
+def locate(text: str, doc: int, path: Sequence[str | int]) -> tuple[int, int]:
+    """Line and column (1-based) of the node at ``path`` in document ``doc`` of ``text``.
+
+    A mapping key is located at the key itself. When the path goes further
+    than the document (a missing field), the deepest node that exists is
+    returned, which is where the missing field belongs.
+    """
+    try:
+        for index, node in enumerate(_compose_all(text)):
+            if index == doc:
+                return _walk(node, path)
+    except yaml.YAMLError:
+        pass
+    return 1, 1
+
+
+def _walk(node: Node, path: Sequence[str | int]) -> tuple[int, int]:
+    position = _mark_of(node)
+    for part in path:
+        if isinstance(node, MappingNode) and isinstance(part, str):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, ScalarNode) and key_node.value == part:
+                    position = _mark_of(key_node)
+                    node = value_node
+                    break
+            else:
+                return position
+        elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            position = _mark_of(node)
+        else:
+            return position
+    return position

@@ -1,0 +1,183 @@
+"""Clusters: one Envoy ``Cluster`` per upstream, plus the black hole.
+
+Each :class:`~controlplane.translate.upstreams.Upstream` becomes a cluster
+whose discovery type follows the service's resolution and whose settings
+follow its effective traffic policy:
+
+* load balancer: ``ROUND_ROBIN`` (also the default), ``RANDOM``,
+  ``LEAST_REQUEST``, ``RING_HASH`` for consistent hashing (the hash key
+  itself is a route setting, see :mod:`~controlplane.translate.routes`);
+  ``PASSTHROUGH`` makes an ``ORIGINAL_DST`` cluster, which must use
+  ``CLUSTER_PROVIDED``;
+* outlier detection: ``consecutive_5xx`` (0 switches its enforcement off),
+  ``consecutive_gateway_failure`` with enforcement at 100 % (Envoy's default
+  enforcement for it is 0, which would make the setting a no-op), interval,
+  base ejection time and maximum ejection percentage;
+* connection pool: circuit-breaker thresholds, the connect timeout (10 s by
+  default, as in Istio), and for HTTP ports the idle timeout and requests per
+  connection as ``HttpProtocolOptions``, which also carry explicit HTTP/2 for
+  HTTP2 and GRPC ports.
+
+The black hole cluster is a ``STATIC`` cluster without hosts; destinations
+that name no existing cluster are routed to it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import wrappers_pb2
+
+from controlplane.model import (
+    ConnectionPool,
+    LoadBalancer,
+    LoadBalancerKind,
+    Mesh,
+    OutlierDetection,
+    Protocol,
+)
+from controlplane.translate.endpoints import load_assignment
+from controlplane.translate.names import BLACKHOLE_CLUSTER
+from controlplane.translate.protos import Message, ads, duration, pack, uint32
+from controlplane.translate.upstreams import Discovery, Upstream, upstreams
+
+DEFAULT_CONNECT_TIMEOUT = timedelta(seconds=10)
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+Cluster = cluster_pb2.Cluster
+
+_LB_POLICIES = {
+    LoadBalancerKind.ROUND_ROBIN: Cluster.ROUND_ROBIN,
+    LoadBalancerKind.RANDOM: Cluster.RANDOM,
+    LoadBalancerKind.LEAST_REQUEST: Cluster.LEAST_REQUEST,
+    LoadBalancerKind.CONSISTENT_HASH: Cluster.RING_HASH,
+}
+
+_DNS_TYPES = {Discovery.STRICT_DNS: Cluster.STRICT_DNS, Discovery.LOGICAL_DNS: Cluster.LOGICAL_DNS}
+
+
+def build_clusters(mesh: Mesh) -> list[Message]:
+    """Every cluster of ``mesh`` and the black hole, sorted by name."""
+    clusters = [blackhole_cluster(), *(build_cluster(u) for u in upstreams(mesh))]
+    return sorted(clusters, key=lambda c: str(c.name))
+
+
+def blackhole_cluster() -> Message:
+    return Cluster(
+        name=BLACKHOLE_CLUSTER,
+        type=Cluster.STATIC,
+        connect_timeout=duration(DEFAULT_CONNECT_TIMEOUT),
+    )
+
+
+def build_cluster(upstream: Upstream) -> Message:
+    policy = upstream.policy
+    pool = policy.connection_pool or ConnectionPool()
+    connect_timeout = (pool.tcp and pool.tcp.connect_timeout) or DEFAULT_CONNECT_TIMEOUT
+    cluster = Cluster(name=upstream.name, connect_timeout=duration(connect_timeout))
+    _set_discovery(cluster, upstream)
+    if upstream.discovery is not Discovery.ORIGINAL_DST and policy.load_balancer is not None:
+        _set_load_balancer(cluster, policy.load_balancer)
+    if policy.outlier_detection is not None:
+        cluster.outlier_detection.CopyFrom(_outlier_detection(policy.outlier_detection))
+    thresholds = _thresholds(pool)
+    if thresholds is not None:
+        cluster.circuit_breakers.thresholds.append(thresholds)
+    options = _http_protocol_options(upstream.port.protocol, pool)
+    if options is not None:
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(options))
+    return cluster
+
+
+def _set_discovery(cluster: Message, upstream: Upstream) -> None:
+    discovery = upstream.discovery
+    if discovery is Discovery.EDS:
+        cluster.type = Cluster.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(ads())
+        cluster.eds_cluster_config.service_name = upstream.name
+    elif discovery is Discovery.ORIGINAL_DST:
+        cluster.type = Cluster.ORIGINAL_DST
+        cluster.lb_policy = Cluster.CLUSTER_PROVIDED
+    elif discovery is Discovery.STATIC:
+        cluster.type = Cluster.STATIC
+        cluster.load_assignment.CopyFrom(endpoint_pb2.ClusterLoadAssignment(cluster_name=upstream.name))
+    else:
+        cluster.type = _DNS_TYPES[discovery]
+        cluster.dns_lookup_family = Cluster.V4_PREFERRED
+        cluster.load_assignment.CopyFrom(load_assignment(upstream.name, upstream.dns_endpoints))
+
+
+def _set_load_balancer(cluster: Message, balancer: LoadBalancer) -> None:
+    policy = _LB_POLICIES.get(balancer.kind)
+    if policy is None:
+        return
+    cluster.lb_policy = policy
+    hashing = balancer.consistent_hash
+    if balancer.kind is LoadBalancerKind.CONSISTENT_HASH:
+        ring = cluster.ring_hash_lb_config
+        ring.SetInParent()
+        if hashing is not None and hashing.minimum_ring_size is not None:
+            ring.minimum_ring_size.value = hashing.minimum_ring_size
+
+
+def _outlier_detection(outlier: OutlierDetection) -> Message:
+    result = outlier_detection_pb2.OutlierDetection()
+    if outlier.consecutive_5xx_errors is not None:
+        if outlier.consecutive_5xx_errors > 0:
+            result.consecutive_5xx.value = outlier.consecutive_5xx_errors
+        else:
+            result.enforcing_consecutive_5xx.value = 0
+    if outlier.consecutive_gateway_errors:
+        result.consecutive_gateway_failure.value = outlier.consecutive_gateway_errors
+        result.enforcing_consecutive_gateway_failure.value = 100
+    if outlier.interval is not None:
+        result.interval.CopyFrom(duration(outlier.interval))
+    if outlier.base_ejection_time is not None:
+        result.base_ejection_time.CopyFrom(duration(outlier.base_ejection_time))
+    if outlier.max_ejection_percent is not None:
+        result.max_ejection_percent.value = outlier.max_ejection_percent
+    return result
+
+
+def _thresholds(pool: ConnectionPool) -> Message | None:
+    limits = {
+        "max_connections": pool.tcp.max_connections if pool.tcp else None,
+        "max_pending_requests": pool.http.http1_max_pending_requests if pool.http else None,
+        "max_requests": pool.http.http2_max_requests if pool.http else None,
+        "max_retries": pool.http.max_retries if pool.http else None,
+    }
+    if all(value is None for value in limits.values()):
+        return None
+    thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds()
+    for field, value in limits.items():
+        if value is not None:
+            getattr(thresholds, field).CopyFrom(uint32(value))
+    return thresholds
+
+
+def _http_protocol_options(protocol: Protocol, pool: ConnectionPool) -> Message | None:
+    if not protocol.is_http:
+        return None
+    http2 = protocol in (Protocol.HTTP2, Protocol.GRPC)
+    http = pool.http
+    idle_timeout = http.idle_timeout if http else None
+    per_connection = http.max_requests_per_connection if http else None
+    if not http2 and idle_timeout is None and per_connection is None:
+        return None
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    if http2:
+        options.explicit_http_config.http2_protocol_options.SetInParent()
+    else:
+        options.explicit_http_config.http_protocol_options.SetInParent()
+    common = protocol_pb2.HttpProtocolOptions()
+    if idle_timeout is not None:
+        common.idle_timeout.CopyFrom(duration(idle_timeout))
+    if per_connection is not None:
+        common.max_requests_per_connection.CopyFrom(wrappers_pb2.UInt32Value(value=per_connection))
+    if idle_timeout is not None or per_connection is not None:
+        options.common_http_protocol_options.CopyFrom(common)
+    return options

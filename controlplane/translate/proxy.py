@@ -1,0 +1,105 @@
+"""Proxy classes: which proxies receive the same configuration.
+
+Translation does not depend on a proxy's identity, only on its *class*: its
+role (a sidecar sees every service; a gateway sees the Gateways whose
+selector matches its labels), the labels that drive that selection, and the
+address its listeners bind to. All nodes of one class share one snapshot,
+keyed by :attr:`ProxyClass.key`.
+
+The class is read from the Envoy ``Node`` metadata:
+
+``pilotfish.io/role``
+    ``"sidecar"`` (default) or ``"gateway"``.
+``labels``
+    A struct of string labels; read for gateways only, since a sidecar's
+    output does not depend on them and keeping them would split snapshots.
+``pilotfish.io/bind-address``
+    An IPv4 or IPv6 address for the listeners (default ``0.0.0.0``).
+
+Metadata is written by whoever deploys the proxy, so malformed values
+(wrong types, unknown roles, addresses that do not parse) fall back to the
+defaults instead of raising.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.model import Labels
+
+ROLE_KEY = "pilotfish.io/role"
+LABELS_KEY = "labels"
+BIND_ADDRESS_KEY = "pilotfish.io/bind-address"
+DEFAULT_BIND_ADDRESS = "0.0.0.0"
+
+
+class ProxyRole(enum.Enum):
+    SIDECAR = "sidecar"
+    GATEWAY = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyClass:
+    role: ProxyRole = ProxyRole.SIDECAR
+    labels: Labels = ()
+    bind_address: str = DEFAULT_BIND_ADDRESS
+
+    @classmethod
+    def from_node(cls, node: Any) -> ProxyClass:
+        """The class of an ``envoy.config.core.v3.Node``; never raises on bad metadata."""
+        fields = node.metadata.fields
+        role = _role(_string(fields, ROLE_KEY))
+        labels = _labels(fields) if role is ProxyRole.GATEWAY else ()
+        bind = _address(_string(fields, BIND_ADDRESS_KEY))
+        return cls(role=role, labels=labels, bind_address=bind)
+
+    @property
+    def key(self) -> str:
+        """A stable, unambiguous string naming this class (the snapshot key)."""
+        labels = json.dumps(dict(self.labels), sort_keys=True, separators=(",", ":"))
+        return f"{self.role.value}|{self.bind_address}|{labels}"
+
+
+def _string(fields: Any, key: str) -> str | None:
+    if key not in fields:
+        return None
+    value = fields[key]
+    if value.WhichOneof("kind") != "string_value":
+        return None
+    text: str = value.string_value
+    return text
+
+
+def _role(text: str | None) -> ProxyRole:
+    if text is None:
+        return ProxyRole.SIDECAR
+    try:
+        return ProxyRole(text.strip().lower())
+    except ValueError:
+        return ProxyRole.SIDECAR
+
+
+def _labels(fields: Any) -> Labels:
+    if LABELS_KEY not in fields or fields[LABELS_KEY].WhichOneof("kind") != "struct_value":
+        return ()
+    labels = fields[LABELS_KEY].struct_value.fields
+    return tuple(
+        sorted(
+            (key, value.string_value)
+            for key, value in labels.items()
+            if value.WhichOneof("kind") == "string_value"
+        )
+    )
+
+
+def _address(text: str | None) -> str:
+    if text is None:
+        return DEFAULT_BIND_ADDRESS
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return DEFAULT_BIND_ADDRESS

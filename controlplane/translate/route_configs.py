@@ -1,0 +1,119 @@
+"""Route configurations: virtual hosts and their routes, per listening port.
+
+Sidecar: one ``RouteConfiguration`` per HTTP port, named by the port number
+(``"9080"``), with one virtual host per HTTP service on that port
+(``reviews.default.svc.cluster.local:9080``). Its domains are every name a
+client may use for the service (:func:`~controlplane.model.host_aliases`),
+each bare and with ``:port``; the short name is left out when two services
+of the mesh share it, since it would then name neither. Its routes are the
+rules of the mesh VirtualServices for the host, in order; a host without
+applicable rules gets a single catch-all route to its own cluster.
+
+Gateway: one ``RouteConfiguration`` per HTTP server port, ``http.<port>``,
+with one virtual host per host of the VirtualServices bound to a Gateway
+serving that port; several VirtualServices for one host are merged in mesh
+order. Domains are the host bare and with ``:port`` (``*`` stays ``*``).
+
+Envoy rejects a route configuration in which two virtual hosts claim the
+same domain, so a domain already claimed by a virtual host earlier in name
+order is not repeated.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+
+from controlplane.model import Labels, Mesh, Service, host_aliases
+from controlplane.translate.binding import MESH_GATEWAY, gateway_bindings, mesh_virtual_services
+from controlplane.translate.names import (
+    gateway_route_config_name,
+    route_config_name,
+    virtual_host_name,
+)
+from controlplane.translate.ports import gateway_ports, sidecar_ports
+from controlplane.translate.protos import Message
+from controlplane.translate.routes import RouteContext, build_routes, default_route
+
+
+def sidecar_route_configs(mesh: Mesh) -> list[Message]:
+    ambiguous = _ambiguous_short_names(mesh)
+    configs = []
+    for port in sidecar_ports(mesh):
+        if not port.is_http:
+            continue
+        context = RouteContext(mesh, port.port, (MESH_GATEWAY,), infer_port=True)
+        hosts = [
+            (
+                virtual_host_name(service.host, port.port),
+                _service_domains(service, port.port, ambiguous),
+                _service_routes(context, service),
+            )
+            for service in port.http_services
+        ]
+        configs.append(_route_configuration(route_config_name(port.port), hosts))
+    return configs
+
+
+def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:
+    configs = []
+    for port in gateway_ports(mesh, labels):
+        if not port.is_http:
+            continue
+        hosts = []
+        for host, bindings in gateway_bindings(mesh, port.servers):
+            routes = [
+                route
+                for binding in bindings
+                for rule in binding.virtual_service.http
+                for route in build_routes(
+                    RouteContext(mesh, port.port, binding.gateways, infer_port=False), rule
+                )
+            ]
+            if routes:
+                domains = [host] if host == "*" else [host, f"{host}:{port.port}"]
+                hosts.append((virtual_host_name(host, port.port), domains, routes))
+        configs.append(_route_configuration(gateway_route_config_name(port.port), hosts))
+    return configs
+
+
+def _service_routes(context: RouteContext, service: Service) -> list[Message]:
+    routes = [
+        route
+        for vs in mesh_virtual_services(context.mesh, service.host)
+        for rule in vs.http
+        for route in build_routes(context, rule)
+    ]
+    return routes or [default_route(context, service)]
+
+
+def _service_domains(service: Service, port: int, ambiguous: set[str]) -> list[str]:
+    aliases = host_aliases(service.host)
+    if len(aliases) == 3 and aliases[2] in ambiguous:
+        aliases = aliases[:2]
+    return [domain for alias in aliases for domain in (alias, f"{alias}:{port}")]
+
+
+def _ambiguous_short_names(mesh: Mesh) -> set[str]:
+    shorts = Counter(
+        aliases[2] for aliases in (host_aliases(s.host) for s in mesh.services) if len(aliases) == 3
+    )
+    return {name for name, count in shorts.items() if count > 1}
+
+
+def _route_configuration(
+    name: str, hosts: Iterable[tuple[str, list[str], list[Message]]]
+) -> Message:
+    config = route_pb2.RouteConfiguration(name=name)
+    claimed: set[str] = set()
+    for host_name, domains, routes in sorted(hosts, key=lambda h: h[0]):
+        fresh = [d for d in dict.fromkeys(domains) if d not in claimed]
+        if not fresh:
+            continue
+        claimed.update(fresh)
+        config.virtual_hosts.append(
+            route_components_pb2.VirtualHost(name=host_name, domains=fresh, routes=routes)
+        )
+    return config

@@ -1,0 +1,132 @@
+"""Upstreams: the clusters a mesh defines, before they become protobufs.
+
+Every port of every service is one upstream, and so is every (port, subset)
+pair of a host with a DestinationRule. An :class:`Upstream` carries what the
+cluster and load-assignment builders both need: the effective traffic policy
+(subset over host, port level over both, as :meth:`DestinationPolicy.effective`
+resolves it), the endpoints the subset selects, and how Envoy discovers the
+hosts:
+
+* ``STATIC`` resolution -> EDS over ADS, the endpoints in a separate
+  ``ClusterLoadAssignment``;
+* ``DNS`` -> ``STRICT_DNS`` and ``DNS_ROUND_ROBIN`` -> ``LOGICAL_DNS``, the
+  endpoints inline; a DNS service without endpoints resolves its own host;
+* ``NONE`` resolution or a ``PASSTHROUGH`` load balancer -> ``ORIGINAL_DST``.
+
+``LOGICAL_DNS`` accepts exactly one host, so it uses the first endpoint; a
+subset that selects no endpoint at all becomes a ``STATIC`` cluster with no
+hosts, which Envoy accepts and answers with 503s.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from controlplane.model import (
+    Endpoint,
+    LoadBalancerKind,
+    Mesh,
+    Resolution,
+    Service,
+    ServicePort,
+    Subset,
+    TrafficPolicy,
+    labels_match,
+)
+from controlplane.translate.names import cluster_name
+
+
+class Discovery(enum.Enum):
+    EDS = "EDS"
+    STATIC = "STATIC"
+    STRICT_DNS = "STRICT_DNS"
+    LOGICAL_DNS = "LOGICAL_DNS"
+    ORIGINAL_DST = "ORIGINAL_DST"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    service: Service
+    port: ServicePort
+    subset: Subset | None
+    policy: TrafficPolicy
+
+    @property
+    def name(self) -> str:
+        return cluster_name(self.port.port, self.service.host, self.subset_name)
+
+    @property
+    def subset_name(self) -> str | None:
+        return self.subset.name if self.subset is not None else None
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The port's endpoints this upstream selects, sorted by address then port."""
+        selected = self.service.endpoints_for(self.port.port)
+        if self.subset is not None:
+            selector = self.subset.labels
+            selected = tuple(e for e in selected if labels_match(selector, e.labels))
+        return tuple(sorted(selected, key=lambda e: (e.address, e.port)))
+
+    @property
+    def dns_endpoints(self) -> tuple[Endpoint, ...]:
+        """The hosts a DNS cluster resolves: its endpoints, or the service host itself."""
+        if not self.service.endpoints_for(self.port.port):
+            return (Endpoint(address=self.service.host, port=self.port.port),)
+        endpoints = self.endpoints
+        if self.discovery is Discovery.LOGICAL_DNS:
+            return endpoints[:1]
+        return endpoints
+
+    @property
+    def discovery(self) -> Discovery:
+        balancer = self.policy.load_balancer
+        resolution = self.service.resolution
+        if resolution is Resolution.NONE or (
+            balancer is not None and balancer.kind is LoadBalancerKind.PASSTHROUGH
+        ):
+            return Discovery.ORIGINAL_DST
+        if resolution is Resolution.DNS:
+            return Discovery.STRICT_DNS
+        if resolution is Resolution.DNS_ROUND_ROBIN:
+            if self.service.endpoints_for(self.port.port) and not self.endpoints:
+                return Discovery.STATIC
+            return Discovery.LOGICAL_DNS
+        return Discovery.EDS
+
+
+def upstreams(mesh: Mesh) -> tuple[Upstream, ...]:
+    """Every upstream of ``mesh``, sorted by cluster name."""
+    found: list[Upstream] = []
+    for service in mesh.services:
+        destination = mesh.policy(service.host)
+        subsets: tuple[Subset | None, ...] = (None,)
+        if destination is not None:
+            subsets += destination.subsets
+        for port in service.ports:
+            for subset in subsets:
+                if destination is None:
+                    policy = TrafficPolicy()
+                else:
+                    policy = destination.effective(port.port, subset.name if subset else None)
+                found.append(Upstream(service, port, subset, policy))
+    return tuple(sorted(found, key=lambda u: u.name))
+
+
+def find_upstream(mesh: Mesh, host: str, port: int, subset: str | None) -> Upstream | None:
+    """The upstream for ``host``/``port``/``subset``, or None when the mesh has no such cluster."""
+    service = mesh.service(host)
+    if service is None:
+        return None
+    service_port = service.port(port)
+    if service_port is None:
+        return None
+    destination = mesh.policy(host)
+    if subset is None:
+        policy = destination.effective(port) if destination is not None else TrafficPolicy()
+        return Upstream(service, service_port, None, policy)
+    found = destination.subset(subset) if destination is not None else None
+    if destination is None or found is None:
+        return None
+    return Upstream(service, service_port, found, destination.effective(port, subset))

@@ -1,0 +1,233 @@
+"""Immutable, content-addressed sets of xDS resources.
+
+A :class:`Resource` is one Envoy message serialized exactly once, wrapped in
+the ``Any`` that goes on the wire, and identified by its name and a SHA-256 of
+the deterministic serialization. Every stream that sends the resource reuses
+that ``Any``; nothing is serialized per stream.
+
+A :class:`Snapshot` holds, per type URL, the resources by name, and derives
+each type's ``version_info`` from content alone: the first 16 hex digits of a
+SHA-256 over the sorted ``(name, hash)`` pairs. Two servers given the same
+resources therefore announce the same versions, which lets a client that
+reconnects to another replica skip a resend, and a version changes exactly
+when some resource of its type changes. Per-resource hashes are kept so that
+delta xDS can reuse them as resource versions.
+
+:meth:`Snapshot.check_consistency` guards against translation bugs: every EDS
+cluster's load assignment and every RDS route configuration named by a
+listener must be present, and no load assignment or route configuration may
+be orphaned. An inconsistent snapshot must never reach a client, because Envoy
+would leave clusters warming or listeners without routes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
+from google.protobuf import any_pb2
+
+from controlplane.errors import InconsistentSnapshotError
+from controlplane.xds.types import (
+    CLUSTER,
+    ENDPOINT,
+    HTTP_CONNECTION_MANAGER,
+    LISTENER,
+    PUSH_ORDER,
+    RESOURCE_TYPES,
+    ROUTE,
+    type_url_of,
+)
+
+Reference = tuple[str, str]
+"""``(type_url, name)`` of a resource another resource depends on."""
+
+
+def resource_references(message: Any) -> frozenset[Reference]:
+    """The resources ``message`` needs before it can be used.
+
+    Only warming dependencies count: a Cluster of type EDS needs its
+    ClusterLoadAssignment, and a Listener whose HttpConnectionManager uses RDS
+    needs that RouteConfiguration. Route-to-cluster links are not included:
+    a route to a missing cluster is valid configuration (it answers 503).
+    """
+    url = type_url_of(message)
+    if url == CLUSTER:
+        if message.type == cluster_pb2.Cluster.EDS:
+            service = message.eds_cluster_config.service_name or message.name
+            return frozenset({(ENDPOINT, service)})
+        return frozenset()
+    if url == LISTENER:
+        return frozenset((ROUTE, name) for name in _listener_route_names(message))
+    return frozenset()
+
+
+def _listener_route_names(listener: Any) -> Iterator[str]:
+    configs: list[any_pb2.Any] = []
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        configs.extend(f.typed_config for f in chain.filters if f.HasField("typed_config"))
+    if listener.HasField("api_listener"):
+        configs.append(listener.api_listener.api_listener)
+    for config in configs:
+        if config.type_url != HTTP_CONNECTION_MANAGER:
+            continue
+        hcm = http_connection_manager_pb2.HttpConnectionManager()
+        config.Unpack(hcm)
+        if hcm.WhichOneof("route_specifier") == "rds":
+            yield hcm.rds.route_config_name
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Resource:
+    """One named resource, serialized once. Treat ``body`` as read-only."""
+
+    name: str
+    type_url: str
+    hash: str
+    body: any_pb2.Any
+    references: frozenset[Reference]
+
+    @classmethod
+    def from_message(cls, message: Any) -> Resource:
+        url = type_url_of(message)
+        kind = RESOURCE_TYPES.get(url)
+        if kind is None:
+            raise InconsistentSnapshotError(f"unsupported resource type {url}")
+        data = message.SerializeToString(deterministic=True)
+        return cls(
+            name=kind.name_of(message),
+            type_url=url,
+            hash=hashlib.sha256(data).hexdigest(),
+            body=any_pb2.Any(type_url=url, value=data),
+            references=resource_references(message),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Resource):
+            return NotImplemented
+        return (self.type_url, self.name, self.hash) == (other.type_url, other.name, other.hash)
+
+    def __hash__(self) -> int:
+        return hash((self.type_url, self.name, self.hash))
+
+
+def content_version(resources: Mapping[str, Resource]) -> str:
+    """The version of one type: a digest of its sorted ``(name, hash)`` pairs."""
+    digest = hashlib.sha256()
+    for name in sorted(resources):
+        digest.update(name.encode())
+        digest.update(b"\x00")
+        digest.update(resources[name].hash.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+class Snapshot:
+    """Resources per type URL plus content-derived versions; immutable once built.
+
+    The four types of :data:`PUSH_ORDER` are always present, possibly empty.
+    """
+
+    __slots__ = ("_resources", "_versions")
+
+    def __init__(self, resources: Mapping[str, Iterable[Resource]]) -> None:
+        by_type: dict[str, Mapping[str, Resource]] = {}
+        for url in (*PUSH_ORDER, *sorted(set(resources) - set(PUSH_ORDER))):
+            named: dict[str, Resource] = {}
+            for resource in resources.get(url, ()):
+                if resource.type_url != url:
+                    raise InconsistentSnapshotError(
+                        f"{resource.type_url} resource {resource.name!r} filed under {url}"
+                    )
+                if resource.name in named:
+                    raise InconsistentSnapshotError(
+                        f"duplicate {url} resource name {resource.name!r}"
+                    )
+                named[resource.name] = resource
+            by_type[url] = MappingProxyType(named)
+        self._resources: Mapping[str, Mapping[str, Resource]] = MappingProxyType(by_type)
+        self._versions: Mapping[str, str] = MappingProxyType(
+            {url: content_version(named) for url, named in by_type.items()}
+        )
+
+    @classmethod
+    def from_resources(cls, resources: Mapping[str, Iterable[Any]]) -> Snapshot:
+        """Serialize and hash every message of ``{type_url: messages}``."""
+        return cls(
+            {
+                url: [Resource.from_message(message) for message in messages]
+                for url, messages in resources.items()
+            }
+        )
+
+    @classmethod
+    def empty(cls) -> Snapshot:
+        return cls({})
+
+    @property
+    def type_urls(self) -> tuple[str, ...]:
+        return tuple(self._resources)
+
+    @property
+    def versions(self) -> Mapping[str, str]:
+        return self._versions
+
+    def version(self, type_url: str) -> str:
+        """The version of ``type_url``; ``KeyError`` for a type the snapshot lacks."""
+        return self._versions[type_url]
+
+    def resources(self, type_url: str) -> Mapping[str, Resource]:
+        """Resources of ``type_url`` by name; empty for a type the snapshot lacks."""
+        return self._resources.get(type_url, MappingProxyType({}))
+
+    def name_hashes(self, type_url: str) -> dict[str, str]:
+        """``{name: hash}`` of one type: the resource versions delta xDS will use."""
+        return {name: r.hash for name, r in self.resources(type_url).items()}
+
+    def check_consistency(self) -> None:
+        """Raise :class:`InconsistentSnapshotError` listing every dangling or orphan link."""
+        referenced: dict[str, set[str]] = {ENDPOINT: set(), ROUTE: set()}
+        problems: list[str] = []
+        for parent_url in (CLUSTER, LISTENER):
+            for parent in self.resources(parent_url).values():
+                for url, name in sorted(parent.references):
+                    referenced.setdefault(url, set()).add(name)
+                    if name not in self.resources(url):
+                        problems.append(
+                            f"{_kind(parent_url)} {parent.name!r} needs missing "
+                            f"{_kind(url)} {name!r}"
+                        )
+        for url in (ENDPOINT, ROUTE):
+            for name in sorted(set(self.resources(url)) - referenced[url]):
+                problems.append(f"{_kind(url)} {name!r} is referenced by nothing")
+        if problems:
+            raise InconsistentSnapshotError("; ".join(problems))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Snapshot):
+            return NotImplemented
+        return self._versions == other._versions
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._versions.items())))
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            f"{_kind(url)}={self._versions[url]}({len(named)})"
+            for url, named in self._resources.items()
+        )
+        return f"Snapshot({parts})"
+
+
+def _kind(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]

@@ -1,0 +1,308 @@
+"""Sans-IO core of one state-of-the-world xDS server stream.
+
+:class:`SotwStream` turns ``DiscoveryRequest`` messages and snapshot changes
+into the ``DiscoveryResponse`` messages to send, and touches neither sockets
+nor gRPC nor the event loop; a driver (``controlplane.server.ads``) feeds it
+and writes what it returns, in order. One instance serves an ADS stream (every
+request names its ``type_url``) or, given ``type_url``, a single-type stream.
+
+Per type the stream remembers the subscription (:class:`Subscription`), the
+version and nonce of the newest response, and ``held``: the ``{name: hash}``
+the client holds from this stream. Everything follows from comparing what the
+subscription selects in the current snapshot with ``held``:
+
+* Full-state types (LDS, CDS) are answered with every selected resource when
+  the selected set differs from ``held`` in any way, including deletions (an
+  empty response deletes everything). The first request of a type is always
+  answered, even with nothing.
+* Partial types (RDS, EDS) are answered with the selected resources whose hash
+  differs from ``held``; names that disappeared from the snapshot are dropped
+  from ``held`` so that they are sent again if they return.
+* Unsubscribing drops names from ``held``, so resubscribing resends them.
+* ``held`` is updated when a response is sent, whether or not the client
+  accepts it. A NACK therefore never causes a resend: the next response waits
+  for content or subscriptions to change. ACK and NACK are told apart by
+  ``error_detail`` only.
+* A request whose ``response_nonce`` is not the newest nonce of its type is
+  stale and ignored entirely; the client repeats its whole subscription when
+  it answers the newest response. An empty nonce is a fresh request.
+* On a type's first request of a stream, a client that names the version this
+  snapshot has and is on wildcard already holds exactly this content (versions
+  are derived from content), so nothing is resent. With explicit names every
+  name is new to this stream and is sent.
+
+When one event yields several responses they come in make-before-break order:
+CDS, EDS, LDS, RDS. Any CDS response is followed by every subscribed EDS
+resource, changed or not, because a cluster that was added or modified only
+finishes warming when its load assignment arrives. When a snapshot change
+removes clusters and also changes listeners or routes, the first CDS response
+still carries the removed clusters and a final CDS response after the routes
+deletes them, so no route ever points at a cluster that is already gone.
+Nonces are a per-stream counter, so they are unique within the stream and
+never survive a reconnect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.errors import ProtocolError
+from controlplane.xds.snapshot import Resource, Snapshot, content_version
+from controlplane.xds.subscription import Subscription
+from controlplane.xds.types import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    is_full_state,
+    push_rank,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    type_url: str
+    version: str
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    type_url: str
+    rejected_version: str
+    """The version the client refused; ``version_info`` of the NACK is ``kept_version``."""
+    kept_version: str
+    nonce: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StaleRequest:
+    type_url: str
+    nonce: str
+    expected_nonce: str
+
+
+StreamEvent = Ack | Nack | StaleRequest
+
+
+@dataclass(frozen=True, slots=True)
+class TypeStatus:
+    """What one stream knows about one type, for logs and admin pages."""
+
+    type_url: str
+    wildcard: bool
+    names: frozenset[str]
+    version: str
+    nonce: str
+    acked_version: str
+    nacked_version: str
+
+
+@dataclass(slots=True)
+class _TypeState:
+    subscription: Subscription = field(default_factory=Subscription)
+    held: dict[str, str] | None = None
+    version: str = ""
+    nonce: str = ""
+    acked_version: str = ""
+    nacked_version: str = ""
+
+
+@dataclass(slots=True)
+class _Send:
+    type_url: str
+    version: str
+    resources: list[Resource]
+
+
+class SotwStream:
+    def __init__(
+        self,
+        snapshot_lookup: Callable[[base_pb2.Node], Snapshot],
+        *,
+        type_url: str | None = None,
+    ) -> None:
+        self._lookup = snapshot_lookup
+        self._fixed_type = type_url
+        self._node: base_pb2.Node | None = None
+        self._snapshot: Snapshot | None = None
+        self._types: dict[str, _TypeState] = {}
+        self._counter = 0
+        self._events: list[StreamEvent] = []
+
+    @property
+    def node(self) -> base_pb2.Node | None:
+        """The node of the stream's first request (``None`` before it arrives)."""
+        return self._node
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def status(self, type_url: str) -> TypeStatus | None:
+        state = self._types.get(type_url)
+        if state is None:
+            return None
+        return TypeStatus(
+            type_url=type_url,
+            wildcard=state.subscription.wildcard,
+            names=frozenset(state.subscription.names),
+            version=state.version,
+            nonce=state.nonce,
+            acked_version=state.acked_version,
+            nacked_version=state.nacked_version,
+        )
+
+    def pop_events(self) -> list[StreamEvent]:
+        """ACKs, NACKs and stale requests seen since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def on_request(self, request: Any) -> list[Any]:
+        """Consume one ``DiscoveryRequest``; return the responses to send, in order.
+
+        Raises :class:`ProtocolError` (culprit ``"client"``) for a request without
+        a ``type_url`` on ADS, a foreign ``type_url`` on a single-type stream, or
+        a first request without ``node``.
+        """
+        type_url = self._type_url_of(request)
+        if self._node is None:
+            if not request.HasField("node"):
+                raise ProtocolError("client", "the first request of a stream must carry node")
+            node = base_pb2.Node()
+            node.CopyFrom(request.node)
+            self._node = node
+            self._snapshot = self._lookup(node)
+        snapshot = self._snapshot
+        assert snapshot is not None
+
+        state = self._types.get(type_url)
+        nonce = request.response_nonce
+        if state is not None and nonce and state.nonce and nonce != state.nonce:
+            self._events.append(StaleRequest(type_url, nonce, state.nonce))
+            return []
+        if state is not None and nonce and nonce == state.nonce:
+            if request.HasField("error_detail"):
+                state.nacked_version = state.version
+                self._events.append(
+                    Nack(
+                        type_url,
+                        rejected_version=state.version,
+                        kept_version=request.version_info,
+                        nonce=nonce,
+                        message=request.error_detail.message,
+                    )
+                )
+            else:
+                state.acked_version = state.version
+                self._events.append(Ack(type_url, state.version, nonce))
+
+        first = state is None
+        if state is None:
+            state = self._types[type_url] = _TypeState()
+        subscription = state.subscription
+        subscription.replace(request.resource_names)
+        if state.held is not None:
+            state.held = {n: h for n, h in state.held.items() if subscription.wants(n)}
+
+        if (
+            first
+            and subscription.wildcard
+            and type_url in snapshot.versions
+            and request.version_info == snapshot.version(type_url)
+        ):
+            state.held = snapshot.name_hashes(type_url)
+            state.version = state.acked_version = request.version_info
+            return []
+        return self._respond(snapshot, None, {type_url})
+
+    def on_snapshot(self, snapshot: Snapshot) -> list[Any]:
+        """Adopt a new snapshot; return the responses it makes necessary, in order."""
+        previous, self._snapshot = self._snapshot, snapshot
+        if self._node is None or snapshot is previous:
+            return []
+        return self._respond(snapshot, previous, set(self._types))
+
+    def _type_url_of(self, request: Any) -> str:
+        given: str = request.type_url
+        if self._fixed_type is None:
+            if not given:
+                raise ProtocolError("client", "type_url is required on an aggregated stream")
+            return given
+        if given and given != self._fixed_type:
+            raise ProtocolError(
+                "client", f"type_url {given} on a stream for {self._fixed_type}"
+            )
+        return self._fixed_type
+
+    def _respond(
+        self, snapshot: Snapshot, previous: Snapshot | None, asked: set[str]
+    ) -> list[Any]:
+        sends: list[_Send] = []
+        removed_clusters: list[Resource] = []
+        cluster_sent = False
+        for type_url in sorted(self._types, key=push_rank):
+            forced = type_url == ENDPOINT and cluster_sent
+            if type_url not in asked and not forced:
+                continue
+            send, removed = self._plan(snapshot, type_url, self._types[type_url], forced)
+            if send is None:
+                continue
+            sends.append(send)
+            if type_url == CLUSTER:
+                cluster_sent = True
+                if previous is not None:
+                    old = previous.resources(CLUSTER)
+                    removed_clusters = [old[n] for n in sorted(removed) if n in old]
+        if removed_clusters and any(s.type_url in (LISTENER, ROUTE) for s in sends):
+            final = sends[0]
+            kept = {r.name: r for r in (*final.resources, *removed_clusters)}
+            interim = _Send(CLUSTER, content_version(kept), _by_name(kept.values()))
+            sends = [interim, *sends[1:], final]
+        return [self._response(send) for send in sends]
+
+    def _plan(
+        self, snapshot: Snapshot, type_url: str, state: _TypeState, forced: bool
+    ) -> tuple[_Send | None, set[str]]:
+        if type_url not in snapshot.versions:
+            return None, set()
+        wants = state.subscription.wants
+        selected = {n: r for n, r in snapshot.resources(type_url).items() if wants(n)}
+        current = {n: r.hash for n, r in selected.items()}
+        held = state.held
+        version = snapshot.version(type_url)
+        if is_full_state(type_url):
+            if held is not None and held == current:
+                return None, set()
+            state.held = current
+            removed = set(held or ()) - set(current)
+            return _Send(type_url, version, _by_name(selected.values())), removed
+        kept = {n: h for n, h in (held or {}).items() if n in current}
+        changed = [r for n, r in selected.items() if forced or kept.get(n) != r.hash]
+        state.held = current if changed else kept
+        if not changed:
+            return None, set()
+        return _Send(type_url, version, _by_name(changed)), set()
+
+    def _response(self, send: _Send) -> Any:
+        self._counter += 1
+        nonce = str(self._counter)
+        state = self._types[send.type_url]
+        state.version = send.version
+        state.nonce = nonce
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=send.version, type_url=send.type_url, nonce=nonce
+        )
+        response.resources.extend(r.body for r in send.resources)
+        return response
+
+
+def _by_name(resources: Iterable[Resource]) -> list[Resource]:
+    return sorted(resources, key=lambda r: r.name)
+

@@ -1,0 +1,50 @@
+"""What one side of a stream wants of one resource type.
+
+A subscription is a set of explicit names plus a wildcard flag. Both the
+server core and the client core keep one per type and apply the same rules:
+
+* ``"*"`` in the name list is the explicit wildcard; with other names it means
+  wildcard *and* those names.
+* Legacy wildcard: a client that has never named a resource and sends an empty
+  list is on wildcard. Once it has sent any non-empty list, an empty list means
+  "unsubscribe everything".
+* State of the world replaces: every request's list is the whole subscription.
+
+Names that do not exist are kept; they are served once they appear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from controlplane.xds.types import WILDCARD
+
+
+@dataclass(slots=True)
+class Subscription:
+    names: set[str] = field(default_factory=set)
+    wildcard: bool = False
+    named_before: bool = False
+    """The client has sent a non-empty name list, which ends legacy wildcard."""
+
+    def replace(self, resource_names: Iterable[str]) -> None:
+        """Apply a state-of-the-world name list."""
+        listed = set(resource_names)
+        if listed:
+            self.named_before = True
+        self.wildcard = WILDCARD in listed or (not listed and not self.named_before)
+        self.names = listed - {WILDCARD}
+
+    def wants(self, name: str) -> bool:
+        return self.wildcard or name in self.names
+
+    def sotw_names(self) -> list[str]:
+        """The name list that expresses this subscription on the wire."""
+        if self.wildcard and not self.named_before:
+            return []
+        return ([WILDCARD] if self.wildcard else []) + sorted(self.names)
+
+    @property
+    def empty(self) -> bool:
+        return not self.wildcard and not self.names
