@@ -96,10 +96,9 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
         return None
     kind, api_version = data.get("kind"), data.get("apiVersion")
     if not isinstance(kind, str) or not kind:
-        report.error("PF101", ("kind",), "the document has no kind")
-        return None
-    if not isinstance(api_version, str) or not api_version:
-        report.error("PF101", ("apiVersion",), "the document has no apiVersion")
+        report.error(
+            "PF101", ("kind",), "the document has no kind; add one, for example kind: Service"
+        )
         return None
     if kind not in KINDS:
         report.error(
@@ -110,6 +109,13 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
         )
         return None
     versions, message = KINDS[kind]
+    if not isinstance(api_version, str) or not api_version:
+        report.error(
+            "PF101",
+            ("apiVersion",),
+            f"the document has no apiVersion; add apiVersion: {versions[0]}",
+        )
+        return None
     if api_version not in versions:
         report.error(
             "PF103",
@@ -128,7 +134,8 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
             report.error(
                 "PF110",
                 (key,),
-                f"unknown top-level field {key!r}{suggest(key, list(TOP_LEVEL_FIELDS))}",
+                f"unknown top-level field {key!r}"
+                f"{suggest(key, list(TOP_LEVEL_FIELDS)) or '; remove it'}",
             )
     if metadata is None:
         report.error("PF104", ("metadata",), "the document has no metadata; add metadata.name")
@@ -136,7 +143,9 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
     check_message(metadata, "ObjectMeta", ("metadata",), report)
     if report.failed:
         return None
-    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
+    if name is None:
+        report.error("PF104", ("metadata", "name"), "metadata has no name; add metadata.name")
+    elif not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
         report.error(
             "PF104",
             ("metadata", "name"),

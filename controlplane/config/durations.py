@@ -2,7 +2,8 @@
 
 Istio's YAML accepts Go-style duration strings (a sequence of decimal
 numbers, each with a unit: h, m, s, ms, us or µs, ns). Negative durations
-are not valid anywhere in the networking API.
+are not valid anywhere in the networking API, and neither are durations
+longer than Go's (about 292 years).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
+_MAX_SECONDS = (2**63 - 1) / 1e9  # Go's time.Duration is int64 nanoseconds
 _UNIT_SECONDS = {
     "h": 3600.0,
     "m": 60.0,
@@ -37,7 +39,7 @@ def parse_duration(text: str) -> timedelta | None:
         seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         position = match.end()
     else:
-        if position and position == len(text):
+        if position and position == len(text) and seconds <= _MAX_SECONDS:
             result = timedelta(seconds=seconds)
     if len(_cache) < 10_000:
         _cache[text] = result

@@ -25,7 +25,14 @@ def gateway(spec: dict[str, Any], namespace: str, name: str, report: Reporter) -
             continue
         if not 1 <= number <= 65535:
             report.error("PF114", (*here, "port", "number"), f"port {number} is not 1-65535")
-        if protocol is None or protocol.upper() not in GATEWAY_PROTOCOLS:
+        if protocol is None:
+            report.error(
+                "PF113",
+                (*here, "port", "protocol"),
+                f"a server port needs a protocol: one of {', '.join(GATEWAY_PROTOCOLS)}",
+            )
+            continue
+        if protocol.upper() not in GATEWAY_PROTOCOLS:
             report.error(
                 "PF114",
                 (*here, "port", "protocol"),

@@ -41,7 +41,7 @@ def _load_balancer(value: dict[str, Any], path: Path, report: Reporter) -> LoadB
         keys = [
             k
             for k in ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
-            if hashing.get(k) is not None
+            if hashing.get(k) is not None and hashing.get(k) is not False
         ]
         if not keys:
             report.error(
@@ -70,7 +70,7 @@ def _load_balancer(value: dict[str, Any], path: Path, report: Reporter) -> LoadB
                 http_cookie_ttl=_dur(cookie.get("ttl")),
                 use_source_ip=bool(hashing.get("useSourceIp")),
                 http_query_parameter_name=hashing.get("httpQueryParameterName"),
-                minimum_ring_size=ring,
+                minimum_ring_size=int(ring) if ring is not None else None,
             ),
         )
     if simple is None or simple == "UNSPECIFIED":
@@ -124,6 +124,8 @@ def traffic_policy(value: dict[str, Any], path: Path, report: Reporter) -> Traff
                 "PF113", (*here, "port", "number"), "a port-level setting needs a port number"
             )
             continue
+        if not 1 <= port <= 65535:
+            report.error("PF114", (*here, "port", "number"), f"port {port} is not 1-65535")
         if port in seen:
             report.error("PF114", (*here, "port", "number"), f"port {port} is configured twice")
         seen.add(port)

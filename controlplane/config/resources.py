@@ -9,7 +9,7 @@ several documents (a Service and the WorkloadEntries it selects) to exist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controlplane.model import (
     DestinationPolicy,
@@ -32,10 +32,10 @@ class Meta:
     doc: int
     line: int
     labels: Labels = ()
+    key: tuple[str, str, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.kind, self.namespace, self.name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.kind, self.namespace, self.name))
 
     @property
     def label(self) -> str:

@@ -47,8 +47,10 @@ def regex_error(pattern: str) -> str | None:
     else:
         try:
             re.compile(pattern)
-        except re.error as exc:
+        except (re.error, OverflowError) as exc:
             problem = str(exc)
+        except RecursionError:
+            problem = "the pattern is nested too deeply"
     _regex_ok[pattern] = problem
     return problem
 
@@ -126,6 +128,7 @@ def _weighted(
     out: list[RouteDestination] = []
     total = 0
     for index, item in enumerate(routes):
+        item = item or {}
         dest = _destination(
             item.get("destination"), (*path, index, "destination"), namespace, report
         )
@@ -189,6 +192,9 @@ def _http_match(value: dict[str, Any], path: Path, namespace: str, report: Repor
 
 def _redirect(value: dict[str, Any], path: Path, report: Reporter) -> Redirect:
     code = value.get("redirectCode") or 301
+    port = value.get("port")
+    if port is not None and not 1 <= port <= 65535:
+        report.error("PF114", (*path, "port"), f"port {port} is not 1-65535")
     if code not in REDIRECT_CODES:
         report.error(
             "PF114",
@@ -198,7 +204,7 @@ def _redirect(value: dict[str, Any], path: Path, report: Reporter) -> Redirect:
     return Redirect(
         uri=value.get("uri"),
         authority=value.get("authority"),
-        port=value.get("port"),
+        port=port,
         scheme=value.get("scheme"),
         redirect_code=code,
     )
@@ -310,6 +316,10 @@ def virtual_service(
         rule = rule or {}
         if not rule.get("route"):
             report.error("PF113", (*path, "route"), "a tcp rule needs a route")
+        for i, m in enumerate(rule.get("match") or ()):
+            port = (m or {}).get("port")
+            if port is not None and not 1 <= port <= 65535:
+                report.error("PF114", (*path, "match", i, "port"), f"port {port} is not 1-65535")
         matches = tuple(
             TcpMatch(
                 port=m.get("port"),

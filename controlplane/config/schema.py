@@ -18,6 +18,7 @@ given: one warning per ignored subtree is enough.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 from controlplane.config.durations import parse_duration
@@ -151,6 +152,7 @@ _INT_RANGES = {
     "int64": (-(2**63), 2**63 - 1),
     "uint64": (0, 2**64 - 1),
 }
+_INT_TEXT = re.compile(r"^-?[0-9]+$")  # protobuf JSON writes 64-bit integers as strings
 _TYPE_NAMES = {
     "string": "a string",
     "bool": "true or false",
@@ -213,7 +215,7 @@ def check_message(
             report.error(
                 "PF110",
                 here,
-                f"unknown field {name!r} in {where}{suggest(name, list(fields))}",
+                f"unknown field {name!r} in {where}{suggest(name, list(fields)) or '; remove it'}",
             )
             continue
         if item is None:
@@ -244,6 +246,11 @@ def _check_field(value: Any, spec: FieldSpec, path: Path, report: Reporter, *, w
         for index, item in enumerate(value):
             if item is not None:
                 _check_value(item, spec.type, (*path, index), report, warn=warn)
+            elif not spec.type.startswith("message:"):
+                # An empty item of a message list is an empty message; of a scalar list, a mistake.
+                report.error(
+                    "PF112", (*path, index), f"expected {_expected(spec.type)}, found null"
+                )
         return
     _check_value(value, spec.type, path, report, warn=warn)
 
@@ -254,7 +261,7 @@ def _check_value(value: Any, type_: str, path: Path, report: Reporter, *, warn: 
             report.error("PF112", path, f"expected a string, found {_describe(value)}")
     elif type_ in _INT_RANGES:
         low, high = _INT_RANGES[type_]
-        if isinstance(value, str) and type_.endswith("64") and value.lstrip("-").isdigit():
+        if isinstance(value, str) and type_.endswith("64") and _INT_TEXT.match(value):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             report.error("PF112", path, f"expected {_expected(type_)}, found {_describe(value)}")

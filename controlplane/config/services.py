@@ -1,9 +1,9 @@
 """Service, WorkloadEntry and ServiceEntry documents -> resource records.
 
-Port protocols are chosen the way Istio chooses them: ``appProtocol`` first,
-then the port name (``http``, ``http-web``, ``grpc-api`` ...), then, for a
-ServiceEntry, the ``protocol`` field. A port with no hint is TCP: Pilotfish
-does not sniff protocols, so name your HTTP ports.
+Port protocols are chosen the way Istio chooses them: ``appProtocol`` (for a
+ServiceEntry, ``protocol``) first, then the port name (``http``, ``http-web``,
+``grpc-api`` ...). A port with no hint is TCP: Pilotfish does not sniff
+protocols, so name your HTTP ports.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def service_entry(spec: dict[str, Any], report: Reporter) -> ServiceEntrySpec:
             ServicePort(
                 name=port.get("name") or "",
                 port=port["number"],
-                protocol=protocol_of(None, None, port.get("protocol") or port.get("name")),
+                protocol=protocol_of(port.get("protocol"), port.get("name"), None),
                 target_port=port.get("targetPort"),
             )
         )

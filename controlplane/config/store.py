@@ -32,7 +32,7 @@ from pathlib import Path
 
 import structlog
 
-from controlplane.config.build import BuildResult, build_mesh
+from controlplane.config.build import BuildResult, MeshBuilder, build_mesh
 from controlplane.config.diagnostics import Diagnostic, Finding, Severity
 from controlplane.config.document import FileResult, read_text
 from controlplane.config.files import FileStamp, scan
@@ -113,6 +113,8 @@ class ConfigStore:
         self._mesh = Mesh()
         self._diagnostics: tuple[Diagnostic, ...] = ()
         self._positions: dict[str, tuple[Diagnostic, ...]] = {}
+        self._builder = MeshBuilder()
+        self._build: BuildResult | None = None
         self._last: ReloadResult | None = None
         self._last_changed: list[tuple[str, str]] | None = None
 
@@ -162,6 +164,7 @@ class ConfigStore:
         applied = tuple(rel for rel in applicable if rel not in blocked)
         rejected = tuple(sorted({*blocked, *(r for r in changed if r not in applicable)}))
         state.accepted = accepted
+        self._build = build
         self._last_changed = [item for item in signature if item[0] not in applied]
         self._mesh = build.mesh
 
@@ -207,10 +210,12 @@ class ConfigStore:
     ) -> tuple[dict[str, FileVersion], BuildResult, dict[str, list[Finding]]]:
         """Apply as much of ``applicable`` as keeps the model free of errors."""
         blocked: dict[str, list[Finding]] = {}
+        if not applicable and self._build is not None:
+            return baseline, self._build, blocked
         pending = list(applicable)
         while True:
             candidate = _apply(baseline, current, pending)
-            result = build_mesh(_resources(candidate), frozenset(pending))
+            result = self._builder.build(_resources(candidate), frozenset(pending))
             errors = [f for f in result.findings if f.is_error]
             if not errors:
                 return candidate, result, blocked
@@ -223,14 +228,14 @@ class ConfigStore:
             pending = [rel for rel in pending if rel not in blamed]
         # An error in a file that did not change: find the changes that keep the model clean.
         accepted = dict(baseline)
-        result = build_mesh(_resources(accepted))
+        result = self._builder.build(_resources(accepted))
         progress = True
         remaining = list(pending)
         while progress and remaining:
             progress = False
             for rel in list(remaining):
                 trial = _apply(accepted, current, [rel])
-                trial_result = build_mesh(_resources(trial), frozenset([rel]))
+                trial_result = self._builder.build(_resources(trial), frozenset([rel]))
                 trial_errors = [f for f in trial_result.findings if f.is_error]
                 if trial_errors:
                     blocked[rel] = trial_errors
@@ -254,8 +259,8 @@ def _apply(
     return candidate
 
 
-def _resources(files: dict[str, FileVersion]) -> list[Resource]:
-    return [r for version in files.values() for r in version.result.resources]
+def _resources(files: dict[str, FileVersion]) -> dict[str, tuple[Resource, ...]]:
+    return {path: version.result.resources for path, version in files.items()}
 
 
 def validate_directory(root: Path) -> list[Diagnostic]:

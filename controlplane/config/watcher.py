@@ -3,16 +3,17 @@
 A :class:`DirectoryWatcher` runs a watchdog observer on the config directory,
 recursively: inotify on Linux, or a poller (``polling=True``) for filesystems
 that have no change notification (NFS, some FUSE and container mounts). The
-observer's events are only a hint. The callback is expected to :func:`scan`
-the directory itself, so the watcher drops events that cannot change what a
-scan returns and passes no event details on.
+observer's events are only a hint: the callback is expected to scan the
+directory itself (:func:`~controlplane.config.files.scan`), so the watcher
+drops events that cannot change what a scan returns and passes no event
+details on.
 
 An event counts when it names, relative to the root (or, for a move, when
 either of its two paths does):
 
 * a config file (:func:`~controlplane.config.files.is_config_path`);
-* a directory that is not hidden, created, deleted or moved. A new directory
-  may bring config files whose own events were never seen;
+* the creation, deletion or move of a directory that is not hidden. A new
+  directory may bring config files whose own events were never seen;
 * ``..data``, the symlink that the kubelet swaps atomically to publish a new
   version of a ConfigMap volume. ``..data`` is hidden, and nothing else in the
   volume changes: the ``name.yaml -> ..data/name.yaml`` links stay as they are;
@@ -42,10 +43,13 @@ directory is there again it watches that one and calls the callback once more.
 A symlink root is resolved when it is watched, because inotify would
 otherwise watch the link rather than the directory.
 
-Limits: symlinks to directories are not followed by the observer. A symlink
-out of the tree is seen to appear and go away, but edits made behind it are
-only noticed by polling. A symlinked file's target is re-examined by polling
-on every poll. With inotify it is not watched: edit the link, not the target.
+Limits. The inotify observer does not follow symlinks: for a symlink to a
+directory outside the tree, or a config file that is a symlink to a file
+outside it, only changes to the link itself are seen, not edits behind it.
+The poller stats through links, so it sees those too. It skips hidden entries
+altogether and lists each directory once, so a symlink loop cannot trap it.
+If the kernel's inotify queue overflows, the lost events are gone; the next
+change that counts makes up for them.
 """
 
 from __future__ import annotations
@@ -225,6 +229,7 @@ class _Session:
         self._observer: Any = None
         self._watched: str | None = None
         self._identity: tuple[int, int] | None = None
+        self._unwatchable_logged = False
         self._thread = threading.Thread(
             target=self._run, name=f"pilotfish-watch:{self._root}", daemon=True
         )
@@ -333,8 +338,15 @@ class _Session:
             self.note_change()
         try:
             self.attach()
-        except OSError:
+        except FileNotFoundError:
             return
+        except OSError as exc:
+            # Out of inotify instances or watches, say: worth telling, but only once.
+            if not self._unwatchable_logged:
+                logger.warning("config_dir_unwatchable", root=str(self._root), error=str(exc))
+                self._unwatchable_logged = True
+            return
+        self._unwatchable_logged = False
         logger.info("config_dir_watch_resumed", root=str(self._root))
         self.note_change()
 
@@ -394,12 +406,14 @@ def _visible_lister(watched: str) -> Callable[[str], Iterator[os.DirEntry[str]]]
     """``listdir`` for the poller: skips hidden entries and lists each directory once.
 
     The poller stats with ``os.stat`` and so descends through symlinks; without
-    the visited set a symlink loop would have it walk until the path got too long.
+    the visited set it would go round a symlink loop until the kernel refused to
+    resolve the path.
     """
     visited: set[tuple[int, int]] = set()
 
     def listdir(path: str) -> Iterator[os.DirEntry[str]]:
         if path == watched:
+            # Every snapshot starts by listing the root.
             visited.clear()
         directory = os.stat(path)
         key = (directory.st_dev, directory.st_ino)

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.reader import ReaderError
 from yaml.resolver import Resolver
 
 from controlplane.errors import PilotfishError
@@ -97,7 +98,7 @@ if CParser is not None:
         composer = _FastComposer(text)
         try:
             while composer.check_node():
-                node: Node = composer.get_node()
+                node: Node = composer.get_node()  # type: ignore[assignment]
                 yield node
         finally:
             composer.dispose()
@@ -121,7 +122,14 @@ def _scalar(node: ScalarNode) -> Any:
     except KeyError:
         pass
     construct = _SCALAR_CONSTRUCTORS.get(tag)
-    value = construct(node) if construct is not None else node.value
+    try:
+        value = construct(node) if construct is not None else node.value
+    except (ValueError, KeyError, IndexError):
+        kind = tag.rsplit(":", 1)[-1]
+        raise YamlSyntaxError(
+            f"YAML syntax: {node.value!r} is not a valid {kind}; quote it if it is a string",
+            *_mark_of(node),
+        ) from None
     if len(_scalar_cache) < 100_000:
         _scalar_cache[key] = value
     return value
@@ -137,7 +145,9 @@ def _build(node: Node, active: set[int]) -> Any:
         return _scalar(node)  # type: ignore[arg-type]
     ident = id(node)
     if ident in active:
-        raise YamlSyntaxError("recursive alias: a node contains itself", *_mark_of(node))
+        raise YamlSyntaxError(
+            "recursive alias: a node contains itself; point the alias elsewhere", *_mark_of(node)
+        )
     active.add(ident)
     try:
         if cls is SequenceNode:
@@ -155,7 +165,10 @@ def _build(node: Node, active: set[int]) -> Any:
                 raise YamlSyntaxError("mapping keys must be scalars", *_mark_of(key_node))
             key = key_node.value
             if key in result and key not in merged:
-                raise YamlSyntaxError(f"duplicate key {key!r}", *_mark_of(key_node))
+                raise YamlSyntaxError(
+                    f"duplicate key {key!r}: a key may appear once per mapping, remove one",
+                    *_mark_of(key_node),
+                )
             merged.discard(key)
             result[key] = _build(value_node, active)
         return result
@@ -184,6 +197,15 @@ def parse(text: str) -> list[Document]:
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
         raise YamlSyntaxError(f"YAML syntax: {problem}", line, column) from None
+    except ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise YamlSyntaxError(
+            f"YAML syntax: character #x{code:04X} is not allowed in YAML; remove it",
+            line,
+            column,
+        ) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(f"YAML error: {exc}", 1, 1) from None
     except RecursionError:

@@ -8,7 +8,7 @@ from the same files compare equal whatever order the files were read in.
 
 from controlplane.model.gateway import Gateway, GatewayServer
 from controlplane.model.mesh import Mesh
-from controlplane.model.names import DEFAULT_DOMAIN, fqdn, host_aliases
+from controlplane.model.names import DEFAULT_DOMAIN, canonical_host, fqdn, host_aliases
 from controlplane.model.policy import (
     ConnectionPool,
     ConsistentHash,
@@ -88,6 +88,7 @@ __all__ = [
     "TcpRoute",
     "TrafficPolicy",
     "VirtualService",
+    "canonical_host",
     "fqdn",
     "host_aliases",
     "labels_match",

@@ -133,9 +133,13 @@ class DestinationPolicy:
         return None
 
     def effective(self, port: int, subset: str | None = None) -> TrafficPolicy:
-        """The policy that applies to traffic for ``port`` (and ``subset``, if any)."""
-        policy = self.traffic_policy
+        """The policy that applies to traffic for ``port`` (and ``subset``, if any).
+
+        As in Istio, the host's and the subset's policies are each resolved for
+        the port first; then the subset's overrides the host's.
+        """
+        policy = self.traffic_policy.for_port(port)
         found = self.subset(subset) if subset else None
         if found is not None and found.traffic_policy is not None:
-            policy = found.traffic_policy.merged_over(policy)
-        return policy.for_port(port)
+            policy = found.traffic_policy.for_port(port).merged_over(policy)
+        return policy

@@ -61,13 +61,25 @@ class GatewayBinding:
 def gateway_bindings(
     mesh: Mesh, servers: Sequence[tuple[Gateway, GatewayServer]]
 ) -> tuple[tuple[str, tuple[GatewayBinding, ...]], ...]:
-    """Per VirtualService host (in first-seen order), the bindings serving it on ``servers``."""
+    """Per exposed host (in first-seen order), the bindings serving it on ``servers``.
+
+    A VirtualService host and a server host that intersect expose the narrower
+    of the two, as in Istio: ``*`` bound through a server for
+    ``shop.example.com`` serves ``shop.example.com`` only.
+    """
     by_host: dict[str, list[GatewayBinding]] = {}
     for vs in mesh.virtual_services:
+        exposed: dict[str, set[str]] = {}
         for host in vs.hosts:
-            through = _bound_through(vs, host, servers)
-            if through:
-                by_host.setdefault(host, []).append(GatewayBinding(vs, through))
+            for gateway, server in servers:
+                if gateway.key not in vs.gateways:
+                    continue
+                for pattern in (server_host(h) for h in server.hosts):
+                    if hosts_intersect(pattern, host):
+                        narrower = host if host_matches(pattern, host) else pattern
+                        exposed.setdefault(narrower, set()).add(gateway.key)
+        for host, keys in exposed.items():
+            by_host.setdefault(host, []).append(GatewayBinding(vs, tuple(sorted(keys))))
     return tuple((host, tuple(bindings)) for host, bindings in by_host.items())
 
 

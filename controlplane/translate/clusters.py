@@ -30,7 +30,6 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_de
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import wrappers_pb2
 
 from controlplane.model import (
     ConnectionPool,
@@ -77,7 +76,9 @@ def blackhole_cluster() -> Message:
 def build_cluster(upstream: Upstream) -> Message:
     policy = upstream.policy
     pool = policy.connection_pool or ConnectionPool()
-    connect_timeout = (pool.tcp and pool.tcp.connect_timeout) or DEFAULT_CONNECT_TIMEOUT
+    connect_timeout = DEFAULT_CONNECT_TIMEOUT
+    if pool.tcp is not None and pool.tcp.connect_timeout is not None:
+        connect_timeout = pool.tcp.connect_timeout
     cluster = Cluster(name=upstream.name, connect_timeout=duration(connect_timeout))
     _set_discovery(cluster, upstream)
     if upstream.discovery is not Discovery.ORIGINAL_DST and policy.load_balancer is not None:
@@ -104,7 +105,9 @@ def _set_discovery(cluster: Message, upstream: Upstream) -> None:
         cluster.lb_policy = Cluster.CLUSTER_PROVIDED
     elif discovery is Discovery.STATIC:
         cluster.type = Cluster.STATIC
-        cluster.load_assignment.CopyFrom(endpoint_pb2.ClusterLoadAssignment(cluster_name=upstream.name))
+        cluster.load_assignment.CopyFrom(
+            endpoint_pb2.ClusterLoadAssignment(cluster_name=upstream.name)
+        )
     else:
         cluster.type = _DNS_TYPES[discovery]
         cluster.dns_lookup_family = Cluster.V4_PREFERRED
@@ -177,7 +180,7 @@ def _http_protocol_options(protocol: Protocol, pool: ConnectionPool) -> Message 
     if idle_timeout is not None:
         common.idle_timeout.CopyFrom(duration(idle_timeout))
     if per_connection is not None:
-        common.max_requests_per_connection.CopyFrom(wrappers_pb2.UInt32Value(value=per_connection))
+        common.max_requests_per_connection.CopyFrom(uint32(per_connection))
     if idle_timeout is not None or per_connection is not None:
         options.common_http_protocol_options.CopyFrom(common)
     return options

@@ -16,7 +16,9 @@ from controlplane.translate.names import BLACKHOLE_CLUSTER
 from controlplane.translate.upstreams import Upstream, find_upstream
 
 
-def destination_port(mesh: Mesh, destination: RouteDestination, listener_port: int | None) -> int | None:
+def destination_port(
+    mesh: Mesh, destination: RouteDestination, listener_port: int | None
+) -> int | None:
     if destination.port is not None:
         return destination.port
     service = mesh.service(destination.host)
@@ -29,13 +31,17 @@ def destination_port(mesh: Mesh, destination: RouteDestination, listener_port: i
     return None
 
 
-def resolve(mesh: Mesh, destination: RouteDestination, listener_port: int | None) -> Upstream | None:
+def resolve(
+    mesh: Mesh, destination: RouteDestination, listener_port: int | None
+) -> Upstream | None:
     port = destination_port(mesh, destination, listener_port)
     if port is None:
         return None
     return find_upstream(mesh, destination.host, port, destination.subset)
 
 
-def destination_cluster(mesh: Mesh, destination: RouteDestination, listener_port: int | None) -> str:
+def destination_cluster(
+    mesh: Mesh, destination: RouteDestination, listener_port: int | None
+) -> str:
     upstream = resolve(mesh, destination, listener_port)
     return upstream.name if upstream is not None else BLACKHOLE_CLUSTER

@@ -109,4 +109,3 @@ def _grpc_code(status: str) -> int:
     if text.isdigit():
         return int(text)
     return GRPC_STATUS_CODES.get(text, GRPC_STATUS_CODES["UNKNOWN"])
-

@@ -66,6 +66,8 @@ def route_match(match: HttpMatch | None) -> Message:
         result.headers.append(header_matcher(name, maybe, invert=True))
     for name, value in match.query_params:
         result.query_parameters.append(
-            route_components_pb2.QueryParameterMatcher(name=name, string_match=string_matcher(value))
+            route_components_pb2.QueryParameterMatcher(
+                name=name, string_match=string_matcher(value)
+            )
         )
     return result

@@ -7,7 +7,9 @@ client may use for the service (:func:`~controlplane.model.host_aliases`),
 each bare and with ``:port``; the short name is left out when two services
 of the mesh share it, since it would then name neither. Its routes are the
 rules of the mesh VirtualServices for the host, in order; a host without
-applicable rules gets a single catch-all route to its own cluster.
+applicable rules gets a single catch-all route to its own cluster. A
+VirtualService host that is no service of the mesh gets no virtual host:
+there would be no cluster behind it to default to.
 
 Gateway: one ``RouteConfiguration`` per HTTP server port, ``http.<port>``,
 with one virtual host per host of the VirtualServices bound to a Gateway

@@ -158,14 +158,7 @@ def _action(
         action.retry_policy.CopyFrom(retry)
     if rule.rewrite is not None:
         if rule.rewrite.uri is not None:
-            if match is not None and match.uri is not None and match.uri.kind is StringMatchKind.REGEX:
-                action.regex_rewrite.CopyFrom(
-                    regex_pb2.RegexMatchAndSubstitute(
-                        pattern=regex(match.uri.value), substitution=rule.rewrite.uri
-                    )
-                )
-            else:
-                action.prefix_rewrite = rule.rewrite.uri
+            _set_uri_rewrite(action, match, rule.rewrite.uri)
         if rule.rewrite.authority is not None:
             action.host_rewrite_literal = rule.rewrite.authority
     if rule.mirror is not None:
@@ -186,6 +179,16 @@ def _action(
         if policy is not None:
             action.hash_policy.append(policy)
     return action
+
+
+def _set_uri_rewrite(action: Message, match: HttpMatch | None, uri: str) -> None:
+    matched = match.uri if match is not None else None
+    if matched is not None and matched.kind is StringMatchKind.REGEX:
+        action.regex_rewrite.CopyFrom(
+            regex_pb2.RegexMatchAndSubstitute(pattern=regex(matched.value), substitution=uri)
+        )
+    else:
+        action.prefix_rewrite = uri
 
 
 def _weighted(destinations: Sequence[RouteDestination]) -> tuple[RouteDestination, ...]:
@@ -258,9 +261,7 @@ def hash_policy(hashing: ConsistentHash) -> Message | None:
     if hashing.use_source_ip:
         return policy(connection_properties=policy.ConnectionProperties(source_ip=True))
     if hashing.http_query_parameter_name is not None:
-        return policy(
-            query_parameter=policy.QueryParameter(name=hashing.http_query_parameter_name)
-        )
+        return policy(query_parameter=policy.QueryParameter(name=hashing.http_query_parameter_name))
     return None
 
 

@@ -238,4 +238,3 @@ class SotwClient:
             request.node.CopyFrom(self._node)
             self._node_sent = True
         return request
-

@@ -40,6 +40,8 @@ still carries the removed clusters and a final CDS response after the routes
 deletes them, so no route ever points at a cluster that is already gone.
 Nonces are a per-stream counter, so they are unique within the stream and
 never survive a reconnect.
+
+A stream is not thread-safe: exactly one driver owns it and calls it in order.
 """
 
 from __future__ import annotations
@@ -236,14 +238,10 @@ class SotwStream:
                 raise ProtocolError("client", "type_url is required on an aggregated stream")
             return given
         if given and given != self._fixed_type:
-            raise ProtocolError(
-                "client", f"type_url {given} on a stream for {self._fixed_type}"
-            )
+            raise ProtocolError("client", f"type_url {given} on a stream for {self._fixed_type}")
         return self._fixed_type
 
-    def _respond(
-        self, snapshot: Snapshot, previous: Snapshot | None, asked: set[str]
-    ) -> list[Any]:
+    def _respond(self, snapshot: Snapshot, previous: Snapshot | None, asked: set[str]) -> list[Any]:
         sends: list[_Send] = []
         removed_clusters: list[Resource] = []
         cluster_sent = False
@@ -305,4 +303,3 @@ class SotwStream:
 
 def _by_name(resources: Iterable[Resource]) -> list[Resource]:
     return sorted(resources, key=lambda r: r.name)
-

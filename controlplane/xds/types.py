@@ -77,9 +77,7 @@ class ResourceType:
 RESOURCE_TYPES: Mapping[str, ResourceType] = MappingProxyType(
     {
         CLUSTER: ResourceType(CLUSTER, "CDS", cluster_pb2.Cluster, "name"),
-        ENDPOINT: ResourceType(
-            ENDPOINT, "EDS", endpoint_pb2.ClusterLoadAssignment, "cluster_name"
-        ),
+        ENDPOINT: ResourceType(ENDPOINT, "EDS", endpoint_pb2.ClusterLoadAssignment, "cluster_name"),
         LISTENER: ResourceType(LISTENER, "LDS", listener_pb2.Listener, "name"),
         ROUTE: ResourceType(ROUTE, "RDS", route_pb2.RouteConfiguration, "name"),
     }

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from controlplane.config import files
 from controlplane.config.files import FileStamp, is_config_path, is_editor_temp, scan
 
 
@@ -229,7 +228,7 @@ def test_scan_skips_a_file_that_vanishes_during_the_scan(
         vanishes.unlink(missing_ok=True)
         return Listing(entries)
 
-    monkeypatch.setattr(files.os, "scandir", racing_scandir)
+    monkeypatch.setattr(os, "scandir", racing_scandir)
 
     assert scan(tmp_path) == {"stays.yaml": stamp_of(stays)}
 
@@ -246,7 +245,7 @@ def test_scan_skips_a_directory_it_cannot_read(
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(files.os, "scandir", guarded_scandir)
+    monkeypatch.setattr(os, "scandir", guarded_scandir)
 
     assert scan(tmp_path) == {"a.yaml": stamp_of(a)}
 

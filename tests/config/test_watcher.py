@@ -23,7 +23,7 @@ from controlplane.config.watcher import DirectoryWatcher
 from controlplane.errors import PilotfishError
 
 TIMEOUT = 10.0
-QUIET = 0.6
+QUIET = 0.4
 POLL = 0.05
 
 
@@ -82,16 +82,12 @@ def calls(tmp_path: Path) -> Calls:
 
 
 @pytest.fixture
-def watch(
-    tmp_path: Path, calls: Calls, polling: bool
-) -> Iterator[Callable[..., DirectoryWatcher]]:
+def watch(tmp_path: Path, calls: Calls, polling: bool) -> Iterator[Callable[..., DirectoryWatcher]]:
     started: list[DirectoryWatcher] = []
 
     def make(**options: float) -> DirectoryWatcher:
         options.setdefault("debounce", 0.05)
-        watcher = DirectoryWatcher(
-            tmp_path, calls, polling=polling, poll_interval=POLL, **options
-        )
+        watcher = DirectoryWatcher(tmp_path, calls, polling=polling, poll_interval=POLL, **options)
         watcher.start()
         started.append(watcher)
         return watcher
@@ -156,7 +152,7 @@ def test_a_new_subdirectory_with_a_file_calls_back(
 
 
 def test_a_directory_moved_in_with_files_calls_back(
-    tmp_path: Path, calls: Calls, watch: Callable[..., DirectoryWatcher]
+    tmp_path: Path, calls: Calls, polling: bool
 ) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -164,7 +160,7 @@ def test_a_directory_moved_in_with_files_calls_back(
     staged.mkdir()
     (staged / "gw.yaml").write_text("x: 1\n")
     calls.root = root
-    watcher = DirectoryWatcher(root, calls, debounce=0.05, polling=False, poll_interval=POLL)
+    watcher = DirectoryWatcher(root, calls, debounce=0.05, polling=polling, poll_interval=POLL)
 
     with watcher:
         os.rename(staged, root / "staged")
@@ -172,15 +168,48 @@ def test_a_directory_moved_in_with_files_calls_back(
         assert calls.wait_until(lambda seen: "staged/gw.yaml" in seen)
 
 
-@pytest.mark.parametrize("name", [".x.yaml.swp", ".x.yaml.swx", "x.yaml~", "4913", "x.yaml.tmp"])
-def test_an_editor_swap_or_temp_file_alone_does_not_call_back(
-    tmp_path: Path, calls: Calls, watch: Callable[..., DirectoryWatcher], name: str
+def test_a_symlink_to_a_directory_of_config_calls_back(
+    tmp_path: Path, calls: Calls, polling: bool
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "mesh.yaml").write_text("x: 1\n")
+    calls.root = root
+    watcher = DirectoryWatcher(root, calls, debounce=0.05, polling=polling, poll_interval=POLL)
+
+    with watcher:
+        (root / "shared").symlink_to(shared)
+        assert calls.wait_until(lambda seen: seen.keys() == {"shared/mesh.yaml"})
+
+        (root / "shared").unlink()
+        assert calls.wait_until(lambda seen: seen == {})
+
+
+def test_other_files_being_written_do_not_call_back(
+    tmp_path: Path, calls: Calls, watch: Callable[..., DirectoryWatcher]
+) -> None:
+    (tmp_path / "a.yaml").write_text("x: 1\n")
+    watch()
+
+    (tmp_path / "README.md").write_text("hello\n")
+    (tmp_path / "values.json").write_text("{}\n")
+    with (tmp_path / "README.md").open("a") as f:
+        f.write("more\n")
+
+    assert calls.settle() == 0
+
+
+def test_editor_swap_and_temp_files_alone_do_not_call_back(
+    tmp_path: Path, calls: Calls, watch: Callable[..., DirectoryWatcher]
 ) -> None:
     (tmp_path / "x.yaml").write_text("x: 1\n")
     watch()
 
-    (tmp_path / name).write_text("swap")
-    (tmp_path / name).unlink()
+    for name in [".x.yaml.swp", ".x.yaml.swx", "x.yaml~", "4913", "#x.yaml#", "x.yaml.tmp"]:
+        (tmp_path / name).write_text("swap")
+        (tmp_path / name).unlink()
 
     assert calls.settle() == 0
 
@@ -318,9 +347,7 @@ def test_a_failing_callback_is_logged_and_the_watcher_keeps_running(
 
     with (
         structlog.testing.capture_logs() as logs,
-        DirectoryWatcher(
-            tmp_path, on_change, debounce=0.05, polling=polling, poll_interval=POLL
-        ),
+        DirectoryWatcher(tmp_path, on_change, debounce=0.05, polling=polling, poll_interval=POLL),
     ):
         (tmp_path / "a.yaml").write_text("x: 1\n")
         deadline = time.monotonic() + TIMEOUT
@@ -335,7 +362,7 @@ def test_a_failing_callback_is_logged_and_the_watcher_keeps_running(
     assert len(failed) == 1
     assert failed[0]["log_level"] == "error"
     assert failed[0]["root"] == str(tmp_path)
-    assert "RuntimeError: bad yaml" in failed[0]["exc_info"] or failed[0]["exc_info"] is True
+    assert failed[0]["exc_info"] is True
 
 
 def test_events_during_a_callback_call_back_again_after_it_returns(
@@ -356,9 +383,7 @@ def test_events_during_a_callback_call_back_again_after_it_returns(
         calls()
         active -= 1
 
-    with DirectoryWatcher(
-        tmp_path, on_change, debounce=0.05, polling=polling, poll_interval=POLL
-    ):
+    with DirectoryWatcher(tmp_path, on_change, debounce=0.05, polling=polling, poll_interval=POLL):
         (tmp_path / "a.yaml").write_text("x: 1\n")
         assert entered.wait(TIMEOUT)
         (tmp_path / "b.yaml").write_text("x: 2\n")

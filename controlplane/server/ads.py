@@ -1,0 +1,276 @@
+"""gRPC servicers that drive :class:`SotwStream` cores over grpc.aio.
+
+Each stream runs two coroutines: a reader that moves ``DiscoveryRequest``
+messages from gRPC into a small inbox (when the inbox is full the reader stops
+reading, so gRPC flow control pushes back on the client), and the handler
+itself, which sleeps on one wake-up event and, when woken, feeds the inbox to
+the core, then the newest snapshot if one was published, and writes whatever
+the core returns.
+
+Snapshot changes are "latest wins". A publication only marks the streams of
+that class dirty and sets their event; the stream then reads the current
+snapshot from the cache. However many publications happen while a stream is
+busy writing to a slow or stuck client, the stream holds one flag and
+processes one snapshot, and it never blocks the publisher or other streams.
+Reading the snapshot from the cache rather than passing it along means a
+stream can never go back to an older one.
+
+The stream registers for wake-ups under its class key before it asks the cache
+for its first snapshot, so no publication can fall between the two.
+
+:meth:`AggregatedDiscoveryService.close` asks every stream to finish the
+responses it is writing and end with ``UNAVAILABLE``, which makes clients
+reconnect elsewhere; the gRPC server's grace period bounds how long that takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+import structlog
+from envoy.config.core.v3 import base_pb2
+from envoy.service.cluster.v3 import cds_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.endpoint.v3 import eds_pb2_grpc
+from envoy.service.listener.v3 import lds_pb2_grpc
+from envoy.service.route.v3 import rds_pb2_grpc
+
+from controlplane.errors import InconsistentSnapshotError, ProtocolError
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.sotw import Ack, Nack, SotwStream, StaleRequest
+from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
+
+log = structlog.get_logger(__name__)
+
+INBOX_LIMIT = 16
+
+
+class _Stream:
+    """One client stream: its core, inbox and wake-up flags. Loop-confined."""
+
+    def __init__(
+        self, service: AggregatedDiscoveryService, stream_id: int, type_url: str | None
+    ) -> None:
+        self.service = service
+        self.stream_id = stream_id
+        self.core = SotwStream(self._lookup, type_url=type_url)
+        self.key: str | None = None
+        self.inbox: collections.deque[Any] = collections.deque()
+        self.room = asyncio.Event()
+        self.wakeup = asyncio.Event()
+        self.dirty = False
+        self.eof = False
+        self.closing = False
+        self.log: Any = log.bind(stream=stream_id)
+
+    def wake(self, *, dirty: bool = False, closing: bool = False) -> None:
+        self.dirty = self.dirty or dirty
+        self.closing = self.closing or closing
+        self.wakeup.set()
+
+    def _lookup(self, node: base_pb2.Node) -> Snapshot:
+        cache = self.service.cache
+        self.key = cache.key_for(node)
+        self.service.register(self.key, self)
+        self.log = self.log.bind(node_id=node.id, node_cluster=node.cluster, key=self.key)
+        self.log.info("xds_stream_connected")
+        return cache.snapshot_for(node)[1]
+
+    async def read(self, requests: AsyncIterator[Any]) -> None:
+        try:
+            async for request in requests:
+                while len(self.inbox) >= INBOX_LIMIT:
+                    self.room.clear()
+                    await self.room.wait()
+                self.inbox.append(request)
+                self.wakeup.set()
+        except Exception as exc:
+            self.log.info("xds_stream_read_failed", error=str(exc))
+        finally:
+            self.eof = True
+            self.wakeup.set()
+
+    async def serve(self, context: Any) -> None:
+        while not self.closing:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.inbox and not self.closing:
+                request = self.inbox.popleft()
+                self.room.set()
+                responses = self.core.on_request(request)
+                self._log_events()
+                await self._write(context, responses)
+            if self.dirty and self.key is not None and not self.closing:
+                self.dirty = False
+                snapshot = self.service.cache.get(self.key)
+                if snapshot is not None:
+                    await self._write(context, self.core.on_snapshot(snapshot))
+            if self.eof and not self.inbox:
+                return
+
+    async def _write(self, context: Any, responses: Iterable[Any]) -> None:
+        for response in responses:
+            await context.write(response)
+            self.log.debug(
+                "xds_response_sent",
+                type=short_name(response.type_url),
+                version=response.version_info,
+                nonce=response.nonce,
+                resources=len(response.resources),
+            )
+
+    def _log_events(self) -> None:
+        for event in self.core.pop_events():
+            if isinstance(event, Ack):
+                self.log.info(
+                    "xds_ack",
+                    type=short_name(event.type_url),
+                    version=event.version,
+                    nonce=event.nonce,
+                )
+            elif isinstance(event, Nack):
+                self.log.warning(
+                    "xds_nack",
+                    type=short_name(event.type_url),
+                    rejected_version=event.rejected_version,
+                    kept_version=event.kept_version,
+                    nonce=event.nonce,
+                    error_detail=event.message,
+                )
+            elif isinstance(event, StaleRequest):
+                self.log.debug(
+                    "xds_stale_request",
+                    type=short_name(event.type_url),
+                    nonce=event.nonce,
+                    expected_nonce=event.expected_nonce,
+                )
+
+
+class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    """State-of-the-world ADS (and, via :func:`add_sotw_services`, single-type SotW)."""
+
+    def __init__(self, cache: SnapshotCache, loop: asyncio.AbstractEventLoop | None = None):
+        self.cache = cache
+        self._loop = loop or asyncio.get_running_loop()
+        self._streams: dict[str, set[_Stream]] = {}
+        self._all: set[_Stream] = set()
+        self._ids = itertools.count(1)
+        self._closing = False
+        self._remove_listener = cache.add_listener(self._on_publish)
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._all)
+
+    def register(self, key: str, stream: _Stream) -> None:
+        self._streams.setdefault(key, set()).add(stream)
+
+    def close(self) -> None:
+        """Ask every stream to finish its current writes and end; refuse new ones."""
+        self._closing = True
+        self._remove_listener()
+        for stream in self._all:
+            stream.wake(closing=True)
+
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> None:
+        await self.serve_stream(request_iterator, context, None)
+
+    async def serve_stream(
+        self, request_iterator: AsyncIterator[Any], context: Any, type_url: str | None
+    ) -> None:
+        """Run one SotW stream; ``type_url`` is ``None`` for ADS."""
+        stream = _Stream(self, next(self._ids), type_url)
+        stream.log = stream.log.bind(peer=context.peer(), service=short_name(type_url or "ADS"))
+        if self._closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane shutting down")
+        self._all.add(stream)
+        reader = asyncio.create_task(stream.read(request_iterator))
+        reason = "client closed the stream"
+        try:
+            await stream.serve(context)
+            if stream.closing:
+                reason = "server shutting down"
+                context.set_code(grpc.StatusCode.UNAVAILABLE)
+                context.set_details("control plane shutting down")
+        except ProtocolError as exc:
+            reason = str(exc)
+            stream.log.warning("xds_protocol_error", culprit=exc.culprit, error=str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except InconsistentSnapshotError as exc:
+            reason = str(exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no consistent configuration yet")
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        except Exception as exc:
+            reason = f"internal error: {exc}"
+            stream.log.exception("xds_stream_failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal control plane error")
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self._all.discard(stream)
+            if stream.key is not None:
+                peers = self._streams.get(stream.key)
+                if peers is not None:
+                    peers.discard(stream)
+                    if not peers:
+                        del self._streams[stream.key]
+            stream.log.info("xds_stream_closed", reason=reason)
+
+    def _on_publish(self, key: str, snapshot: Snapshot) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake, key)
+
+    def _wake(self, key: str) -> None:
+        for stream in self._streams.get(key, ()):
+            stream.wake(dirty=True)
+
+
+class _Listeners(lds_pb2_grpc.ListenerDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, ads: AggregatedDiscoveryService) -> None:
+        self._ads = ads
+
+    async def StreamListeners(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self._ads.serve_stream(requests, context, LISTENER)
+
+
+class _Clusters(cds_pb2_grpc.ClusterDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, ads: AggregatedDiscoveryService) -> None:
+        self._ads = ads
+
+    async def StreamClusters(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self._ads.serve_stream(requests, context, CLUSTER)
+
+
+class _Routes(rds_pb2_grpc.RouteDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, ads: AggregatedDiscoveryService) -> None:
+        self._ads = ads
+
+    async def StreamRoutes(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self._ads.serve_stream(requests, context, ROUTE)
+
+
+class _Endpoints(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, ads: AggregatedDiscoveryService) -> None:
+        self._ads = ads
+
+    async def StreamEndpoints(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self._ads.serve_stream(requests, context, ENDPOINT)
+
+
+def add_sotw_services(server: Any, ads: AggregatedDiscoveryService) -> None:
+    """Register ADS and the four single-type SotW services, all served by ``ads``."""
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(_Listeners(ads), server)
+    cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(_Clusters(ads), server)
+    rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(_Routes(ads), server)
+    eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(_Endpoints(ads), server)

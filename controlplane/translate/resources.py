@@ -1,0 +1,52 @@
+"""Translation: the mesh model, seen by one proxy class, as Envoy v3 resources.
+
+:func:`translate` is a pure function: the same mesh and class give equal
+resources, each list sorted by resource name, so two translations serialize
+to the same bytes and a snapshot only changes when the configuration does.
+Clusters and load assignments are the same for every class (a gateway may
+forward to any service); route configurations and listeners depend on the
+role. The output is closed under reference: every cluster a route or TCP
+proxy names, every load assignment an EDS cluster expects and every route
+configuration a listener fetches is in it.
+"""
+
+from __future__ import annotations
+
+from controlplane.model import Mesh
+from controlplane.translate.clusters import build_clusters
+from controlplane.translate.endpoints import build_load_assignments
+from controlplane.translate.listeners import gateway_listeners, sidecar_listeners
+from controlplane.translate.protos import Message
+from controlplane.translate.proxy import ProxyClass, ProxyRole
+from controlplane.translate.route_configs import gateway_route_configs, sidecar_route_configs
+
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+TYPE_URLS = (CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, LISTENER_TYPE)
+"""Every type :func:`translate` returns, in the order Envoy should receive updates."""
+
+
+def translate(mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
+    """Every resource for proxies of class ``proxy``, by type URL, each list sorted by name."""
+    if proxy.role is ProxyRole.GATEWAY:
+        routes = gateway_route_configs(mesh, proxy.labels)
+        listeners = gateway_listeners(mesh, proxy)
+    else:
+        routes = sidecar_route_configs(mesh)
+        listeners = sidecar_listeners(mesh, proxy)
+    return {
+        CLUSTER_TYPE: build_clusters(mesh),
+        ENDPOINT_TYPE: sorted(build_load_assignments(mesh), key=lambda a: str(a.cluster_name)),
+        ROUTE_TYPE: sorted(routes, key=lambda r: str(r.name)),
+        LISTENER_TYPE: sorted(listeners, key=lambda r: str(r.name)),
+    }
+
+
+def resource_name(resource: Message) -> str:
+    """The xDS name of a translated resource (a load assignment's is its cluster name)."""
+    if resource.DESCRIPTOR.full_name == "envoy.config.endpoint.v3.ClusterLoadAssignment":
+        return str(resource.cluster_name)
+    return str(resource.name)

@@ -1,0 +1,249 @@
+"""The ``pilotfish validate`` command: exit codes, text and JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from controlplane import __version__
+from controlplane.cli import main
+
+# Line 8 has a misspelt field: an error.
+BROKEN = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews
+spec:
+  selector:
+    app: reviews
+  prots:
+  - name: http
+    port: 9080
+"""
+
+# A DestinationRule for a host nobody defines: a warning (spec.host is on line 6).
+ORPHAN_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: ratings
+spec:
+  host: ratings
+"""
+
+GOOD = textwrap.dedent(
+    """\
+    apiVersion: v1
+    kind: Service
+    metadata:
+      name: details
+    spec:
+      ports:
+      - name: http
+        port: 9080
+    """
+)
+
+BROKEN_MESSAGE = "unknown field 'prots' in ServiceSpec; did you mean 'ports'?"
+ORPHAN_MESSAGE = (
+    "no Service or ServiceEntry defines host ratings.default.svc.cluster.local; "
+    "the rule applies to nothing"
+)
+
+
+def make(root: Path, files: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_a_clean_directory_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make(tmp_path, {"details.yaml": GOOD})
+    assert main(["validate", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "0 error(s), 0 warning(s)\n"
+
+
+def test_warnings_alone_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make(tmp_path, {"details.yaml": GOOD, "rules.yaml": ORPHAN_RULE})
+    assert main(["validate", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == (
+        f"{tmp_path}/rules.yaml:6:3: warning[PF209] {ORPHAN_MESSAGE} "
+        "(DestinationRule default/ratings, spec.host)\n"
+    )
+    assert captured.err == "0 error(s), 1 warning(s)\n"
+
+
+def test_errors_exit_1_and_print_one_compiler_style_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(
+        tmp_path,
+        {
+            "details.yaml": GOOD,
+            "rules.yaml": ORPHAN_RULE,
+            "sub/reviews.yaml": BROKEN,
+            "binary.yaml": "",
+        },
+    )
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe")
+    assert main(["validate", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        f"{tmp_path}/binary.yaml:1:1: error[PF105] the file is not UTF-8: invalid start byte",
+        f"{tmp_path}/rules.yaml:6:3: warning[PF209] {ORPHAN_MESSAGE} "
+        "(DestinationRule default/ratings, spec.host)",
+        f"{tmp_path}/sub/reviews.yaml:8:3: error[PF110] {BROKEN_MESSAGE} "
+        "(Service default/reviews, spec.prots)",
+    ]
+    assert captured.err == "2 error(s), 1 warning(s)\n"
+
+
+@pytest.mark.parametrize("argument", ["config", "config/", "./config"])
+def test_paths_are_joined_to_the_directory_as_given(
+    argument: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make(tmp_path / "config", {"reviews.yaml": BROKEN})
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", argument]) == 1
+    expected = {"config": "config", "config/": "config", "./config": "./config"}[argument]
+    assert capsys.readouterr().out == (
+        f"{expected}/reviews.yaml:8:3: error[PF110] {BROKEN_MESSAGE} "
+        "(Service default/reviews, spec.prots)\n"
+    )
+
+
+def test_json_output_lists_every_message_with_all_its_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {"reviews.yaml": BROKEN, "rules.yaml": ORPHAN_RULE})
+    assert main(["validate", "-o", "json", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    data = json.loads(captured.out)
+    assert data == {
+        "messages": [
+            {
+                "severity": "error",
+                "code": "PF110",
+                "file": f"{tmp_path}/reviews.yaml",
+                "line": 8,
+                "column": 3,
+                "resource": "Service default/reviews",
+                "field": "spec.prots",
+                "message": BROKEN_MESSAGE,
+            },
+            {
+                "severity": "warning",
+                "code": "PF209",
+                "file": f"{tmp_path}/rules.yaml",
+                "line": 6,
+                "column": 3,
+                "resource": "DestinationRule default/ratings",
+                "field": "spec.host",
+                "message": ORPHAN_MESSAGE,
+            },
+        ]
+    }
+    assert [list(m) for m in data["messages"]] == [
+        ["severity", "code", "file", "line", "column", "resource", "field", "message"]
+    ] * 2
+
+
+def test_json_output_of_a_clean_directory_is_an_empty_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {"details.yaml": GOOD})
+    assert main(["validate", "--output", "json", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"messages": []}
+
+
+def test_no_arguments_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert lines[0].startswith("usage: pilotfish")
+    assert lines[-1] == "pilotfish: error: the following arguments are required: command"
+
+
+def test_validate_without_a_directory_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("usage: pilotfish validate")
+    assert lines[-1] == (
+        "pilotfish validate: error: the following arguments are required: directory"
+    )
+
+
+def test_a_missing_directory_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing"
+    assert main(["validate", str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"pilotfish validate: {missing} is not a directory\n"
+
+
+def test_a_file_instead_of_a_directory_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = make(tmp_path, {"details.yaml": GOOD}) / "details.yaml"
+    assert main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err == f"pilotfish validate: {path} is not a directory\n"
+
+
+def test_an_unknown_output_format_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "-o", "xml", str(tmp_path)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines()[-1].startswith(
+        "pilotfish validate: error: argument -o/--output: invalid choice: 'xml'"
+    )
+
+
+def test_python_dash_m_controlplane_runs_the_command_line(tmp_path: Path) -> None:
+    make(tmp_path, {"reviews.yaml": BROKEN})
+    completed = subprocess.run(
+        [sys.executable, "-m", "controlplane", "validate", "-o", "json", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 1
+    assert [
+        (m["code"], m["file"], m["line"]) for m in json.loads(completed.stdout)["messages"]
+    ] == [("PF110", f"{tmp_path}/reviews.yaml", 8)]
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"pilotfish {__version__}\n"

@@ -1,0 +1,220 @@
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.listener.v3 import lds_pb2_grpc
+from structlog.testing import capture_logs
+
+from controlplane.server import XdsServer, XdsServerOptions, start_xds_server
+from controlplane.xds import CLUSTER, LISTENER, Snapshot, SnapshotCache
+from tests.xds.resources import NODE, base_mesh, names
+
+MiB = 1024 * 1024
+
+
+def request(type_url: str, *, version: str = "", nonce: str = "", error: str = "") -> Any:
+    req = discovery_pb2.DiscoveryRequest(
+        type_url=type_url, version_info=version, response_nonce=nonce
+    )
+    req.node.CopyFrom(NODE)
+    if error:
+        req.error_detail.code = 3
+        req.error_detail.message = error
+    return req
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def cache_and_server() -> AsyncIterator[tuple[SnapshotCache, XdsServer]]:
+    cache = SnapshotCache(lambda node: node.cluster, lambda key: base_mesh())
+    server = await start_xds_server(cache)
+    yield cache, server
+    await server.stop(0)
+
+
+@pytest.fixture
+async def channel(cache_and_server) -> AsyncIterator[grpc.aio.Channel]:
+    _, server = cache_and_server
+    options = [("grpc.max_receive_message_length", 16 * MiB)]
+    async with grpc.aio.insecure_channel(server.address, options=options) as ch:
+        yield ch
+
+
+def ads(channel: grpc.aio.Channel) -> Any:
+    return ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+
+
+async def read(call: Any, timeout: float = 3.0) -> Any:
+    return await asyncio.wait_for(call.read(), timeout)
+
+
+async def test_subscribe_ack_and_a_cache_update_reaches_the_client(cache_and_server, channel):
+    cache, _ = cache_and_server
+    with capture_logs() as logs:
+        call = ads(channel)
+        await call.write(request(CLUSTER))
+        first = await read(call)
+        assert (first.version_info, first.nonce, names(first)) == (
+            base_mesh().version(CLUSTER),
+            "1",
+            ["a", "b"],
+        )
+        await call.write(request(CLUSTER, version=first.version_info, nonce="1"))
+        await eventually(lambda: any(e["event"] == "xds_ack" for e in logs))
+        changed = base_mesh(timeouts={"a": 5})
+        cache.update(lambda key: changed)
+        pushed = await read(call)
+        assert (pushed.version_info, pushed.nonce, names(pushed)) == (
+            changed.version(CLUSTER),
+            "2",
+            ["a", "b"],
+        )
+        call.cancel()
+        await eventually(lambda: any(e["event"] == "xds_stream_closed" for e in logs))
+    connected = [e for e in logs if e["event"] == "xds_stream_connected"]
+    acks = [e for e in logs if e["event"] == "xds_ack"]
+    assert [(e["node_id"], e["key"]) for e in connected] == [(NODE.id, "app")]
+    assert [(e["node_id"], e["type"], e["nonce"]) for e in acks] == [(NODE.id, "CDS", "1")]
+
+
+async def test_nack_is_logged_and_the_rejected_content_is_not_resent(cache_and_server, channel):
+    cache, _ = cache_and_server
+    with capture_logs() as logs:
+        call = ads(channel)
+        await call.write(request(CLUSTER))
+        first = await read(call)
+        await call.write(request(CLUSTER, nonce="1", error="cluster a: bad timeout"))
+        await eventually(lambda: any(e["event"] == "xds_nack" for e in logs))
+        cache.update(lambda key: base_mesh())
+        changed = base_mesh(timeouts={"b": 3})
+        cache.update(lambda key: changed)
+        after = await read(call)
+        call.cancel()
+    assert (after.version_info, after.nonce) == (changed.version(CLUSTER), "2")
+    (nack,) = [e for e in logs if e["event"] == "xds_nack"]
+    assert nack["error_detail"] == "cluster a: bad timeout"
+    assert nack["rejected_version"] == first.version_info
+    assert nack["node_id"] == NODE.id
+    assert nack["log_level"] == "warning"
+
+
+def big_mesh(generation: int) -> Snapshot:
+    clusters = []
+    for i in range(6):
+        cluster = cluster_pb2.Cluster(name=f"big-{i}", type=cluster_pb2.Cluster.STATIC)
+        blob = cluster.metadata.filter_metadata["pad"].fields["blob"]
+        blob.string_value = f"{generation}:" + "x" * MiB
+        clusters.append(cluster)
+    return Snapshot.from_resources({CLUSTER: clusters})
+
+
+async def test_stuck_client_does_not_delay_another_and_later_gets_only_the_latest(
+    cache_and_server, channel
+):
+    cache, server = cache_and_server
+    meshes = [big_mesh(generation) for generation in range(6)]
+    versions = [snapshot.version(CLUSTER) for snapshot in meshes]
+    cache.update(lambda key: meshes[0])
+    stuck = ads(channel)
+    await stuck.write(request(CLUSTER))
+    options = [
+        ("grpc.max_receive_message_length", 16 * MiB),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    async with grpc.aio.insecure_channel(server.address, options=options) as other_channel:
+        reader = ads(other_channel)
+        await reader.write(request(CLUSTER))
+        assert (await read(reader)).version_info == versions[0]
+        for snapshot in meshes[1:]:
+            cache.update(lambda key, s=snapshot: s)
+            started = time.monotonic()
+            assert (await read(reader)).version_info == snapshot.version(CLUSTER)
+            assert time.monotonic() - started < 2.0
+        reader.cancel()
+    received = [(await read(stuck)).version_info]
+    while received[-1] != versions[-1] and len(received) < len(versions):
+        received.append((await read(stuck)).version_info)
+    assert received[0] == versions[0]
+    assert received[-1] == versions[-1]
+    assert len(received) < len(versions)
+    stuck.cancel()
+
+
+async def test_graceful_stop_ends_streams_with_unavailable(cache_and_server, channel):
+    _, server = cache_and_server
+    call = ads(channel)
+    await call.write(request(CLUSTER))
+    await read(call)
+    started = time.monotonic()
+    await server.stop(grace=5.0)
+    assert time.monotonic() - started < 2.0
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read(call)
+    assert (caught.value.code(), caught.value.details()) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "control plane shutting down",
+    )
+    assert server.ads.stream_count == 0
+
+
+async def test_request_without_type_url_ends_the_stream_with_invalid_argument(
+    cache_and_server, channel
+):
+    call = ads(channel)
+    with capture_logs() as logs:
+        await call.write(request(""))
+        assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (error,) = [e for e in logs if e["event"] == "xds_protocol_error"]
+    assert error["culprit"] == "client"
+
+
+async def test_single_type_listener_service_serves_the_same_snapshot(cache_and_server, channel):
+    call = lds_pb2_grpc.ListenerDiscoveryServiceStub(channel).StreamListeners()
+    req = request("")
+    await call.write(req)
+    response = await read(call)
+    assert (response.type_url, response.version_info, names(response)) == (
+        LISTENER,
+        base_mesh().version(LISTENER),
+        ["http"],
+    )
+    call.cancel()
+
+
+async def test_closed_streams_are_forgotten(cache_and_server, channel):
+    _, server = cache_and_server
+    call = ads(channel)
+    await call.write(request(CLUSTER))
+    await read(call)
+    assert server.ads.stream_count == 1
+    await call.done_writing()
+    assert await read(call) is grpc.aio.EOF
+    await eventually(lambda: server.ads.stream_count == 0)
+
+
+def test_server_options_become_grpc_channel_arguments():
+    options = XdsServerOptions(
+        max_message_bytes=8 * MiB, max_connection_age=1800, max_connection_age_grace=30
+    )
+    assert options.channel_options() == [
+        ("grpc.max_receive_message_length", 8 * MiB),
+        ("grpc.max_send_message_length", 8 * MiB),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.max_connection_age_ms", 1_800_000),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+    ]

@@ -1,0 +1,155 @@
+import hashlib
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+
+from controlplane.errors import InconsistentSnapshotError
+from controlplane.xds import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    Resource,
+    Snapshot,
+    resource_references,
+)
+from tests.xds.resources import (
+    api_listener,
+    base_mesh,
+    default_chain_listener,
+    eds_cluster,
+    load_assignment,
+    rds_listener,
+    route_config,
+    static_cluster,
+    tcp_listener,
+)
+
+EMPTY_VERSION = hashlib.sha256(b"").hexdigest()[:16]
+
+
+def test_resource_serializes_deterministically_once_into_an_any():
+    cluster = eds_cluster("a")
+    resource = Resource.from_message(cluster)
+    data = cluster.SerializeToString(deterministic=True)
+    assert resource.name == "a"
+    assert resource.type_url == CLUSTER
+    assert resource.body.type_url == CLUSTER
+    assert resource.body.value == data
+    assert resource.hash == hashlib.sha256(data).hexdigest()
+
+
+def test_load_assignment_is_named_by_its_cluster_name():
+    assert Resource.from_message(load_assignment("svc", "10.0.0.1:80")).name == "svc"
+
+
+def test_version_is_the_sha256_prefix_of_sorted_name_hash_pairs():
+    snapshot = Snapshot.from_resources({CLUSTER: [static_cluster("b"), static_cluster("a")]})
+    hashes = snapshot.name_hashes(CLUSTER)
+    expected = hashlib.sha256(f"a\x00{hashes['a']}\nb\x00{hashes['b']}\n".encode()).hexdigest()[:16]
+    assert snapshot.version(CLUSTER) == expected
+
+
+def test_every_known_type_is_present_and_empty_types_share_one_version():
+    snapshot = Snapshot.from_resources({CLUSTER: [static_cluster("a")]})
+    assert snapshot.type_urls == PUSH_ORDER
+    assert snapshot.version(LISTENER) == EMPTY_VERSION
+    assert snapshot.version(ROUTE) == EMPTY_VERSION
+    assert dict(snapshot.resources(ENDPOINT)) == {}
+
+
+def test_same_resources_in_another_order_give_equal_versions():
+    one = Snapshot.from_resources({CLUSTER: [static_cluster("a"), static_cluster("b")]})
+    two = Snapshot.from_resources({CLUSTER: [static_cluster("b"), static_cluster("a")]})
+    assert one.versions == two.versions
+    assert one == two
+
+
+def test_changing_one_type_changes_only_that_types_version():
+    before = base_mesh()
+    after = base_mesh(clusters={"a": ("10.0.0.9:80",), "b": ("10.0.0.2:80",)})
+    changed = {url for url in PUSH_ORDER if before.version(url) != after.version(url)}
+    assert changed == {ENDPOINT}
+
+
+def test_renaming_a_resource_changes_the_version():
+    one = Snapshot.from_resources({CLUSTER: [static_cluster("a")]})
+    two = Snapshot.from_resources({CLUSTER: [static_cluster("z")]})
+    assert one.version(CLUSTER) != two.version(CLUSTER)
+
+
+def test_duplicate_names_are_rejected():
+    with pytest.raises(InconsistentSnapshotError) as caught:
+        Snapshot.from_resources({CLUSTER: [static_cluster("a"), static_cluster("a")]})
+    assert str(caught.value) == f"duplicate {CLUSTER} resource name 'a'"
+
+
+def test_message_filed_under_another_type_is_rejected():
+    with pytest.raises(InconsistentSnapshotError, match="filed under"):
+        Snapshot.from_resources({LISTENER: [static_cluster("a")]})
+
+
+def test_eds_cluster_references_its_service_name_or_its_own_name():
+    assert resource_references(eds_cluster("a")) == {(ENDPOINT, "a")}
+    assert resource_references(eds_cluster("a", service_name="svc")) == {(ENDPOINT, "svc")}
+    assert resource_references(static_cluster("a")) == frozenset()
+
+
+def test_listener_references_rds_names_in_chains_default_chain_and_api_listener():
+    assert resource_references(rds_listener("l", "r1")) == {(ROUTE, "r1")}
+    assert resource_references(default_chain_listener("l", "r2")) == {(ROUTE, "r2")}
+    assert resource_references(api_listener("l", "r3")) == {(ROUTE, "r3")}
+    assert resource_references(tcp_listener("l")) == frozenset()
+
+
+def test_complete_snapshot_is_consistent():
+    base_mesh().check_consistency()
+
+
+def test_static_cluster_needs_no_load_assignment():
+    Snapshot.from_resources({CLUSTER: [static_cluster("a")]}).check_consistency()
+
+
+def test_eds_cluster_without_its_load_assignment_is_inconsistent():
+    snapshot = Snapshot.from_resources({CLUSTER: [eds_cluster("a", service_name="svc")]})
+    with pytest.raises(InconsistentSnapshotError) as caught:
+        snapshot.check_consistency()
+    assert str(caught.value) == "Cluster 'a' needs missing ClusterLoadAssignment 'svc'"
+
+
+def test_eds_cluster_is_satisfied_by_its_service_name():
+    Snapshot.from_resources(
+        {CLUSTER: [eds_cluster("a", service_name="svc")], ENDPOINT: [load_assignment("svc")]}
+    ).check_consistency()
+
+
+@pytest.mark.parametrize("listener", [rds_listener, default_chain_listener, api_listener])
+def test_listener_naming_a_missing_route_configuration_is_inconsistent(listener):
+    snapshot = Snapshot.from_resources({LISTENER: [listener("l", "r1")]})
+    with pytest.raises(InconsistentSnapshotError) as caught:
+        snapshot.check_consistency()
+    assert str(caught.value) == "Listener 'l' needs missing RouteConfiguration 'r1'"
+
+
+def test_orphan_load_assignment_and_route_configuration_are_inconsistent():
+    snapshot = Snapshot.from_resources(
+        {ENDPOINT: [load_assignment("lonely")], ROUTE: [route_config("unused")]}
+    )
+    with pytest.raises(InconsistentSnapshotError) as caught:
+        snapshot.check_consistency()
+    assert str(caught.value) == (
+        "ClusterLoadAssignment 'lonely' is referenced by nothing; "
+        "RouteConfiguration 'unused' is referenced by nothing"
+    )
+
+
+def test_static_cluster_does_not_adopt_a_load_assignment_of_its_name():
+    snapshot = Snapshot.from_resources(
+        {
+            CLUSTER: [cluster_pb2.Cluster(name="a", type=cluster_pb2.Cluster.STRICT_DNS)],
+            ENDPOINT: [load_assignment("a")],
+        }
+    )
+    with pytest.raises(InconsistentSnapshotError, match="'a' is referenced by nothing"):
+        snapshot.check_consistency()
