@@ -77,8 +77,14 @@ def _finding(code: str, meta: Meta, path: Path, message: str, warning: bool = Fa
     )
 
 
-def _blame(first: Meta, second: Meta, changed: frozenset[str] | None) -> tuple[Meta, Meta]:
-    """(the one to report on, the other) for a pair in conflict; ``first`` < ``second``."""
+def _blame(held: Meta, new: Meta, changed: frozenset[str] | None) -> tuple[Meta, Meta]:
+    """(the one to report on, the other) for two definitions in conflict.
+
+    The later one in file order is blamed, unless only the earlier one is part of
+    the change being applied. The survivor is always the other, so the outcome
+    does not depend on the order in which conflicts are met.
+    """
+    first, second = (held, new) if (held.file, held.doc) <= (new.file, new.doc) else (new, held)
     if changed is not None and first.file in changed and second.file not in changed:
         return first, second
     return second, first
@@ -369,7 +375,6 @@ class MeshBuilder:
         def of_kind(kind: str) -> list[Resource]:
             found = list(table.single[kind].values())
             found.extend(r for k, r in winners_of.items() if k[0] == kind)
-            found.sort(key=lambda r: (r.meta.file, r.meta.doc))
             return found
 
         workload_duplicates = any(k[0] == "WorkloadEntry" for k in winners_of)
@@ -385,10 +390,7 @@ class MeshBuilder:
         services_memo: dict[int, tuple[Resource, tuple[Resource, ...], tuple[Service, ...]]] = {}
         services: dict[str, Service] = {}
         origin: dict[str, Meta] = {}
-        # Conflicts are looked for in file order, so that the later place is the one blamed.
-        sources = of_kind("Service") + of_kind("ServiceEntry")
-        sources.sort(key=lambda r: (r.meta.file, r.meta.doc))
-        for resource in sources:
+        for resource in of_kind("Service") + of_kind("ServiceEntry"):
             spec = resource.spec
             if isinstance(spec, KubeServiceSpec):
                 selector = spec.selector
@@ -422,7 +424,7 @@ class MeshBuilder:
                             f"at {_where(other)}",
                         )
                     )
-                    if blamed is not origin[service.host]:
+                    if blamed is resource.meta:
                         continue
                 services[service.host] = service
                 origin[service.host] = resource.meta
@@ -448,7 +450,7 @@ class MeshBuilder:
                         "merge the two into one DestinationRule",
                     )
                 )
-                if blamed is not policy_source[host].meta:
+                if blamed is resource.meta:
                     continue
             policies[host] = policy
             policy_source[host] = resource
@@ -490,12 +492,7 @@ class MeshBuilder:
             inputs: list[object] = [hosts.wildcards]
             for host in (*dest_hosts, *written.hosts):
                 canonical = hosts.canonical(host)
-                inputs += (
-                    services.get(host),
-                    policies.get(host),
-                    services.get(canonical),
-                    policies.get(canonical),
-                )
+                inputs += (services.get(canonical), policies.get(canonical))
             cached_route = self._route_checks.get(id(resource))
             if (
                 cached_route is not None
@@ -533,6 +530,8 @@ class MeshBuilder:
                             f"{other.label} at {_where(other)}; merge the two VirtualServices",
                         )
                     )
+                    if blamed is not meta:
+                        claims[(host, gateway)] = (meta, h_index)
             virtual_services.append(vs)
         self._route_checks = route_memo
         self._destinations = destinations_memo
@@ -546,6 +545,7 @@ class MeshBuilder:
             virtual_services=tuple(virtual_services),
             gateways=tuple(gateway_list),
         )
+        findings.sort(key=lambda f: (f.file, f.doc, repr(f.path), f.code, f.message))
         return BuildResult(mesh, tuple(findings))
 
 

@@ -16,6 +16,7 @@ publication to the event loop, where streams pick up the latest snapshot.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ class ControlPlane:
     def reload(self) -> ReloadResult:
         """Re-read the directory and publish the new model if it changed."""
         result = self.store.reload()
+        # The model is millions of long-lived immutable objects: keep the cyclic
+        # collector from rescanning them on every full collection.
+        gc.freeze()
         self.reloads += 1
         if result.changed:
             self.cache.update(self._builder(result.mesh))
@@ -94,6 +98,7 @@ class ControlPlane:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(None, self.store.reload)
+        gc.freeze()
         self.cache.update(self._builder(result.mesh))
         log.info(
             "config_loaded",

@@ -13,8 +13,10 @@ there would be no cluster behind it to default to.
 
 Gateway: one ``RouteConfiguration`` per HTTP server port, ``http.<port>``,
 with one virtual host per host of the VirtualServices bound to a Gateway
-serving that port; several VirtualServices for one host are merged in mesh
-order. Domains are the host bare and with ``:port`` (``*`` stays ``*``).
+serving that port, narrowed to the server's hosts (a ``*`` VirtualService on
+a ``shop.example.com`` server serves ``shop.example.com``); several
+VirtualServices for one host are merged in mesh order. Domains are the host
+bare and with ``:port`` (``*`` stays ``*``).
 
 Envoy rejects a route configuration in which two virtual hosts claim the
 same domain, so a domain already claimed by a virtual host earlier in name

@@ -257,11 +257,12 @@ def test_scan_of_ten_thousand_files_takes_well_under_100ms(tmp_path: Path) -> No
         for f in range(200):
             (directory / f"route-{f}.yaml").touch()
 
+    # CPU time, not wall time: other processes competing for the CPU must not fail this.
     timings = []
-    for _ in range(3):
-        started = time.perf_counter()
+    for _ in range(5):
+        started = time.process_time()
         found = scan(tmp_path)
-        timings.append(time.perf_counter() - started)
+        timings.append(time.process_time() - started)
 
     assert len(found) == 10_000
     assert min(timings) < 0.1

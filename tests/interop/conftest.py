@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,7 +23,7 @@ import pytest
 import yaml
 
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
-from tests.interop.envoy import Envoy, find_envoy
+from tests.interop.envoy import Envoy, find_envoy, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -35,7 +39,9 @@ class ControlPlaneThread:
         )
         self.plane = ControlPlane(options)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="control-plane")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="control-plane", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -43,7 +49,11 @@ class ControlPlaneThread:
 
     def start(self) -> ControlPlaneThread:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.plane.start(), self._loop).result(30)
+        try:
+            asyncio.run_coroutine_threadsafe(self.plane.start(), self._loop).result(30)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -69,13 +79,56 @@ def envoy_binary() -> str:
     return binary
 
 
+class ServeProcess:
+    """``pilotfish serve`` on ``127.0.0.1:0`` as a child process; :attr:`port` once started."""
+
+    READY = re.compile(r"serving xDS on [^\s]+:(\d+)")
+
+    def __init__(self, config_dir: Path, workdir: Path) -> None:
+        self.config_dir = config_dir
+        self.log_path = workdir / "pilotfish-serve.log"
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> ServeProcess:
+        command = [sys.executable, "-m", "controlplane", "serve", "--config-dir"]
+        command += [str(self.config_dir), "--xds-address", "127.0.0.1:0", "--debounce", "50ms"]
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.port = int(wait_for(self._announced_port, timeout, "pilotfish serve to listen"))
+        return self
+
+    def _announced_port(self) -> str | None:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            raise AssertionError(f"pilotfish serve exited:\n{self.log()}")
+        found = self.READY.search(self.log())
+        return found.group(1) if found else None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; the exit code."""
+        process, self._process = self._process, None
+        assert process is not None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+        return process.returncode
+
+
 def start_envoy(
-    binary: str, workdir: Path, plane: ControlPlaneThread, name: str, metadata: Mapping[str, Any]
+    binary: str, workdir: Path, xds_port: int, name: str, metadata: Mapping[str, Any]
 ) -> Envoy:
-    """A started Envoy on ``plane`` that reached ``/ready`` (initial xDS fetched)."""
-    envoy = Envoy(
-        binary, workdir, plane.port, node_id=f"{name}-{next(_node_ids)}", metadata=metadata
-    )
+    """A started Envoy on the control plane at ``xds_port`` that reached ``/ready``."""
+    envoy = Envoy(binary, workdir, xds_port, node_id=f"{name}-{next(_node_ids)}", metadata=metadata)
     envoy.start()
     try:
         envoy.wait_ready()

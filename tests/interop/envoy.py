@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -144,12 +145,16 @@ class Envoy:
         self._process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(
-            lambda: self._read_admin_port(admin_path),
-            timeout,
-            f"admin address of envoy {self.node_id}",
-            alive=self.check_alive,
-        )
+        try:
+            wait_for(
+                lambda: self._read_admin_port(admin_path),
+                timeout,
+                f"admin address of envoy {self.node_id}",
+                alive=self.check_alive,
+            )
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _read_admin_port(self, path: Path) -> bool:
@@ -258,7 +263,8 @@ class Envoy:
 
     def stats(self, pattern: str) -> dict[str, int]:
         """Counters and gauges whose name matches the regex ``pattern``."""
-        status, body = self.admin(f"/stats?format=json&filter={pattern}")
+        query = urllib.parse.urlencode({"format": "json", "filter": pattern})
+        status, body = self.admin(f"/stats?{query}")
         assert status == 200, body
         return {
             stat["name"]: int(stat["value"])

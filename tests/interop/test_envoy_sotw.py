@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import pytest
 from tests.interop.backends import Backends, Client, free_ports
 from tests.interop.conftest import (
     ControlPlaneThread,
+    ServeProcess,
     edit_docs,
     load_example,
     relocate,
@@ -129,18 +131,15 @@ def mesh(
     ports = Ports.free()
     write_hello(config_dir, ports, backends)
     write_bookinfo(config_dir, ports, backends)
-    with ControlPlaneThread(config_dir) as plane:
-        sidecar = start_envoy(envoy_binary, root, plane, "sidecar", sidecar_metadata())
-        try:
-            gateway = start_envoy(
-                envoy_binary, root, plane, "gateway", gateway_metadata(INGRESS_LABELS)
-            )
-            try:
-                yield Deployment(config_dir, ports, plane, sidecar, gateway)
-            finally:
-                gateway.stop()
-        finally:
-            sidecar.stop()
+    with ExitStack() as stack:
+        plane = stack.enter_context(ControlPlaneThread(config_dir))
+        sidecar = stack.enter_context(
+            start_envoy(envoy_binary, root, plane.port, "sidecar", sidecar_metadata())
+        )
+        gateway = stack.enter_context(
+            start_envoy(envoy_binary, root, plane.port, "gateway", gateway_metadata(INGRESS_LABELS))
+        )
+        yield Deployment(config_dir, ports, plane, sidecar, gateway)
 
 
 @pytest.fixture
@@ -149,15 +148,15 @@ def bookinfo(envoy_binary: str, backends: Backends, tmp_path: Path) -> Iterator[
     config_dir = tmp_path / "config"
     ports = Ports.free()
     write_bookinfo(config_dir, ports, backends)
-    with ControlPlaneThread(config_dir) as plane:
-        sidecar = start_envoy(envoy_binary, tmp_path, plane, "sidecar", sidecar_metadata())
-        try:
-            yield Deployment(config_dir, ports, plane, sidecar)
-        finally:
-            sidecar.stop()
+    with (
+        ControlPlaneThread(config_dir) as plane,
+        start_envoy(envoy_binary, tmp_path, plane.port, "sidecar", sidecar_metadata()) as sidecar,
+    ):
+        yield Deployment(config_dir, ports, plane, sidecar)
 
 
-def eds_clusters(ports: Ports, *, hello: bool = True) -> set[str]:
+def eds_clusters(ports: Ports) -> set[str]:
+    """The EDS clusters of the shared deployment."""
     bookinfo = {
         f"outbound|{ports.bookinfo}|{subset}|{bookinfo_host(name)}"
         for name, subsets in (
@@ -168,7 +167,7 @@ def eds_clusters(ports: Ports, *, hello: bool = True) -> set[str]:
         )
         for subset in subsets
     }
-    return bookinfo | ({f"outbound|{ports.hello}||{hello_host()}"} if hello else set())
+    return bookinfo | {f"outbound|{ports.hello}||{hello_host()}"}
 
 
 def rejected_stats(envoy: Envoy) -> dict[str, int]:
@@ -405,7 +404,7 @@ def test_editing_the_split_to_0_100_moves_all_traffic_to_v3_without_a_restart(
 ) -> None:
     sidecar, port = bookinfo.sidecar, bookinfo.ports.bookinfo
     client = Client(port)
-    assert_80_20_split(client.backends(200, host="reviews"), 200)
+    assert_80_20_split(client.backends(400, host="reviews"), 400)
     before = route_config_version(sidecar, str(port))
 
     edit_docs(bookinfo.routing_file, "VirtualService", "reviews", reviews_split(0, 100))
@@ -457,7 +456,7 @@ def test_a_bad_edit_leaves_envoy_serving_the_last_good_routes(
     assert route_config_version(sidecar, str(port)) == before
     assert set(rejected_stats(sidecar).values()) == {0}
     client = Client(port)
-    assert_80_20_split(client.backends(200, host="reviews"), 200)
+    assert_80_20_split(client.backends(400, host="reviews"), 400)
     assert client.backends(10, host="reviews", end_user="jason") == {"reviews-v2": 10}
 
 
@@ -479,3 +478,28 @@ def test_fixing_a_rejected_edit_applies_the_fixed_file(bookinfo: Deployment) -> 
     )
     assert bookinfo.errors_in("routing.yaml") == set()
     assert set(rejected_stats(bookinfo.sidecar).values()) == {0}
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_pilotfish_serve_configures_envoy_for_hello_world_and_exits_0_on_sigterm(
+    envoy_binary: str, backends: Backends, tmp_path: Path
+) -> None:
+    config_dir = tmp_path / "config"
+    ports = Ports.free()
+    write_hello(config_dir, ports, backends)
+    serve = ServeProcess(config_dir, tmp_path).start()
+    try:
+        sidecar = start_envoy(envoy_binary, tmp_path, serve.port, "sidecar", sidecar_metadata())
+        with sidecar:
+            client = Client(ports.hello)
+            assert client.backends(30, host="hello") == {
+                "hello-1": 10,
+                "hello-2": 10,
+                "hello-3": 10,
+            }
+            assert set(rejected_stats(sidecar).values()) == {0}
+    finally:
+        code = serve.stop()
+    assert code == 0, serve.log()

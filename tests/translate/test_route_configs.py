@@ -270,6 +270,25 @@ def test_gateway_virtual_hosts_are_the_bound_hosts_the_servers_expose() -> None:
     }
 
 
+def test_a_wildcard_virtual_service_serves_only_the_hosts_its_servers_expose() -> None:
+    mesh = edge_mesh(
+        web_vs("any", ("*",), ("edge/public",)),
+        web_vs("api", ("api.example.org",), ("edge/public",)),
+    )
+    configs = named(gateway_route_configs(mesh, (("app", "edge"),)))
+    assert {
+        v.name: (list(v.domains), [r.name for r in v.routes])
+        for v in configs["http.80"].virtual_hosts
+    } == {
+        "*.example.com:80": (["*.example.com", "*.example.com:80"], ["any"]),
+        "api.example.org:80": (["api.example.org", "api.example.org:80"], ["any", "api"]),
+    }
+    assert {v.name: list(v.domains) for v in configs["http.8443"].virtual_hosts} == {
+        "*:8443": ["*"],
+        "api.example.org:8443": ["api.example.org", "api.example.org:8443"],
+    }
+
+
 def test_gateway_virtual_services_for_one_host_are_merged_in_mesh_order() -> None:
     mesh = edge_mesh(
         web_vs(
