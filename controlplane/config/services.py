@@ -52,7 +52,12 @@ def _check_port(number: Any, path: Path, report: Reporter) -> bool:
     return True
 
 
+_IPV4 = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
+
+
 def is_valid_address(address: str) -> bool:
+    if _IPV4.match(address):
+        return True
     if address.startswith("unix://"):
         return len(address) > len("unix://")
     try:

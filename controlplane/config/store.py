@@ -151,6 +151,12 @@ class ConfigStore:
 
     def _reload(self) -> ReloadResult:
         state = self._state
+        if not self.root.is_dir():
+            # A directory that vanished (an unmounted volume, a botched deploy) is an
+            # outage, not a request to delete every route: keep serving what we have.
+            log.error("config_dir_missing", directory=str(self.root))
+            if self._last is not None:
+                return replace(self._last, changed=False, applied=(), rejected=())
         stamps = scan(self.root)
         current: dict[str, FileVersion] = {}
         for rel, stamp in stamps.items():
@@ -189,12 +195,23 @@ class ConfigStore:
 
         diagnostics: set[Diagnostic] = set()
         for version in current.values():
-            diagnostics.update(self._file_diagnostics(version))
-        texts = {rel: v.text for rel, v in current.items()}
-        texts.update({rel: v.text for rel, v in accepted.items() if rel not in texts})
-        cross = [f for f in build.findings if f.severity is Severity.WARNING]
-        cross.extend(finding for rel in blocked for finding in blocked[rel])
-        diagnostics.update(resolve_positions(cross, texts))
+            if version.result.findings:
+                diagnostics.update(self._file_diagnostics(version))
+        # Warnings of the served model point into accepted versions; errors that held a
+        # change back point into the current (rejected) version.
+        warnings = [f for f in build.findings if f.severity is Severity.WARNING]
+        diagnostics.update(
+            resolve_positions(warnings, {f.file: accepted[f.file].text for f in warnings})
+        )
+        held_back = [finding for rel in blocked for finding in blocked[rel]]
+        diagnostics.update(
+            resolve_positions(
+                held_back, {f.file: current[f.file].text for f in held_back if f.file in current}
+            )
+        )
+        if len(self._positions) > 2 * len(current) + 64:
+            live = {v.digest for v in current.values()}
+            self._positions = {k: v for k, v in self._positions.items() if k in live}
         already_reported = set(self._diagnostics)
         self._diagnostics = tuple(sorted(diagnostics, key=Diagnostic.sort_key))
         diagnostics_out = self._diagnostics

@@ -91,7 +91,10 @@ if CParser is not None:
 
         def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
             if kind is ScalarNode:
-                return _resolve_scalar(value, implicit)
+                if not implicit[0]:
+                    return _STR
+                tag = _implicit_tags.get(value)
+                return tag if tag is not None else _resolve_scalar(value, implicit)
             return _SEQ if kind is SequenceNode else _MAP
 
     def _compose_all(text: str) -> Iterator[Node]:
@@ -139,41 +142,47 @@ def _mark_of(node: Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _build(node: Node, active: set[int]) -> Any:
+def _build(node: Node, active: set[int] | None) -> Any:
+    """Plain data for ``node``; ``active`` tracks the path when aliases could make a cycle."""
     cls = type(node)
     if cls is ScalarNode:
-        return _scalar(node)  # type: ignore[arg-type]
-    ident = id(node)
-    if ident in active:
-        raise YamlSyntaxError(
-            "recursive alias: a node contains itself; point the alias elsewhere", *_mark_of(node)
-        )
-    active.add(ident)
+        return node.value if node.tag == _STR else _scalar(node)  # type: ignore[arg-type]
+    if active is not None:
+        ident = id(node)
+        if ident in active:
+            raise YamlSyntaxError(
+                "recursive alias: a node contains itself; point the alias elsewhere",
+                *_mark_of(node),
+            )
+        active.add(ident)
     try:
         if cls is SequenceNode:
             return [_build(item, active) for item in node.value]
         result: dict[str, Any] = {}
-        merged: set[str] = set()
+        merged: set[str] | None = None
         for key_node, value_node in node.value:
+            if type(key_node) is not ScalarNode:
+                raise YamlSyntaxError("mapping keys must be scalars", *_mark_of(key_node))
             if key_node.tag == _MERGE:
+                merged = merged if merged is not None else set()
                 for key, value in _merged(_build(value_node, active), value_node):
                     if key not in result:
                         result[key] = value
                         merged.add(key)
                 continue
-            if type(key_node) is not ScalarNode:
-                raise YamlSyntaxError("mapping keys must be scalars", *_mark_of(key_node))
             key = key_node.value
-            if key in result and key not in merged:
-                raise YamlSyntaxError(
-                    f"duplicate key {key!r}: a key may appear once per mapping, remove one",
-                    *_mark_of(key_node),
-                )
-            merged.discard(key)
+            if key in result:
+                if merged is None or key not in merged:
+                    raise YamlSyntaxError(
+                        f"duplicate key {key!r}: a key may appear once per mapping, remove one",
+                        *_mark_of(key_node),
+                    )
+                merged.discard(key)
             result[key] = _build(value_node, active)
         return result
     finally:
-        active.discard(ident)
+        if active is not None:
+            active.discard(id(node))
 
 
 def _merged(value: Any, node: Node) -> Iterator[tuple[str, Any]]:
@@ -187,8 +196,10 @@ def parse(text: str) -> list[Document]:
     """Every document of ``text``; empty documents are skipped. Raises :class:`YamlSyntaxError`."""
     documents: list[Document] = []
     try:
+        # Without anchors there are no aliases, so no node can contain itself.
+        may_alias = "&" in text
         for index, node in enumerate(_compose_all(text)):
-            data = _build(node, set())
+            data = _build(node, set() if may_alias else None)
             if data is None:
                 continue
             documents.append(Document(index, node.start_mark.line + 1, data))

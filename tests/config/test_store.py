@@ -500,3 +500,21 @@ def test_a_new_file_that_conflicts_with_an_accepted_one_is_rejected_even_if_it_s
             "VirtualService default/reviews at routing.yaml:1; merge the two VirtualServices",
         ),
     )
+
+
+def test_a_config_directory_that_vanishes_keeps_the_last_good_mesh_served(tmp_path: Path) -> None:
+    root = tmp_path / "config"
+    root.mkdir()
+    (root / "svc.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n"
+        "spec: {ports: [{name: http, port: 80}]}\n"
+    )
+    store = ConfigStore(root)
+    first = store.reload()
+    assert [s.host for s in first.mesh.services] == ["web.default.svc.cluster.local"]
+    (root / "svc.yaml").unlink()
+    root.rmdir()
+    again = store.reload()
+    assert again.changed is False
+    assert again.mesh is first.mesh
+    assert store.mesh is first.mesh
