@@ -24,7 +24,6 @@ that the last-known-good logic can reject the change that introduced it.
 
 from __future__ import annotations
 
-import operator
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -53,6 +52,7 @@ from controlplane.model import (
 )
 
 Path = tuple[str | int, ...]
+Key = tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,38 +110,38 @@ class _WorkloadIndex:
         self._selections: dict[tuple[str, Labels], tuple[tuple[int, ...], tuple[Resource, ...]]]
         self._selections = {}
 
-    def sync(self, files: Mapping[str, Sequence[Resource]]) -> None:
+    def sync(self, files: Mapping[str, Sequence[Resource]]) -> set[object]:
+        """Follow ``files``; returns the names of the buckets that changed."""
+        changed: set[object] = set()
         for path in [p for p in self._files if p not in files]:
-            self._change(self._files.pop(path), add=False)
+            self._change(self._files.pop(path), add=False, changed=changed)
         for path, resources in files.items():
             if self._files.get(path) is resources:
                 continue
-            self._change(self._files.get(path, ()), add=False)
-            self._change(resources, add=True)
-            self._files[path] = tuple(resources) if not isinstance(resources, tuple) else resources
+            self._change(self._files.get(path, ()), add=False, changed=changed)
+            self._change(resources, add=True, changed=changed)
+            self._files[path] = resources  # type: ignore[assignment]
+        return changed
 
-    def _change(self, workloads: Iterable[Resource], *, add: bool) -> None:
+    def _change(self, workloads: Iterable[Resource], *, add: bool, changed: set[object]) -> None:
         for resource in workloads:
             if resource.meta.kind != "WorkloadEntry":
                 continue
             self._clock += 1
-            ns = resource.meta.namespace
-            buckets: list[tuple[object, dict[int, Resource]]] = [(ns, self._by_namespace[ns])]
-            spec = resource.spec
-            assert isinstance(spec, WorkloadSpec)
-            for key, value in spec.labels:
-                label = (ns, key, value)
-                buckets.append((label, self._by_label[label]))
-            for name, bucket in buckets:
+            for name in bucket_names(resource):
+                bucket = (
+                    self._by_namespace[name] if isinstance(name, str) else self._by_label[name]  # type: ignore[index]
+                )
                 if add:
                     bucket[id(resource)] = resource
                 else:
                     bucket.pop(id(resource), None)
                 self._generation[name] = self._clock
+                changed.add(name)
 
     def select(self, namespace: str, selector: Labels) -> tuple[Resource, ...]:
         """Workloads of ``namespace`` whose labels match ``selector``, sorted by name."""
-        names: list[object] = [(namespace, k, v) for k, v in selector] or [namespace]
+        names = selector_buckets(namespace, selector)
         generations = tuple(self._generation[name] for name in names)
         key = (namespace, selector)
         cached = self._selections.get(key)
@@ -158,6 +158,19 @@ class _WorkloadIndex:
         result = tuple(found)
         self._selections[key] = (generations, result)
         return result
+
+
+def bucket_names(workload: Resource) -> list[object]:
+    """The index buckets a WorkloadEntry sits in: its namespace and each of its label pairs."""
+    ns = workload.meta.namespace
+    spec = workload.spec
+    assert isinstance(spec, WorkloadSpec)
+    return [ns, *((ns, k, v) for k, v in spec.labels)]
+
+
+def selector_buckets(namespace: str, selector: Labels) -> list[object]:
+    """The buckets a selection reads (the namespace bucket for an empty selector)."""
+    return [(namespace, k, v) for k, v in selector] or [namespace]
 
 
 def _endpoint_port(
@@ -228,6 +241,9 @@ def _entry_services(resource: Resource, selected: Sequence[Resource]) -> tuple[S
     )
 
 
+_CLUSTER_SUFFIX = ".svc.cluster.local"
+
+
 class _Hosts:
     """The known hosts: exact names and ``*.suffix`` wildcards."""
 
@@ -294,21 +310,25 @@ class _ResourceTable:
         self.single: dict[str, dict[tuple[str, str, str], Resource]] = defaultdict(dict)
         self.duplicates: set[tuple[str, str, str]] = set()
 
-    def sync(self, files: Mapping[str, Sequence[Resource]]) -> None:
+    def sync(self, files: Mapping[str, Sequence[Resource]]) -> set[Key]:
+        """Follow ``files``; returns the keys whose definitions changed."""
+        changed: set[Key] = set()
         for path in [p for p in self._files if p not in files]:
-            self._remove(self._files.pop(path))
+            self._remove(self._files.pop(path), changed)
         for path, resources in files.items():
             old = self._files.get(path)
             if old is resources:
                 continue
             if old is not None:
-                self._remove(old)
-            self._add(resources)
+                self._remove(old, changed)
+            self._add(resources, changed)
             self._files[path] = resources
+        return changed
 
-    def _add(self, resources: Sequence[Resource]) -> None:
+    def _add(self, resources: Sequence[Resource], changed: set[Key]) -> None:
         for resource in resources:
             key = resource.meta.key
+            changed.add(key)
             defs = self.definitions.setdefault(key, [])
             defs.append(resource)
             if len(defs) == 1:
@@ -317,9 +337,10 @@ class _ResourceTable:
                 self.single[key[0]].pop(key, None)
                 self.duplicates.add(key)
 
-    def _remove(self, resources: Sequence[Resource]) -> None:
+    def _remove(self, resources: Sequence[Resource], changed: set[Key]) -> None:
         for resource in resources:
             key = resource.meta.key
+            changed.add(key)
             defs = self.definitions[key]
             defs.remove(resource)
             if not defs:
@@ -332,116 +353,309 @@ class _ResourceTable:
 
 
 class MeshBuilder:
-    """Builds meshes from resources, reusing the work whose inputs did not change."""
+    """Builds meshes from files of resources, redoing only what a change touches.
+
+    State carried from one :meth:`build` to the next is derived from the files
+    of the previous build alone; each phase works out what its inputs changed
+    (resources, index buckets, hosts, policies, gateways) and recomputes just
+    the dependent parts. ``tests/config/test_build_incremental.py`` checks that
+    any sequence of builds gives exactly what a fresh builder gives.
+    """
 
     def __init__(self) -> None:
         self._table = _ResourceTable()
         self._index = _WorkloadIndex()
-        self._services: dict[int, tuple[Resource, tuple[Resource, ...], tuple[Service, ...]]] = {}
-        self._policy_checks: dict[
-            int, tuple[Resource, tuple[object, ...], tuple[Finding, ...]]
-        ] = {}
-        self._route_checks: dict[
-            int, tuple[Resource, list[object], VirtualService, tuple[Finding, ...]]
-        ] = {}
-        self._destinations: dict[int, tuple[VirtualService, tuple[str, ...]]] = {}
+        self._effective: dict[Key, Resource] = {}
+        self._dup_keys: set[Key] = set()
+        # services: per Service/ServiceEntry key, then per host
+        self._svc_built: dict[Key, tuple[Resource, tuple[Resource, ...], tuple[Service, ...]]] = {}
+        self._svc_reads: dict[Key, list[object]] = {}
+        self._readers: dict[object, set[Key]] = defaultdict(set)
+        self._host_candidates: dict[str, dict[Key, Service]] = defaultdict(dict)
+        self._services: dict[str, Service] = {}
+        self._host_conflicts: dict[str, list[Finding]] = {}
+        self._wildcards: tuple[str, ...] = ()
+        # destination rules: per key, then per canonical host
+        self._dr: dict[Key, tuple[Resource, DestinationPolicy]] = {}
+        self._dr_by_raw: dict[str, set[Key]] = defaultdict(set)
+        self._policy_candidates: dict[str, set[Key]] = defaultdict(set)
+        self._policies: dict[str, DestinationPolicy] = {}
+        self._policy_source: dict[str, Resource] = {}
+        self._policy_conflicts: dict[str, list[Finding]] = {}
+        self._policy_checks: dict[str, list[Finding]] = {}
+        # gateways and virtual services
+        self._gateways: dict[Key, Gateway] = {}
+        self._vs: dict[Key, tuple[Resource, VirtualService]] = {}
+        self._vs_findings: dict[Key, list[Finding]] = {}
+        self._vs_reads: dict[Key, set[str]] = {}
+        self._vs_by_host: dict[str, set[Key]] = defaultdict(set)
+        self._vs_by_gateway: dict[str, set[Key]] = defaultdict(set)
+        self._claims: dict[tuple[str, str], dict[Key, int]] = defaultdict(dict)
+        self._claim_conflicts: dict[tuple[str, str], list[Finding]] = {}
+        self._mesh = Mesh()
 
     def build(
         self, files: Mapping[str, Sequence[Resource]], changed: frozenset[str] | None = None
     ) -> BuildResult:
         """The mesh of ``files`` (path -> that file's resources, in document order)."""
-        findings: list[Finding] = []
-        table = self._table
-        table.sync(files)
-        winners_of: dict[tuple[str, str, str], Resource] = {}
-        for key in sorted(table.duplicates):
-            defs = sorted(table.definitions[key], key=lambda r: (r.meta.file, r.meta.doc))
-            winner = defs[0]
-            for resource in defs[1:]:
-                blamed, other = _blame(winner.meta, resource.meta, changed)
-                findings.append(
-                    _finding(
-                        "PF208",
-                        blamed,
-                        ("metadata", "name"),
-                        f"{blamed.label} is defined twice: here and at {_where(other)}; "
-                        "rename or remove one",
-                    )
-                )
-                if blamed is winner.meta:
-                    winner = resource
-            winners_of[key] = winner
+        dirty, old_effective, dup_findings = self._resolve_definitions(files, changed)
+        buckets = self._index.sync(files)
+        for key in dirty["WorkloadEntry"]:
+            for resource in (old_effective.get(key), self._effective.get(key)):
+                if resource is not None:
+                    buckets.update(bucket_names(resource))
+        service_keys = dirty["Service"] | dirty["ServiceEntry"]
+        for bucket in buckets:
+            service_keys |= self._readers.get(bucket, set())
+        hosts_touched = self._update_services(service_keys)
+        changed_hosts, membership = self._resolve_hosts(hosts_touched, changed)
+        hosts = _Hosts(self._services)
+        everything = hosts.wildcards != self._wildcards
+        self._wildcards = hosts.wildcards
+        raw_names = set(membership)
+        for host in membership:
+            if host.endswith(_CLUSTER_SUFFIX):
+                short = host[: -len(_CLUSTER_SUFFIX)]
+                if short.count(".") == 1:
+                    raw_names.add(short)
 
-        def of_kind(kind: str) -> list[Resource]:
-            found = list(table.single[kind].values())
-            found.extend(r for k, r in winners_of.items() if k[0] == kind)
-            return found
-
-        workload_duplicates = any(k[0] == "WorkloadEntry" for k in winners_of)
-
-        def winners(selected: tuple[Resource, ...]) -> tuple[Resource, ...]:
-            if not workload_duplicates:
-                return selected
-            return tuple(
-                r for r in selected if r.meta.key not in winners_of or winners_of[r.meta.key] is r
+        dr_keys = (
+            set(self._dr) | dirty["DestinationRule"]
+            if everything
+            else set(dirty["DestinationRule"])
+        )
+        for name in raw_names:
+            dr_keys |= self._dr_by_raw.get(name, set())
+        policy_hosts = self._update_policies(dr_keys, hosts)
+        changed_policies = self._resolve_policies(policy_hosts, changed)
+        recheck = policy_hosts | changed_policies | changed_hosts | membership
+        if everything:
+            recheck |= set(self._policies) | set(self._policy_checks)
+        for host in recheck:
+            policy = self._policies.get(host)
+            found = (
+                _check_policy(policy, self._policy_source[host].meta, hosts)
+                if policy is not None
+                else []
             )
-
-        self._index.sync(files)
-        services_memo: dict[int, tuple[Resource, tuple[Resource, ...], tuple[Service, ...]]] = {}
-        services: dict[str, Service] = {}
-        origin: dict[str, Meta] = {}
-        for resource in of_kind("Service") + of_kind("ServiceEntry"):
-            spec = resource.spec
-            if isinstance(spec, KubeServiceSpec):
-                selector = spec.selector
+            if found:
+                self._policy_checks[host] = found
             else:
-                assert isinstance(spec, ServiceEntrySpec)
-                selector = spec.workload_selector
-            selected = (
-                winners(self._index.select(resource.meta.namespace, selector))
-                if selector is not None
-                else ()
+                self._policy_checks.pop(host, None)
+
+        gateway_names_changed = self._update_gateways(dirty["Gateway"])
+        vs_keys = set(dirty["VirtualService"])
+        if everything:
+            vs_keys |= set(self._vs)
+        for name in changed_hosts | changed_policies | raw_names | membership:
+            vs_keys |= self._vs_by_host.get(name, set())
+        for name in gateway_names_changed:
+            vs_keys |= self._vs_by_gateway.get(name, set())
+        claims_touched = self._update_virtual_services(vs_keys, hosts)
+        self._resolve_claims(claims_touched, changed)
+
+        findings = list(dup_findings)
+        for group in (
+            self._host_conflicts,
+            self._policy_conflicts,
+            self._policy_checks,
+            self._vs_findings,
+            self._claim_conflicts,
+        ):
+            for items in group.values():  # type: ignore[attr-defined]
+                findings.extend(items)
+        findings.sort(key=lambda f: (f.file, f.doc, repr(f.path), f.code, f.message))
+        self._mesh = self._assemble(
+            bool(changed_hosts or membership),
+            bool(changed_policies or policy_hosts),
+            bool(vs_keys),
+            bool(gateway_names_changed or dirty["Gateway"]),
+        )
+        return BuildResult(self._mesh, tuple(findings))
+
+    # -- definitions ---------------------------------------------------------------------
+
+    def _resolve_definitions(
+        self, files: Mapping[str, Sequence[Resource]], changed: frozenset[str] | None
+    ) -> tuple[dict[str, set[Key]], dict[Key, Resource], list[Finding]]:
+        table = self._table
+        touched = table.sync(files) | table.duplicates | self._dup_keys
+        self._dup_keys = set(table.duplicates)
+        dirty: dict[str, set[Key]] = defaultdict(set)
+        old_effective: dict[Key, Resource] = {}
+        findings: list[Finding] = []
+        for key in touched:
+            defs = table.definitions.get(key)
+            winner: Resource | None = None
+            if defs:
+                ordered = sorted(defs, key=_position)
+                winner = ordered[0]
+                for resource in ordered[1:]:
+                    blamed, other = _blame(winner.meta, resource.meta, changed)
+                    findings.append(
+                        _finding(
+                            "PF208",
+                            blamed,
+                            ("metadata", "name"),
+                            f"{blamed.label} is defined twice: here and at {_where(other)}; "
+                            "rename or remove one",
+                        )
+                    )
+                    if blamed is winner.meta:
+                        winner = resource
+            old = self._effective.get(key)
+            if winner is old:
+                continue
+            if old is not None:
+                old_effective[key] = old
+            if winner is None:
+                del self._effective[key]
+            else:
+                self._effective[key] = winner
+            dirty[key[0]].add(key)
+        return dirty, old_effective, findings
+
+    def _is_effective(self, resource: Resource) -> bool:
+        return self._effective.get(resource.meta.key) is resource
+
+    # -- services ------------------------------------------------------------------------
+
+    def _update_services(self, keys: set[Key]) -> set[str]:
+        touched: set[str] = set()
+        for key in keys:
+            old = self._svc_built.pop(key, None)
+            if old is not None:
+                for service in old[2]:
+                    self._host_candidates[service.host].pop(key, None)
+                    touched.add(service.host)
+            for bucket in self._svc_reads.pop(key, ()):
+                self._readers[bucket].discard(key)
+            resource = self._effective.get(key)
+            if resource is None:
+                continue
+            spec = resource.spec
+            selector = (
+                spec.selector if isinstance(spec, KubeServiceSpec) else spec.workload_selector  # type: ignore[union-attr]
             )
-            cached = self._services.get(id(resource))
-            if cached is not None and cached[0] is resource and cached[1] is selected:
-                built = cached[2]
+            selected: tuple[Resource, ...] = ()
+            if selector is not None:
+                ns = resource.meta.namespace
+                raw = self._index.select(ns, selector)
+                selected = (
+                    raw
+                    if all(self._is_effective(r) for r in raw)
+                    else tuple(r for r in raw if self._is_effective(r))
+                )
+                reads = selector_buckets(ns, selector)
+                self._svc_reads[key] = reads
+                for bucket in reads:
+                    self._readers[bucket].add(key)
+            if old is not None and old[0] is resource and old[1] == selected:
+                built = old[2]
             elif isinstance(spec, KubeServiceSpec):
                 built = (_kube_service(resource, selected),)
             else:
                 built = _entry_services(resource, selected)
-            services_memo[id(resource)] = (resource, selected, built)
+            self._svc_built[key] = (resource, selected, built)
             for service in built:
-                if service.host in services:
-                    blamed, other = _blame(origin[service.host], resource.meta, changed)
-                    findings.append(
-                        _finding(
-                            "PF210",
-                            blamed,
-                            ("spec", "hosts")
-                            if blamed.kind == "ServiceEntry"
-                            else ("metadata", "name"),
-                            f"host {service.host} is already defined by {other.label} "
-                            f"at {_where(other)}",
-                        )
-                    )
-                    if blamed is resource.meta:
-                        continue
-                services[service.host] = service
-                origin[service.host] = resource.meta
-        self._services = services_memo
-        hosts = _Hosts(services)
+                self._host_candidates[service.host][key] = service
+                touched.add(service.host)
+        return touched
 
-        policies: dict[str, DestinationPolicy] = {}
-        policy_source: dict[str, Resource] = {}
-        for resource in of_kind("DestinationRule"):
-            policy = resource.spec
-            assert isinstance(policy, DestinationPolicy)
-            host = hosts.canonical(policy.host)
-            if host != policy.host:
-                policy = replace(policy, host=host)
-            if host in policies:
-                blamed, other = _blame(policy_source[host].meta, resource.meta, changed)
-                findings.append(
+    def _resolve_hosts(
+        self, touched: set[str], changed: frozenset[str] | None
+    ) -> tuple[set[str], set[str]]:
+        """Settle who defines each touched host; returns (changed hosts, added/removed hosts)."""
+        changed_hosts: set[str] = set()
+        membership: set[str] = set()
+        for host in touched | set(self._host_conflicts):
+            candidates = self._host_candidates.get(host)
+            old = self._services.get(host)
+            if not candidates:
+                self._host_candidates.pop(host, None)
+                self._host_conflicts.pop(host, None)
+                if old is not None:
+                    del self._services[host]
+                    changed_hosts.add(host)
+                    membership.add(host)
+                continue
+            ordered = sorted(candidates, key=lambda k: _position(self._effective[k]))
+            holder = ordered[0]
+            found: list[Finding] = []
+            for key in ordered[1:]:
+                held, new = self._effective[holder].meta, self._effective[key].meta
+                blamed, other = _blame(held, new, changed)
+                found.append(
+                    _finding(
+                        "PF210",
+                        blamed,
+                        ("spec", "hosts")
+                        if blamed.kind == "ServiceEntry"
+                        else ("metadata", "name"),
+                        f"host {host} is already defined by {other.label} at {_where(other)}",
+                    )
+                )
+                if blamed is held:
+                    holder = key
+            if found:
+                self._host_conflicts[host] = found
+            else:
+                self._host_conflicts.pop(host, None)
+            service = candidates[holder]
+            if service is not old:
+                self._services[host] = service
+                changed_hosts.add(host)
+                if old is None:
+                    membership.add(host)
+        return changed_hosts, membership
+
+    # -- destination rules ---------------------------------------------------------------
+
+    def _update_policies(self, keys: set[Key], hosts: _Hosts) -> set[str]:
+        touched: set[str] = set()
+        for key in keys:
+            old = self._dr.pop(key, None)
+            if old is not None:
+                old_policy = old[1]
+                self._policy_candidates[old_policy.host].discard(key)
+                self._dr_by_raw[old[0].spec.host].discard(key)  # type: ignore[union-attr]
+                touched.add(old_policy.host)
+            resource = self._effective.get(key)
+            if resource is None:
+                continue
+            written = resource.spec
+            assert isinstance(written, DestinationPolicy)
+            host = hosts.canonical(written.host)
+            if old is not None and old[0] is resource and old[1].host == host:
+                policy = old[1]
+            else:
+                policy = written if host == written.host else replace(written, host=host)
+            self._dr[key] = (resource, policy)
+            self._dr_by_raw[written.host].add(key)
+            self._policy_candidates[host].add(key)
+            touched.add(host)
+        return touched
+
+    def _resolve_policies(self, touched: set[str], changed: frozenset[str] | None) -> set[str]:
+        changed_hosts: set[str] = set()
+        for host in touched | set(self._policy_conflicts):
+            keys = self._policy_candidates.get(host)
+            old = self._policies.get(host)
+            if not keys:
+                self._policy_candidates.pop(host, None)
+                self._policy_conflicts.pop(host, None)
+                if old is not None:
+                    del self._policies[host]
+                    del self._policy_source[host]
+                    changed_hosts.add(host)
+                continue
+            ordered = sorted(keys, key=lambda k: _position(self._dr[k][0]))
+            holder = ordered[0]
+            found: list[Finding] = []
+            for key in ordered[1:]:
+                held, new = self._dr[holder][0].meta, self._dr[key][0].meta
+                blamed, other = _blame(held, new, changed)
+                found.append(
                     _finding(
                         "PF211",
                         blamed,
@@ -450,108 +664,145 @@ class MeshBuilder:
                         "merge the two into one DestinationRule",
                     )
                 )
-                if blamed is resource.meta:
-                    continue
-            policies[host] = policy
-            policy_source[host] = resource
-        policy_memo: dict[int, tuple[Resource, tuple[object, ...], tuple[Finding, ...]]] = {}
-        for host, resource in policy_source.items():
-            policy_inputs = (policies[host], services.get(host), hosts.wildcards)
-            cached_check = self._policy_checks.get(id(resource))
-            if (
-                cached_check is not None
-                and cached_check[0] is resource
-                and _same(cached_check[1], policy_inputs)
-            ):
-                found = cached_check[2]
+                if blamed is held:
+                    holder = key
+            if found:
+                self._policy_conflicts[host] = found
             else:
-                found = tuple(_check_policy(policies[host], resource.meta, hosts))
-            policy_memo[id(resource)] = (resource, policy_inputs, found)
-            findings.extend(found)
-        self._policy_checks = policy_memo
+                self._policy_conflicts.pop(host, None)
+            resource, policy = self._dr[holder]
+            self._policy_source[host] = resource
+            if policy is not old:
+                self._policies[host] = policy
+                changed_hosts.add(host)
+        return changed_hosts
 
-        gateway_resources = of_kind("Gateway")
-        gateways = {f"{r.meta.namespace}/{r.meta.name}" for r in gateway_resources}
-        claims: dict[tuple[str, str], tuple[Meta, int]] = {}
-        virtual_services: list[VirtualService] = []
-        route_memo: dict[
-            int, tuple[Resource, list[object], VirtualService, tuple[Finding, ...]]
-        ] = {}
-        destinations_memo: dict[int, tuple[VirtualService, tuple[str, ...]]] = {}
-        for resource in of_kind("VirtualService"):
+    # -- gateways and virtual services ---------------------------------------------------
+
+    def _update_gateways(self, keys: set[Key]) -> set[str]:
+        names: set[str] = set()
+        for key in keys:
+            resource = self._effective.get(key)
+            existed = key in self._gateways
+            if resource is None:
+                self._gateways.pop(key, None)
+            else:
+                self._gateways[key] = resource.spec  # type: ignore[assignment]
+            if existed != (resource is not None):
+                names.add(f"{key[1]}/{key[2]}")
+        return names
+
+    def _update_virtual_services(self, keys: set[Key], hosts: _Hosts) -> set[tuple[str, str]]:
+        touched: set[tuple[str, str]] = set()
+        gateway_names = {f"{k[1]}/{k[2]}" for k in self._gateways}
+        for key in keys:
+            old = self._vs.pop(key, None)
+            if old is not None:
+                for name in self._vs_reads.pop(key, set()):
+                    self._vs_by_host[name].discard(key)
+                for gateway in old[1].gateways:
+                    self._vs_by_gateway[gateway].discard(key)
+                    for host in old[1].hosts:
+                        self._claims[(host, gateway)].pop(key, None)
+                        touched.add((host, gateway))
+            self._vs_findings.pop(key, None)
+            resource = self._effective.get(key)
+            if resource is None:
+                continue
             written = resource.spec
             assert isinstance(written, VirtualService)
+            vs = _canonical_virtual_service(written, hosts)
+            if old is not None and old[0] is resource and old[1] == vs:
+                vs = old[1]
             meta = resource.meta
-            known = self._destinations.get(id(resource))
-            dest_hosts = (
-                known[1]
-                if known is not None and known[0] is written
-                else _destination_hosts(written)
-            )
-            destinations_memo[id(resource)] = (written, dest_hosts)
-            inputs: list[object] = [hosts.wildcards]
-            for host in (*dest_hosts, *written.hosts):
-                canonical = hosts.canonical(host)
-                inputs += (services.get(canonical), policies.get(canonical))
-            cached_route = self._route_checks.get(id(resource))
-            if (
-                cached_route is not None
-                and cached_route[0] is resource
-                and _same(cached_route[1], inputs)
-            ):
-                vs, found = cached_route[2], cached_route[3]
-            else:
-                vs = _canonical_virtual_service(written, hosts)
-                found = tuple(_check_routes(vs, meta, hosts, policies))
-            route_memo[id(resource)] = (resource, inputs, vs, found)
-            findings.extend(found)
-            for g_index, gateway in enumerate(vs.gateways):
-                if gateway != "mesh" and gateway not in gateways:
-                    findings.append(
+            found = _check_routes(vs, meta, hosts, self._policies)
+            for index, gateway in enumerate(vs.gateways):
+                if gateway != "mesh" and gateway not in gateway_names:
+                    found.append(
                         _finding(
                             "PF204",
                             meta,
-                            ("spec", "gateways", g_index),
+                            ("spec", "gateways", index),
                             f"Gateway {gateway} does not exist; define it or fix the name",
                         )
                     )
-                for h_index, host in enumerate(vs.hosts):
-                    claim = claims.get((host, gateway))
-                    if claim is None:
-                        claims[(host, gateway)] = (meta, h_index)
-                        continue
-                    blamed, other = _blame(claim[0], meta, changed)
-                    findings.append(
-                        _finding(
-                            "PF206",
-                            blamed,
-                            ("spec", "hosts", h_index if blamed is meta else claim[1]),
-                            f"host {host} on gateway {gateway} is already routed by "
-                            f"{other.label} at {_where(other)}; merge the two VirtualServices",
-                        )
+            if found:
+                self._vs_findings[key] = found
+            self._vs[key] = (resource, vs)
+            reads = {*_destination_hosts(written), *written.hosts}
+            reads |= {hosts.canonical(name) for name in reads}
+            self._vs_reads[key] = reads
+            for name in reads:
+                self._vs_by_host[name].add(key)
+            for gateway in vs.gateways:
+                self._vs_by_gateway[gateway].add(key)
+                for index, host in enumerate(vs.hosts):
+                    self._claims[(host, gateway)].setdefault(key, index)
+                    touched.add((host, gateway))
+        return touched
+
+    def _resolve_claims(
+        self, touched: set[tuple[str, str]], changed: frozenset[str] | None
+    ) -> None:
+        for claim in touched | set(self._claim_conflicts):
+            holders = self._claims.get(claim)
+            if not holders or len(holders) == 1:
+                if not holders:
+                    self._claims.pop(claim, None)
+                self._claim_conflicts.pop(claim, None)
+                continue
+            host, gateway = claim
+            ordered = sorted(holders, key=lambda k: _position(self._vs[k][0]))
+            holder = ordered[0]
+            found: list[Finding] = []
+            for key in ordered[1:]:
+                held, new = self._vs[holder][0].meta, self._vs[key][0].meta
+                blamed, other = _blame(held, new, changed)
+                index = holders[key] if blamed is new else holders[holder]
+                found.append(
+                    _finding(
+                        "PF206",
+                        blamed,
+                        ("spec", "hosts", index),
+                        f"host {host} on gateway {gateway} is already routed by "
+                        f"{other.label} at {_where(other)}; merge the two VirtualServices",
                     )
-                    if blamed is not meta:
-                        claims[(host, gateway)] = (meta, h_index)
-            virtual_services.append(vs)
-        self._route_checks = route_memo
-        self._destinations = destinations_memo
+                )
+                if blamed is held:
+                    holder = key
+            self._claim_conflicts[claim] = found
 
-        virtual_services.sort(key=lambda v: (v.namespace, v.name))
-        gateway_list: list[Gateway] = [r.spec for r in gateway_resources]  # type: ignore[misc]
-        gateway_list.sort(key=lambda g: (g.namespace, g.name))
-        mesh = Mesh(
-            services=tuple(services[h] for h in sorted(services)),
-            destination_policies=tuple(policies[h] for h in sorted(policies)),
-            virtual_services=tuple(virtual_services),
-            gateways=tuple(gateway_list),
+    # -- the mesh ------------------------------------------------------------------------
+
+    def _assemble(
+        self, services: bool, policies: bool, virtual_services: bool, gateways: bool
+    ) -> Mesh:
+        mesh = self._mesh
+        if not (services or policies or virtual_services or gateways):
+            return mesh
+        return Mesh(
+            services=tuple(self._services[h] for h in sorted(self._services))
+            if services
+            else mesh.services,
+            destination_policies=tuple(self._policies[h] for h in sorted(self._policies))
+            if policies
+            else mesh.destination_policies,
+            virtual_services=tuple(
+                vs
+                for _, vs in sorted(
+                    self._vs.values(), key=lambda item: (item[1].namespace, item[1].name)
+                )
+            )
+            if virtual_services
+            else mesh.virtual_services,
+            gateways=tuple(self._gateways[k] for k in sorted(self._gateways))
+            if gateways
+            else mesh.gateways,
         )
-        findings.sort(key=lambda f: (f.file, f.doc, repr(f.path), f.code, f.message))
-        return BuildResult(mesh, tuple(findings))
 
 
-def _same(a: Sequence[object], b: Sequence[object]) -> bool:
-    """Element-wise identity: memo inputs are model objects, equal only when the same."""
-    return len(a) == len(b) and all(map(operator.is_, a, b))
+def _position(resource: Resource) -> tuple[str, int]:
+    return (resource.meta.file, resource.meta.doc)
 
 
 def build_mesh(resources: Iterable[Resource], changed: frozenset[str] | None = None) -> BuildResult:

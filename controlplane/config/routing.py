@@ -300,7 +300,16 @@ def virtual_service(
     if not hosts:
         report.error("PF113", ("spec", "hosts"), "a VirtualService needs at least one host")
     gateways = tuple(_gateway_ref(g, namespace) for g in spec.get("gateways") or ()) or ("mesh",)
+    seen: dict[str, int] = {}
     for index, host in enumerate(hosts):
+        expanded = fqdn(host, namespace) if isinstance(host, str) else host
+        if expanded in seen:
+            report.error(
+                "PF114",
+                ("spec", "hosts", index),
+                f"host {host!r} is listed twice (also spec.hosts[{seen[expanded]}]); remove one",
+            )
+        seen.setdefault(expanded, index)
         if host == "*" and "mesh" in gateways:
             report.error(
                 "PF114", ("spec", "hosts", index), "host '*' is only allowed for gateways, not mesh"
