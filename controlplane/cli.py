@@ -1,7 +1,9 @@
 """The ``pilotfish`` command line.
 
 Subcommands: ``validate`` (offline analysis of a config directory, like
-``istioctl analyze``) and ``serve`` (the xDS control plane). Exit codes follow
+``istioctl analyze``), ``serve`` (the xDS control plane) and ``demo`` (backends,
+the control plane and an Envoy gateway on one machine, see
+:mod:`controlplane.demo.run`). Exit codes follow
 the usual convention: 0 fine, 1 the command ran and found errors, 2 the
 command was used wrongly.
 """
@@ -21,6 +23,14 @@ from controlplane import __version__
 from controlplane.config.diagnostics import render_json
 from controlplane.config.durations import parse_duration
 from controlplane.config.store import validate_directory
+from controlplane.demo.run import (
+    LOOPBACK,
+    DemoOptions,
+    PortInUseError,
+    preflight,
+    print_guide,
+    run_demo,
+)
 from controlplane.errors import PilotfishError
 from controlplane.logs import configure as configure_logging
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
@@ -100,6 +110,63 @@ async def _run_until_signalled(options: ControlPlaneOptions, grace: float) -> No
         await plane.stop(grace)
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return port
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    ports = tuple(_port(part.strip()) for part in text.split(","))
+    if len(ports) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three ports like 9101,9102,9103")
+    return ports
+
+
+def _demo(args: argparse.Namespace) -> int:
+    options = DemoOptions(
+        config_dir=Path(args.config_dir) if args.config_dir is not None else None,
+        port=args.port,
+        xds_port=args.xds_port,
+        backend_ports=args.backend_ports,
+    )
+    try:
+        preflight(options)
+    except PilotfishError as exc:  # no Envoy, a port taken, no such directory
+        print(f"pilotfish demo: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("console", args.log_level)
+    try:
+        asyncio.run(_demo_until_signalled(options))
+    except PortInUseError as exc:  # taken since the preflight
+        print(f"pilotfish demo: {exc}", file=sys.stderr)
+        return 2
+    except PilotfishError as exc:
+        print(f"pilotfish demo: {exc}", file=sys.stderr)
+        return 1
+    print("pilotfish demo: stopped", file=sys.stderr)
+    return 0
+
+
+async def _demo_until_signalled(options: DemoOptions) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(
+        f"pilotfish demo: starting backends on {LOOPBACK}:"
+        f"{','.join(map(str, options.backend_ports))}, the control plane on "
+        f"{LOOPBACK}:{options.xds_port} and an Envoy gateway on {LOOPBACK}:{options.port}...",
+        file=sys.stderr,
+        flush=True,
+    )
+    await run_demo(options, stop=stop, ready=print_guide)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pilotfish", description="A file-driven xDS control plane.")
     parser.add_argument("--version", action="version", version=f"pilotfish {__version__}")
@@ -136,6 +203,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connection-age", type=_duration, default=None)
     serve.add_argument("--max-connection-age-grace", type=_duration, default=None)
     serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser(
+        "demo", help="run backends, the control plane and an Envoy gateway; edit routing live"
+    )
+    demo.add_argument(
+        "--config-dir", default=None, help="the directory to copy (default: hello-world)"
+    )
+    demo.add_argument("--port", type=_port, default=8080, help="the gateway's port (8080)")
+    demo.add_argument("--xds-port", type=_port, default=18000, help="the xDS port (18000)")
+    demo.add_argument(
+        "--backend-ports",
+        type=_ports,
+        default=(9101, 9102, 9103),
+        help="ports of the three hello backends (9101,9102,9103)",
+    )
+    demo.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="warning"
+    )
+    demo.set_defaults(run=_demo)
     return parser
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from controlplane.demo.envoy import Envoy, find_envoy, wait_for
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
-from tests.interop.envoy import Envoy, find_envoy, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -2,7 +2,7 @@
 
 The shared deployment (module scope) is the hello-world example and the
 bookinfo example in one config directory, moved to free loopback ports: the
-WorkloadEntries point at :mod:`~tests.interop.backends` that answer with
+WorkloadEntries point at :mod:`~controlplane.demo.backends` that answer with
 their own name, the Service and Gateway ports are free ports, so the
 sidecar and gateway listeners (bound on 127.0.0.1) collide with nothing. One
 control plane serves one sidecar Envoy and one gateway Envoy.
@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.interop.backends import Backends, Client, free_ports
+from controlplane.demo.backends import Backends, Client, free_ports
+from controlplane.demo.envoy import Envoy, gateway_metadata, sidecar_metadata, wait_for
 from tests.interop.conftest import (
     ControlPlaneThread,
     ServeProcess,
@@ -33,7 +34,6 @@ from tests.interop.conftest import (
     write_docs,
     write_text,
 )
-from tests.interop.envoy import Envoy, gateway_metadata, sidecar_metadata, wait_for
 
 pytestmark = pytest.mark.slow
 
