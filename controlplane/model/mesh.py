@@ -42,9 +42,30 @@ class Mesh:
     def policy(self, host: str) -> DestinationPolicy | None:
         return self.policies_by_host.get(host)
 
+    @cached_property
+    def _bound(self) -> Mapping[str, tuple[VirtualService, ...]]:
+        bound: dict[str, list[VirtualService]] = {}
+        for vs in self.virtual_services:
+            for gateway in vs.gateways:
+                bound.setdefault(gateway, []).append(vs)
+        return {gateway: tuple(items) for gateway, items in bound.items()}
+
+    @cached_property
+    def _bound_by_host(self) -> Mapping[tuple[str, str], tuple[VirtualService, ...]]:
+        by_host: dict[tuple[str, str], list[VirtualService]] = {}
+        for vs in self.virtual_services:
+            for gateway in vs.gateways:
+                for host in dict.fromkeys(vs.hosts):
+                    by_host.setdefault((gateway, host), []).append(vs)
+        return {key: tuple(items) for key, items in by_host.items()}
+
     def virtual_services_for_gateway(self, gateway: str) -> tuple[VirtualService, ...]:
         """VirtualServices bound to ``gateway`` (``"mesh"`` or ``"namespace/name"``)."""
-        return tuple(vs for vs in self.virtual_services if gateway in vs.gateways)
+        return self._bound.get(gateway, ())
+
+    def virtual_services_naming(self, gateway: str, host: str) -> tuple[VirtualService, ...]:
+        """VirtualServices bound to ``gateway`` that list ``host`` itself among their hosts."""
+        return self._bound_by_host.get((gateway, host), ())
 
     def gateways_for(self, node_labels: Labels) -> tuple[Gateway, ...]:
         """Gateways whose selector matches a gateway proxy with ``node_labels``."""

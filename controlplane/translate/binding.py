@@ -43,11 +43,13 @@ def server_host(host: str) -> str:
 
 
 def mesh_virtual_services(mesh: Mesh, host: str) -> tuple[VirtualService, ...]:
-    bound = mesh.virtual_services_for_gateway(MESH_GATEWAY)
-    exact = tuple(vs for vs in bound if host in vs.hosts)
+    exact = mesh.virtual_services_naming(MESH_GATEWAY, host)
     if exact:
         return exact
-    return tuple(vs for vs in bound if any(host_matches(h, host) for h in vs.hosts))
+    bound = mesh.virtual_services_for_gateway(MESH_GATEWAY)
+    return tuple(
+        vs for vs in bound if any(h.startswith("*") and host_matches(h, host) for h in vs.hosts)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ clusters (DNS clusters are where names belong).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from itertools import groupby
@@ -74,6 +75,7 @@ def _weight(endpoint: Endpoint) -> int:
     return max(endpoint.weight, 1)
 
 
+@functools.lru_cache(maxsize=65536)
 def _is_ip(address: str) -> bool:
     try:
         ipaddress.ip_address(address)
