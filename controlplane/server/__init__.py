@@ -1,6 +1,12 @@
 """The gRPC side: xDS servicers and the server that hosts them."""
 
-from controlplane.server.ads import AggregatedDiscoveryService, add_sotw_services
+from controlplane.server.ads import (
+    DELTA,
+    SOTW,
+    AggregatedDiscoveryService,
+    add_sotw_services,
+    add_xds_services,
+)
 from controlplane.server.grpc_server import (
     ServerStartError,
     XdsServer,
@@ -9,10 +15,13 @@ from controlplane.server.grpc_server import (
 )
 
 __all__ = [
+    "DELTA",
+    "SOTW",
     "AggregatedDiscoveryService",
     "ServerStartError",
     "XdsServer",
     "XdsServerOptions",
     "add_sotw_services",
+    "add_xds_services",
     "start_xds_server",
 ]

@@ -1,4 +1,12 @@
-"""gRPC servicers that drive :class:`SotwStream` cores over grpc.aio.
+"""gRPC servicers that drive :class:`SotwStream` and :class:`DeltaStream` cores over grpc.aio.
+
+One servicer object serves both protocol variants: ``StreamAggregatedResources``
+and the single-type ``Stream*`` methods run a state-of-the-world core,
+``DeltaAggregatedResources`` and the single-type ``Delta*`` methods an
+incremental one. Both cores have the same sans-IO surface (``on_request``,
+``on_snapshot``, ``pop_events``), so everything below is shared; the
+``protocol`` field of every stream log event (``"sotw"`` or ``"delta"``) tells
+them apart.
 
 Each stream runs two coroutines: a reader that moves ``DiscoveryRequest``
 messages from gRPC into a small inbox (when the inbox is full the reader stops
@@ -42,6 +50,7 @@ from envoy.service.route.v3 import rds_pb2_grpc
 
 from controlplane.errors import InconsistentSnapshotError, ProtocolError
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.delta import DeltaStream
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.sotw import Ack, Nack, SotwStream, StaleRequest
 from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
@@ -50,16 +59,28 @@ log = structlog.get_logger(__name__)
 
 INBOX_LIMIT = 16
 
+SOTW = "sotw"
+DELTA = "delta"
+
 
 class _Stream:
     """One client stream: its core, inbox and wake-up flags. Loop-confined."""
 
     def __init__(
-        self, service: AggregatedDiscoveryService, stream_id: int, type_url: str | None
+        self,
+        service: AggregatedDiscoveryService,
+        stream_id: int,
+        type_url: str | None,
+        protocol: str = SOTW,
     ) -> None:
         self.service = service
         self.stream_id = stream_id
-        self.core = SotwStream(self._lookup, type_url=type_url)
+        self.protocol = protocol
+        self.core: SotwStream | DeltaStream = (
+            DeltaStream(self._lookup, type_url=type_url)
+            if protocol == DELTA
+            else SotwStream(self._lookup, type_url=type_url)
+        )
         self.key: str | None = None
         self.inbox: collections.deque[Any] = collections.deque()
         self.room = asyncio.Event()
@@ -117,13 +138,23 @@ class _Stream:
     async def _write(self, context: Any, responses: Iterable[Any]) -> None:
         for response in responses:
             await context.write(response)
-            self.log.debug(
-                "xds_response_sent",
-                type=short_name(response.type_url),
-                version=response.version_info,
-                nonce=response.nonce,
-                resources=len(response.resources),
-            )
+            if self.protocol == DELTA:
+                self.log.debug(
+                    "xds_response_sent",
+                    type=short_name(response.type_url),
+                    version=response.system_version_info,
+                    nonce=response.nonce,
+                    resources=len(response.resources),
+                    removed=len(response.removed_resources),
+                )
+            else:
+                self.log.debug(
+                    "xds_response_sent",
+                    type=short_name(response.type_url),
+                    version=response.version_info,
+                    nonce=response.nonce,
+                    resources=len(response.resources),
+                )
 
     def _log_events(self) -> None:
         for event in self.core.pop_events():
@@ -153,7 +184,7 @@ class _Stream:
 
 
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    """State-of-the-world ADS (and, via :func:`add_sotw_services`, single-type SotW)."""
+    """ADS in both variants (and, via :func:`add_xds_services`, the single-type services)."""
 
     def __init__(self, cache: SnapshotCache, loop: asyncio.AbstractEventLoop | None = None):
         self.cache = cache
@@ -183,12 +214,24 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     ) -> None:
         await self.serve_stream(request_iterator, context, None)
 
-    async def serve_stream(
-        self, request_iterator: AsyncIterator[Any], context: Any, type_url: str | None
+    async def DeltaAggregatedResources(
+        self, request_iterator: AsyncIterator[Any], context: Any
     ) -> None:
-        """Run one SotW stream; ``type_url`` is ``None`` for ADS."""
-        stream = _Stream(self, next(self._ids), type_url)
-        stream.log = stream.log.bind(peer=context.peer(), service=short_name(type_url or "ADS"))
+        await self.serve_stream(request_iterator, context, None, DELTA)
+
+    async def serve_stream(
+        self,
+        request_iterator: AsyncIterator[Any],
+        context: Any,
+        type_url: str | None,
+        protocol: str = SOTW,
+    ) -> None:
+        """Run one stream of ``protocol`` (:data:`SOTW` or :data:`DELTA`); ``type_url``
+        is ``None`` for ADS."""
+        stream = _Stream(self, next(self._ids), type_url, protocol)
+        stream.log = stream.log.bind(
+            peer=context.peer(), service=short_name(type_url or "ADS"), protocol=protocol
+        )
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane shutting down")
         self._all.add(stream)
@@ -215,8 +258,9 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             stream.log.exception("xds_stream_failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal control plane error")
         finally:
+            # Bookkeeping and the log line come before the only await here: a second
+            # cancellation during that await must not lose them.
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
             self._all.discard(stream)
             if stream.key is not None:
                 peers = self._streams.get(stream.key)
@@ -225,6 +269,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     if not peers:
                         del self._streams[stream.key]
             stream.log.info("xds_stream_closed", reason=reason)
+            await asyncio.gather(reader, return_exceptions=True)
 
     def _on_publish(self, key: str, snapshot: Snapshot) -> None:
         if not self._loop.is_closed():
@@ -242,6 +287,9 @@ class _Listeners(lds_pb2_grpc.ListenerDiscoveryServiceServicer):  # type: ignore
     async def StreamListeners(self, requests: AsyncIterator[Any], context: Any) -> None:
         await self._ads.serve_stream(requests, context, LISTENER)
 
+    async def DeltaListeners(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self._ads.serve_stream(requests, context, LISTENER, DELTA)
+
 
 class _Clusters(cds_pb2_grpc.ClusterDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, ads: AggregatedDiscoveryService) -> None:
@@ -249,6 +297,9 @@ class _Clusters(cds_pb2_grpc.ClusterDiscoveryServiceServicer):  # type: ignore[m
 
     async def StreamClusters(self, requests: AsyncIterator[Any], context: Any) -> None:
         await self._ads.serve_stream(requests, context, CLUSTER)
+
+    async def DeltaClusters(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self._ads.serve_stream(requests, context, CLUSTER, DELTA)
 
 
 class _Routes(rds_pb2_grpc.RouteDiscoveryServiceServicer):  # type: ignore[misc]
@@ -258,6 +309,9 @@ class _Routes(rds_pb2_grpc.RouteDiscoveryServiceServicer):  # type: ignore[misc]
     async def StreamRoutes(self, requests: AsyncIterator[Any], context: Any) -> None:
         await self._ads.serve_stream(requests, context, ROUTE)
 
+    async def DeltaRoutes(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self._ads.serve_stream(requests, context, ROUTE, DELTA)
+
 
 class _Endpoints(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, ads: AggregatedDiscoveryService) -> None:
@@ -266,11 +320,18 @@ class _Endpoints(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type: ignore
     async def StreamEndpoints(self, requests: AsyncIterator[Any], context: Any) -> None:
         await self._ads.serve_stream(requests, context, ENDPOINT)
 
+    async def DeltaEndpoints(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self._ads.serve_stream(requests, context, ENDPOINT, DELTA)
 
-def add_sotw_services(server: Any, ads: AggregatedDiscoveryService) -> None:
-    """Register ADS and the four single-type SotW services, all served by ``ads``."""
+
+def add_xds_services(server: Any, ads: AggregatedDiscoveryService) -> None:
+    """Register ADS and the four single-type services, SotW and delta, all served by ``ads``."""
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
     lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(_Listeners(ads), server)
     cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(_Clusters(ads), server)
     rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(_Routes(ads), server)
     eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(_Endpoints(ads), server)
+
+
+add_sotw_services = add_xds_services
+"""The former name of :func:`add_xds_services` (which now registers delta too)."""

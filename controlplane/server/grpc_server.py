@@ -1,8 +1,9 @@
 """The grpc.aio server that carries Pilotfish's xDS services.
 
 :func:`start_xds_server` binds a port, registers ADS and the single-type
-state-of-the-world services around one :class:`SnapshotCache`, and returns an
-:class:`XdsServer` handle.
+services around one :class:`SnapshotCache`, each in both variants (state of
+the world and incremental/delta; the client picks one by the method it calls),
+and returns an :class:`XdsServer` handle.
 
 Connection settings live in :class:`XdsServerOptions`. Keepalive pings detect
 dead proxies behind NATs and load balancers; ``max_connection_age`` makes
@@ -25,7 +26,7 @@ import grpc
 import structlog
 
 from controlplane.errors import PilotfishError
-from controlplane.server.ads import AggregatedDiscoveryService, add_sotw_services
+from controlplane.server.ads import AggregatedDiscoveryService, add_xds_services
 from controlplane.xds.cache import SnapshotCache
 
 log = structlog.get_logger(__name__)
@@ -104,11 +105,11 @@ async def start_xds_server(
     *,
     options: XdsServerOptions | None = None,
 ) -> XdsServer:
-    """Serve ADS and the single-type SotW services for ``cache`` on ``address``."""
+    """Serve ADS and the single-type services, SotW and delta, for ``cache`` on ``address``."""
     options = options or XdsServerOptions()
     server = grpc.aio.server(options=options.channel_options())
     ads = AggregatedDiscoveryService(cache)
-    add_sotw_services(server, ads)
+    add_xds_services(server, ads)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:

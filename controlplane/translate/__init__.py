@@ -10,6 +10,10 @@ The modules follow the resources: ``upstreams`` -> ``clusters`` and
 ``tcp`` and ``filters`` -> ``listeners``. ``binding`` and ``destinations``
 decide which rules apply where and which cluster a destination names,
 ``names`` makes every name and ``protos`` the small protobuf values.
+Proxyless gRPC clients get ``grpc_listeners`` (``api_listener`` listeners
+over the sidecar route configurations) and ``grpc_resources`` (the sidecar
+clusters, load assignments and routes, rewritten where gRPC validates more
+strictly than Envoy).
 """
 
 from controlplane.translate.names import (

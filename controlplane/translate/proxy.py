@@ -2,14 +2,20 @@
 
 Translation does not depend on a proxy's identity, only on its *class*: its
 role (a sidecar sees every service; a gateway sees the Gateways whose
-selector matches its labels), the labels that drive that selection, and the
-address its listeners bind to. All nodes of one class share one snapshot,
-keyed by :attr:`ProxyClass.key`.
+selector matches its labels; a proxyless gRPC client sees every service as
+``api_listener`` listeners, see :mod:`~controlplane.translate.grpc_listeners`),
+the labels that drive that selection, and the address its listeners bind
+to. All nodes of one class share one snapshot, keyed by :attr:`ProxyClass.key`.
 
-The class is read from the Envoy ``Node`` metadata:
+The class is read from the ``Node``:
 
-``pilotfish.io/role``
-    ``"sidecar"`` (default) or ``"gateway"``.
+``pilotfish.io/role`` (metadata)
+    ``"sidecar"``, ``"gateway"`` or ``"grpc"``. Without it (or with a value
+    that is none of these) the node is a gRPC client when its
+    ``user_agent_name`` starts with ``gRPC`` (grpcio sends ``"gRPC C-core
+    linux Python"``, Go and Java ``"gRPC Go"`` and ``"gRPC Java"``: every gRPC
+    xDS client names itself, while few bootstraps carry metadata), and a
+    sidecar otherwise (Envoy says ``"envoy"``). Roles are read case-insensitively.
 ``labels``
     A struct of string labels; read for gateways only, since a sidecar's
     output does not depend on them and keeping them would split snapshots.
@@ -35,11 +41,13 @@ ROLE_KEY = "pilotfish.io/role"
 LABELS_KEY = "labels"
 BIND_ADDRESS_KEY = "pilotfish.io/bind-address"
 DEFAULT_BIND_ADDRESS = "0.0.0.0"
+GRPC_USER_AGENT_PREFIX = "grpc"
 
 
 class ProxyRole(enum.Enum):
     SIDECAR = "sidecar"
     GATEWAY = "gateway"
+    GRPC = "grpc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +60,10 @@ class ProxyClass:
     def from_node(cls, node: Any) -> ProxyClass:
         """The class of an ``envoy.config.core.v3.Node``; never raises on bad metadata."""
         fields = node.metadata.fields
-        role = _role(_string(fields, ROLE_KEY))
+        role = _role(_string(fields, ROLE_KEY), str(node.user_agent_name))
+        if role is ProxyRole.GRPC:
+            # A gRPC client binds nothing and selects nothing: one class for all.
+            return cls(role=role)
         labels = _labels(fields) if role is ProxyRole.GATEWAY else ()
         bind = _address(_string(fields, BIND_ADDRESS_KEY))
         return cls(role=role, labels=labels, bind_address=bind)
@@ -74,13 +85,15 @@ def _string(fields: Any, key: str) -> str | None:
     return text
 
 
-def _role(text: str | None) -> ProxyRole:
-    if text is None:
-        return ProxyRole.SIDECAR
-    try:
-        return ProxyRole(text.strip().lower())
-    except ValueError:
-        return ProxyRole.SIDECAR
+def _role(text: str | None, user_agent: str) -> ProxyRole:
+    if text is not None:
+        try:
+            return ProxyRole(text.strip().lower())
+        except ValueError:
+            pass
+    if user_agent.strip().lower().startswith(GRPC_USER_AGENT_PREFIX):
+        return ProxyRole.GRPC
+    return ProxyRole.SIDECAR
 
 
 def _labels(fields: Any) -> Labels:

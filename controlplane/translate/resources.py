@@ -3,11 +3,15 @@
 :func:`translate` is a pure function: the same mesh and class give equal
 resources, each list sorted by resource name, so two translations serialize
 to the same bytes and a snapshot only changes when the configuration does.
-Clusters and load assignments are the same for every class (a gateway may
-forward to any service); route configurations and listeners depend on the
-role. The output is closed under reference: every cluster a route or TCP
-proxy names, every load assignment an EDS cluster expects and every route
-configuration a listener fetches is in it.
+Clusters and load assignments are the same for every Envoy class (a gateway
+may forward to any service); route configurations and listeners depend on
+the role. A proxyless gRPC client gets ``api_listener`` listeners
+(:mod:`.grpc_listeners`) over the sidecar's route configurations, clusters
+and load assignments, rewritten where gRPC's stricter validation would
+refuse them (:mod:`.grpc_resources`). The output is closed under
+reference: every cluster a route or TCP proxy names, every load assignment
+an EDS cluster expects and every route configuration a listener fetches is
+in it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 from controlplane.model import Mesh
 from controlplane.translate.clusters import build_clusters
 from controlplane.translate.endpoints import build_load_assignments
+from controlplane.translate.grpc_listeners import grpc_listeners
+from controlplane.translate.grpc_resources import grpc_clusters, grpc_route_configs
 from controlplane.translate.listeners import gateway_listeners, sidecar_listeners
 from controlplane.translate.protos import Message
 from controlplane.translate.proxy import ProxyClass, ProxyRole
@@ -31,6 +37,8 @@ TYPE_URLS = (CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, LISTENER_TYPE)
 
 def translate(mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
     """Every resource for proxies of class ``proxy``, by type URL, each list sorted by name."""
+    if proxy.role is ProxyRole.GRPC:
+        return _translate_grpc(mesh)
     if proxy.role is ProxyRole.GATEWAY:
         routes = gateway_route_configs(mesh, proxy.labels)
         listeners = gateway_listeners(mesh, proxy)
@@ -42,6 +50,17 @@ def translate(mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
         ENDPOINT_TYPE: sorted(build_load_assignments(mesh), key=lambda a: str(a.cluster_name)),
         ROUTE_TYPE: sorted(routes, key=lambda r: str(r.name)),
         LISTENER_TYPE: sorted(listeners, key=lambda r: str(r.name)),
+    }
+
+
+def _translate_grpc(mesh: Mesh) -> dict[str, list[Message]]:
+    sidecar_routes = sidecar_route_configs(mesh)
+    clusters, assignments = grpc_clusters(mesh)
+    return {
+        CLUSTER_TYPE: clusters,
+        ENDPOINT_TYPE: assignments,
+        ROUTE_TYPE: sorted(grpc_route_configs(sidecar_routes), key=lambda r: str(r.name)),
+        LISTENER_TYPE: grpc_listeners(mesh, sidecar_routes),
     }
 
 

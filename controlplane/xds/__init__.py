@@ -1,8 +1,11 @@
 """xDS protocol machinery with no I/O: resource types, snapshots, the snapshot
-cache, and the sans-IO state-of-the-world server and client stream cores."""
+cache, and the sans-IO server and client stream cores for state-of-the-world
+and incremental (delta) xDS."""
 
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.client import SotwClient, Validator
+from controlplane.xds.delta import REMOVE_ORDER, DeltaStream
+from controlplane.xds.delta_client import DeltaClient
 from controlplane.xds.snapshot import Resource, Snapshot, content_version, resource_references
 from controlplane.xds.sotw import Ack, Nack, SotwStream, StaleRequest, StreamEvent, TypeStatus
 from controlplane.xds.subscription import Subscription
@@ -27,10 +30,13 @@ __all__ = [
     "FULL_STATE_TYPES",
     "LISTENER",
     "PUSH_ORDER",
+    "REMOVE_ORDER",
     "RESOURCE_TYPES",
     "ROUTE",
     "WILDCARD",
     "Ack",
+    "DeltaClient",
+    "DeltaStream",
     "Nack",
     "Resource",
     "ResourceType",

@@ -1,0 +1,367 @@
+"""Sans-IO core of one incremental (delta) xDS server stream.
+
+:class:`DeltaStream` is the incremental sibling of
+:class:`controlplane.xds.sotw.SotwStream`: it turns ``DeltaDiscoveryRequest``
+messages and snapshot changes into the ``DeltaDiscoveryResponse`` messages to
+send, and touches neither sockets nor gRPC nor the event loop. One instance
+serves an incremental ADS stream (every request names its ``type_url``, and
+each type is its own logical stream) or, given ``type_url``, a single-type
+stream.
+
+The version of one resource is its content hash from the snapshot, so the
+server never needs to remember what it sent beyond ``{name: hash}``. Per type
+the stream keeps:
+
+* the subscription: explicit names plus a wildcard flag. ``"*"`` in
+  ``resource_names_subscribe`` is the wildcard; for LDS and CDS a first
+  request with both lists empty is the legacy wildcard. Unsubscribing ``"*"``
+  leaves it. Subscribe and unsubscribe lists are deltas: empty lists change
+  nothing, and unsubscribing a name that is not subscribed is ignored.
+* ``sent``: ``{name: version}`` of what the client holds, as far as this
+  stream knows: every resource sent (accepted or not), and on a type's first
+  request the ``initial_resource_versions`` a reconnecting client reports
+  (only for names it subscribes to).
+* ``absent``: explicit names already reported as not existing, so that the
+  report is not repeated on every snapshot.
+* ``answer``: names that must be answered in the next response whatever
+  ``sent`` says: every name of ``resource_names_subscribe`` after the first
+  request (the client may have forgotten it), and an explicit name
+  unsubscribed while on wildcard (the client cannot tell whether the wildcard
+  still covers it, so it gets the resource or a removal).
+
+From these, one plan per type: a subscribed resource whose hash differs from
+``sent`` (or that must be answered) goes into ``resources``; a name in
+``sent`` that left the snapshot, an explicit name that does not exist and was
+not reported yet, and an answered name that does not exist go into
+``removed_resources``. Nothing is sent when the plan is empty, except that the
+first wildcard request of a type without ``initial_resource_versions`` is
+always answered, so a new client learns that nothing exists. A pure
+unsubscribe therefore produces no response, and a NACK never causes a resend:
+``sent`` already holds the rejected versions, and the resources go out again
+only when they change.
+
+ACK and NACK are matched by nonce: every response's nonce is remembered per
+type until acknowledged (the newest :data:`PENDING_LIMIT`), a request echoing
+one of them is an ACK, or a NACK when it carries ``error_detail``, and it also
+settles the older nonces of that type. A nonce this type never sent is
+reported as :class:`StaleRequest`, but the request's subscription changes are
+applied all the same. ``system_version_info`` is the snapshot's version of the
+type and purely informational.
+
+When one event yields several responses they go out make-before-break: first
+every type's additions and updates in CDS, EDS, LDS, RDS order, then the
+removals, parents before children (LDS, RDS, CDS, EDS); adjacent responses of
+one type are merged. After a CDS response carrying clusters, the load
+assignments those clusters use are resent even when unchanged, because a
+cluster that was added or modified only finishes warming when its
+ClusterLoadAssignment arrives. The stream remembers those names until they
+have gone out on EDS, so the rule also holds when EDS subscribes to them only
+later (after a reconnect, CDS is answered before the EDS request that would
+otherwise suppress them with ``initial_resource_versions`` arrives).
+
+A stream is not thread-safe: exactly one driver owns it and calls it in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.errors import ProtocolError
+from controlplane.xds.snapshot import Resource, Snapshot
+from controlplane.xds.sotw import Ack, Nack, StaleRequest, StreamEvent, TypeStatus
+from controlplane.xds.types import (
+    CLUSTER,
+    ENDPOINT,
+    FULL_STATE_TYPES,
+    LISTENER,
+    ROUTE,
+    WILDCARD,
+    push_rank,
+)
+
+REMOVE_ORDER: tuple[str, ...] = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
+"""Order of removal responses: a parent goes before the children it references."""
+
+LEGACY_WILDCARD_TYPES: frozenset[str] = FULL_STATE_TYPES
+"""Types whose first request with empty lists subscribes to the wildcard."""
+
+PENDING_LIMIT = 64
+"""Unacknowledged nonces remembered per type; older ones count as stale."""
+
+
+def remove_rank(type_url: str) -> int:
+    """Sort key placing removals in :data:`REMOVE_ORDER` and unknown types last."""
+    try:
+        return REMOVE_ORDER.index(type_url)
+    except ValueError:
+        return len(REMOVE_ORDER)
+
+
+@dataclass(slots=True)
+class _DeltaType:
+    names: set[str] = field(default_factory=set)
+    wildcard: bool = False
+    sent: dict[str, str] = field(default_factory=dict)
+    absent: set[str] = field(default_factory=set)
+    answer: set[str] = field(default_factory=set)
+    reply: bool = False
+    """Answer the next plan even when it is empty (a new wildcard subscriber)."""
+    version: str = ""
+    nonce: str = ""
+    acked_version: str = ""
+    nacked_version: str = ""
+    pending: dict[str, str] = field(default_factory=dict)
+    """Unacknowledged ``{nonce: system version}``, oldest first."""
+
+    def wants(self, name: str) -> bool:
+        return self.wildcard or name in self.names
+
+
+@dataclass(slots=True)
+class _Delta:
+    type_url: str
+    version: str
+    resources: list[Resource]
+    removed: list[str]
+
+
+class DeltaStream:
+    def __init__(
+        self,
+        snapshot_lookup: Callable[[base_pb2.Node], Snapshot],
+        *,
+        type_url: str | None = None,
+    ) -> None:
+        self._lookup = snapshot_lookup
+        self._fixed_type = type_url
+        self._node: base_pb2.Node | None = None
+        self._snapshot: Snapshot | None = None
+        self._types: dict[str, _DeltaType] = {}
+        self._counter = 0
+        self._events: list[StreamEvent] = []
+        self._warming: set[str] = set()
+        """Load assignments of clusters sent in CDS and not yet sent since in EDS."""
+
+    @property
+    def node(self) -> base_pb2.Node | None:
+        """The node of the stream's first request (``None`` before it arrives)."""
+        return self._node
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def status(self, type_url: str) -> TypeStatus | None:
+        state = self._types.get(type_url)
+        if state is None:
+            return None
+        return TypeStatus(
+            type_url=type_url,
+            wildcard=state.wildcard,
+            names=frozenset(state.names),
+            version=state.version,
+            nonce=state.nonce,
+            acked_version=state.acked_version,
+            nacked_version=state.nacked_version,
+        )
+
+    def resource_versions(self, type_url: str) -> dict[str, str]:
+        """``{name: version}`` the client holds of ``type_url``, as far as this stream knows."""
+        state = self._types.get(type_url)
+        return dict(state.sent) if state else {}
+
+    def pop_events(self) -> list[StreamEvent]:
+        """ACKs, NACKs and stale nonces seen since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def on_request(self, request: Any) -> list[Any]:
+        """Consume one ``DeltaDiscoveryRequest``; return the responses to send, in order.
+
+        Raises :class:`ProtocolError` (culprit ``"client"``) for a request without
+        a ``type_url`` on ADS, a foreign ``type_url`` on a single-type stream, or
+        a first request without ``node``.
+        """
+        type_url = self._type_url_of(request)
+        if self._node is None:
+            if not request.HasField("node"):
+                raise ProtocolError("client", "the first request of a stream must carry node")
+            node = base_pb2.Node()
+            node.CopyFrom(request.node)
+            self._node = node
+            self._snapshot = self._lookup(node)
+        snapshot = self._snapshot
+        assert snapshot is not None
+
+        state = self._types.get(type_url)
+        first = state is None
+        if state is None:
+            state = self._types[type_url] = _DeltaType()
+        self._acknowledge(type_url, state, request)
+        self._subscribe(type_url, state, request, first)
+        return self._respond(snapshot, {type_url})
+
+    def on_snapshot(self, snapshot: Snapshot) -> list[Any]:
+        """Adopt a new snapshot; return the responses it makes necessary, in order."""
+        previous, self._snapshot = self._snapshot, snapshot
+        if self._node is None or snapshot is previous:
+            return []
+        return self._respond(snapshot, set(self._types))
+
+    def _type_url_of(self, request: Any) -> str:
+        given: str = request.type_url
+        if self._fixed_type is None:
+            if not given:
+                raise ProtocolError("client", "type_url is required on an aggregated stream")
+            return given
+        if given and given != self._fixed_type:
+            raise ProtocolError("client", f"type_url {given} on a stream for {self._fixed_type}")
+        return self._fixed_type
+
+    def _acknowledge(self, type_url: str, state: _DeltaType, request: Any) -> None:
+        nonce: str = request.response_nonce
+        if not nonce:
+            return
+        version = state.pending.get(nonce)
+        if version is None:
+            self._events.append(StaleRequest(type_url, nonce, state.nonce))
+            return
+        for settled in list(state.pending):
+            del state.pending[settled]
+            if settled == nonce:
+                break
+        if request.HasField("error_detail"):
+            state.nacked_version = version
+            self._events.append(
+                Nack(
+                    type_url,
+                    rejected_version=version,
+                    kept_version=state.acked_version,
+                    nonce=nonce,
+                    message=request.error_detail.message,
+                )
+            )
+        else:
+            state.acked_version = version
+            self._events.append(Ack(type_url, version, nonce))
+
+    def _subscribe(self, type_url: str, state: _DeltaType, request: Any, first: bool) -> None:
+        subscribe = list(request.resource_names_subscribe)
+        unsubscribe = list(request.resource_names_unsubscribe)
+        if first and not subscribe and not unsubscribe and type_url in LEGACY_WILDCARD_TYPES:
+            state.wildcard = True
+        for name in subscribe:
+            if name == WILDCARD:
+                state.wildcard = True
+                continue
+            state.names.add(name)
+            if not first:
+                state.answer.add(name)
+        for name in unsubscribe:
+            if name == WILDCARD:
+                state.wildcard = False
+            elif name in state.names:
+                state.names.discard(name)
+                state.absent.discard(name)
+                if state.wildcard:
+                    state.answer.add(name)
+                else:
+                    state.answer.discard(name)
+                    state.sent.pop(name, None)
+        if not state.wildcard:
+            state.sent = {n: v for n, v in state.sent.items() if n in state.names}
+            state.answer &= state.names
+        if first:
+            known = request.initial_resource_versions
+            state.sent.update((n, v) for n, v in known.items() if state.wants(n))
+            state.reply = state.wildcard and not known
+
+    def _respond(self, snapshot: Snapshot, asked: set[str]) -> list[Any]:
+        upserts: list[_Delta] = []
+        removals: list[_Delta] = []
+        for type_url in sorted(self._types, key=push_rank):
+            forced = self._warming if type_url == ENDPOINT else set()
+            if type_url not in asked and not forced:
+                continue
+            if type_url not in snapshot.versions:
+                continue
+            state = self._types[type_url]
+            resources, removed = self._plan(snapshot, type_url, state, forced)
+            version = snapshot.version(type_url)
+            if resources or (state.reply and not removed):
+                upserts.append(_Delta(type_url, version, resources, []))
+            if removed:
+                removals.append(_Delta(type_url, version, [], removed))
+            state.reply = False
+            if type_url == CLUSTER:
+                self._warming.update(
+                    name for r in resources for url, name in r.references if url == ENDPOINT
+                )
+            elif type_url == ENDPOINT:
+                self._warming -= {r.name for r in resources}
+        self._warming &= set(snapshot.resources(ENDPOINT))
+        removals.sort(key=lambda d: remove_rank(d.type_url))
+        return [self._response(delta) for delta in _merge_adjacent([*upserts, *removals])]
+
+    def _plan(
+        self, snapshot: Snapshot, type_url: str, state: _DeltaType, forced: set[str]
+    ) -> tuple[list[Resource], list[str]]:
+        available = snapshot.resources(type_url)
+        resources = [
+            resource
+            for name, resource in sorted(available.items())
+            if state.wants(name)
+            and (name in state.answer or name in forced or state.sent.get(name) != resource.hash)
+        ]
+        gone = {n for n in state.sent if n not in available}
+        unreported = {n for n in state.names - state.absent if n not in available}
+        unanswered = {n for n in state.answer if n not in available}
+        removed = gone | unreported | unanswered
+        for resource in resources:
+            state.sent[resource.name] = resource.hash
+        for name in removed:
+            state.sent.pop(name, None)
+        state.absent = (state.absent | removed) & state.names
+        state.answer.clear()
+        return resources, sorted(removed)
+
+    def _response(self, delta: _Delta) -> Any:
+        self._counter += 1
+        nonce = str(self._counter)
+        state = self._types[delta.type_url]
+        state.version = delta.version
+        state.nonce = nonce
+        state.pending[nonce] = delta.version
+        while len(state.pending) > PENDING_LIMIT:
+            del state.pending[next(iter(state.pending))]
+        response = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=delta.version,
+            type_url=delta.type_url,
+            nonce=nonce,
+            removed_resources=delta.removed,
+        )
+        for resource in delta.resources:
+            item = response.resources.add(name=resource.name, version=resource.hash)
+            item.resource.CopyFrom(resource.body)
+        return response
+
+
+def _merge_adjacent(deltas: Iterable[_Delta]) -> list[_Delta]:
+    merged: list[_Delta] = []
+    for delta in deltas:
+        if merged and merged[-1].type_url == delta.type_url:
+            last = merged[-1]
+            merged[-1] = _Delta(
+                last.type_url,
+                delta.version,
+                [*last.resources, *delta.resources],
+                sorted({*last.removed, *delta.removed}),
+            )
+        else:
+            merged.append(delta)
+    return merged
