@@ -29,9 +29,10 @@ from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.config.watcher import DirectoryWatcher
 from controlplane.model import Mesh
 from controlplane.server.grpc_server import XdsServer, XdsServerOptions, start_xds_server
-from controlplane.translate import ProxyClass, translate
+from controlplane.translate import ProxyClass
+from controlplane.translate.translator import Translator
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.snapshot import ResourceCache, Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +53,8 @@ class ControlPlane:
         self.store = ConfigStore(options.config_dir)
         self._classes: dict[str, ProxyClass] = {}
         self._classes_lock = threading.Lock()
+        self._translator = Translator()
+        self._resource_caches: dict[str, ResourceCache] = {}
         self.cache = SnapshotCache(self._classify, self._builder(Mesh()))
         self._watcher: DirectoryWatcher | None = None
         self._server: XdsServer | None = None
@@ -74,10 +77,13 @@ class ControlPlane:
         return proxy.key
 
     def _builder(self, mesh: Mesh) -> Callable[[str], Snapshot]:
+        # Called under the snapshot cache's lock, one class at a time, so the
+        # translator and the per-class resource caches need no lock of their own.
         def build(key: str) -> Snapshot:
             with self._classes_lock:
                 proxy = self._classes[key]
-            return Snapshot.from_resources(translate(mesh, proxy))
+            resources = self._resource_caches.setdefault(key, ResourceCache())
+            return resources.snapshot(self._translator.translate(mesh, proxy))
 
         return build
 

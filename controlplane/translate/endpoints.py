@@ -51,7 +51,7 @@ def load_assignment(cluster: str, endpoints: Iterable[Endpoint]) -> Message:
 def build_load_assignments(mesh: Mesh) -> list[Message]:
     """One assignment per EDS cluster of ``mesh``, sorted by cluster name."""
     return [
-        load_assignment(u.name, (e for e in u.endpoints if _is_ip(e.address)))
+        load_assignment(u.name, (e for e in u.endpoints if is_ip(e.address)))
         for u in upstreams(mesh)
         if u.discovery is Discovery.EDS
     ]
@@ -76,7 +76,7 @@ def _weight(endpoint: Endpoint) -> int:
 
 
 @functools.lru_cache(maxsize=65536)
-def _is_ip(address: str) -> bool:
+def is_ip(address: str) -> bool:
     try:
         ipaddress.ip_address(address)
     except ValueError:

@@ -58,7 +58,7 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 
 from controlplane.model import Endpoint, Mesh
 from controlplane.translate.clusters import build_cluster
-from controlplane.translate.endpoints import load_assignment
+from controlplane.translate.endpoints import is_ip, load_assignment
 from controlplane.translate.filters import FAULT_FILTER
 from controlplane.translate.names import BLACKHOLE_CLUSTER
 from controlplane.translate.protos import Message, ads, pack
@@ -115,7 +115,7 @@ def _grpc_cluster(upstream: Upstream) -> tuple[Message, Sequence[Endpoint] | Non
         _eds_cluster(cluster)
     elif discovery is Discovery.STRICT_DNS:
         dns = upstream.dns_endpoints
-        if all(_is_ip(e.address) for e in dns):
+        if all(is_ip(e.address) for e in dns):
             endpoints = dns
             _eds_cluster(cluster)
         else:
@@ -165,7 +165,7 @@ def _unique_ips(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
     seen: set[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = set()
     result = []
     for endpoint in sorted(endpoints, key=_locality_order):
-        if not _is_ip(endpoint.address):
+        if not is_ip(endpoint.address):
             continue
         key = (ipaddress.ip_address(endpoint.address), endpoint.port)
         if key not in seen:
@@ -177,11 +177,3 @@ def _unique_ips(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
 def _locality_order(endpoint: Endpoint) -> tuple[str, str, str, str, int]:
     locality = endpoint.locality
     return (locality.region, locality.zone, locality.subzone, endpoint.address, endpoint.port)
-
-
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True

@@ -24,6 +24,7 @@ import enum
 from dataclasses import dataclass
 
 from controlplane.model import (
+    DestinationPolicy,
     Endpoint,
     LoadBalancerKind,
     Mesh,
@@ -100,18 +101,26 @@ def upstreams(mesh: Mesh) -> tuple[Upstream, ...]:
     """Every upstream of ``mesh``, sorted by cluster name."""
     found: list[Upstream] = []
     for service in mesh.services:
-        destination = mesh.policy(service.host)
-        subsets: tuple[Subset | None, ...] = (None,)
-        if destination is not None:
-            subsets += destination.subsets
-        for port in service.ports:
-            for subset in subsets:
-                if destination is None:
-                    policy = TrafficPolicy()
-                else:
-                    policy = destination.effective(port.port, subset.name if subset else None)
-                found.append(Upstream(service, port, subset, policy))
+        found.extend(service_upstreams(service, mesh.policy(service.host)))
     return tuple(sorted(found, key=lambda u: u.name))
+
+
+def service_upstreams(
+    service: Service, destination: DestinationPolicy | None
+) -> list[Upstream]:
+    """The upstreams of one service: one per port, and per port and subset."""
+    subsets: tuple[Subset | None, ...] = (None,)
+    if destination is not None:
+        subsets += destination.subsets
+    found: list[Upstream] = []
+    for port in service.ports:
+        for subset in subsets:
+            if destination is None:
+                policy = TrafficPolicy()
+            else:
+                policy = destination.effective(port.port, subset.name if subset else None)
+            found.append(Upstream(service, port, subset, policy))
+    return found
 
 
 def find_upstream(mesh: Mesh, host: str, port: int, subset: str | None) -> Upstream | None:

@@ -231,3 +231,32 @@ class Snapshot:
 
 def _kind(type_url: str) -> str:
     return type_url.rsplit(".", 1)[-1]
+
+
+class ResourceCache:
+    """Snapshots whose unchanged messages are not serialized or hashed again.
+
+    Keeps, by message identity, the :class:`Resource` made from each message
+    of the last snapshot. A translator that hands back the same message object
+    for unchanged input (see :class:`controlplane.translate.translator.Translator`)
+    thus pays only for what changed. Keep one cache per stream of snapshots
+    (per proxy class); messages must not be mutated after they are cached.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, Resource]] = {}
+
+    def snapshot(self, resources: Mapping[str, Iterable[Any]]) -> Snapshot:
+        entries: dict[int, tuple[Any, Resource]] = {}
+        by_type: dict[str, list[Resource]] = {}
+        for url, messages in resources.items():
+            items: list[Resource] = []
+            for message in messages:
+                entry = self._entries.get(id(message))
+                if entry is None or entry[0] is not message:
+                    entry = (message, Resource.from_message(message))
+                entries[id(message)] = entry
+                items.append(entry[1])
+            by_type[url] = items
+        self._entries = entries
+        return Snapshot(by_type)
