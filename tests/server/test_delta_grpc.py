@@ -111,7 +111,10 @@ async def test_delta_subscribe_ack_and_a_cache_update_reaches_the_client(cache_a
     assert [(e["type"], e["nonce"], e["version"], e["protocol"]) for e in acks] == [
         ("CDS", "1", S1.version(CLUSTER), "delta")
     ]
-    assert [(e["protocol"], e["reason"]) for e in closed] == [("delta", "cancelled")]
+    # A client's cancel reaches the server either as the end of its requests or as
+    # the cancellation of the handler, depending on timing: both close the stream.
+    assert [e["protocol"] for e in closed] == ["delta"]
+    assert closed[0]["reason"] in ("cancelled", "client closed the stream")
 
 
 async def test_delta_nack_is_logged_and_the_rejected_content_is_not_resent(
