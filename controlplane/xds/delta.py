@@ -72,6 +72,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.errors import ProtocolError
+from controlplane.xds.selection import changes_between
 from controlplane.xds.snapshot import Resource, Snapshot
 from controlplane.xds.sotw import Ack, Nack, StaleRequest, StreamEvent, TypeStatus
 from controlplane.xds.types import (
@@ -211,7 +212,7 @@ class DeltaStream:
         previous, self._snapshot = self._snapshot, snapshot
         if self._node is None or snapshot is previous:
             return []
-        return self._respond(snapshot, set(self._types))
+        return self._respond(snapshot, set(self._types), previous)
 
     def _type_url_of(self, request: Any) -> str:
         given: str = request.type_url
@@ -281,7 +282,9 @@ class DeltaStream:
             state.sent.update((n, v) for n, v in known.items() if state.wants(n))
             state.reply = state.wildcard and not known
 
-    def _respond(self, snapshot: Snapshot, asked: set[str]) -> list[Any]:
+    def _respond(
+        self, snapshot: Snapshot, asked: set[str], previous: Snapshot | None = None
+    ) -> list[Any]:
         upserts: list[_Delta] = []
         removals: list[_Delta] = []
         for type_url in sorted(self._types, key=push_rank):
@@ -291,7 +294,12 @@ class DeltaStream:
             if type_url not in snapshot.versions:
                 continue
             state = self._types[type_url]
-            resources, removed = self._plan(snapshot, type_url, state, forced)
+            changes = (
+                changes_between(previous, snapshot, type_url)
+                if previous is not None and type_url in previous.versions
+                else None
+            )
+            resources, removed = self._plan(snapshot, type_url, state, forced, changes)
             version = snapshot.version(type_url)
             if resources or (state.reply and not removed):
                 upserts.append(_Delta(type_url, version, resources, []))
@@ -304,22 +312,43 @@ class DeltaStream:
                 )
             elif type_url == ENDPOINT:
                 self._warming -= {r.name for r in resources}
-        self._warming &= set(snapshot.resources(ENDPOINT))
+        endpoints = snapshot.resources(ENDPOINT)
+        self._warming = {name for name in self._warming if name in endpoints}
         removals.sort(key=lambda d: remove_rank(d.type_url))
         return [self._response(delta) for delta in _merge_adjacent([*upserts, *removals])]
 
     def _plan(
-        self, snapshot: Snapshot, type_url: str, state: _DeltaType, forced: set[str]
+        self,
+        snapshot: Snapshot,
+        type_url: str,
+        state: _DeltaType,
+        forced: set[str],
+        changes: tuple[frozenset[str], frozenset[str]] | None = None,
     ) -> tuple[list[Resource], list[str]]:
+        """What to send for one type. With ``changes`` (what differs from the snapshot
+        this stream last settled on) only those names, the forced ones and the ones
+        owed an answer are looked at: everything else is already as the client has it."""
         available = snapshot.resources(type_url)
+        if changes is None:
+            candidates: Iterable[str] = available
+            gone = {n for n in state.sent if n not in available}
+            unreported = {n for n in state.names - state.absent if n not in available}
+        else:
+            changed, dropped = changes
+            candidates = changed | forced | state.answer
+            gone = {n for n in dropped if n in state.sent}
+            unreported = {n for n in dropped if n in state.names and n not in state.absent}
         resources = [
-            resource
-            for name, resource in sorted(available.items())
-            if state.wants(name)
-            and (name in state.answer or name in forced or state.sent.get(name) != resource.hash)
+            available[name]
+            for name in sorted(candidates)
+            if name in available
+            and state.wants(name)
+            and (
+                name in state.answer
+                or name in forced
+                or state.sent.get(name) != available[name].hash
+            )
         ]
-        gone = {n for n in state.sent if n not in available}
-        unreported = {n for n in state.names - state.absent if n not in available}
         unanswered = {n for n in state.answer if n not in available}
         removed = gone | unreported | unanswered
         for resource in resources:

@@ -138,7 +138,7 @@ class Snapshot:
     The four types of :data:`PUSH_ORDER` are always present, possibly empty.
     """
 
-    __slots__ = ("_resources", "_versions")
+    __slots__ = ("_resources", "_versions", "selections")
 
     def __init__(self, resources: Mapping[str, Iterable[Resource]]) -> None:
         by_type: dict[str, Mapping[str, Resource]] = {}
@@ -159,6 +159,8 @@ class Snapshot:
         self._versions: Mapping[str, str] = MappingProxyType(
             {url: content_version(named) for url, named in by_type.items()}
         )
+        self.selections: dict[Any, Any] = {}
+        """Memo of :func:`controlplane.xds.selection.select`, shared by every stream."""
 
     @classmethod
     def from_resources(cls, resources: Mapping[str, Iterable[Any]]) -> Snapshot:

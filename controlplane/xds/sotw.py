@@ -54,6 +54,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.errors import ProtocolError
+from controlplane.xds.selection import Selection, select
 from controlplane.xds.snapshot import Resource, Snapshot, content_version
 from controlplane.xds.subscription import Subscription
 from controlplane.xds.types import (
@@ -109,7 +110,7 @@ class TypeStatus:
 @dataclass(slots=True)
 class _TypeState:
     subscription: Subscription = field(default_factory=Subscription)
-    held: dict[str, str] | None = None
+    held: Selection | None = None
     version: str = ""
     nonce: str = ""
     acked_version: str = ""
@@ -211,7 +212,7 @@ class SotwStream:
         subscription = state.subscription
         subscription.replace(request.resource_names)
         if state.held is not None:
-            state.held = {n: h for n, h in state.held.items() if subscription.wants(n)}
+            state.held = state.held.restricted(subscription.key, subscription.wants)
 
         if (
             first
@@ -219,7 +220,7 @@ class SotwStream:
             and type_url in snapshot.versions
             and request.version_info == snapshot.version(type_url)
         ):
-            state.held = snapshot.name_hashes(type_url)
+            state.held = select(snapshot, type_url, subscription.key)
             state.version = state.acked_version = request.version_info
             return []
         return self._respond(snapshot, None, {type_url})
@@ -270,23 +271,22 @@ class SotwStream:
     ) -> tuple[_Send | None, set[str]]:
         if type_url not in snapshot.versions:
             return None, set()
-        wants = state.subscription.wants
-        selected = {n: r for n, r in snapshot.resources(type_url).items() if wants(n)}
-        current = {n: r.hash for n, r in selected.items()}
+        subscription = state.subscription
+        selection = select(snapshot, type_url, subscription.key)
         held = state.held
+        changed, removed = selection.changes_since(held)
         version = snapshot.version(type_url)
         if is_full_state(type_url):
-            if held is not None and held == current:
+            if held is not None and not changed and not removed:
                 return None, set()
-            state.held = current
-            removed = set(held or ()) - set(current)
-            return _Send(type_url, version, _by_name(selected.values())), removed
-        kept = {n: h for n, h in (held or {}).items() if n in current}
-        changed = [r for n, r in selected.items() if forced or kept.get(n) != r.hash]
-        state.held = current if changed else kept
+            state.held = selection
+            return _Send(type_url, version, list(selection.resources.values())), set(removed)
+        if forced:
+            changed = list(selection.resources.values())
+        state.held = selection
         if not changed:
             return None, set()
-        return _Send(type_url, version, _by_name(changed)), set()
+        return _Send(type_url, version, changed), set()
 
     def _response(self, send: _Send) -> Any:
         self._counter += 1

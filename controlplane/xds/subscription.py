@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from controlplane.xds.types import WILDCARD
 
+_INTERNED: dict[tuple[bool, frozenset[str]], tuple[bool, frozenset[str]]] = {}
+
 
 @dataclass(slots=True)
 class Subscription:
@@ -28,13 +30,33 @@ class Subscription:
     named_before: bool = False
     """The client has sent a non-empty name list, which ends legacy wildcard."""
 
+    _key: tuple[bool, frozenset[str]] | None = field(default=None, repr=False, compare=False)
+
     def replace(self, resource_names: Iterable[str]) -> None:
         """Apply a state-of-the-world name list."""
         listed = set(resource_names)
         if listed:
             self.named_before = True
-        self.wildcard = WILDCARD in listed or (not listed and not self.named_before)
-        self.names = listed - {WILDCARD}
+        wildcard = WILDCARD in listed or (not listed and not self.named_before)
+        names = listed - {WILDCARD}
+        if self._key is not None and (wildcard, names) != (self.wildcard, self.names):
+            self._key = None
+        self.wildcard = wildcard
+        self.names = names
+
+    @property
+    def key(self) -> tuple[bool, frozenset[str]]:
+        """The subscription as a hashable value, for sharing work between streams.
+
+        Equal keys are the same object (interned), so looking one up in a memo
+        compares by identity instead of comparing thousands of names.
+        """
+        if self._key is None:
+            key = (self.wildcard, frozenset(self.names))
+            if len(_INTERNED) > 10_000:
+                _INTERNED.clear()
+            self._key = _INTERNED.setdefault(key, key)
+        return self._key
 
     def wants(self, name: str) -> bool:
         return self.wildcard or name in self.names
