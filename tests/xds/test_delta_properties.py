@@ -33,8 +33,8 @@ class FullScanDeltaStream(DeltaStream):
 actions = st.lists(
     st.one_of(
         st.tuples(st.just("push"), meshes()),
-        st.tuples(st.just("subscribe"), st.sampled_from(CLUSTER_NAMES + ["ghost"])),
-        st.tuples(st.just("unsubscribe"), st.sampled_from(CLUSTER_NAMES + ["ghost"])),
+        st.tuples(st.just("subscribe"), st.sampled_from([*CLUSTER_NAMES, "ghost"])),
+        st.tuples(st.just("unsubscribe"), st.sampled_from([*CLUSTER_NAMES, "ghost"])),
     ),
     min_size=1,
     max_size=8,
@@ -56,5 +56,7 @@ def test_looking_only_at_changes_answers_like_a_full_scan(first: Snapshot, steps
                 pair.send(pair.client.subscribe(ENDPOINT, f"{value}"))
             else:
                 pair.send(pair.client.unsubscribe(ENDPOINT, f"{value}"))
-    optimized, reference = ([r.SerializeToString(deterministic=True) for r in p.responses] for p in pairs)
+    optimized, reference = (
+        [r.SerializeToString(deterministic=True) for r in p.responses] for p in pairs
+    )
     assert optimized == reference
