@@ -191,7 +191,7 @@ class SotwClient:
         state = self._types.get(type_url)
         if state is None:
             return set()
-        missing = state.subscription.names - set(state.resources)
+        missing = set(state.subscription.names - set(state.resources))
         if is_full_state(type_url) and state.answered:
             return missing
         deadline = self._clock() - self._absent_timeout

@@ -25,11 +25,11 @@ _INTERNED: dict[tuple[bool, frozenset[str]], tuple[bool, frozenset[str]]] = {}
 
 @dataclass(slots=True)
 class Subscription:
-    names: set[str] = field(default_factory=set)
+    names: frozenset[str] = frozenset()
+    """Explicit names, interned: streams with the same list share one object."""
     wildcard: bool = False
     named_before: bool = False
     """The client has sent a non-empty name list, which ends legacy wildcard."""
-
     _key: tuple[bool, frozenset[str]] | None = field(default=None, repr=False, compare=False)
 
     def replace(self, resource_names: Iterable[str]) -> None:
@@ -37,12 +37,14 @@ class Subscription:
         listed = set(resource_names)
         if listed:
             self.named_before = True
-        wildcard = WILDCARD in listed or (not listed and not self.named_before)
-        names = listed - {WILDCARD}
-        if self._key is not None and (wildcard, names) != (self.wildcard, self.names):
-            self._key = None
-        self.wildcard = wildcard
-        self.names = names
+        key = (
+            WILDCARD in listed or (not listed and not self.named_before),
+            frozenset(listed - {WILDCARD}),
+        )
+        if len(_INTERNED) > 10_000:
+            _INTERNED.clear()
+        self._key = _INTERNED.setdefault(key, key)
+        self.wildcard, self.names = self._key
 
     @property
     def key(self) -> tuple[bool, frozenset[str]]:
@@ -52,10 +54,9 @@ class Subscription:
         compares by identity instead of comparing thousands of names.
         """
         if self._key is None:
-            key = (self.wildcard, frozenset(self.names))
-            if len(_INTERNED) > 10_000:
-                _INTERNED.clear()
-            self._key = _INTERNED.setdefault(key, key)
+            self._key = _INTERNED.setdefault(
+                (self.wildcard, self.names), (self.wildcard, self.names)
+            )
         return self._key
 
     def wants(self, name: str) -> bool:
