@@ -64,7 +64,7 @@ A stream is not thread-safe: exactly one driver owns it and calls it in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,9 +72,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.errors import ProtocolError
-from controlplane.xds.selection import changes_between
+from controlplane.xds.selection import changes_between, select
 from controlplane.xds.snapshot import Resource, Snapshot
 from controlplane.xds.sotw import Ack, Nack, StaleRequest, StreamEvent, TypeStatus
+from controlplane.xds.subscription import intern_names
 from controlplane.xds.types import (
     CLUSTER,
     ENDPOINT,
@@ -105,9 +106,13 @@ def remove_rank(type_url: str) -> int:
 
 @dataclass(slots=True)
 class _DeltaType:
-    names: set[str] = field(default_factory=set)
+    names: frozenset[str] = frozenset()
+    """Explicit names, interned (see :func:`intern_names`)."""
     wildcard: bool = False
-    sent: dict[str, str] = field(default_factory=dict)
+    sent: Mapping[str, str] = field(default_factory=dict)
+    """``{name: hash}`` the client holds. After every plan it is exactly what the
+    subscription selects in the snapshot, so it is the shared :class:`Selection`
+    mapping, not a copy: a stream costs memory only while it differs."""
     absent: set[str] = field(default_factory=set)
     answer: set[str] = field(default_factory=set)
     reply: bool = False
@@ -254,33 +259,41 @@ class DeltaStream:
     def _subscribe(self, type_url: str, state: _DeltaType, request: Any, first: bool) -> None:
         subscribe = list(request.resource_names_subscribe)
         unsubscribe = list(request.resource_names_unsubscribe)
+        known = request.initial_resource_versions if first else {}
         if first and not subscribe and not unsubscribe and type_url in LEGACY_WILDCARD_TYPES:
             state.wildcard = True
+        if not subscribe and not unsubscribe and not known:
+            if first:
+                state.reply = state.wildcard
+            return
+        names = set(state.names)
+        sent = dict(state.sent)
         for name in subscribe:
             if name == WILDCARD:
                 state.wildcard = True
                 continue
-            state.names.add(name)
+            names.add(name)
             if not first:
                 state.answer.add(name)
         for name in unsubscribe:
             if name == WILDCARD:
                 state.wildcard = False
-            elif name in state.names:
-                state.names.discard(name)
+            elif name in names:
+                names.discard(name)
                 state.absent.discard(name)
                 if state.wildcard:
                     state.answer.add(name)
                 else:
                     state.answer.discard(name)
-                    state.sent.pop(name, None)
+                    sent.pop(name, None)
+        state.names = intern_names(frozenset(names))
         if not state.wildcard:
-            state.sent = {n: v for n, v in state.sent.items() if n in state.names}
-            state.answer &= state.names
+            sent = {n: v for n, v in sent.items() if n in names}
+            state.answer &= names
         if first:
-            known = request.initial_resource_versions
-            state.sent.update((n, v) for n, v in known.items() if state.wants(n))
+            sent.update((n, v) for n, v in known.items() if state.wants(n))
             state.reply = state.wildcard and not known
+        state.sent = sent
 
     def _respond(
         self, snapshot: Snapshot, asked: set[str], previous: Snapshot | None = None
@@ -351,10 +364,7 @@ class DeltaStream:
         ]
         unanswered = {n for n in state.answer if n not in available}
         removed = gone | unreported | unanswered
-        for resource in resources:
-            state.sent[resource.name] = resource.hash
-        for name in removed:
-            state.sent.pop(name, None)
+        state.sent = select(snapshot, type_url, (state.wildcard, state.names)).hashes
         state.absent = (state.absent | removed) & state.names
         state.answer.clear()
         return resources, sorted(removed)

@@ -21,6 +21,14 @@ from dataclasses import dataclass, field
 from controlplane.xds.types import WILDCARD
 
 _INTERNED: dict[tuple[bool, frozenset[str]], tuple[bool, frozenset[str]]] = {}
+_NAMES: dict[frozenset[str], frozenset[str]] = {}
+
+
+def intern_names(names: frozenset[str]) -> frozenset[str]:
+    """One shared object per distinct name set (thousands of streams list the same names)."""
+    if len(_NAMES) > 10_000:
+        _NAMES.clear()
+    return _NAMES.setdefault(names, names)
 
 
 @dataclass(slots=True)
