@@ -52,7 +52,8 @@ from controlplane.errors import InconsistentSnapshotError, ProtocolError
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.snapshot import Snapshot
-from controlplane.xds.sotw import Ack, Nack, SotwStream, StaleRequest
+from controlplane.xds.sotw import SotwStream
+from controlplane.xds.stream import Ack, Nack, StaleRequest
 from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
 
 log = structlog.get_logger(__name__)

@@ -7,7 +7,8 @@ from controlplane.xds.client import SotwClient, Validator
 from controlplane.xds.delta import REMOVE_ORDER, DeltaStream
 from controlplane.xds.delta_client import DeltaClient
 from controlplane.xds.snapshot import Resource, Snapshot, content_version, resource_references
-from controlplane.xds.sotw import Ack, Nack, SotwStream, StaleRequest, StreamEvent, TypeStatus
+from controlplane.xds.sotw import SotwStream
+from controlplane.xds.stream import Ack, Nack, StaleRequest, StreamEvent, TypeStatus
 from controlplane.xds.subscription import Subscription
 from controlplane.xds.types import (
     CLUSTER,

@@ -71,10 +71,9 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.errors import ProtocolError
 from controlplane.xds.selection import changes_between, select
 from controlplane.xds.snapshot import Resource, Snapshot
-from controlplane.xds.sotw import Ack, Nack, StaleRequest, StreamEvent, TypeStatus
+from controlplane.xds.stream import Ack, Nack, StaleRequest, StreamCore, TypeStatus
 from controlplane.xds.subscription import intern_names
 from controlplane.xds.types import (
     CLUSTER,
@@ -136,31 +135,17 @@ class _Delta:
     removed: list[str]
 
 
-class DeltaStream:
+class DeltaStream(StreamCore):
     def __init__(
         self,
         snapshot_lookup: Callable[[base_pb2.Node], Snapshot],
         *,
         type_url: str | None = None,
     ) -> None:
-        self._lookup = snapshot_lookup
-        self._fixed_type = type_url
-        self._node: base_pb2.Node | None = None
-        self._snapshot: Snapshot | None = None
+        super().__init__(snapshot_lookup, type_url=type_url)
         self._types: dict[str, _DeltaType] = {}
-        self._counter = 0
-        self._events: list[StreamEvent] = []
         self._warming: set[str] = set()
         """Load assignments of clusters sent in CDS and not yet sent since in EDS."""
-
-    @property
-    def node(self) -> base_pb2.Node | None:
-        """The node of the stream's first request (``None`` before it arrives)."""
-        return self._node
-
-    @property
-    def snapshot(self) -> Snapshot | None:
-        return self._snapshot
 
     def status(self, type_url: str) -> TypeStatus | None:
         state = self._types.get(type_url)
@@ -181,11 +166,6 @@ class DeltaStream:
         state = self._types.get(type_url)
         return dict(state.sent) if state else {}
 
-    def pop_events(self) -> list[StreamEvent]:
-        """ACKs, NACKs and stale nonces seen since the last call."""
-        events, self._events = self._events, []
-        return events
-
     def on_request(self, request: Any) -> list[Any]:
         """Consume one ``DeltaDiscoveryRequest``; return the responses to send, in order.
 
@@ -193,16 +173,7 @@ class DeltaStream:
         a ``type_url`` on ADS, a foreign ``type_url`` on a single-type stream, or
         a first request without ``node``.
         """
-        type_url = self._type_url_of(request)
-        if self._node is None:
-            if not request.HasField("node"):
-                raise ProtocolError("client", "the first request of a stream must carry node")
-            node = base_pb2.Node()
-            node.CopyFrom(request.node)
-            self._node = node
-            self._snapshot = self._lookup(node)
-        snapshot = self._snapshot
-        assert snapshot is not None
+        type_url, snapshot = self._begin(request)
 
         state = self._types.get(type_url)
         first = state is None
@@ -218,16 +189,6 @@ class DeltaStream:
         if self._node is None or snapshot is previous:
             return []
         return self._respond(snapshot, set(self._types), previous)
-
-    def _type_url_of(self, request: Any) -> str:
-        given: str = request.type_url
-        if self._fixed_type is None:
-            if not given:
-                raise ProtocolError("client", "type_url is required on an aggregated stream")
-            return given
-        if given and given != self._fixed_type:
-            raise ProtocolError("client", f"type_url {given} on a stream for {self._fixed_type}")
-        return self._fixed_type
 
     def _acknowledge(self, type_url: str, state: _DeltaType, request: Any) -> None:
         nonce: str = request.response_nonce
@@ -370,8 +331,7 @@ class DeltaStream:
         return resources, sorted(removed)
 
     def _response(self, delta: _Delta) -> Any:
-        self._counter += 1
-        nonce = str(self._counter)
+        nonce = self._next_nonce()
         state = self._types[delta.type_url]
         state.version = delta.version
         state.nonce = nonce

@@ -53,9 +53,9 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.errors import ProtocolError
 from controlplane.xds.selection import Selection, select
 from controlplane.xds.snapshot import Resource, Snapshot, content_version
+from controlplane.xds.stream import Ack, Nack, StaleRequest, StreamCore, TypeStatus
 from controlplane.xds.subscription import Subscription
 from controlplane.xds.types import (
     CLUSTER,
@@ -65,46 +65,6 @@ from controlplane.xds.types import (
     is_full_state,
     push_rank,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    type_url: str
-    version: str
-    nonce: str
-
-
-@dataclass(frozen=True, slots=True)
-class Nack:
-    type_url: str
-    rejected_version: str
-    """The version the client refused; ``version_info`` of the NACK is ``kept_version``."""
-    kept_version: str
-    nonce: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class StaleRequest:
-    type_url: str
-    nonce: str
-    expected_nonce: str
-
-
-StreamEvent = Ack | Nack | StaleRequest
-
-
-@dataclass(frozen=True, slots=True)
-class TypeStatus:
-    """What one stream knows about one type, for logs and admin pages."""
-
-    type_url: str
-    wildcard: bool
-    names: frozenset[str]
-    version: str
-    nonce: str
-    acked_version: str
-    nacked_version: str
 
 
 @dataclass(slots=True)
@@ -124,29 +84,15 @@ class _Send:
     resources: list[Resource]
 
 
-class SotwStream:
+class SotwStream(StreamCore):
     def __init__(
         self,
         snapshot_lookup: Callable[[base_pb2.Node], Snapshot],
         *,
         type_url: str | None = None,
     ) -> None:
-        self._lookup = snapshot_lookup
-        self._fixed_type = type_url
-        self._node: base_pb2.Node | None = None
-        self._snapshot: Snapshot | None = None
+        super().__init__(snapshot_lookup, type_url=type_url)
         self._types: dict[str, _TypeState] = {}
-        self._counter = 0
-        self._events: list[StreamEvent] = []
-
-    @property
-    def node(self) -> base_pb2.Node | None:
-        """The node of the stream's first request (``None`` before it arrives)."""
-        return self._node
-
-    @property
-    def snapshot(self) -> Snapshot | None:
-        return self._snapshot
 
     def status(self, type_url: str) -> TypeStatus | None:
         state = self._types.get(type_url)
@@ -162,11 +108,6 @@ class SotwStream:
             nacked_version=state.nacked_version,
         )
 
-    def pop_events(self) -> list[StreamEvent]:
-        """ACKs, NACKs and stale requests seen since the last call."""
-        events, self._events = self._events, []
-        return events
-
     def on_request(self, request: Any) -> list[Any]:
         """Consume one ``DiscoveryRequest``; return the responses to send, in order.
 
@@ -174,16 +115,7 @@ class SotwStream:
         a ``type_url`` on ADS, a foreign ``type_url`` on a single-type stream, or
         a first request without ``node``.
         """
-        type_url = self._type_url_of(request)
-        if self._node is None:
-            if not request.HasField("node"):
-                raise ProtocolError("client", "the first request of a stream must carry node")
-            node = base_pb2.Node()
-            node.CopyFrom(request.node)
-            self._node = node
-            self._snapshot = self._lookup(node)
-        snapshot = self._snapshot
-        assert snapshot is not None
+        type_url, snapshot = self._begin(request)
 
         state = self._types.get(type_url)
         nonce = request.response_nonce
@@ -232,16 +164,6 @@ class SotwStream:
             return []
         return self._respond(snapshot, previous, set(self._types))
 
-    def _type_url_of(self, request: Any) -> str:
-        given: str = request.type_url
-        if self._fixed_type is None:
-            if not given:
-                raise ProtocolError("client", "type_url is required on an aggregated stream")
-            return given
-        if given and given != self._fixed_type:
-            raise ProtocolError("client", f"type_url {given} on a stream for {self._fixed_type}")
-        return self._fixed_type
-
     def _respond(self, snapshot: Snapshot, previous: Snapshot | None, asked: set[str]) -> list[Any]:
         sends: list[_Send] = []
         removed_clusters: list[Resource] = []
@@ -289,8 +211,7 @@ class SotwStream:
         return _Send(type_url, version, changed), set()
 
     def _response(self, send: _Send) -> Any:
-        self._counter += 1
-        nonce = str(self._counter)
+        nonce = self._next_nonce()
         state = self._types[send.type_url]
         state.version = send.version
         state.nonce = nonce

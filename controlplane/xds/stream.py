@@ -1,0 +1,124 @@
+"""What every sans-IO xDS server stream core shares, whatever its variant.
+
+A stream learns its node from the first request (only that one is sure to
+carry it) and looks its snapshot up then; on ADS every request must name its
+``type_url``, on a single-type stream a request may omit it but may not name
+another; nonces count up per stream, so they are unique within it and never
+survive a reconnect; ACKs, NACKs and stale requests are collected as events
+for the driver to log. :class:`~controlplane.xds.sotw.SotwStream` and
+:class:`~controlplane.xds.delta.DeltaStream` add the protocol itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+
+from controlplane.errors import ProtocolError
+from controlplane.xds.snapshot import Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    type_url: str
+    version: str
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    type_url: str
+    rejected_version: str
+    """The version the client refused; ``version_info`` of the NACK is ``kept_version``."""
+    kept_version: str
+    nonce: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StaleRequest:
+    type_url: str
+    nonce: str
+    expected_nonce: str
+
+
+StreamEvent = Ack | Nack | StaleRequest
+
+
+@dataclass(frozen=True, slots=True)
+class TypeStatus:
+    """What one stream knows about one type, for logs and admin pages."""
+
+    type_url: str
+    wildcard: bool
+    names: frozenset[str]
+    version: str
+    nonce: str
+    acked_version: str
+    nacked_version: str
+
+
+class StreamCore:
+    """The node, the type URL rules, nonces and events of one stream."""
+
+    def __init__(
+        self,
+        snapshot_lookup: Callable[[base_pb2.Node], Snapshot],
+        *,
+        type_url: str | None = None,
+    ) -> None:
+        self._lookup = snapshot_lookup
+        self._fixed_type = type_url
+        self._node: base_pb2.Node | None = None
+        self._snapshot: Snapshot | None = None
+        self._counter = 0
+        self._events: list[StreamEvent] = []
+
+    @property
+    def node(self) -> base_pb2.Node | None:
+        """The node of the stream's first request (``None`` before it arrives)."""
+        return self._node
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def pop_events(self) -> list[StreamEvent]:
+        """ACKs, NACKs and stale requests seen since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def _begin(self, request: Any) -> tuple[str, Snapshot]:
+        """The request's type URL and the stream's snapshot, learning the node if new.
+
+        Raises :class:`ProtocolError` (culprit ``"client"``) for a request without
+        a ``type_url`` on ADS, a foreign ``type_url`` on a single-type stream, or
+        a first request without ``node``.
+        """
+        type_url = self._type_url_of(request)
+        if self._node is None:
+            if not request.HasField("node"):
+                raise ProtocolError("client", "the first request of a stream must carry node")
+            node = base_pb2.Node()
+            node.CopyFrom(request.node)
+            self._node = node
+            self._snapshot = self._lookup(node)
+        assert self._snapshot is not None
+        return type_url, self._snapshot
+
+    def _next_nonce(self) -> str:
+        self._counter += 1
+        return str(self._counter)
+
+    def _type_url_of(self, request: Any) -> str:
+        given: str = request.type_url
+        if self._fixed_type is None:
+            if not given:
+                raise ProtocolError("client", "type_url is required on an aggregated stream")
+            return given
+        if given and given != self._fixed_type:
+            raise ProtocolError("client", f"type_url {given} on a stream for {self._fixed_type}")
+        return self._fixed_type
