@@ -180,6 +180,13 @@ class DeltaStream(StreamCore):
         if state is None:
             state = self._types[type_url] = _DeltaType()
         self._acknowledge(type_url, state, request)
+        if (
+            not first
+            and not request.resource_names_subscribe
+            and not request.resource_names_unsubscribe
+        ):
+            # A pure ACK or NACK changes no subscription: nothing can be owed.
+            return []
         self._subscribe(type_url, state, request, first)
         return self._respond(snapshot, {type_url})
 

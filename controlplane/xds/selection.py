@@ -35,10 +35,14 @@ _EMPTY: frozenset[str] = frozenset()
 class Selection:
     """The resources of one type that one subscription selects, in name order."""
 
-    __slots__ = ("__weakref__", "_changes", "_restricted", "hashes", "resources", "type_url")
+    __slots__ = ("__weakref__", "_changes", "_restricted", "hashes", "key", "resources", "type_url")
 
-    def __init__(self, type_url: str, resources: Mapping[str, Resource]) -> None:
+    def __init__(
+        self, type_url: str, resources: Mapping[str, Resource], key: SelectionKey | None = None
+    ) -> None:
         self.type_url = type_url
+        self.key = key
+        """The subscription this selection was made for, if any."""
         self.resources: Mapping[str, Resource] = resources
         self.hashes: dict[str, str] = {name: r.hash for name, r in resources.items()}
         self._changes: dict[int, tuple[weakref.ref[Selection], list[Resource], frozenset[str]]]
@@ -69,12 +73,12 @@ class Selection:
 
     def restricted(self, key: SelectionKey, wants: Callable[[str], bool]) -> Selection:
         """This selection without the names ``wants`` (the subscription ``key``) drops."""
-        if all(wants(name) for name in self.hashes):
+        if key is self.key or key[0] or self.hashes.keys() <= key[1]:
             return self
         narrowed = self._restricted.get(key)
         if narrowed is None:
             narrowed = Selection(
-                self.type_url, {n: r for n, r in self.resources.items() if wants(n)}
+                self.type_url, {n: r for n, r in self.resources.items() if wants(n)}, key
             )
             self._restricted[key] = narrowed
         return narrowed
@@ -93,7 +97,7 @@ def select(snapshot: Snapshot, type_url: str, key: SelectionKey) -> Selection:
             chosen = sorted(n for n in names if n in resources)
         else:
             chosen = sorted(n for n in resources if n in names)
-        found = Selection(type_url, {name: resources[name] for name in chosen})
+        found = Selection(type_url, {name: resources[name] for name in chosen}, key)
         memo[(type_url, key)] = found
     return found
 

@@ -39,15 +39,21 @@ class Subscription:
     named_before: bool = False
     """The client has sent a non-empty name list, which ends legacy wildcard."""
     _key: tuple[bool, frozenset[str]] | None = field(default=None, repr=False, compare=False)
+    _listed: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def replace(self, resource_names: Iterable[str]) -> None:
         """Apply a state-of-the-world name list."""
-        listed = set(resource_names)
+        listed = frozenset(resource_names)
+        if self._key is not None and listed == self._listed:
+            # Every ACK repeats the whole list (thousands of EDS names): the common
+            # case is "unchanged", decided here with C-level set operations only.
+            return
+        self._listed = listed
         if listed:
             self.named_before = True
         key = (
             WILDCARD in listed or (not listed and not self.named_before),
-            frozenset(listed - {WILDCARD}),
+            listed - {WILDCARD},
         )
         if len(_INTERNED) > 10_000:
             _INTERNED.clear()

@@ -1,0 +1,84 @@
+"""The peer of bench/propagation.py: a bare grpc.aio fan-out server.
+
+``/bench.Fanout/Subscribe`` (bidi, raw bytes): the server welcomes each stream,
+then writes every triggered message to it; the client answers each with an ack,
+which the server reads and drops. ``/bench.Fanout/Trigger`` (unary) queues its
+request bytes to every connected stream. No serialization, no state beyond a
+queue per stream: the floor for "one small message to N streams" in grpc.aio.
+
+Usage: ``python bench/fanout_peer.py --port PORT`` (prints ``ready`` when serving).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+WELCOME = b"welcome"
+OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+class Fanout:
+    def __init__(self) -> None:
+        self.queues: set[asyncio.Queue[bytes]] = set()
+
+    async def subscribe(self, requests: AsyncIterator[bytes], context: Any) -> None:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queues.add(queue)
+
+        async def drain() -> None:
+            async for _ack in requests:
+                pass
+
+        reader = asyncio.create_task(drain())
+        try:
+            await context.write(WELCOME)
+            while True:
+                await context.write(await queue.get())
+        finally:
+            self.queues.discard(queue)
+            reader.cancel()
+
+    async def trigger(self, request: bytes, context: Any) -> bytes:
+        for queue in self.queues:
+            queue.put_nowait(request)
+        return str(len(self.queues)).encode()
+
+
+async def serve(port: int) -> None:
+    fanout = Fanout()
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Fanout",
+        {
+            "Subscribe": grpc.stream_stream_rpc_method_handler(fanout.subscribe),
+            "Trigger": grpc.unary_unary_rpc_method_handler(fanout.trigger),
+        },
+    )
+    server = grpc.aio.server(options=OPTIONS)
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    asyncio.run(serve(parser.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()

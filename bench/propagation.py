@@ -1,0 +1,991 @@
+"""Benchmark: time from a one-file edit to every xDS client holding the new version.
+
+A mesh of ``--services`` services (bench/config_scale.py's generator: one file
+per service with a Service, 10 WorkloadEntries, a VirtualService and a
+DestinationRule) is served by a real ``pilotfish serve`` subprocess. For each
+N of ``--streams``, N Envoy-like ADS streams (half state of the world, half
+delta with ``--protocol both``; node metadata ``pilotfish.io/role: sidecar``,
+so all share one snapshot) are opened from client worker processes
+(bench/xds_clients.py; up to ``--per-process`` streams per process and
+``--per-channel`` streams per gRPC channel). Each stream subscribes to CDS and
+LDS on the wildcard, follows EDS and RDS names, and ACKs everything.
+
+Once every stream has ACKed the initial snapshot, the bench takes a wall-clock
+timestamp, rewrites one service file with one endpoint's weight changed
+(atomically: temp file and rename), and every stream records when it has
+received and ACKed the EDS response carrying the new weight. Printed per N:
+p50, p99 and max of those latencies (debounce included), bytes received per
+stream for the update and for the initial sync, the server's CPU time
+(``/proc/<pid>/stat``) for the sync and each edit, its resident memory once
+the streams are held and its peak (``VmHWM``), and client-side counts. The
+edit is repeated ``--edits`` times; the worst p99 and the median of the p99s
+are reported.
+
+The peer, measured in the same run from the same client processes: a bare
+grpc.aio fan-out server (bench/fanout_peer.py) that writes one small message
+to N streams when triggered; each client answers it with an ack, as the xDS
+clients ACK. Its p50/p99 are printed alongside with the ratio.
+
+``--profile`` samples the server with py-spy (``pip install py-spy``) from just
+before each edit until every stream has applied it, and prints the top
+functions; without py-spy the server runs under cProfile for its whole life
+(bench/cprofile_serve.py, ``PILOTFISH_CPROFILE``).
+
+Usage: ``python bench/propagation.py --streams 100 1000 10000 --services 1000
+--edits 3 --protocol both``. All load goes to 127.0.0.1; the server, peer and
+client processes are stopped on exit, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(BENCH), str(ROOT)]
+
+import config_scale  # noqa: E402
+import xds_clients  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGETS = {
+    "rss_10000": "10,000 streams held in < 512 MiB server RSS",
+    1000: 0.300,
+    10000: 1.5,
+}
+PEER_NOTE = "issue: a bare grpc.aio fan-out reaches 1,000 streams at p99 ~25 ms here"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class ProcStats:
+    cpu: float
+    rss: int
+    hwm: int
+
+
+def proc_stats(pid: int) -> ProcStats:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    return ProcStats(cpu, rss, hwm)
+
+
+def _busy_seconds() -> float:
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+def _our_seconds() -> float:
+    """CPU of this process, its reaped children and its live descendants."""
+    times = os.times()
+    total = times.user + times.system + times.children_user + times.children_system
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    me = os.getpid()
+    for pid in cpu:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor != me:
+            ancestor = parents.get(ancestor)
+        if ancestor == me:
+            total += cpu[pid]
+    return total
+
+
+class LoadMeter:
+    """CPU used by processes outside this bench (another job on the machine skews results)."""
+
+    def __init__(self) -> None:
+        self._busy = _busy_seconds()
+        self._ours = _our_seconds()
+        self._wall = time.monotonic()
+
+    def foreign(self) -> tuple[float, float]:
+        """(CPU-seconds used by other processes, wall seconds) since creation."""
+        busy, ours = _busy_seconds() - self._busy, _our_seconds() - self._ours
+        return max(0.0, busy - ours), time.monotonic() - self._wall
+
+
+def wait_quiet(pid: int, limit: float = 60.0, idle: float = 0.03) -> float:
+    """Wait until ``pid`` used under ``idle`` s of CPU in each of two 0.5 s windows."""
+    start = time.monotonic()
+    calm = 0
+    before = proc_stats(pid).cpu
+    while time.monotonic() - start < limit and calm < 2:
+        time.sleep(0.5)
+        now = proc_stats(pid).cpu
+        calm = calm + 1 if now - before <= idle else 0
+        before = now
+    return time.monotonic() - start
+
+
+class Reaper:
+    """Every process the bench started, stopped on exit whatever happens."""
+
+    def __init__(self) -> None:
+        self.popens: list[subprocess.Popen[Any]] = []
+        self.processes: list[Any] = []
+
+    def stop_popen(self, proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc in self.popens:
+            self.popens.remove(proc)
+
+    def close(self) -> None:
+        for proc in list(self.popens):
+            self.stop_popen(proc, grace=5.0)
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(3)
+            if process.is_alive():
+                process.kill()
+                process.join(3)
+
+
+class Workers:
+    """Client worker processes (bench/xds_clients.py), driven over pipes."""
+
+    def __init__(self, count: int, reaper: Reaper) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes = []
+        self.processes = []
+        for index in range(count):
+            mine, theirs = context.Pipe()
+            process = context.Process(
+                target=xds_clients.worker_main, args=(theirs, index), daemon=True
+            )
+            process.start()
+            reaper.processes.append(process)
+            theirs.close()
+            self.pipes.append(mine)
+            self.processes.append(process)
+
+    def ask(self, commands: Sequence[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+        for pipe, command in zip(self.pipes, commands, strict=True):
+            pipe.send(command)
+        deadline = time.monotonic() + timeout
+        replies = []
+        for index, pipe in enumerate(self.pipes):
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"client worker {index} did not answer {commands[index]['op']}")
+            replies.append(pipe.recv())
+        return replies
+
+    def ask_all(self, command: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+        return self.ask([command] * len(self.pipes), timeout)
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send({"op": "exit"})
+        for process in self.processes:
+            process.join(10)
+
+
+class Server:
+    """``pilotfish serve`` on a free port, logging JSON lines to a file."""
+
+    def __init__(self, args: argparse.Namespace, config_dir: Path, work: Path, reaper: Reaper):
+        self.port = free_port()
+        self.log_path = work / f"server-{self.port}.log"
+        self.profile_path = work / f"server-{self.port}.prof"
+        serve = [
+            "serve",
+            "--config-dir",
+            str(config_dir),
+            "--xds-address",
+            f"127.0.0.1:{self.port}",
+            "--debounce",
+            args.debounce,
+            "--log-format",
+            "json",
+            "--log-level",
+            args.server_log_level,
+        ]
+        env = dict(os.environ)
+        if args.profile and not args.py_spy:
+            env["PILOTFISH_CPROFILE"] = str(self.profile_path)
+            command = [sys.executable, str(BENCH / "cprofile_serve.py"), *serve]
+        else:
+            command = [sys.executable, "-m", "controlplane", *serve]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        reaper.popens.append(self.proc)
+        self._reaper = reaper
+        self.pid = self.proc.pid
+
+    def wait_serving(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pilotfish serve exited: {self.log_path.read_text()[-2000:]}")
+            if b"serving xDS on" in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise TimeoutError("pilotfish serve did not start")
+
+    def log_offset(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log_summary(self, start: int = 0) -> dict[str, Any]:
+        """Counts of log lines by level, and warning/error events, from byte ``start``."""
+        levels: collections.Counter[str] = collections.Counter()
+        problems: collections.Counter[str] = collections.Counter()
+        closed: collections.Counter[str] = collections.Counter()
+        with open(self.log_path, "rb") as f:
+            f.seek(start)
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    levels["non-json"] += 1
+                    if line.strip() and b"serving xDS on" not in line:
+                        problems[line.decode(errors="replace").strip()[:120]] += 1
+                    continue
+                level = str(entry.get("level", "?"))
+                levels[level] += 1
+                if entry.get("event") == "xds_stream_closed":
+                    closed[str(entry.get("reason"))[:80]] += 1
+                if level in ("warning", "error", "critical"):
+                    detail = entry.get("error") or entry.get("reason") or ""
+                    problems[f"{level}: {entry.get('event')} {str(detail)[:80]}".strip()] += 1
+        return {
+            "levels": dict(levels),
+            "problems": problems.most_common(8),
+            "closed": closed.most_common(5),
+        }
+
+    def stop(self) -> None:
+        self._reaper.stop_popen(self.proc, grace=30.0)
+        self._log.close()
+
+
+class Peer:
+    def __init__(self, reaper: Reaper) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "fanout_peer.py"), "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        reaper.popens.append(self.proc)
+        self._reaper = reaper
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the fan-out peer did not start")
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.trigger = self.channel.unary_unary(xds_clients.FANOUT_TRIGGER)
+
+    def stop(self) -> None:
+        self.channel.close()
+        self._reaper.stop_popen(self.proc)
+
+
+class Profiler:
+    """py-spy sampling of the server, in named phases (``push``, then ``after``)."""
+
+    def __init__(self, pid: int, work: Path, native: bool = False) -> None:
+        self.native = native
+        self.pid = pid
+        self.work = work
+        self.samples: dict[str, collections.Counter[str]] = {}
+        self._current: tuple[subprocess.Popen[Any], Path, str] | None = None
+        self._count = itertools.count()
+
+    def start(self, phase: str, settle: bool = True) -> None:
+        out = self.work / f"pyspy-{next(self._count)}.txt"
+        proc = subprocess.Popen(
+            [
+                shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(self.pid),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--threads",
+                *(["--native"] if self.native else ["--nonblocking"]),
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._current = (proc, out, phase)
+        if settle:
+            time.sleep(1.0)  # attach
+
+    def switch(self, phase: str) -> None:
+        """End the current phase and start ``phase`` with as small a gap as possible."""
+        previous = self._current
+        if previous is not None:
+            previous[0].send_signal(signal.SIGINT)
+        self.start(phase, settle=False)
+        if previous is not None:
+            self._collect(*previous)
+
+    def stop(self) -> None:
+        if self._current is not None:
+            current, self._current = self._current, None
+            current[0].send_signal(signal.SIGINT)
+            self._collect(*current)
+
+    def _collect(self, proc: subprocess.Popen[Any], out: Path, phase: str) -> None:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        samples = self.samples.setdefault(phase, collections.Counter())
+        if out.exists():
+            for line in out.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                if stack and count.isdigit():
+                    samples[stack] += int(count)
+
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
+
+
+def _frame_name(frame: str) -> str:
+    match = _FRAME.match(frame)
+    if not match:
+        return frame
+    path = match["file"]
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{match['func']} ({path})"
+
+
+def profile_report(samples: collections.Counter[str], top: int = 12) -> list[str]:
+    total = sum(samples.values())
+    if not total:
+        return ["  (no samples: is py-spy allowed to attach? run as root or set ptrace_scope)"]
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    for stack, count in samples.items():
+        frames = stack.split(";")
+        if frames and frames[0].startswith(("thread ", "process ")):
+            threads[frames[0]] += count
+            frames = frames[1:]
+        names = [_frame_name(f) for f in frames]
+        if names:
+            own[names[-1]] += count
+        for name in set(names):
+            inclusive[name] += count
+    lines = [f"  {total} samples at 200 Hz ({total / 200:.1f} s of busy thread time)"]
+    lines.append(
+        "  by thread: " + ", ".join(f"{t} {c / total:.0%}" for t, c in threads.most_common(4))
+    )
+    lines.append("  self time (top functions):")
+    lines += [f"    {c / total:6.1%}  {name}" for name, c in own.most_common(top)]
+    lines.append("  inclusive time (top frames in controlplane/ and grpc):")
+    interesting = [
+        (name, c)
+        for name, c in inclusive.most_common()
+        if "controlplane/" in name or "grpc" in name or "structlog" in name
+    ]
+    lines += [f"    {c / total:6.1%}  {name}" for name, c in interesting[:top]]
+    return lines
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile; ``inf`` entries (never applied) sort last."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def ms(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "n/a"
+    if math.isinf(seconds):
+        return "timeout"
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def size(n: float) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+@dataclass
+class EditResult:
+    latencies: dict[str, list[float]]
+    bytes: dict[str, list[int]]
+    responses: dict[str, list[int]]
+    applied: int
+    armed: int
+    cpu: float
+    errors: dict[str, int]
+    foreign: float = 0.0
+    wall: float = 0.0
+    rss: int = 0
+
+    def all(self) -> list[float]:
+        return [x for values in self.latencies.values() for x in values]
+
+
+@dataclass
+class Outcome:
+    streams: int
+    edits: list[EditResult] = field(default_factory=list)
+    peer: list[EditResult] = field(default_factory=list)
+    sync_seconds: float = math.nan
+    ready: int = 0
+    rss_held: int = 0
+    init_bytes: float = 0.0
+    hwm: int = 0
+    cpu_total: float = 0.0
+    peer_rss: int = 0
+    peer_cpu: float = 0.0
+
+
+def merge(replies: list[dict[str, Any]], key: str) -> dict[str, list[Any]]:
+    merged: dict[str, list[Any]] = collections.defaultdict(list)
+    for reply in replies:
+        for protocol, value in zip(reply["protocols"], reply[key], strict=True):
+            merged[protocol].append(value)
+    return merged
+
+
+def errors_of(replies: list[dict[str, Any]]) -> dict[str, int]:
+    total: collections.Counter[str] = collections.Counter()
+    for reply in replies:
+        total.update(reply["errors"])
+    return dict(total)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def stream_plan(args: argparse.Namespace, n: int) -> list[list[str]]:
+    processes = max(1, math.ceil(n / args.per_process))
+    if n >= 1000:
+        processes = max(processes, 2)
+    protocols = {"sotw": ["sotw"], "delta": ["delta"], "both": ["sotw", "delta"]}[args.protocol]
+    plan: list[list[str]] = [[] for _ in range(processes)]
+    for index in range(n):
+        plan[index % processes].append(protocols[index % len(protocols)])
+    return plan
+
+
+def connect(
+    workers: Workers,
+    plan: list[list[str]],
+    target: str,
+    client: str,
+    args: argparse.Namespace,
+    timeout: float,
+) -> tuple[list[dict[str, Any]], float]:
+    start = time.time()
+    commands = [
+        {
+            "op": "connect",
+            "target": target,
+            "protocols": protocols,
+            "client": client,
+            "per_channel": args.per_channel,
+            "sync_concurrency": args.sync_concurrency,
+            "timeout": timeout,
+        }
+        for protocols in plan
+    ]
+    replies = workers.ask(commands, timeout + 60)
+    return replies, start
+
+
+def run_edits(
+    workers: Workers,
+    proc: subprocess.Popen[Any],
+    count: int,
+    timeout: float,
+    arm: Any,
+    fire: Any,
+    profiler: Profiler | None = None,
+) -> list[EditResult]:
+    results = []
+    pid = proc.pid
+    for attempt in range(count):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server (pid {pid}) exited with {proc.returncode}")
+        wait_quiet(pid)
+        target = arm(attempt)
+        workers.ask_all({"op": "arm", "target": target}, 60)
+        if profiler is not None:
+            profiler.start("push")
+        cpu0 = proc_stats(pid).cpu
+        meter = LoadMeter()
+        t0 = time.time()
+        fire(attempt)
+        replies = workers.ask_all({"op": "collect", "timeout": timeout}, timeout + 60)
+        foreign, wall = meter.foreign()
+        if profiler is not None:
+            profiler.switch("after")
+        wait_quiet(pid)
+        if profiler is not None:
+            profiler.stop()
+        after = proc_stats(pid)
+        cpu = after.cpu - cpu0
+        applied = merge(replies, "applied_at")
+        latencies = {
+            p: [a - t0 if a is not None else math.inf for a in v] for p, v in applied.items()
+        }
+        armed = sum(len(v) for v in applied.values())
+        result = EditResult(
+            latencies=latencies,
+            bytes=merge(replies, "bytes"),
+            responses=merge(replies, "responses"),
+            applied=sum(a is not None for v in applied.values() for a in v),
+            armed=armed,
+            cpu=cpu,
+            errors=errors_of(replies),
+            foreign=foreign,
+            wall=wall,
+            rss=after.rss,
+        )
+        everything = result.all()
+        log(
+            f"  edit {attempt + 1}: applied {result.applied}/{armed},"
+            f" p50 {ms(pct(everything, 0.5))}"
+            f" p99 {ms(pct(everything, 0.99))} max {ms(max(everything, default=math.nan))},"
+            f" server CPU {cpu:.2f} s; other processes {foreign:.1f} CPU-s in {wall:.1f} s"
+        )
+        results.append(result)
+    return results
+
+
+def describe_edits(name: str, results: list[EditResult], lines: list[str]) -> None:
+    for index, result in enumerate(results, 1):
+        everything = result.all()
+        per_proto = "; ".join(
+            f"{p} p50 {ms(pct(v, 0.5))} p99 {ms(pct(v, 0.99))}"
+            for p, v in sorted(result.latencies.items())
+        )
+        sent = "; ".join(
+            f"{p} {size(statistics.median(v))}/stream in "
+            f"{statistics.median(result.responses[p]):.0f} response(s)"
+            for p, v in sorted(result.bytes.items())
+        )
+        lines.append(
+            f"  {name} edit {index}: applied {result.applied}/{result.armed}  "
+            f"p50 {ms(pct(everything, 0.5))}  p99 {ms(pct(everything, 0.99))}  "
+            f"max {ms(max(everything, default=math.nan))}  | server CPU {result.cpu:.2f} s, "
+            f"RSS after {size(result.rss)}"
+        )
+        if result.foreign > max(0.5, 0.05 * result.wall):
+            lines.append(
+                f"      WARNING: other processes on this machine used {result.foreign:.1f} "
+                f"CPU-s during these {result.wall:.1f} s: the figure is skewed"
+            )
+        lines.append(f"      {per_proto}")
+        lines.append(f"      received: {sent}")
+        if result.errors:
+            lines.append(f"      client errors: {result.errors}")
+
+
+def summarize(results: list[EditResult]) -> tuple[float, float, float]:
+    """Median p50, median p99 and worst p99 over the edits."""
+    p50s = [pct(r.all(), 0.5) for r in results]
+    p99s = [pct(r.all(), 0.99) for r in results]
+    return statistics.median(p50s), statistics.median(p99s), max(p99s)
+
+
+def run_n(
+    n: int,
+    args: argparse.Namespace,
+    config_dir: Path,
+    work: Path,
+    reaper: Reaper,
+    weights: Iterator[int],
+) -> tuple[Outcome, list[str]]:
+    outcome = Outcome(streams=n)
+    lines: list[str] = []
+    plan = stream_plan(args, n)
+    counts = collections.Counter(p for protocols in plan for p in protocols)
+    header = (
+        f"N={n}: {n} streams ({', '.join(f'{c} {p}' for p, c in sorted(counts.items()))}) from "
+        f"{len(plan)} client process(es), up to {args.per_channel} streams per channel, "
+        f"{args.client} clients"
+    )
+    lines.append(header)
+    log(header)
+    sync_timeout = args.sync_timeout or 120 + 0.06 * n
+    update_timeout = args.update_timeout or 30 + 0.015 * n
+    workers = Workers(len(plan), reaper)
+    server = Server(args, config_dir, work, reaper)
+    try:
+        server.wait_serving(300)
+        wait_quiet(server.pid)
+        idle = proc_stats(server.pid)
+        lines.append(
+            f"  server after load, before clients: RSS {size(idle.rss)}, "
+            f"peak {size(idle.hwm)}, CPU {idle.cpu:.1f} s"
+        )
+        log(f"  server up (RSS {size(idle.rss)}); connecting {n} streams")
+        cpu_before = idle.cpu
+        meter = LoadMeter()
+        replies, start = connect(
+            workers, plan, f"127.0.0.1:{server.port}", args.client, args, sync_timeout
+        )
+        ready_at = [t for r in replies for t in r["ready_at"] if t is not None]
+        outcome.ready = len(ready_at)
+        outcome.sync_seconds = max(ready_at) - start if ready_at else math.nan
+        quiet = wait_quiet(server.pid)
+        held = proc_stats(server.pid)
+        outcome.rss_held = held.rss
+        init = merge(replies, "init_bytes")
+        outcome.init_bytes = statistics.median(b for v in init.values() for b in v)
+        memo = [r["memo"] for r in replies]
+        lines.append(
+            f"  initial sync: {outcome.ready}/{n} streams ready in {ms(outcome.sync_seconds)} "
+            f"(at most {args.sync_concurrency} syncing per client process); server CPU "
+            f"{held.cpu - cpu_before:.1f} s (quiet {quiet:.1f} s later)"
+        )
+        lines.append(
+            "      received per stream: "
+            + "; ".join(f"{p} {size(statistics.median(v))}" for p, v in sorted(init.items()))
+            + f"; client decodes {sum(m['decodes'] for m in memo)}, "
+            f"shared {sum(m['hits'] for m in memo)}"
+        )
+        foreign, wall = meter.foreign()
+        if foreign > max(0.5, 0.05 * wall):
+            lines.append(
+                f"      WARNING: other processes used {foreign:.1f} CPU-s during the "
+                f"{wall:.0f} s sync"
+            )
+        sync_errors = errors_of(replies)
+        if sync_errors:
+            lines.append(f"      client errors during sync: {sync_errors}")
+        lines.append(
+            f"  server holding {outcome.ready} streams: RSS {size(held.rss)}, peak {size(held.hwm)}"
+        )
+        log(f"  synced {outcome.ready}/{n} in {ms(outcome.sync_seconds)}; RSS {size(held.rss)}")
+
+        index = args.services // 2
+        name = f"svc-{index:05d}"
+        path = config_dir / f"{name}.yaml"
+        cluster = f"outbound|8080||{name}.bench.svc.cluster.local"
+        address = f"10.{index // 250}.{index % 250}.0"
+        planned: dict[int, int] = {}
+
+        def arm(attempt: int) -> xds_clients.Target:
+            planned[attempt] = next(weights)
+            return xds_clients.Target(cluster, address, planned[attempt])
+
+        def fire(attempt: int) -> None:
+            temp = config_dir / f".{name}.yaml.tmp"
+            temp.write_text(config_scale.service_file(index, weight=planned[attempt]))
+            os.replace(temp, path)
+
+        profiler = (
+            Profiler(server.pid, work, args.profile_native)
+            if args.profile and args.py_spy
+            else None
+        )
+        offset = server.log_offset()
+        outcome.edits = run_edits(
+            workers, server.proc, args.edits, update_timeout, arm, fire, profiler
+        )
+        final = proc_stats(server.pid)
+        outcome.hwm, outcome.cpu_total = final.hwm, final.cpu
+        describe_edits("xDS ", outcome.edits, lines)
+        lines.append(
+            f"  server: peak RSS (VmHWM) {size(final.hwm)}, RSS now {size(final.rss)}, "
+            f"CPU total {final.cpu:.1f} s"
+        )
+        logs = server.log_summary(0)
+        during = server.log_summary(offset)
+        lines.append(f"  server log lines (whole run): {logs['levels']}")
+        lines.append(f"  server log lines during edits: {during['levels']}")
+        for problem, count in logs["problems"]:
+            lines.append(f"      {count} x {problem}")
+        if logs["closed"]:
+            lines.append(
+                "  streams the server closed before the bench closed them: "
+                + ", ".join(f"{c} x {reason!r}" for reason, c in logs["closed"])
+            )
+        if profiler is not None:
+            lines.append(
+                f"  profile of the server, {args.edits} edit(s), from the file write until every "
+                "stream applied the update (py-spy):"
+            )
+            lines += profile_report(profiler.samples.get("push", collections.Counter()))
+            lines.append(
+                "  profile of the server from then until it went quiet (ACKs, logs, cleanup):"
+            )
+            lines += profile_report(profiler.samples.get("after", collections.Counter()))
+        workers.ask_all({"op": "close"}, 120)
+    finally:
+        server.stop()
+    if args.profile and not args.py_spy and server.profile_path.exists():
+        lines.append("  cProfile of the server's whole run (no py-spy):")
+        lines += cprofile_report(server.profile_path)
+
+    if not args.no_peer:
+        peer = Peer(reaper)
+        try:
+            log(f"  peer: connecting {n} fan-out streams")
+            fanout_plan = [["fanout"] * len(p) for p in plan]
+            replies, _ = connect(
+                workers, fanout_plan, f"127.0.0.1:{peer.port}", "light", args, sync_timeout
+            )
+            ready = sum(r["ready"] for r in replies)
+            seqs = itertools.count(1)
+            sequence: dict[int, int] = {}
+
+            def arm_peer(attempt: int) -> int:
+                sequence[attempt] = next(seqs)
+                return sequence[attempt]
+
+            def fire_peer(attempt: int) -> None:
+                payload = f"seq:{sequence[attempt]};".encode().ljust(64, b".")
+                peer.trigger(payload, timeout=30)
+
+            cpu0 = proc_stats(peer.proc.pid).cpu
+            outcome.peer = run_edits(
+                workers, peer.proc, args.edits, update_timeout, arm_peer, fire_peer
+            )
+            stats = proc_stats(peer.proc.pid)
+            outcome.peer_rss, outcome.peer_cpu = stats.hwm, stats.cpu - cpu0
+            lines.append(
+                f"  peer (bare grpc.aio fan-out, {ready}/{n} streams): peak RSS "
+                f"{size(stats.hwm)}, CPU for {args.edits} fan-outs {outcome.peer_cpu:.2f} s"
+            )
+            describe_edits("peer", outcome.peer, lines)
+            workers.ask_all({"op": "close"}, 120)
+        finally:
+            peer.stop()
+    workers.stop()
+    return outcome, lines
+
+
+def cprofile_report(path: Path, top: int = 25) -> list[str]:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    return ["    " + line for line in out.getvalue().splitlines() if line.strip()][: top + 8]
+
+
+def final_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
+    lines = [
+        "",
+        f"Summary ({args.services} services, --protocol {args.protocol}, --debounce "
+        f"{args.debounce}, {args.edits} edit(s) each; latency = file write -> update ACKed):",
+        f"{'streams':>8} {'ready':>6} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} {'max':>8} "
+        f"{'upd B/str':>10} {'init/str':>10} {'CPU/edit':>8} {'RSS held':>10} {'after edit':>10} "
+        f"{'RSS peak':>10} | "
+        f"{'peer p50':>8} {'peer p99':>8} {'p99 ratio':>9} | target p99",
+    ]
+    for o in outcomes:
+        if not o.edits:
+            continue
+        p50, p99, worst = summarize(o.edits)
+        biggest = max(max(r.all(), default=math.nan) for r in o.edits)
+        upd = statistics.median(b for r in o.edits for v in r.bytes.values() for b in v)
+        cpu = statistics.median(r.cpu for r in o.edits)
+        peer = "n/a", "n/a", "n/a"
+        if o.peer:
+            q50, q99, _ = summarize(o.peer)
+            ratio = f"{p99 / q99:.1f}x" if q99 > 0 and math.isfinite(p99 / q99) else "n/a"
+            peer = ms(q50), ms(q99), ratio
+        target = TARGETS.get(o.streams)
+        goal = f"< {ms(target)}" if isinstance(target, float) else "-"
+        if isinstance(target, float):
+            goal += " ok" if worst < target else " MISSED"
+        lines.append(
+            f"{o.streams:>8} {o.ready:>6} {ms(p50):>8} {ms(p99):>8} {ms(worst):>9} "
+            f"{ms(biggest):>8} {size(upd):>10} {size(o.init_bytes):>10} {cpu:>7.2f}s "
+            f"{size(o.rss_held):>10} {size(max(r.rss for r in o.edits)):>10} "
+            f"{size(o.hwm):>10} | {peer[0]:>8} {peer[1]:>8} {peer[2]:>9} | {goal}"
+        )
+    big = [o for o in outcomes if o.streams >= 10000 and o.edits]
+    if big:
+        verdict = "ok" if big[0].rss_held < 512 * (1 << 20) else "MISSED"
+        lines.append(f"target: {TARGETS['rss_10000']}: held {size(big[0].rss_held)} -> {verdict}")
+    else:
+        lines.append(f"target: {TARGETS['rss_10000']} (not measured in this run)")
+    lines.append(f"peer reference: {PEER_NOTE}; the xDS figure includes the debounce")
+    return lines
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--edits", type=int, default=3)
+    parser.add_argument("--protocol", choices=("sotw", "delta", "both"), default="both")
+    parser.add_argument(
+        "--client",
+        choices=("light", "core"),
+        default="light",
+        help="light: shared-decode Envoy-like clients; core: SotwClient/DeltaClient per stream",
+    )
+    parser.add_argument("--per-process", type=int, default=2500, help="streams per client process")
+    parser.add_argument("--per-channel", type=int, default=100, help="streams per gRPC channel")
+    parser.add_argument(
+        "--sync-concurrency",
+        type=int,
+        default=16,
+        help="streams doing their initial sync at once, per client process",
+    )
+    parser.add_argument("--debounce", default="100ms")
+    parser.add_argument(
+        "--server-log-level", choices=("debug", "info", "warning", "error"), default="info"
+    )
+    parser.add_argument("--sync-timeout", type=float, default=0.0, help="seconds (0: by N)")
+    parser.add_argument("--update-timeout", type=float, default=0.0, help="seconds (0: by N)")
+    parser.add_argument("--no-peer", action="store_true", help="skip the fan-out peer")
+    parser.add_argument("--profile", action="store_true", help="profile the server's push path")
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="with --profile: py-spy --native (C frames too; pauses the server to sample)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    args.py_spy = bool(shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists())
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in background
+
+    print(
+        f"python bench/propagation.py {' '.join(sys.argv[1:])}\n"
+        f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; grpcio "
+        f"{grpc.__version__}",
+        flush=True,
+    )
+    changed = subprocess.run(
+        ["git", "status", "--short", "--", "controlplane"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split("\n")
+    head = subprocess.run(
+        ["git", "log", "-1", "--format=%h %s"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    digest = hashlib.sha256()
+    for source in sorted((ROOT / "controlplane").rglob("*.py")):
+        digest.update(source.read_bytes())
+    print(
+        f"server code: {head[:70]} (controlplane/*.py sha256 {digest.hexdigest()[:12]}); "
+        "uncommitted under controlplane/: "
+        + (", ".join(c.strip() for c in changed if c.strip()) or "none"),
+        flush=True,
+    )
+    work = Path(tempfile.mkdtemp(prefix="pilotfish-propagation-"))
+    config_dir = work / "mesh"
+    config_dir.mkdir()
+    reaper = Reaper()
+    outcomes: list[Outcome] = []
+    weights = itertools.count(2)
+    try:
+        config_scale.generate(config_dir, args.services)
+        log(f"generated {args.services} services in {config_dir}")
+        for n in args.streams:
+            outcome, lines = run_n(n, args, config_dir, work, reaper, weights)
+            outcomes.append(outcome)
+            print("\n".join(lines), flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        reaper.close()
+        print("\n".join(final_table(outcomes, args)), flush=True)
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
