@@ -48,7 +48,7 @@ class Subscription:
             # Every ACK repeats the whole list (thousands of EDS names): the common
             # case is "unchanged", decided here with C-level set operations only.
             return
-        self._listed = listed
+        self._listed = intern_names(listed)
         if listed:
             self.named_before = True
         key = (
