@@ -159,9 +159,5 @@ def format_path(path: Sequence[str | int]) -> str:
     return "".join(out)
 
 
-def has_errors(items: Iterable[Diagnostic | Finding]) -> bool:
-    return any(d.is_error for d in items)
-
-
 def render_json(diagnostics: Iterable[Diagnostic]) -> str:
     return json.dumps({"messages": [d.to_json() for d in diagnostics]}, indent=2)

@@ -26,7 +26,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from controlplane.model import Endpoint, Locality, Mesh
 from controlplane.translate.protos import Message, uint32
-from controlplane.translate.upstreams import Discovery, upstreams
+from controlplane.translate.upstreams import Discovery, Upstream, upstreams
 
 
 def load_assignment(cluster: str, endpoints: Iterable[Endpoint]) -> Message:
@@ -50,11 +50,12 @@ def load_assignment(cluster: str, endpoints: Iterable[Endpoint]) -> Message:
 
 def build_load_assignments(mesh: Mesh) -> list[Message]:
     """One assignment per EDS cluster of ``mesh``, sorted by cluster name."""
-    return [
-        load_assignment(u.name, (e for e in u.endpoints if is_ip(e.address)))
-        for u in upstreams(mesh)
-        if u.discovery is Discovery.EDS
-    ]
+    return [upstream_assignment(u) for u in upstreams(mesh) if u.discovery is Discovery.EDS]
+
+
+def upstream_assignment(upstream: Upstream) -> Message:
+    """The assignment of an EDS upstream: its endpoints with an IP address."""
+    return load_assignment(upstream.name, (e for e in upstream.endpoints if is_ip(e.address)))
 
 
 def _locality(locality: Locality) -> Message:

@@ -39,18 +39,24 @@ def translate(mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
     """Every resource for proxies of class ``proxy``, by type URL, each list sorted by name."""
     if proxy.role is ProxyRole.GRPC:
         return _translate_grpc(mesh)
+    routes, listeners = routes_and_listeners(mesh, proxy)
+    return {
+        CLUSTER_TYPE: build_clusters(mesh),
+        ENDPOINT_TYPE: sorted(build_load_assignments(mesh), key=lambda a: str(a.cluster_name)),
+        ROUTE_TYPE: routes,
+        LISTENER_TYPE: listeners,
+    }
+
+
+def routes_and_listeners(mesh: Mesh, proxy: ProxyClass) -> tuple[list[Message], list[Message]]:
+    """The route configurations and listeners of an Envoy class, each sorted by name."""
     if proxy.role is ProxyRole.GATEWAY:
         routes = gateway_route_configs(mesh, proxy.labels)
         listeners = gateway_listeners(mesh, proxy)
     else:
         routes = sidecar_route_configs(mesh)
         listeners = sidecar_listeners(mesh, proxy)
-    return {
-        CLUSTER_TYPE: build_clusters(mesh),
-        ENDPOINT_TYPE: sorted(build_load_assignments(mesh), key=lambda a: str(a.cluster_name)),
-        ROUTE_TYPE: sorted(routes, key=lambda r: str(r.name)),
-        LISTENER_TYPE: sorted(listeners, key=lambda r: str(r.name)),
-    }
+    return sorted(routes, key=lambda r: str(r.name)), sorted(listeners, key=lambda r: str(r.name))
 
 
 def _translate_grpc(mesh: Mesh) -> dict[str, list[Message]]:

@@ -26,8 +26,7 @@ from typing import Any
 
 from controlplane.model import DestinationPolicy, Mesh, Service
 from controlplane.translate.clusters import blackhole_cluster, build_cluster
-from controlplane.translate.endpoints import is_ip, load_assignment
-from controlplane.translate.listeners import gateway_listeners, sidecar_listeners
+from controlplane.translate.endpoints import upstream_assignment
 from controlplane.translate.protos import Message
 from controlplane.translate.proxy import ProxyClass, ProxyRole
 from controlplane.translate.resources import (
@@ -35,9 +34,9 @@ from controlplane.translate.resources import (
     ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
+    routes_and_listeners,
     translate,
 )
-from controlplane.translate.route_configs import gateway_route_configs, sidecar_route_configs
 from controlplane.translate.upstreams import Discovery, service_upstreams
 
 
@@ -102,14 +101,7 @@ class Translator:
         cached = self._routing.get(proxy.key)
         if cached is not None and cached[0] == view:
             return cached[1], cached[2]
-        if proxy.role is ProxyRole.GATEWAY:
-            route_list = gateway_route_configs(mesh, proxy.labels)
-            listener_list = gateway_listeners(mesh, proxy)
-        else:
-            route_list = sidecar_route_configs(mesh)
-            listener_list = sidecar_listeners(mesh, proxy)
-        routes = sorted(route_list, key=lambda r: str(r.name))
-        listeners = sorted(listener_list, key=lambda r: str(r.name))
+        routes, listeners = routes_and_listeners(mesh, proxy)
         self._routing[proxy.key] = (view, routes, listeners)
         return routes, listeners
 
@@ -120,7 +112,5 @@ def _service_output(service: Service, policy: DestinationPolicy | None) -> _Serv
     for upstream in service_upstreams(service, policy):
         clusters.append(build_cluster(upstream))
         if upstream.discovery is Discovery.EDS:
-            assignments.append(
-                load_assignment(upstream.name, (e for e in upstream.endpoints if is_ip(e.address)))
-            )
+            assignments.append(upstream_assignment(upstream))
     return _ServiceOutput(service, policy, tuple(clusters), tuple(assignments))

@@ -105,9 +105,7 @@ def upstreams(mesh: Mesh) -> tuple[Upstream, ...]:
     return tuple(sorted(found, key=lambda u: u.name))
 
 
-def service_upstreams(
-    service: Service, destination: DestinationPolicy | None
-) -> list[Upstream]:
+def service_upstreams(service: Service, destination: DestinationPolicy | None) -> list[Upstream]:
     """The upstreams of one service: one per port, and per port and subset."""
     subsets: tuple[Subset | None, ...] = (None,)
     if destination is not None:

@@ -7,9 +7,11 @@ and writes what it returns, in order. One instance serves an ADS stream (every
 request names its ``type_url``) or, given ``type_url``, a single-type stream.
 
 Per type the stream remembers the subscription (:class:`Subscription`), the
-version and nonce of the newest response, and ``held``: the ``{name: hash}``
-the client holds from this stream. Everything follows from comparing what the
-subscription selects in the current snapshot with ``held``:
+version and nonce of the newest response, and ``held``: what the client holds
+from this stream, as the :class:`~controlplane.xds.selection.Selection` last
+sent (shared with every other stream that was sent the same). Everything
+follows from comparing what the subscription selects in the current snapshot
+with ``held``:
 
 * Full-state types (LDS, CDS) are answered with every selected resource when
   the selected set differs from ``held`` in any way, including deletions (an

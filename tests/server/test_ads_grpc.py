@@ -1,6 +1,4 @@
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -10,11 +8,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.listener.v3 import lds_pb2_grpc
 from structlog.testing import capture_logs
 
-from controlplane.server import XdsServer, XdsServerOptions, start_xds_server
-from controlplane.xds import CLUSTER, LISTENER, Snapshot, SnapshotCache
+from controlplane.server import XdsServerOptions
+from controlplane.xds import CLUSTER, LISTENER, Snapshot
+from tests.server.support import MiB, eventually, read
 from tests.xds.resources import NODE, base_mesh, names
-
-MiB = 1024 * 1024
 
 
 def request(type_url: str, *, version: str = "", nonce: str = "", error: str = "") -> Any:
@@ -28,35 +25,8 @@ def request(type_url: str, *, version: str = "", nonce: str = "", error: str = "
     return req
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def cache_and_server() -> AsyncIterator[tuple[SnapshotCache, XdsServer]]:
-    cache = SnapshotCache(lambda node: node.cluster, lambda key: base_mesh())
-    server = await start_xds_server(cache)
-    yield cache, server
-    await server.stop(0)
-
-
-@pytest.fixture
-async def channel(cache_and_server) -> AsyncIterator[grpc.aio.Channel]:
-    _, server = cache_and_server
-    options = [("grpc.max_receive_message_length", 16 * MiB)]
-    async with grpc.aio.insecure_channel(server.address, options=options) as ch:
-        yield ch
-
-
 def ads(channel: grpc.aio.Channel) -> Any:
     return ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-
-
-async def read(call: Any, timeout: float = 3.0) -> Any:
-    return await asyncio.wait_for(call.read(), timeout)
 
 
 async def test_subscribe_ack_and_a_cache_update_reaches_the_client(cache_and_server, channel):

@@ -1,8 +1,7 @@
 """Delta xDS over a real grpc.aio server on 127.0.0.1:0: ADS and the single-type services."""
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -14,11 +13,10 @@ from envoy.service.listener.v3 import lds_pb2_grpc
 from envoy.service.route.v3 import rds_pb2_grpc
 from structlog.testing import capture_logs
 
-from controlplane.server import XdsServer, start_xds_server
-from controlplane.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, DeltaClient, SnapshotCache
+from controlplane.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, DeltaClient
+from tests.server.support import eventually, read
 from tests.xds.resources import NODE, base_mesh, mesh
 
-MiB = 1024 * 1024
 S1 = base_mesh()
 
 
@@ -51,35 +49,8 @@ def content(response: Any) -> tuple[str, str, list[str], list[str]]:
     )
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def cache_and_server() -> AsyncIterator[tuple[SnapshotCache, XdsServer]]:
-    cache = SnapshotCache(lambda node: node.cluster, lambda key: base_mesh())
-    server = await start_xds_server(cache)
-    yield cache, server
-    await server.stop(0)
-
-
-@pytest.fixture
-async def channel(cache_and_server) -> AsyncIterator[grpc.aio.Channel]:
-    _, server = cache_and_server
-    options = [("grpc.max_receive_message_length", 16 * MiB)]
-    async with grpc.aio.insecure_channel(server.address, options=options) as ch:
-        yield ch
-
-
 def delta_ads(channel: grpc.aio.Channel) -> Any:
     return ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
-
-
-async def read(call: Any, timeout: float = 3.0) -> Any:
-    return await asyncio.wait_for(call.read(), timeout)
 
 
 async def test_delta_subscribe_ack_and_a_cache_update_reaches_the_client(cache_and_server, channel):
