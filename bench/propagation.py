@@ -13,7 +13,7 @@ LDS on the wildcard, follows EDS and RDS names, and ACKs everything.
 Once every stream has ACKed the initial snapshot, the bench takes a wall-clock
 timestamp, rewrites one service file with one endpoint's weight changed
 (atomically: temp file and rename), and every stream records when it has
-received and ACKed the EDS response carrying the new weight. Printed per N:
+received and applied the EDS response carrying the new weight. Printed per N:
 p50, p99 and max of those latencies (debounce included), bytes received per
 stream for the update and for the initial sync, the server's CPU time
 (``/proc/<pid>/stat``) for the sync and each edit, its resident memory once
@@ -849,7 +849,7 @@ def final_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
     lines = [
         "",
         f"Summary ({args.services} services, --protocol {args.protocol}, --debounce "
-        f"{args.debounce}, {args.edits} edit(s) each; latency = file write -> update ACKed):",
+        f"{args.debounce}, {args.edits} edit(s) each; latency = file write -> update applied):",
         f"{'streams':>8} {'ready':>6} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} {'max':>8} "
         f"{'upd B/str':>10} {'init/str':>10} {'CPU/edit':>8} {'RSS held':>10} {'after edit':>10} "
         f"{'RSS peak':>10} | "

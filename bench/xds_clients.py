@@ -26,7 +26,9 @@ A stream counts as *ready* once it has received and ACKed CDS, EDS, LDS and
 RDS (every followed name answered), and as *applied* once it has received and
 ACKed the EDS response carrying the armed target: cluster ``cluster`` whose
 endpoint ``address`` has load-balancing weight ``weight``. Times are
-``time.time()`` taken right after the ACK was written.
+``time.time()`` taken once the response is decoded and applied, before its ACK
+is written (Envoy, too, applies a response and then ACKs it; awaiting the write
+would add the client's own send queue, up to a 150 KB SotW ACK, to the figure).
 
 The same worker also holds streams to the bare fan-out peer
 (bench/fanout_peer.py): a stream says hello, is welcomed, and later receives
@@ -595,9 +597,9 @@ class Worker:
                 if raw is grpc.aio.EOF:
                     raise ConnectionError("the server ended the stream")
                 requests, applied = client.on_response(raw)
+                now = time.time()
                 for request in requests:
                     await call.write(request)
-                now = time.time()
                 slot.responses += 1
                 if slot.ready_at is None:
                     slot.init_bytes += len(raw)

@@ -193,9 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll", action="store_true", help="poll the directory (filesystems without inotify)"
     )
     serve.add_argument("--log-format", choices=("console", "json"), default="console")
-    serve.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default="info"
-    )
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     serve.add_argument(
         "--grace", type=_duration, default=5.0, help="time to finish sends on shutdown (5s)"
     )

@@ -42,11 +42,8 @@ from typing import Any
 import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
-from envoy.service.cluster.v3 import cds_pb2_grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
-from envoy.service.endpoint.v3 import eds_pb2_grpc
-from envoy.service.listener.v3 import lds_pb2_grpc
-from envoy.service.route.v3 import rds_pb2_grpc
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import DecodeError
 
 from controlplane.errors import InconsistentSnapshotError, ProtocolError
 from controlplane.xds.cache import SnapshotCache
@@ -59,6 +56,8 @@ from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_nam
 log = structlog.get_logger(__name__)
 
 INBOX_LIMIT = 16
+MAX_PUSH_PRIORITY = 2.0
+"""Seconds a push wave may hold back reading other streams' requests (see below)."""
 
 SOTW = "sotw"
 DELTA = "delta"
@@ -82,19 +81,35 @@ class _Stream:
             if protocol == DELTA
             else SotwStream(self._lookup, type_url=type_url)
         )
+        self.request_type: Any = (
+            discovery_pb2.DeltaDiscoveryRequest
+            if protocol == DELTA
+            else discovery_pb2.DiscoveryRequest
+        )
         self.key: str | None = None
-        self.inbox: collections.deque[Any] = collections.deque()
+        self.inbox: collections.deque[bytes] = collections.deque()
         self.room = asyncio.Event()
         self.wakeup = asyncio.Event()
         self.dirty = False
+        self.in_wave = False
+        """Counted among the streams a push wave still waits for."""
         self.eof = False
         self.closing = False
         self.log: Any = log.bind(stream=stream_id)
 
     def wake(self, *, dirty: bool = False, closing: bool = False) -> None:
-        self.dirty = self.dirty or dirty
+        if dirty:
+            self.dirty = True
+            if not self.in_wave:
+                self.in_wave = True
+                self.service.push_started()
         self.closing = self.closing or closing
         self.wakeup.set()
+
+    def _pushed(self, *, final: bool = False) -> None:
+        if self.in_wave and (final or not self.dirty or self.closing):
+            self.in_wave = False
+            self.service.push_done()
 
     def _lookup(self, node: base_pb2.Node) -> Snapshot:
         cache = self.service.cache
@@ -104,13 +119,21 @@ class _Stream:
         self.log.info("xds_stream_connected")
         return cache.snapshot_for(node)[1]
 
-    async def read(self, requests: AsyncIterator[Any]) -> None:
+    async def read(self, requests: AsyncIterator[bytes]) -> None:
+        service = self.service
         try:
-            async for request in requests:
+            iterator = aiter(requests)
+            while True:
+                if service.pushing and not self.in_wave:
+                    await service.push_wave_over()
+                try:
+                    wire = await anext(iterator)
+                except StopAsyncIteration:
+                    return
                 while len(self.inbox) >= INBOX_LIMIT:
                     self.room.clear()
                     await self.room.wait()
-                self.inbox.append(request)
+                self.inbox.append(wire)
                 self.wakeup.set()
         except Exception as exc:
             self.log.info("xds_stream_read_failed", error=str(exc))
@@ -119,13 +142,24 @@ class _Stream:
             self.wakeup.set()
 
     async def serve(self, context: Any) -> None:
+        try:
+            await self._serve(context)
+        finally:
+            self._pushed(final=True)
+
+    async def _serve(self, context: Any) -> None:
+        service = self.service
         while not self.closing:
             await self.wakeup.wait()
             self.wakeup.clear()
-            while self.inbox and not self.closing:
-                request = self.inbox.popleft()
+            if self.inbox and service.pushing and not self.in_wave:
+                # Requests wait while other streams still owe their clients a push;
+                # the end of the wave wakes this stream again.
+                service.defer(self)
+            while self.inbox and not self.closing and not service.deferred(self):
+                wire = self.inbox.popleft()
                 self.room.set()
-                responses = self.core.on_request(request)
+                responses = self.core.on_request(self._parse(wire), wire)
                 self._log_events()
                 await self._write(context, responses)
             if self.dirty and self.key is not None and not self.closing:
@@ -133,12 +167,20 @@ class _Stream:
                 snapshot = self.service.cache.get(self.key)
                 if snapshot is not None:
                     await self._write(context, self.core.on_snapshot(snapshot))
+                self._pushed()
             if self.eof and not self.inbox:
                 return
 
+    def _parse(self, wire: bytes) -> Any:
+        try:
+            return self.request_type.FromString(wire)
+        except DecodeError as exc:
+            name = self.request_type.DESCRIPTOR.name
+            raise ProtocolError("client", f"undecodable {name}: {exc}") from None
+
     async def _write(self, context: Any, responses: Iterable[Any]) -> None:
         for response in responses:
-            await context.write(response)
+            await context.write(response.SerializeToString())
             if self.protocol == DELTA:
                 self.log.debug(
                     "xds_response_sent",
@@ -160,7 +202,8 @@ class _Stream:
     def _log_events(self) -> None:
         for event in self.core.pop_events():
             if isinstance(event, Ack):
-                self.log.info(
+                # Debug: one line per stream per push is 10,000 lines per edit at scale.
+                self.log.debug(
                     "xds_ack",
                     type=short_name(event.type_url),
                     version=event.version,
@@ -184,7 +227,7 @@ class _Stream:
                 )
 
 
-class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+class AggregatedDiscoveryService:
     """ADS in both variants (and, via :func:`add_xds_services`, the single-type services)."""
 
     def __init__(self, cache: SnapshotCache, loop: asyncio.AbstractEventLoop | None = None):
@@ -194,7 +237,47 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._all: set[_Stream] = set()
         self._ids = itertools.count(1)
         self._closing = False
+        self._waiting_pushes = 0
+        self._wave_over = asyncio.Event()
+        self._wave_over.set()
+        self._wave_deadline: asyncio.TimerHandle | None = None
+        self._deferred: set[_Stream] = set()
         self._remove_listener = cache.add_listener(self._on_publish)
+
+    @property
+    def pushing(self) -> bool:
+        """A push wave is under way: some streams still owe their client a new snapshot."""
+        return not self._wave_over.is_set()
+
+    def push_started(self) -> None:
+        self._waiting_pushes += 1
+        if self._wave_over.is_set():
+            self._wave_over.clear()
+            self._wave_deadline = self._loop.call_later(MAX_PUSH_PRIORITY, self._end_wave)
+
+    def push_done(self) -> None:
+        self._waiting_pushes -= 1
+        if self._waiting_pushes <= 0:
+            self._end_wave()
+
+    def defer(self, stream: _Stream) -> None:
+        self._deferred.add(stream)
+
+    def deferred(self, stream: _Stream) -> bool:
+        return stream in self._deferred
+
+    def _end_wave(self) -> None:
+        self._wave_over.set()
+        if self._wave_deadline is not None:
+            self._wave_deadline.cancel()
+            self._wave_deadline = None
+        deferred, self._deferred = self._deferred, set()
+        for stream in deferred:
+            stream.wakeup.set()
+
+    async def push_wave_over(self) -> None:
+        """Wait until the current push wave is over, or has had its :data:`MAX_PUSH_PRIORITY`."""
+        await self._wave_over.wait()
 
     @property
     def stream_count(self) -> int:
@@ -209,16 +292,6 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._remove_listener()
         for stream in self._all:
             stream.wake(closing=True)
-
-    async def StreamAggregatedResources(
-        self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> None:
-        await self.serve_stream(request_iterator, context, None)
-
-    async def DeltaAggregatedResources(
-        self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> None:
-        await self.serve_stream(request_iterator, context, None, DELTA)
 
     async def serve_stream(
         self,
@@ -281,57 +354,47 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             stream.wake(dirty=True)
 
 
-class _Listeners(lds_pb2_grpc.ListenerDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, ads: AggregatedDiscoveryService) -> None:
-        self._ads = ads
-
-    async def StreamListeners(self, requests: AsyncIterator[Any], context: Any) -> None:
-        await self._ads.serve_stream(requests, context, LISTENER)
-
-    async def DeltaListeners(self, requests: AsyncIterator[Any], context: Any) -> None:
-        await self._ads.serve_stream(requests, context, LISTENER, DELTA)
+_SINGLE_TYPE_SERVICES = {
+    LISTENER: ("envoy.service.listener.v3.ListenerDiscoveryService", "Listeners"),
+    CLUSTER: ("envoy.service.cluster.v3.ClusterDiscoveryService", "Clusters"),
+    ROUTE: ("envoy.service.route.v3.RouteDiscoveryService", "Routes"),
+    ENDPOINT: ("envoy.service.endpoint.v3.EndpointDiscoveryService", "Endpoints"),
+}
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
-class _Clusters(cds_pb2_grpc.ClusterDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, ads: AggregatedDiscoveryService) -> None:
-        self._ads = ads
+def _method(ads: AggregatedDiscoveryService, type_url: str | None, protocol: str) -> Any:
+    async def behaviour(requests: AsyncIterator[bytes], context: Any) -> None:
+        await ads.serve_stream(requests, context, type_url, protocol)
 
-    async def StreamClusters(self, requests: AsyncIterator[Any], context: Any) -> None:
-        await self._ads.serve_stream(requests, context, CLUSTER)
-
-    async def DeltaClusters(self, requests: AsyncIterator[Any], context: Any) -> None:
-        await self._ads.serve_stream(requests, context, CLUSTER, DELTA)
-
-
-class _Routes(rds_pb2_grpc.RouteDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, ads: AggregatedDiscoveryService) -> None:
-        self._ads = ads
-
-    async def StreamRoutes(self, requests: AsyncIterator[Any], context: Any) -> None:
-        await self._ads.serve_stream(requests, context, ROUTE)
-
-    async def DeltaRoutes(self, requests: AsyncIterator[Any], context: Any) -> None:
-        await self._ads.serve_stream(requests, context, ROUTE, DELTA)
-
-
-class _Endpoints(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, ads: AggregatedDiscoveryService) -> None:
-        self._ads = ads
-
-    async def StreamEndpoints(self, requests: AsyncIterator[Any], context: Any) -> None:
-        await self._ads.serve_stream(requests, context, ENDPOINT)
-
-    async def DeltaEndpoints(self, requests: AsyncIterator[Any], context: Any) -> None:
-        await self._ads.serve_stream(requests, context, ENDPOINT, DELTA)
+    # Bytes in and out: a stream decodes its requests itself (so it can compare an
+    # ACK's bytes with the last one) and encodes its responses.
+    return grpc.stream_stream_rpc_method_handler(behaviour)
 
 
 def add_xds_services(server: Any, ads: AggregatedDiscoveryService) -> None:
-    """Register ADS and the four single-type services, SotW and delta, all served by ``ads``."""
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
-    lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(_Listeners(ads), server)
-    cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(_Clusters(ads), server)
-    rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(_Routes(ads), server)
-    eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(_Endpoints(ads), server)
+    """Register ADS and the four single-type services, SotW and delta, all served by ``ads``.
+
+    The method names are those of Envoy's ``discovery/v3``, ``listener/v3``,
+    ``cluster/v3``, ``route/v3`` and ``endpoint/v3`` services; the unary
+    ``Fetch*`` methods are not served (``UNIMPLEMENTED``).
+    """
+    handlers = [
+        grpc.method_handlers_generic_handler(
+            ADS_SERVICE,
+            {
+                "StreamAggregatedResources": _method(ads, None, SOTW),
+                "DeltaAggregatedResources": _method(ads, None, DELTA),
+            },
+        )
+    ]
+    for type_url, (service, noun) in _SINGLE_TYPE_SERVICES.items():
+        methods = {
+            f"Stream{noun}": _method(ads, type_url, SOTW),
+            f"Delta{noun}": _method(ads, type_url, DELTA),
+        }
+        handlers.append(grpc.method_handlers_generic_handler(service, methods))
+    server.add_generic_rpc_handlers(tuple(handlers))
 
 
 add_sotw_services = add_xds_services

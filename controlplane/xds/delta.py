@@ -74,7 +74,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.xds.selection import changes_between, select
 from controlplane.xds.snapshot import Resource, Snapshot
 from controlplane.xds.stream import Ack, Nack, StaleRequest, StreamCore, TypeStatus
-from controlplane.xds.subscription import intern_names
+from controlplane.xds.subscription import intern_key, intern_names
 from controlplane.xds.types import (
     CLUSTER,
     ENDPOINT,
@@ -166,8 +166,11 @@ class DeltaStream(StreamCore):
         state = self._types.get(type_url)
         return dict(state.sent) if state else {}
 
-    def on_request(self, request: Any) -> list[Any]:
+    def on_request(self, request: Any, wire: bytes | None = None) -> list[Any]:
         """Consume one ``DeltaDiscoveryRequest``; return the responses to send, in order.
+
+        ``wire`` (the request's bytes) is accepted for symmetry with
+        :meth:`SotwStream.on_request` and not needed: delta requests carry changes only.
 
         Raises :class:`ProtocolError` (culprit ``"client"``) for a request without
         a ``type_url`` on ADS, a foreign ``type_url`` on a single-type stream, or
@@ -332,7 +335,7 @@ class DeltaStream(StreamCore):
         ]
         unanswered = {n for n in state.answer if n not in available}
         removed = gone | unreported | unanswered
-        state.sent = select(snapshot, type_url, (state.wildcard, state.names)).hashes
+        state.sent = select(snapshot, type_url, intern_key(state.wildcard, state.names)).hashes
         state.absent = (state.absent | removed) & state.names
         state.answer.clear()
         return resources, sorted(removed)

@@ -77,6 +77,9 @@ class _TypeState:
     nonce: str = ""
     acked_version: str = ""
     nacked_version: str = ""
+    names_wire: bytes | None = None
+    """The last request's ``resource_names`` as encoded on the wire (shared, see
+    :func:`_names_wire`), when the driver passed the request's bytes."""
 
 
 @dataclass(slots=True)
@@ -110,8 +113,12 @@ class SotwStream(StreamCore):
             nacked_version=state.nacked_version,
         )
 
-    def on_request(self, request: Any) -> list[Any]:
+    def on_request(self, request: Any, wire: bytes | None = None) -> list[Any]:
         """Consume one ``DiscoveryRequest``; return the responses to send, in order.
+
+        ``wire``, the request's bytes as received, is optional: with it an ACK that
+        repeats the previous name list (thousands of EDS names, in every ACK) is
+        recognized by comparing bytes, without decoding the names.
 
         Raises :class:`ProtocolError` (culprit ``"client"``) for a request without
         a ``type_url`` on ADS, a foreign ``type_url`` on a single-type stream, or
@@ -144,7 +151,10 @@ class SotwStream(StreamCore):
         if state is None:
             state = self._types[type_url] = _TypeState()
         subscription = state.subscription
-        subscription.replace(request.resource_names)
+        if wire is None or not _repeats_names(wire, state):
+            subscription.replace(request.resource_names)
+            if wire is not None:
+                state.names_wire = _names_wire(request)
         if state.held is not None:
             state.held = state.held.restricted(subscription.key, subscription.wants)
 
@@ -222,6 +232,69 @@ class SotwStream(StreamCore):
         )
         response.resources.extend(r.body for r in send.resources)
         return response
+
+
+_WIRES: dict[bytes, bytes] = {}
+
+
+def _names_wire(request: Any) -> bytes:
+    """``request.resource_names`` encoded alone; one object per distinct list."""
+    wire = discovery_pb2.DiscoveryRequest(resource_names=request.resource_names).SerializeToString()
+    if len(_WIRES) > 1_000:
+        _WIRES.clear()
+    return _WIRES.setdefault(wire, wire)
+
+
+_NAMES_TAG = 0x1A
+"""``resource_names`` (field 3, length-delimited) as it opens each entry on the wire."""
+
+
+def _repeats_names(wire: bytes, state: _TypeState) -> bool:
+    """Whether the request ``wire`` lists exactly the names of the last one, in order.
+
+    The top-level fields are walked (a handful: version, node, type URL, nonce,
+    error); at the first ``resource_names`` entry the last list's encoding must
+    follow in full, and no other entry may appear. Field order does not matter,
+    and the names are never decoded.
+    """
+    names = state.names_wire
+    if names is None:
+        return False
+    at, end, seen = 0, len(wire), False
+    try:
+        while at < end:
+            tag, after = _read_varint(wire, at)
+            if tag == _NAMES_TAG:
+                if seen or not names or not wire.startswith(names, at):
+                    return False
+                at, seen = at + len(names), True
+                continue
+            kind = tag & 7
+            if kind == 2:
+                size, after = _read_varint(wire, after)
+                at = after + size
+            elif kind == 0:
+                at = _read_varint(wire, after)[1]
+            elif kind == 1:
+                at = after + 8
+            elif kind == 5:
+                at = after + 4
+            else:
+                return False
+    except IndexError:
+        return False
+    return at == end and (seen or not names)
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
 
 
 def _by_name(resources: Iterable[Resource]) -> list[Resource]:

@@ -31,6 +31,19 @@ def intern_names(names: frozenset[str]) -> frozenset[str]:
     return _NAMES.setdefault(names, names)
 
 
+def intern_key(wildcard: bool, names: frozenset[str]) -> tuple[bool, frozenset[str]]:
+    """One shared ``(wildcard, names)`` object per distinct subscription.
+
+    State-of-the-world and delta streams of one class hold equal subscriptions;
+    with one object per value (and one object for its names), the memos keyed by
+    subscriptions compare by identity instead of comparing thousands of names.
+    """
+    key = (wildcard, intern_names(names))
+    if len(_INTERNED) > 10_000:
+        _INTERNED.clear()
+    return _INTERNED.setdefault(key, key)
+
+
 @dataclass(slots=True)
 class Subscription:
     names: frozenset[str] = frozenset()
@@ -51,13 +64,11 @@ class Subscription:
         self._listed = intern_names(listed)
         if listed:
             self.named_before = True
-        key = (
-            WILDCARD in listed or (not listed and not self.named_before),
-            listed - {WILDCARD},
+        wildcard = WILDCARD in listed
+        self._key = intern_key(
+            wildcard or (not listed and not self.named_before),
+            listed - {WILDCARD} if wildcard else self._listed,
         )
-        if len(_INTERNED) > 10_000:
-            _INTERNED.clear()
-        self._key = _INTERNED.setdefault(key, key)
         self.wildcard, self.names = self._key
 
     @property
@@ -68,9 +79,7 @@ class Subscription:
         compares by identity instead of comparing thousands of names.
         """
         if self._key is None:
-            self._key = _INTERNED.setdefault(
-                (self.wildcard, self.names), (self.wildcard, self.names)
-            )
+            self._key = intern_key(self.wildcard, self.names)
         return self._key
 
     def wants(self, name: str) -> bool:

@@ -133,9 +133,9 @@ async def test_the_demo_copy_runs_on_the_demo_ports_and_keeps_the_example_routin
         docs = read_docs(demo.config_file)
         gateway = find(docs, "Gateway", "hello-gateway")
         assert [server["port"]["number"] for server in gateway["servers"]] == [options.port]
-        assert [
-            find(docs, "WorkloadEntry", name)["ports"] for name in HELLO
-        ] == [{"http": port} for port in options.backend_ports]
+        assert [find(docs, "WorkloadEntry", name)["ports"] for name in HELLO] == [
+            {"http": port} for port in options.backend_ports
+        ]
         assert find(docs, "VirtualService", "hello")["http"][0]["route"] == [
             {"destination": {"host": "hello", "port": {"number": 8080}}}
         ]

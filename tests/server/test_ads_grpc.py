@@ -9,6 +9,7 @@ from envoy.service.listener.v3 import lds_pb2_grpc
 from structlog.testing import capture_logs
 
 from controlplane.server import XdsServerOptions
+from controlplane.server import ads as ads_module
 from controlplane.xds import CLUSTER, LISTENER, Snapshot
 from tests.server.support import MiB, eventually, read
 from tests.xds.resources import NODE, base_mesh, names
@@ -188,3 +189,64 @@ def test_server_options_become_grpc_channel_arguments():
         ("grpc.max_connection_age_ms", 1_800_000),
         ("grpc.max_connection_age_grace_ms", 30_000),
     ]
+
+
+async def _stuck_and_reader(cache, server, channel, meshes):
+    """A stream whose client never reads (its push never completes) and a healthy one."""
+    cache.update(lambda key: meshes[0])
+    stuck = ads(channel)
+    await stuck.write(request(CLUSTER))
+    options = [
+        ("grpc.max_receive_message_length", 16 * MiB),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    other_channel = grpc.aio.insecure_channel(server.address, options=options)
+    reader = ads(other_channel)
+    await reader.write(request(CLUSTER))
+    first = await read(reader)
+    await reader.write(request(CLUSTER, version=first.version_info, nonce=first.nonce))
+    return stuck, reader, other_channel
+
+
+async def test_requests_wait_while_a_push_is_under_way_but_no_longer_than_the_push_priority(
+    cache_and_server, channel, monkeypatch
+):
+    monkeypatch.setattr(ads_module, "MAX_PUSH_PRIORITY", 0.6)
+    cache, server = cache_and_server
+    meshes = [big_mesh(generation) for generation in range(2)]
+    stuck, reader, other_channel = await _stuck_and_reader(cache, server, channel, meshes)
+    cache.update(lambda key: meshes[1])
+    pushed = await read(reader)
+    assert pushed.version_info == meshes[1].version(CLUSTER)
+    with capture_logs() as logs:
+        sent = time.monotonic()
+        await reader.write(request(CLUSTER, version=pushed.version_info, nonce=pushed.nonce))
+        await eventually(lambda: any(e["event"] == "xds_ack" for e in logs), timeout=5.0)
+        waited = time.monotonic() - sent
+    # The stuck stream never finishes its push, so the ACK waits out the priority window.
+    assert 0.2 < waited < 3.0
+    assert [(e["type"], e["nonce"]) for e in logs if e["event"] == "xds_ack"] == [
+        ("CDS", pushed.nonce)
+    ]
+    stuck.cancel()
+    reader.cancel()
+    await other_channel.close()
+
+
+async def test_a_stream_with_requests_held_back_still_gets_its_own_next_push_at_once(
+    cache_and_server, channel, monkeypatch
+):
+    monkeypatch.setattr(ads_module, "MAX_PUSH_PRIORITY", 30.0)
+    cache, server = cache_and_server
+    meshes = [big_mesh(generation) for generation in range(3)]
+    stuck, reader, other_channel = await _stuck_and_reader(cache, server, channel, meshes)
+    cache.update(lambda key: meshes[1])
+    pushed = await read(reader)
+    with capture_logs() as logs:
+        await reader.write(request(CLUSTER, version=pushed.version_info, nonce=pushed.nonce))
+        cache.update(lambda key: meshes[2])
+        assert (await read(reader, timeout=2.0)).version_info == meshes[2].version(CLUSTER)
+        stuck.cancel()  # the stuck stream ends, so does the wave: held-back requests go through
+        await eventually(lambda: any(e["event"] == "xds_stale_request" for e in logs))
+    reader.cancel()
+    await other_channel.close()

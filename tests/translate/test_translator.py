@@ -44,9 +44,7 @@ def test_the_translator_gives_exactly_what_translate_gives_across_changes() -> N
             assert _bytes(translator.translate(mesh, proxy)) == _bytes(translate(mesh, proxy))
         changed = _reweighted(mesh, mesh.services[0].host) if mesh.services else mesh
         for proxy in (SIDECAR, GATEWAY):
-            assert _bytes(translator.translate(changed, proxy)) == _bytes(
-                translate(changed, proxy)
-            )
+            assert _bytes(translator.translate(changed, proxy)) == _bytes(translate(changed, proxy))
 
 
 def test_an_endpoint_change_rebuilds_only_that_services_clusters_and_assignments() -> None:
