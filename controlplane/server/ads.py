@@ -42,12 +42,11 @@ from typing import Any
 import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf.message import DecodeError
 
 from controlplane.errors import InconsistentSnapshotError, ProtocolError
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.delta import DeltaStream
+from controlplane.xds.repeated_names import ShrunkRequest
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.sotw import SotwStream
 from controlplane.xds.stream import Ack, Nack, StaleRequest
@@ -81,13 +80,8 @@ class _Stream:
             if protocol == DELTA
             else SotwStream(self._lookup, type_url=type_url)
         )
-        self.request_type: Any = (
-            discovery_pb2.DeltaDiscoveryRequest
-            if protocol == DELTA
-            else discovery_pb2.DiscoveryRequest
-        )
         self.key: str | None = None
-        self.inbox: collections.deque[bytes] = collections.deque()
+        self.inbox: collections.deque[bytes | ShrunkRequest] = collections.deque()
         self.room = asyncio.Event()
         self.wakeup = asyncio.Event()
         self.dirty = False
@@ -133,7 +127,8 @@ class _Stream:
                 while len(self.inbox) >= INBOX_LIMIT:
                     self.room.clear()
                     await self.room.wait()
-                self.inbox.append(wire)
+                # A SotW ACK repeating thousands of names waits as a few bytes.
+                self.inbox.append(self.core.shrink(wire))
                 self.wakeup.set()
         except Exception as exc:
             self.log.info("xds_stream_read_failed", error=str(exc))
@@ -157,9 +152,9 @@ class _Stream:
                 # the end of the wave wakes this stream again.
                 service.defer(self)
             while self.inbox and not self.closing and not service.deferred(self):
-                wire = self.inbox.popleft()
+                data = self.inbox.popleft()
                 self.room.set()
-                responses = self.core.on_request(self._parse(wire), wire)
+                responses = self.core.on_wire(data)
                 self._log_events()
                 await self._write(context, responses)
             if self.dirty and self.key is not None and not self.closing:
@@ -170,13 +165,6 @@ class _Stream:
                 self._pushed()
             if self.eof and not self.inbox:
                 return
-
-    def _parse(self, wire: bytes) -> Any:
-        try:
-            return self.request_type.FromString(wire)
-        except DecodeError as exc:
-            name = self.request_type.DESCRIPTOR.name
-            raise ProtocolError("client", f"undecodable {name}: {exc}") from None
 
     async def _write(self, context: Any, responses: Iterable[Any]) -> None:
         for response in responses:

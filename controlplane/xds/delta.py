@@ -136,6 +136,8 @@ class _Delta:
 
 
 class DeltaStream(StreamCore):
+    request_type = discovery_pb2.DeltaDiscoveryRequest
+
     def __init__(
         self,
         snapshot_lookup: Callable[[base_pb2.Node], Snapshot],
@@ -166,11 +168,8 @@ class DeltaStream(StreamCore):
         state = self._types.get(type_url)
         return dict(state.sent) if state else {}
 
-    def on_request(self, request: Any, wire: bytes | None = None) -> list[Any]:
+    def on_request(self, request: Any) -> list[Any]:
         """Consume one ``DeltaDiscoveryRequest``; return the responses to send, in order.
-
-        ``wire`` (the request's bytes) is accepted for symmetry with
-        :meth:`SotwStream.on_request` and not needed: delta requests carry changes only.
 
         Raises :class:`ProtocolError` (culprit ``"client"``) for a request without
         a ``type_url`` on ADS, a foreign ``type_url`` on a single-type stream, or

@@ -55,6 +55,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.xds.repeated_names import ShrunkRequest, names_wire, shrink
 from controlplane.xds.selection import Selection, select
 from controlplane.xds.snapshot import Resource, Snapshot, content_version
 from controlplane.xds.stream import Ack, Nack, StaleRequest, StreamCore, TypeStatus
@@ -78,8 +79,8 @@ class _TypeState:
     acked_version: str = ""
     nacked_version: str = ""
     names_wire: bytes | None = None
-    """The last request's ``resource_names`` as encoded on the wire (shared, see
-    :func:`_names_wire`), when the driver passed the request's bytes."""
+    """The last name list, encoded (see :mod:`repeated_names`), when requests
+    arrive as bytes (:meth:`SotwStream.on_wire`)."""
 
 
 @dataclass(slots=True)
@@ -90,6 +91,8 @@ class _Send:
 
 
 class SotwStream(StreamCore):
+    request_type = discovery_pb2.DiscoveryRequest
+
     def __init__(
         self,
         snapshot_lookup: Callable[[base_pb2.Node], Snapshot],
@@ -113,17 +116,44 @@ class SotwStream(StreamCore):
             nacked_version=state.nacked_version,
         )
 
-    def on_request(self, request: Any, wire: bytes | None = None) -> list[Any]:
+    def on_request(self, request: Any) -> list[Any]:
         """Consume one ``DiscoveryRequest``; return the responses to send, in order.
-
-        ``wire``, the request's bytes as received, is optional: with it an ACK that
-        repeats the previous name list (thousands of EDS names, in every ACK) is
-        recognized by comparing bytes, without decoding the names.
 
         Raises :class:`ProtocolError` (culprit ``"client"``) for a request without
         a ``type_url`` on ADS, a foreign ``type_url`` on a single-type stream, or
         a first request without ``node``.
         """
+        return self._on_request(request, repeated=False, track=False)
+
+    def shrink(self, wire: bytes) -> bytes | ShrunkRequest:
+        """``wire`` without its name list if that repeats one this stream holds.
+
+        Cheap (a few fields walked, one byte comparison), so a driver can call it
+        as each request arrives and keep only the small remainder while the
+        request waits. Safe at any time: :meth:`on_wire` checks again.
+        """
+        known = sorted(
+            {s.names_wire for s in self._types.values() if s.names_wire}, key=len, reverse=True
+        )
+        return shrink(wire, known) if known else wire
+
+    def on_wire(self, data: bytes | ShrunkRequest) -> list[Any]:
+        """:meth:`on_request` for a request as received (bytes, or :meth:`shrink`'s result).
+
+        A request that repeats the name list the stream holds for its type is
+        handled without decoding the names (see :mod:`repeated_names`).
+        """
+        if isinstance(data, bytes):
+            data = self.shrink(data)
+        if isinstance(data, ShrunkRequest):
+            request = self._decode(data.wire)
+            state = self._types.get(self._type_url_of(request))
+            if state is not None and state.names_wire is data.names:
+                return self._on_request(request, repeated=True, track=True)
+            data = data.expand()
+        return self._on_request(self._decode(data), repeated=False, track=True)
+
+    def _on_request(self, request: Any, *, repeated: bool, track: bool) -> list[Any]:
         type_url, snapshot = self._begin(request)
 
         state = self._types.get(type_url)
@@ -151,10 +181,9 @@ class SotwStream(StreamCore):
         if state is None:
             state = self._types[type_url] = _TypeState()
         subscription = state.subscription
-        if wire is None or not _repeats_names(wire, state):
+        if not repeated:
             subscription.replace(request.resource_names)
-            if wire is not None:
-                state.names_wire = _names_wire(request)
+            state.names_wire = names_wire(request.resource_names) if track else None
         if state.held is not None:
             state.held = state.held.restricted(subscription.key, subscription.wants)
 
@@ -232,69 +261,6 @@ class SotwStream(StreamCore):
         )
         response.resources.extend(r.body for r in send.resources)
         return response
-
-
-_WIRES: dict[bytes, bytes] = {}
-
-
-def _names_wire(request: Any) -> bytes:
-    """``request.resource_names`` encoded alone; one object per distinct list."""
-    wire = discovery_pb2.DiscoveryRequest(resource_names=request.resource_names).SerializeToString()
-    if len(_WIRES) > 1_000:
-        _WIRES.clear()
-    return _WIRES.setdefault(wire, wire)
-
-
-_NAMES_TAG = 0x1A
-"""``resource_names`` (field 3, length-delimited) as it opens each entry on the wire."""
-
-
-def _repeats_names(wire: bytes, state: _TypeState) -> bool:
-    """Whether the request ``wire`` lists exactly the names of the last one, in order.
-
-    The top-level fields are walked (a handful: version, node, type URL, nonce,
-    error); at the first ``resource_names`` entry the last list's encoding must
-    follow in full, and no other entry may appear. Field order does not matter,
-    and the names are never decoded.
-    """
-    names = state.names_wire
-    if names is None:
-        return False
-    at, end, seen = 0, len(wire), False
-    try:
-        while at < end:
-            tag, after = _read_varint(wire, at)
-            if tag == _NAMES_TAG:
-                if seen or not names or not wire.startswith(names, at):
-                    return False
-                at, seen = at + len(names), True
-                continue
-            kind = tag & 7
-            if kind == 2:
-                size, after = _read_varint(wire, after)
-                at = after + size
-            elif kind == 0:
-                at = _read_varint(wire, after)[1]
-            elif kind == 1:
-                at = after + 8
-            elif kind == 5:
-                at = after + 4
-            else:
-                return False
-    except IndexError:
-        return False
-    return at == end and (seen or not names)
-
-
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, at
-        shift += 7
 
 
 def _by_name(resources: Iterable[Resource]) -> list[Resource]:

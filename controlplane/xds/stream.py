@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
+from google.protobuf.message import DecodeError
 
 from controlplane.errors import ProtocolError
+from controlplane.xds.repeated_names import ShrunkRequest
 from controlplane.xds.snapshot import Snapshot
 
 
@@ -85,6 +87,28 @@ class StreamCore:
     @property
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
+
+    request_type: Any = None
+    """The request message class of the protocol variant."""
+
+    def on_request(self, request: Any) -> list[Any]:
+        raise NotImplementedError
+
+    def shrink(self, wire: bytes) -> bytes | ShrunkRequest:
+        """A request's bytes in the form to keep until :meth:`on_wire` (here: as is)."""
+        return wire
+
+    def on_wire(self, data: bytes | ShrunkRequest) -> list[Any]:
+        """:meth:`on_request` for a request as received on the wire."""
+        assert isinstance(data, bytes)
+        return self.on_request(self._decode(data))
+
+    def _decode(self, wire: bytes) -> Any:
+        try:
+            return self.request_type.FromString(wire)
+        except DecodeError as exc:
+            name = self.request_type.DESCRIPTOR.name
+            raise ProtocolError("client", f"undecodable {name}: {exc}") from None
 
     def pop_events(self) -> list[StreamEvent]:
         """ACKs, NACKs and stale requests seen since the last call."""

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controlplane.xds import ENDPOINT, SotwStream
+from controlplane.xds.repeated_names import ShrunkRequest
 from tests.xds.resources import NODE, base_mesh, names
 
 S1 = base_mesh(clusters={"a": ("10.0.0.1:80",), "b": ("10.0.0.2:80",), "c": ("10.0.0.3:80",)})
@@ -45,7 +46,7 @@ def pair_of_streams() -> tuple[SotwStream, SotwStream]:
 
 def feed(plain: SotwStream, wired: SotwStream, wire: bytes) -> tuple[list[Any], list[Any], Any]:
     request = discovery_pb2.DiscoveryRequest.FromString(wire)
-    return plain.on_request(request), wired.on_request(request, wire), request
+    return plain.on_request(request), wired.on_wire(wire), request
 
 
 def described(stream: SotwStream) -> Any:
@@ -59,6 +60,7 @@ requests = st.lists(
         st.integers(0, 4),
         st.booleans(),
         st.booleans(),
+        st.integers(1, 3),
     ),
     min_size=1,
     max_size=8,
@@ -68,24 +70,59 @@ requests = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(steps=requests)
 def test_request_bytes_never_change_what_a_sotw_stream_answers(steps):
+    """Requests arrive in bursts; the wired stream shrinks a whole burst on arrival
+    (against what it held before any of it) and handles it afterwards, in order."""
     plain, wired = pair_of_streams()
     nonce = ""
-    for index, (listed, order, split, with_node, ack) in enumerate(steps):
-        wire = encode(
-            listed,
-            version=described(plain).version if index and ack else "",
-            nonce=nonce if ack else "",
-            node=with_node or index == 0,
-            order=list(order),
-            split=min(split, len(listed)),
-        )
-        out_plain, out_wired, _ = feed(plain, wired, wire)
-        assert [r.SerializeToString() for r in out_wired] == [
-            r.SerializeToString() for r in out_plain
-        ]
-        assert described(wired) == described(plain)
-        if out_plain:
-            nonce = out_plain[-1].nonce
+    index = 0
+    while index < len(steps):
+        burst = steps[index : index + steps[index][5]]
+        wires = []
+        for listed, order, split, with_node, ack, _ in burst:
+            wires.append(
+                encode(
+                    listed,
+                    version=described(plain).version if index and ack else "",
+                    nonce=nonce if ack else "",
+                    node=with_node or index == 0,
+                    order=list(order),
+                    split=min(split, len(listed)),
+                )
+            )
+        shrunk = [wired.shrink(wire) for wire in wires]
+        for wire, data in zip(wires, shrunk, strict=True):
+            out_plain = plain.on_request(discovery_pb2.DiscoveryRequest.FromString(wire))
+            out_wired = wired.on_wire(data)
+            assert [r.SerializeToString() for r in out_wired] == [
+                r.SerializeToString() for r in out_plain
+            ]
+            assert described(wired) == described(plain)
+            if out_plain:
+                nonce = out_plain[-1].nonce
+        index += len(burst)
+
+
+def test_an_ack_repeating_the_held_list_is_shrunk_to_its_other_fields():
+    plain, wired = pair_of_streams()
+    first = encode(["a", "b"], version="", nonce="", node=True, order=[0, 1, 2, 3, 4, 5], split=2)
+    out, _, _ = feed(plain, wired, first)
+    ack = encode(
+        ["a", "b"],
+        version=out[0].version_info,
+        nonce="1",
+        node=True,
+        order=[0, 1, 2, 3, 4, 5],
+        split=2,
+    )
+    shrunk = wired.shrink(ack)
+    assert isinstance(shrunk, ShrunkRequest)
+    assert shrunk.expand() == ack
+    assert list(discovery_pb2.DiscoveryRequest.FromString(shrunk.wire).resource_names) == []
+    assert len(shrunk.wire) == len(ack) - len(
+        discovery_pb2.DiscoveryRequest(resource_names=["a", "b"]).SerializeToString()
+    )
+    assert wired.on_wire(shrunk) == []
+    assert described(wired).acked_version == out[0].version_info
 
 
 def test_an_ack_repeating_the_list_in_another_field_order_is_still_an_ack():
