@@ -46,6 +46,7 @@ from envoy.config.core.v3 import base_pb2
 from controlplane.errors import InconsistentSnapshotError, ProtocolError
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.delta import DeltaStream
+from controlplane.xds.encoding import EncodedResponse
 from controlplane.xds.repeated_names import ShrunkRequest
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.sotw import SotwStream
@@ -114,12 +115,9 @@ class _Stream:
         return cache.snapshot_for(node)[1]
 
     async def read(self, requests: AsyncIterator[bytes]) -> None:
-        service = self.service
         try:
             iterator = aiter(requests)
             while True:
-                if service.pushing and not self.in_wave:
-                    await service.push_wave_over()
                 try:
                     wire = await anext(iterator)
                 except StopAsyncIteration:
@@ -166,26 +164,17 @@ class _Stream:
             if self.eof and not self.inbox:
                 return
 
-    async def _write(self, context: Any, responses: Iterable[Any]) -> None:
+    async def _write(self, context: Any, responses: Iterable[EncodedResponse]) -> None:
         for response in responses:
             await context.write(response.SerializeToString())
-            if self.protocol == DELTA:
-                self.log.debug(
-                    "xds_response_sent",
-                    type=short_name(response.type_url),
-                    version=response.system_version_info,
-                    nonce=response.nonce,
-                    resources=len(response.resources),
-                    removed=len(response.removed_resources),
-                )
-            else:
-                self.log.debug(
-                    "xds_response_sent",
-                    type=short_name(response.type_url),
-                    version=response.version_info,
-                    nonce=response.nonce,
-                    resources=len(response.resources),
-                )
+            self.log.debug(
+                "xds_response_sent",
+                type=short_name(response.type_url),
+                version=response.version,
+                nonce=response.nonce,
+                resources=response.count,
+                removed=response.removed,
+            )
 
     def _log_events(self) -> None:
         for event in self.core.pop_events():

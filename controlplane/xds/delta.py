@@ -71,6 +71,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.xds.encoding import EncodedResponse, delta_response
 from controlplane.xds.selection import changes_between, select
 from controlplane.xds.snapshot import Resource, Snapshot
 from controlplane.xds.stream import Ack, Nack, StaleRequest, StreamCore, TypeStatus
@@ -298,7 +299,8 @@ class DeltaStream(StreamCore):
         endpoints = snapshot.resources(ENDPOINT)
         self._warming = {name for name in self._warming if name in endpoints}
         removals.sort(key=lambda d: remove_rank(d.type_url))
-        return [self._response(delta) for delta in _merge_adjacent([*upserts, *removals])]
+        merged = _merge_adjacent([*upserts, *removals])
+        return [self._response(snapshot, delta) for delta in merged]
 
     def _plan(
         self,
@@ -339,7 +341,7 @@ class DeltaStream(StreamCore):
         state.answer.clear()
         return resources, sorted(removed)
 
-    def _response(self, delta: _Delta) -> Any:
+    def _response(self, snapshot: Snapshot, delta: _Delta) -> EncodedResponse:
         nonce = self._next_nonce()
         state = self._types[delta.type_url]
         state.version = delta.version
@@ -347,16 +349,14 @@ class DeltaStream(StreamCore):
         state.pending[nonce] = delta.version
         while len(state.pending) > PENDING_LIMIT:
             del state.pending[next(iter(state.pending))]
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=delta.version,
-            type_url=delta.type_url,
-            nonce=nonce,
-            removed_resources=delta.removed,
+        return delta_response(
+            snapshot.selections,
+            delta.type_url,
+            delta.version,
+            delta.resources,
+            delta.removed,
+            nonce,
         )
-        for resource in delta.resources:
-            item = response.resources.add(name=resource.name, version=resource.hash)
-            item.resource.CopyFrom(resource.body)
-        return response
 
 
 def _merge_adjacent(deltas: Iterable[_Delta]) -> list[_Delta]:

@@ -29,6 +29,8 @@ from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.xds.wire import read_varint
+
 NAMES_TAG = 0x1A
 """``resource_names`` (field 3, length-delimited) as it opens each entry."""
 
@@ -64,7 +66,7 @@ def shrink(wire: bytes, known: Collection[bytes]) -> bytes | ShrunkRequest:
     found_at = 0
     try:
         while at < end:
-            tag, after = _read_varint(wire, at)
+            tag, after = read_varint(wire, at)
             if tag == NAMES_TAG:
                 if found is not None:
                     return wire
@@ -78,10 +80,10 @@ def shrink(wire: bytes, known: Collection[bytes]) -> bytes | ShrunkRequest:
                 continue
             kind = tag & 7
             if kind == 2:
-                size, after = _read_varint(wire, after)
+                size, after = read_varint(wire, after)
                 at = after + size
             elif kind == 0:
-                at = _read_varint(wire, after)[1]
+                at = read_varint(wire, after)[1]
             elif kind == 1:
                 at = after + 8
             elif kind == 5:
@@ -93,14 +95,3 @@ def shrink(wire: bytes, known: Collection[bytes]) -> bytes | ShrunkRequest:
     if found is None or at != end:
         return wire
     return ShrunkRequest(wire[:found_at] + wire[found_at + len(found) :], found_at, found)
-
-
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, at
-        shift += 7

@@ -35,7 +35,16 @@ _EMPTY: frozenset[str] = frozenset()
 class Selection:
     """The resources of one type that one subscription selects, in name order."""
 
-    __slots__ = ("__weakref__", "_changes", "_restricted", "hashes", "key", "resources", "type_url")
+    __slots__ = (
+        "__weakref__",
+        "_changes",
+        "_ordered",
+        "_restricted",
+        "hashes",
+        "key",
+        "resources",
+        "type_url",
+    )
 
     def __init__(
         self, type_url: str, resources: Mapping[str, Resource], key: SelectionKey | None = None
@@ -48,14 +57,22 @@ class Selection:
         self._changes: dict[int, tuple[weakref.ref[Selection], list[Resource], frozenset[str]]]
         self._changes = {}
         self._restricted: dict[SelectionKey, Selection] = {}
+        self._ordered: list[Resource] | None = None
 
     def __len__(self) -> int:
         return len(self.hashes)
 
+    @property
+    def ordered(self) -> list[Resource]:
+        """Every selected resource in name order: one list, shared (do not modify)."""
+        if self._ordered is None:
+            self._ordered = sorted(self.resources.values(), key=_name)
+        return self._ordered
+
     def changes_since(self, held: Selection | None) -> tuple[list[Resource], frozenset[str]]:
         """(resources new or different since ``held``, sorted by name; names no longer selected)."""
         if held is None:
-            return sorted(self.resources.values(), key=_name), _EMPTY
+            return self.ordered, _EMPTY
         if held is self:
             return [], _EMPTY
         cached = self._changes.get(id(held))

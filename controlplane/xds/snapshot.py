@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -45,6 +45,7 @@ from controlplane.xds.types import (
     ROUTE,
     type_url_of,
 )
+from controlplane.xds.wire import length_delimited, string_field
 
 Reference = tuple[str, str]
 """``(type_url, name)`` of a resource another resource depends on."""
@@ -96,6 +97,34 @@ class Resource:
     hash: str
     body: any_pb2.Any
     references: frozenset[Reference]
+    _sotw_entry: bytes | None = field(default=None, repr=False)
+    _delta_entry: bytes | None = field(default=None, repr=False)
+
+    @property
+    def sotw_entry(self) -> bytes:
+        """This resource encoded as one entry of ``DiscoveryResponse.resources``."""
+        entry = self._sotw_entry
+        if entry is None:
+            entry = length_delimited(b"\x12", self.body.SerializeToString())
+            object.__setattr__(self, "_sotw_entry", entry)
+        return entry
+
+    @property
+    def delta_entry(self) -> bytes:
+        """This resource encoded as one entry of ``DeltaDiscoveryResponse.resources``
+        (a ``Resource`` with ``version`` = its hash, the body and the name)."""
+        entry = self._delta_entry
+        if entry is None:
+            item = b"".join(
+                (
+                    string_field(b"\x0a", self.hash),
+                    length_delimited(b"\x12", self.body.SerializeToString()),
+                    string_field(b"\x1a", self.name),
+                )
+            )
+            entry = length_delimited(b"\x12", item)
+            object.__setattr__(self, "_delta_entry", entry)
+        return entry
 
     @classmethod
     def from_message(cls, message: Any) -> Resource:

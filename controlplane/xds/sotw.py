@@ -48,13 +48,14 @@ A stream is not thread-safe: exactly one driver owns it and calls it in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.xds.encoding import EncodedResponse, sotw_response
 from controlplane.xds.repeated_names import ShrunkRequest, names_wire, shrink
 from controlplane.xds.selection import Selection, select
 from controlplane.xds.snapshot import Resource, Snapshot, content_version
@@ -87,7 +88,10 @@ class _TypeState:
 class _Send:
     type_url: str
     version: str
-    resources: list[Resource]
+    resources: Sequence[Resource]
+    """Shared between streams where possible: responses are encoded once per object."""
+    shared: bool = True
+    """``resources`` is an object other streams are sent too."""
 
 
 class SotwStream(StreamCore):
@@ -225,9 +229,9 @@ class SotwStream(StreamCore):
         if removed_clusters and any(s.type_url in (LISTENER, ROUTE) for s in sends):
             final = sends[0]
             kept = {r.name: r for r in (*final.resources, *removed_clusters)}
-            interim = _Send(CLUSTER, content_version(kept), _by_name(kept.values()))
+            interim = _Send(CLUSTER, content_version(kept), _by_name(kept.values()), False)
             sends = [interim, *sends[1:], final]
-        return [self._response(send) for send in sends]
+        return [self._response(snapshot, send) for send in sends]
 
     def _plan(
         self, snapshot: Snapshot, type_url: str, state: _TypeState, forced: bool
@@ -243,24 +247,21 @@ class SotwStream(StreamCore):
             if held is not None and not changed and not removed:
                 return None, set()
             state.held = selection
-            return _Send(type_url, version, list(selection.resources.values())), set(removed)
+            return _Send(type_url, version, selection.ordered), set(removed)
         if forced:
-            changed = list(selection.resources.values())
+            changed = selection.ordered
         state.held = selection
         if not changed:
             return None, set()
         return _Send(type_url, version, changed), set()
 
-    def _response(self, send: _Send) -> Any:
+    def _response(self, snapshot: Snapshot, send: _Send) -> EncodedResponse:
         nonce = self._next_nonce()
         state = self._types[send.type_url]
         state.version = send.version
         state.nonce = nonce
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=send.version, type_url=send.type_url, nonce=nonce
-        )
-        response.resources.extend(r.body for r in send.resources)
-        return response
+        memo = snapshot.selections if send.shared else None
+        return sotw_response(memo, send.type_url, send.version, send.resources, nonce)
 
 
 def _by_name(resources: Iterable[Resource]) -> list[Resource]:

@@ -194,8 +194,10 @@ def test_server_options_become_grpc_channel_arguments():
 async def _stuck_and_reader(cache, server, channel, meshes):
     """A stream whose client never reads (its push never completes) and a healthy one."""
     cache.update(lambda key: meshes[0])
-    stuck = ads(channel)
-    await stuck.write(request(CLUSTER))
+    with capture_logs() as logs:
+        stuck = ads(channel)
+        await stuck.write(request(CLUSTER))
+        await eventually(lambda: any(e["event"] == "xds_stream_connected" for e in logs))
     options = [
         ("grpc.max_receive_message_length", 16 * MiB),
         ("grpc.use_local_subchannel_pool", 1),
@@ -247,6 +249,11 @@ async def test_a_stream_with_requests_held_back_still_gets_its_own_next_push_at_
         cache.update(lambda key: meshes[2])
         assert (await read(reader, timeout=2.0)).version_info == meshes[2].version(CLUSTER)
         stuck.cancel()  # the stuck stream ends, so does the wave: held-back requests go through
-        await eventually(lambda: any(e["event"] == "xds_stale_request" for e in logs))
+        await eventually(
+            lambda: any(
+                e["event"] in ("xds_ack", "xds_stale_request") and e["nonce"] == pushed.nonce
+                for e in logs
+            )
+        )
     reader.cancel()
     await other_channel.close()
