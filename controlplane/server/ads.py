@@ -44,6 +44,7 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 
 from controlplane.errors import InconsistentSnapshotError, ProtocolError
+from controlplane.server import memory
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.encoding import EncodedResponse
@@ -56,6 +57,8 @@ from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_nam
 log = structlog.get_logger(__name__)
 
 INBOX_LIMIT = 16
+LARGE_RESPONSE = 1024 * 1024
+"""Bytes beyond which a response's buffers are worth returning to the system soon."""
 MAX_PUSH_PRIORITY = 2.0
 """Seconds a push wave may hold back reading other streams' requests (see below)."""
 
@@ -166,7 +169,10 @@ class _Stream:
 
     async def _write(self, context: Any, responses: Iterable[EncodedResponse]) -> None:
         for response in responses:
-            await context.write(response.SerializeToString())
+            data = response.SerializeToString()
+            await context.write(data)
+            if len(data) > LARGE_RESPONSE:
+                self.service.trimmer.soon()
             self.log.debug(
                 "xds_response_sent",
                 type=short_name(response.type_url),
@@ -219,6 +225,7 @@ class AggregatedDiscoveryService:
         self._wave_over.set()
         self._wave_deadline: asyncio.TimerHandle | None = None
         self._deferred: set[_Stream] = set()
+        self.trimmer = memory.Trimmer(self._loop)
         self._remove_listener = cache.add_listener(self._on_publish)
 
     @property
@@ -251,6 +258,7 @@ class AggregatedDiscoveryService:
         deferred, self._deferred = self._deferred, set()
         for stream in deferred:
             stream.wakeup.set()
+        self.trimmer.soon()
 
     async def push_wave_over(self) -> None:
         """Wait until the current push wave is over, or has had its :data:`MAX_PUSH_PRIORITY`."""
@@ -266,6 +274,7 @@ class AggregatedDiscoveryService:
     def close(self) -> None:
         """Ask every stream to finish its current writes and end; refuse new ones."""
         self._closing = True
+        self.trimmer.cancel()
         self._remove_listener()
         for stream in self._all:
             stream.wake(closing=True)

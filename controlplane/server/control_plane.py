@@ -28,6 +28,7 @@ from envoy.config.core.v3 import base_pb2
 from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.config.watcher import DirectoryWatcher
 from controlplane.model import Mesh
+from controlplane.server import memory
 from controlplane.server.grpc_server import XdsServer, XdsServerOptions, start_xds_server
 from controlplane.translate import ProxyClass
 from controlplane.translate.translator import Translator
@@ -102,6 +103,7 @@ class ControlPlane:
         self.reload()
 
     async def start(self) -> None:
+        memory.tune()
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(None, self.store.reload)
         gc.freeze()
