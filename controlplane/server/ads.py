@@ -3,17 +3,29 @@
 One servicer object serves both protocol variants: ``StreamAggregatedResources``
 and the single-type ``Stream*`` methods run a state-of-the-world core,
 ``DeltaAggregatedResources`` and the single-type ``Delta*`` methods an
-incremental one. Both cores have the same sans-IO surface (``on_request``,
-``on_snapshot``, ``pop_events``), so everything below is shared; the
-``protocol`` field of every stream log event (``"sotw"`` or ``"delta"``) tells
-them apart.
+incremental one. Both cores have the same sans-IO surface (``shrink``,
+``on_wire``, ``on_snapshot``, ``pop_events``), so everything below is shared;
+the ``protocol`` field of every stream log event (``"sotw"`` or ``"delta"``)
+tells them apart. The methods are registered with gRPC as bytes in, bytes out:
+a core decodes its requests itself (a SotW ACK that repeats thousands of names
+is recognized from its bytes) and returns responses already encoded (bodies
+shared by every stream of a class).
 
-Each stream runs two coroutines: a reader that moves ``DiscoveryRequest``
-messages from gRPC into a small inbox (when the inbox is full the reader stops
-reading, so gRPC flow control pushes back on the client), and the handler
-itself, which sleeps on one wake-up event and, when woken, feeds the inbox to
-the core, then the newest snapshot if one was published, and writes whatever
-the core returns.
+Each stream runs two coroutines: a reader that moves requests from gRPC into a
+small inbox, shrunk by the core as they arrive (when the inbox is full the
+reader stops reading, so gRPC flow control pushes back on the client), and the
+handler itself, which sleeps on one wake-up event and, when woken, feeds the
+inbox to the core, then the newest snapshot if one was published, and writes
+whatever the core returns.
+
+Pushes come first. A publication starts a *push wave*: every stream it wakes
+counts until it has written what the new snapshot makes necessary. While a
+wave is under way, a stream that has already pushed leaves its requests (the
+ACKs of that very push, mostly) in its inbox; the end of the wave wakes it
+again. Thousands of ACKs thus wait until every client has its update instead
+of delaying the later pushes. A stream whose client does not read cannot hold
+requests back for long: a wave ends after :data:`MAX_PUSH_PRIORITY` seconds
+whatever is left, and a stream's own push is never held back.
 
 Snapshot changes are "latest wins". A publication only marks the streams of
 that class dirty and sets their event; the stream then reads the current
@@ -128,8 +140,11 @@ class _Stream:
                 while len(self.inbox) >= INBOX_LIMIT:
                     self.room.clear()
                     await self.room.wait()
-                # A SotW ACK repeating thousands of names waits as a few bytes.
+                # A SotW ACK repeating thousands of names waits as a few bytes, and
+                # the 150 KB it arrived as must not stay referenced from here while
+                # the next read waits: at 10,000 streams that was a gigabyte.
                 self.inbox.append(self.core.shrink(wire))
+                del wire
                 self.wakeup.set()
         except Exception as exc:
             self.log.info("xds_stream_read_failed", error=str(exc))
@@ -156,6 +171,7 @@ class _Stream:
                 data = self.inbox.popleft()
                 self.room.set()
                 responses = self.core.on_wire(data)
+                del data
                 self._log_events()
                 await self._write(context, responses)
             if self.dirty and self.key is not None and not self.closing:

@@ -1,3 +1,4 @@
+import asyncio
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ from structlog.testing import capture_logs
 
 from controlplane.server import XdsServerOptions
 from controlplane.server import ads as ads_module
-from controlplane.xds import CLUSTER, LISTENER, Snapshot
+from controlplane.xds import CLUSTER, ENDPOINT, LISTENER, Snapshot
 from tests.server.support import MiB, eventually, read
 from tests.xds.resources import NODE, base_mesh, names
 
@@ -257,3 +258,46 @@ async def test_a_stream_with_requests_held_back_still_gets_its_own_next_push_at_
         )
     reader.cancel()
     await other_channel.close()
+
+
+def _large_locals(minimum: int) -> list[tuple[str, int]]:
+    """(function, size) of every bytes local over ``minimum`` in suspended coroutines."""
+    found = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        while coro is not None and hasattr(coro, "cr_frame"):
+            frame = coro.cr_frame
+            if frame is not None:
+                for value in frame.f_locals.values():
+                    if isinstance(value, bytes) and len(value) > minimum:
+                        found.append((frame.f_code.co_name, len(value)))
+            coro = coro.cr_await
+    return found
+
+
+async def test_a_waiting_stream_keeps_no_large_request_it_has_handled(cache_and_server, channel):
+    wanted = [f"cluster-{i:05d}.with-a-long-name.example" for i in range(4000)]
+    call = ads(channel)
+    subscribe = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=wanted)
+    subscribe.node.CopyFrom(NODE)
+    assert len(subscribe.SerializeToString()) > 150_000
+    await call.write(subscribe)
+    await call.write(request(CLUSTER))
+    with capture_logs() as logs:
+        first = await read(call)
+        ack = discovery_pb2.DiscoveryRequest(
+            type_url=first.type_url,
+            version_info=first.version_info,
+            response_nonce=first.nonce,
+            resource_names=wanted if first.type_url == ENDPOINT else [],
+        )
+        await call.write(ack)
+        await call.write(
+            discovery_pb2.DiscoveryRequest(
+                type_url=ENDPOINT, version_info="", response_nonce="", resource_names=wanted
+            )
+        )
+        await eventually(lambda: any(e["event"] == "xds_ack" for e in logs))
+        await asyncio.sleep(0.1)
+    assert _large_locals(100_000) == []
+    call.cancel()
