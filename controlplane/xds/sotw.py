@@ -43,6 +43,13 @@ deletes them, so no route ever points at a cluster that is already gone.
 Nonces are a per-stream counter, so they are unique within the stream and
 never survive a reconnect.
 
+Requests may come as messages (:meth:`SotwStream.on_request`) or as the bytes
+received (:meth:`SotwStream.on_wire`); with bytes, a request that repeats the
+name list of its type is recognized without decoding the names
+(:mod:`~controlplane.xds.repeated_names`). Responses are
+:class:`~controlplane.xds.encoding.EncodedResponse` objects whose bodies are
+shared with every stream sent the same resources.
+
 A stream is not thread-safe: exactly one driver owns it and calls it in order.
 """
 

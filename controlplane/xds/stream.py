@@ -5,7 +5,10 @@ carry it) and looks its snapshot up then; on ADS every request must name its
 ``type_url``, on a single-type stream a request may omit it but may not name
 another; nonces count up per stream, so they are unique within it and never
 survive a reconnect; ACKs, NACKs and stale requests are collected as events
-for the driver to log. :class:`~controlplane.xds.sotw.SotwStream` and
+for the driver to log. A driver may hand requests over as received bytes
+(:meth:`StreamCore.on_wire`, after :meth:`StreamCore.shrink` when they must
+wait); a request that does not decode is the client's protocol error.
+:class:`~controlplane.xds.sotw.SotwStream` and
 :class:`~controlplane.xds.delta.DeltaStream` add the protocol itself.
 """
 
