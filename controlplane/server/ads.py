@@ -102,7 +102,8 @@ class _Stream:
         self.wakeup = asyncio.Event()
         self.dirty = False
         self.in_wave = False
-        """Counted among the streams a push wave still waits for."""
+        """Counted among the streams a push wave (number ``wave``) waits for."""
+        self.wave = 0
         self.eof = False
         self.closing = False
         self.log: Any = log.bind(stream=stream_id)
@@ -112,14 +113,14 @@ class _Stream:
             self.dirty = True
             if not self.in_wave:
                 self.in_wave = True
-                self.service.push_started()
+                self.wave = self.service.push_started()
         self.closing = self.closing or closing
         self.wakeup.set()
 
     def _pushed(self, *, final: bool = False) -> None:
         if self.in_wave and (final or not self.dirty or self.closing):
             self.in_wave = False
-            self.service.push_done()
+            self.service.push_done(self.wave)
 
     def _lookup(self, node: base_pb2.Node) -> Snapshot:
         cache = self.service.cache
@@ -239,6 +240,9 @@ class AggregatedDiscoveryService:
         self._wave_over = asyncio.Event()
         self._wave_over.set()
         self._wave_deadline: asyncio.TimerHandle | None = None
+        self._wave = 0
+        self._wave_pushes = 0
+        self._wave_started = 0.0
         self._deferred: set[_Stream] = set()
         self.trimmer = memory.Trimmer(self._loop)
         self._remove_listener = cache.add_listener(self._on_publish)
@@ -248,14 +252,23 @@ class AggregatedDiscoveryService:
         """A push wave is under way: some streams still owe their client a new snapshot."""
         return not self._wave_over.is_set()
 
-    def push_started(self) -> None:
-        self._waiting_pushes += 1
+    def push_started(self) -> int:
+        """Count one more stream in the current wave (starting one); returns the wave."""
         if self._wave_over.is_set():
             self._wave_over.clear()
+            self._wave += 1
+            self._waiting_pushes = 0
+            self._wave_pushes = 0
+            self._wave_started = self._loop.time()
             self._wave_deadline = self._loop.call_later(MAX_PUSH_PRIORITY, self._end_wave)
+        self._waiting_pushes += 1
+        return self._wave
 
-    def push_done(self) -> None:
+    def push_done(self, wave: int) -> None:
+        if wave != self._wave or self._wave_over.is_set():
+            return  # a wave already ended by its deadline: this stream no longer counts
         self._waiting_pushes -= 1
+        self._wave_pushes += 1
         if self._waiting_pushes <= 0:
             self._end_wave()
 
@@ -273,11 +286,13 @@ class AggregatedDiscoveryService:
         deferred, self._deferred = self._deferred, set()
         for stream in deferred:
             stream.wakeup.set()
+        log.info(
+            "xds_push_wave_done",
+            streams=self._wave_pushes,
+            seconds=round(self._loop.time() - self._wave_started, 3),
+            unfinished=self._waiting_pushes,
+        )
         self.trimmer.soon()
-
-    async def push_wave_over(self) -> None:
-        """Wait until the current push wave is over, or has had its :data:`MAX_PUSH_PRIORITY`."""
-        await self._wave_over.wait()
 
     @property
     def stream_count(self) -> int:

@@ -309,3 +309,29 @@ async def test_streams_keep_no_copy_of_a_large_request_once_handled(cache_and_se
     assert held < streams * size / 4, f"{held} bytes still held after {streams} requests of {size}"
     for call in calls:
         call.cancel()
+
+
+async def test_a_stream_stuck_in_one_push_wave_does_not_hold_back_the_next(
+    cache_and_server, channel, monkeypatch
+):
+    monkeypatch.setattr(ads_module, "MAX_PUSH_PRIORITY", 0.3)
+    cache, server = cache_and_server
+    meshes = [big_mesh(generation) for generation in range(3)]
+    stuck, reader, other_channel = await _stuck_and_reader(cache, server, channel, meshes)
+    with capture_logs() as logs:
+
+        def waves() -> list[Any]:
+            return [e for e in logs if e["event"] == "xds_push_wave_done"]
+
+        cache.update(lambda key: meshes[1])
+        await read(reader)
+        await eventually(lambda: len(waves()) == 1)
+        assert (waves()[0]["streams"], waves()[0]["unfinished"]) == (1, 1)
+        monkeypatch.setattr(ads_module, "MAX_PUSH_PRIORITY", 30.0)
+        cache.update(lambda key: meshes[2])
+        await read(reader)
+        await eventually(lambda: len(waves()) == 2)
+        assert (waves()[1]["streams"], waves()[1]["unfinished"]) == (1, 0)
+    stuck.cancel()
+    reader.cancel()
+    await other_channel.close()
