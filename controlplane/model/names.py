@@ -39,7 +39,9 @@ def canonical_host(host: str, known: Container[str]) -> str:
 
 
 def host_aliases(host: str) -> tuple[str, ...]:
-    """Every name a client may use for ``host``: FQDN, ``name.namespace`` and short name.
+    """Every name a client may use for ``host``, as Istio serves them as HTTP domains:
+    the FQDN, ``name.namespace.svc``, ``name.namespace`` and the short name (the
+    last three are what a pod's DNS search path completes).
 
     Hosts outside the cluster domain (ServiceEntry hosts) have only themselves.
     """
@@ -50,4 +52,4 @@ def host_aliases(host: str) -> tuple[str, ...]:
     if short_ns.count(".") != 1:
         return (host,)
     short = short_ns.split(".", 1)[0]
-    return (host, short_ns, short)
+    return (host, f"{short_ns}.svc", short_ns, short)

@@ -71,7 +71,7 @@ log = structlog.get_logger(__name__)
 INBOX_LIMIT = 16
 LARGE_RESPONSE = 1024 * 1024
 """Bytes beyond which a response's buffers are worth returning to the system soon."""
-MAX_PUSH_PRIORITY = 2.0
+MAX_PUSH_PRIORITY = 5.0
 """Seconds a push wave may hold back reading other streams' requests (see below)."""
 
 SOTW = "sotw"

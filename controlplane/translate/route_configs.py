@@ -95,14 +95,14 @@ def _service_routes(context: RouteContext, service: Service) -> list[Message]:
 
 def _service_domains(service: Service, port: int, ambiguous: set[str]) -> list[str]:
     aliases = host_aliases(service.host)
-    if len(aliases) == 3 and aliases[2] in ambiguous:
-        aliases = aliases[:2]
+    if len(aliases) > 1 and aliases[-1] in ambiguous:
+        aliases = aliases[:-1]
     return [domain for alias in aliases for domain in (alias, f"{alias}:{port}")]
 
 
 def _ambiguous_short_names(mesh: Mesh) -> set[str]:
     shorts = Counter(
-        aliases[2] for aliases in (host_aliases(s.host) for s in mesh.services) if len(aliases) == 3
+        aliases[-1] for aliases in (host_aliases(s.host) for s in mesh.services) if len(aliases) > 1
     )
     return {name for name, count in shorts.items() if count > 1}
 

@@ -248,6 +248,8 @@ def test_sidecar_config_dump_holds_our_clusters_listeners_and_routes(mesh: Deplo
     assert hosts[f"{bookinfo_host('reviews')}:{port}"] == [
         bookinfo_host("reviews"),
         f"{bookinfo_host('reviews')}:{port}",
+        "reviews.bookinfo.svc",
+        f"reviews.bookinfo.svc:{port}",
         "reviews.bookinfo",
         f"reviews.bookinfo:{port}",
         "reviews",
@@ -335,6 +337,8 @@ def test_sidecar_fault_aborts_ratings_with_503_only_when_the_header_matches(
         "reviews:{port}",
         "reviews.bookinfo",
         "reviews.bookinfo:{port}",
+        "reviews.bookinfo.svc",
+        "reviews.bookinfo.svc:{port}",
         "reviews.bookinfo.svc.cluster.local",
         "reviews.bookinfo.svc.cluster.local:{port}",
     ],

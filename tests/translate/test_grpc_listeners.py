@@ -127,6 +127,8 @@ def test_every_alias_and_port_of_an_http_service_is_a_listener(bookinfo: Mesh) -
         "reviews.default": "9080",
         "reviews.default.svc.cluster.local": "9080",
         "reviews.default.svc.cluster.local:9080": "9080",
+        "reviews.default.svc": "9080",
+        "reviews.default.svc:9080": "9080",
         "reviews.default:9080": "9080",
         "reviews:9080": "9080",
     }
@@ -150,6 +152,8 @@ def test_a_service_with_several_ports_gets_no_bare_name() -> None:
     assert listener_routes(mesh_of(service)) == {
         "echo.default.svc.cluster.local:7070": "7070",
         "echo.default.svc.cluster.local:8080": "8080",
+        "echo.default.svc:7070": "7070",
+        "echo.default.svc:8080": "8080",
         "echo.default:7070": "7070",
         "echo.default:8080": "8080",
         "echo:7070": "7070",
@@ -225,7 +229,7 @@ def test_grpc_listeners_are_sorted_and_unique(bookinfo: Mesh) -> None:
         listener.name for listener in grpc_listeners(bookinfo, sidecar_route_configs(bookinfo))
     ]
     assert names == sorted(set(names))
-    assert len(names) == 26
+    assert len(names) == 34
 
 
 def test_only_grpc_clients_get_api_listeners(bookinfo: Mesh) -> None:

@@ -55,6 +55,8 @@ def test_domains_cover_every_alias_with_and_without_the_port(bookinfo: Mesh) -> 
     assert list(config.virtual_hosts[3].domains) == [
         "reviews.default.svc.cluster.local",
         "reviews.default.svc.cluster.local:9080",
+        "reviews.default.svc",
+        "reviews.default.svc:9080",
         "reviews.default",
         "reviews.default:9080",
         "reviews",
@@ -81,6 +83,8 @@ def test_a_short_name_shared_by_two_namespaces_is_left_out_of_both() -> None:
         "api.shop.svc.cluster.local:9080": [
             "api.shop.svc.cluster.local",
             "api.shop.svc.cluster.local:9080",
+            "api.shop.svc",
+            "api.shop.svc:9080",
             "api.shop",
             "api.shop:9080",
             "api",
@@ -89,12 +93,16 @@ def test_a_short_name_shared_by_two_namespaces_is_left_out_of_both() -> None:
         "web.blog.svc.cluster.local:9080": [
             "web.blog.svc.cluster.local",
             "web.blog.svc.cluster.local:9080",
+            "web.blog.svc",
+            "web.blog.svc:9080",
             "web.blog",
             "web.blog:9080",
         ],
         "web.shop.svc.cluster.local:9080": [
             "web.shop.svc.cluster.local",
             "web.shop.svc.cluster.local:9080",
+            "web.shop.svc",
+            "web.shop.svc:9080",
             "web.shop",
             "web.shop:9080",
         ],
