@@ -97,8 +97,6 @@ class _Send:
     version: str
     resources: Sequence[Resource]
     """Shared between streams where possible: responses are encoded once per object."""
-    shared: bool = True
-    """``resources`` is an object other streams are sent too."""
 
 
 class SotwStream(StreamCore):
@@ -214,17 +212,50 @@ class SotwStream(StreamCore):
         previous, self._snapshot = self._snapshot, snapshot
         if self._node is None or snapshot is previous:
             return []
-        return self._respond(snapshot, previous, set(self._types))
+        types = self._types
+        if previous is None:
+            return self._respond(snapshot, previous, set(types))
+        # Thousands of streams of a class hold the same subscriptions and the same
+        # (shared) selections, so they need the same plan: it is worked out once per
+        # snapshot and state, and each stream only adds its nonces.
+        helds = tuple(state.held for state in types.values())
+        key = (
+            "sotw-plan",
+            id(previous),
+            tuple((type_url, state.subscription.key) for type_url, state in types.items()),
+            tuple(map(id, helds)),
+        )
+        memo = snapshot.selections
+        found = memo.get(key)
+        if found is None or found[0] is not previous or found[1] != helds:
+            found = memo[key] = (previous, helds, self._planned(snapshot, previous, set(types)))
+        return self._send(snapshot, *found[2])
 
     def _respond(self, snapshot: Snapshot, previous: Snapshot | None, asked: set[str]) -> list[Any]:
+        return self._send(snapshot, *self._planned(snapshot, previous, asked))
+
+    def _send(
+        self, snapshot: Snapshot, sends: list[_Send], helds: dict[str, Selection | None]
+    ) -> list[Any]:
+        for type_url, held in helds.items():
+            self._types[type_url].held = held
+        return [self._response(snapshot, send) for send in sends]
+
+    def _planned(
+        self, snapshot: Snapshot, previous: Snapshot | None, asked: set[str]
+    ) -> tuple[list[_Send], dict[str, Selection | None]]:
+        """What to send and what each type then holds; changes nothing."""
         sends: list[_Send] = []
+        helds: dict[str, Selection | None] = {}
         removed_clusters: list[Resource] = []
         cluster_sent = False
         for type_url in sorted(self._types, key=push_rank):
             forced = type_url == ENDPOINT and cluster_sent
             if type_url not in asked and not forced:
                 continue
-            send, removed = self._plan(snapshot, type_url, self._types[type_url], forced)
+            send, removed, helds[type_url] = self._plan(
+                snapshot, type_url, self._types[type_url], forced
+            )
             if send is None:
                 continue
             sends.append(send)
@@ -236,15 +267,16 @@ class SotwStream(StreamCore):
         if removed_clusters and any(s.type_url in (LISTENER, ROUTE) for s in sends):
             final = sends[0]
             kept = {r.name: r for r in (*final.resources, *removed_clusters)}
-            interim = _Send(CLUSTER, content_version(kept), _by_name(kept.values()), False)
+            interim = _Send(CLUSTER, content_version(kept), _by_name(kept.values()))
             sends = [interim, *sends[1:], final]
-        return [self._response(snapshot, send) for send in sends]
+        return sends, helds
 
     def _plan(
         self, snapshot: Snapshot, type_url: str, state: _TypeState, forced: bool
-    ) -> tuple[_Send | None, set[str]]:
+    ) -> tuple[_Send | None, set[str], Selection | None]:
+        """(what to send, removed names, what the type then holds)."""
         if type_url not in snapshot.versions:
-            return None, set()
+            return None, set(), state.held
         subscription = state.subscription
         selection = select(snapshot, type_url, subscription.key)
         held = state.held
@@ -252,23 +284,22 @@ class SotwStream(StreamCore):
         version = snapshot.version(type_url)
         if is_full_state(type_url):
             if held is not None and not changed and not removed:
-                return None, set()
-            state.held = selection
-            return _Send(type_url, version, selection.ordered), set(removed)
+                return None, set(), held
+            return _Send(type_url, version, selection.ordered), set(removed), selection
         if forced:
             changed = selection.ordered
-        state.held = selection
         if not changed:
-            return None, set()
-        return _Send(type_url, version, changed), set()
+            return None, set(), selection
+        return _Send(type_url, version, changed), set(), selection
 
     def _response(self, snapshot: Snapshot, send: _Send) -> EncodedResponse:
         nonce = self._next_nonce()
         state = self._types[send.type_url]
         state.version = send.version
         state.nonce = nonce
-        memo = snapshot.selections if send.shared else None
-        return sotw_response(memo, send.type_url, send.version, send.resources, nonce)
+        return sotw_response(
+            snapshot.selections, send.type_url, send.version, send.resources, nonce
+        )
 
 
 def _by_name(resources: Iterable[Resource]) -> list[Resource]:
