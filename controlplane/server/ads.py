@@ -188,7 +188,7 @@ class _Stream:
             data = response.SerializeToString()
             await context.write(data)
             if len(data) > LARGE_RESPONSE:
-                self.service.trimmer.soon()
+                self.service.housekeeper.soon()
             self.log.debug(
                 "xds_response_sent",
                 type=short_name(response.type_url),
@@ -244,7 +244,7 @@ class AggregatedDiscoveryService:
         self._wave_pushes = 0
         self._wave_started = 0.0
         self._deferred: set[_Stream] = set()
-        self.trimmer = memory.Trimmer(self._loop)
+        self.housekeeper = memory.Housekeeper(self._loop)
         self._remove_listener = cache.add_listener(self._on_publish)
 
     @property
@@ -292,7 +292,7 @@ class AggregatedDiscoveryService:
             seconds=round(self._loop.time() - self._wave_started, 3),
             unfinished=self._waiting_pushes,
         )
-        self.trimmer.soon()
+        self.housekeeper.soon()
 
     @property
     def stream_count(self) -> int:
@@ -304,7 +304,7 @@ class AggregatedDiscoveryService:
     def close(self) -> None:
         """Ask every stream to finish its current writes and end; refuse new ones."""
         self._closing = True
-        self.trimmer.cancel()
+        self.housekeeper.cancel()
         self._remove_listener()
         for stream in self._all:
             stream.wake(closing=True)

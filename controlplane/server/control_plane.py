@@ -91,12 +91,12 @@ class ControlPlane:
     def reload(self) -> ReloadResult:
         """Re-read the directory and publish the new model if it changed."""
         result = self.store.reload()
-        # The model is millions of long-lived immutable objects: keep the cyclic
-        # collector from rescanning them on every full collection.
-        gc.freeze()
         self.reloads += 1
         if result.changed:
             self.cache.update(self._builder(result.mesh))
+            if self._server is not None:
+                # The new model is long-lived: have it frozen once things are quiet.
+                self._server.ads.housekeeper.soon_threadsafe()
         return result
 
     def _on_change(self) -> None:
@@ -106,6 +106,8 @@ class ControlPlane:
         memory.tune()
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(None, self.store.reload)
+        # The model is millions of long-lived immutable objects: keep the cyclic
+        # collector from rescanning them (see controlplane.server.memory).
         gc.freeze()
         self.cache.update(self._builder(result.mesh))
         log.info(

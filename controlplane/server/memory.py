@@ -1,24 +1,30 @@
-"""Handing memory the server no longer uses back to the operating system.
+"""Keeping the server's heap small and cheap to collect, at quiet moments.
 
-A push to 10,000 streams is followed by as many ACKs, and a state-of-the-world
-EDS ACK from an Envoy that follows 3,000 clusters is about 150 KB; initial
-syncs move megabytes per stream. These buffers live for microseconds, but they
-arrive together, and glibc's malloc keeps what is freed in its heaps: once its
-dynamic mmap threshold has grown past such sizes it stops giving them their
-own mappings. Measured with 10,000 streams, the server's RSS went from 470 MiB
-to 1.3 GB after one edit and stayed there, while tracemalloc found only a few
-MiB of live Python objects.
+Two things grow the heap of a busy xDS server, and :class:`Housekeeper` deals
+with both shortly after a burst of work (the end of a push wave, a large
+response, a reload), at most once per ``interval``, on the event loop thread:
 
-Two glibc knobs, reached through ctypes (nothing on PyPI wraps them):
-
-* :func:`tune` (once, at start) fixes ``M_MMAP_THRESHOLD`` at 128 KiB, glibc's
-  own default, which also stops it from growing: every larger buffer is its
-  own mapping and is unmapped when freed.
-* :class:`Trimmer` calls ``malloc_trim(0)`` shortly after a burst of work (the
-  end of a push wave, a stream closing), at most once per ``interval``, which
-  returns the free pages of the heaps.
-
-On a C library without them (musl, macOS) both are no-ops.
+* **Long-lived objects the cyclic collector keeps rescanning.** The mesh model
+  is millions of small immutable objects, and every stream holds state for as
+  long as it lives. Python's collector scans all of them on each full
+  collection, and full collections come often while thousands of streams
+  allocate during a push. So the housekeeper runs one full collection (which
+  also frees any garbage caught in reference cycles) and then freezes what
+  is left (``gc.freeze``): later collections skip it. Freezing after the
+  collection, not before, is what keeps cyclic garbage from being frozen
+  forever; the objects that stay alive (model, snapshots, streams) are built
+  without reference cycles, so reference counting frees them when they go,
+  frozen or not.
+* **Freed buffers malloc keeps.** A push to 10,000 streams is followed by as
+  many ACKs, and a state-of-the-world EDS ACK from an Envoy that follows 3,000
+  clusters is about 150 KB; initial syncs move megabytes per stream. glibc's
+  malloc keeps what is freed in its heaps once its dynamic mmap threshold has
+  grown past such sizes. :func:`tune` (once, at start) fixes
+  ``M_MMAP_THRESHOLD`` at 128 KiB, glibc's own default, which also stops it
+  from growing, so larger buffers get their own mappings; the housekeeper
+  calls ``malloc_trim(0)``, which returns the free pages of the heaps. Both
+  are reached through ctypes (nothing on PyPI wraps them) and are no-ops on a
+  C library without them (musl, macOS).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 from typing import Any
 
 import structlog
@@ -66,8 +73,8 @@ def trim() -> bool:
     return bool(_LIBC.malloc_trim(0))
 
 
-class Trimmer:
-    """Coalesces "a burst just ended" into one :func:`trim`, ``delay`` seconds later,
+class Housekeeper:
+    """Coalesces "a burst just ended" into one :meth:`run`, ``delay`` seconds later,
     at most once per ``interval`` seconds."""
 
     def __init__(
@@ -78,13 +85,18 @@ class Trimmer:
         self._interval = interval
         self._pending: asyncio.TimerHandle | None = None
         self._last = float("-inf")
-        self.trims = 0
+        self.runs = 0
 
     def soon(self) -> None:
+        """Ask for a run; call only on the loop's thread (see :meth:`soon_threadsafe`)."""
         if self._pending is not None or self._loop.is_closed():
             return
         wait = max(self._delay, self._last + self._interval - self._loop.time())
         self._pending = self._loop.call_later(wait, self._run)
+
+    def soon_threadsafe(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.soon)
 
     def cancel(self) -> None:
         if self._pending is not None:
@@ -94,5 +106,12 @@ class Trimmer:
     def _run(self) -> None:
         self._pending = None
         self._last = self._loop.time()
-        self.trims += 1
+        self.runs += 1
+        self.run()
+
+    @staticmethod
+    def run() -> None:
+        """Collect, freeze what survives, and hand free heap pages back."""
+        gc.collect()
+        gc.freeze()
         trim()

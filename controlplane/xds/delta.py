@@ -64,6 +64,7 @@ A stream is not thread-safe: exactly one driver owns it and calls it in order.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,7 +220,7 @@ class DeltaStream(StreamCore):
         )
         memo = snapshot.selections
         found = memo.get(key)
-        if found is not None and found[0] is previous and found[1] == sents:
+        if found is not None and found[0]() is previous and found[1] == sents:
             deltas, after = found[2]
             for type_url, (sent, absent) in after.items():
                 state = types[type_url]
@@ -227,7 +228,8 @@ class DeltaStream(StreamCore):
         else:
             deltas = self._deltas(snapshot, set(types), previous)
             after = {t: (state.sent, frozenset(state.absent)) for t, state in types.items()}
-            memo[key] = (previous, sents, (deltas, after))
+            # A weak reference: a snapshot must not keep its predecessors alive.
+            memo[key] = (weakref.ref(previous), sents, (deltas, after))
             if self._warming:
                 del memo[key]  # not settled afterwards: nothing to share
         return [self._response(snapshot, delta) for delta in deltas]

@@ -167,7 +167,7 @@ class Snapshot:
     The four types of :data:`PUSH_ORDER` are always present, possibly empty.
     """
 
-    __slots__ = ("_resources", "_versions", "selections")
+    __slots__ = ("__weakref__", "_resources", "_versions", "selections")
 
     def __init__(self, resources: Mapping[str, Iterable[Resource]]) -> None:
         by_type: dict[str, Mapping[str, Resource]] = {}

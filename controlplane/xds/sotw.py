@@ -55,6 +55,7 @@ A stream is not thread-safe: exactly one driver owns it and calls it in order.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -227,8 +228,10 @@ class SotwStream(StreamCore):
         )
         memo = snapshot.selections
         found = memo.get(key)
-        if found is None or found[0] is not previous or found[1] != helds:
-            found = memo[key] = (previous, helds, self._planned(snapshot, previous, set(types)))
+        if found is None or found[0]() is not previous or found[1] != helds:
+            # A weak reference: a snapshot must not keep its predecessors alive.
+            plan = self._planned(snapshot, previous, set(types))
+            found = memo[key] = (weakref.ref(previous), helds, plan)
         return self._send(snapshot, *found[2])
 
     def _respond(self, snapshot: Snapshot, previous: Snapshot | None, asked: set[str]) -> list[Any]:

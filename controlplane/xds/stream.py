@@ -75,7 +75,7 @@ class StreamCore:
         *,
         type_url: str | None = None,
     ) -> None:
-        self._lookup = snapshot_lookup
+        self._lookup: Callable[[base_pb2.Node], Snapshot] | None = snapshot_lookup
         self._fixed_type = type_url
         self._node: base_pb2.Node | None = None
         self._snapshot: Snapshot | None = None
@@ -132,7 +132,11 @@ class StreamCore:
             node = base_pb2.Node()
             node.CopyFrom(request.node)
             self._node = node
+            assert self._lookup is not None
             self._snapshot = self._lookup(node)
+            # Used once. A driver's lookup is usually its own bound method, and holding
+            # it would tie driver and core in a cycle only the cyclic collector frees.
+            self._lookup = None
         assert self._snapshot is not None
         return type_url, self._snapshot
 

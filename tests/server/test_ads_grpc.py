@@ -2,6 +2,7 @@ import asyncio
 import gc
 import time
 import tracemalloc
+import weakref
 from typing import Any
 
 import grpc
@@ -335,3 +336,32 @@ async def test_a_stream_stuck_in_one_push_wave_does_not_hold_back_the_next(
     stuck.cancel()
     reader.cancel()
     await other_channel.close()
+
+
+@pytest.mark.parametrize("protocol", ["sotw", "delta"])
+async def test_a_closed_stream_is_freed_by_reference_counting_alone(
+    cache_and_server, channel, protocol
+):
+    """The control plane freezes the heap after each reload (``gc.freeze``); a closed
+    stream caught in a reference cycle would then never be freed."""
+    _, server = cache_and_server
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    if protocol == "sotw":
+        call = stub.StreamAggregatedResources()
+        await call.write(request(CLUSTER))
+    else:
+        call = stub.DeltaAggregatedResources()
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=NODE))
+    await read(call)
+    await eventually(lambda: server.ads.stream_count == 1)
+    (stream,) = server.ads._all
+    gone = weakref.ref(stream)
+    del stream
+    gc.disable()
+    try:
+        call.cancel()
+        await eventually(lambda: server.ads.stream_count == 0)
+        await asyncio.sleep(0.05)
+        assert gone() is None
+    finally:
+        gc.enable()

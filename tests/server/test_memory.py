@@ -1,8 +1,10 @@
-"""Freed memory goes back to the system: glibc's knobs are reachable and trims coalesce."""
+"""Housekeeping: glibc's knobs are reachable, runs coalesce, and cyclic garbage is never frozen."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -21,31 +23,52 @@ def test_trim_can_be_called_at_any_time():
     assert memory.trim() in (True, False)
 
 
-async def test_a_burst_of_requests_for_a_trim_becomes_one_trim_after_the_delay(monkeypatch):
+async def test_a_burst_of_requests_for_housekeeping_becomes_one_run_after_the_delay(monkeypatch):
     calls: list[float] = []
     loop = asyncio.get_running_loop()
-    monkeypatch.setattr(memory, "trim", lambda: calls.append(loop.time()) or True)
-    trimmer = memory.Trimmer(loop, delay=0.05, interval=0.3)
+    monkeypatch.setattr(memory.Housekeeper, "run", staticmethod(lambda: calls.append(loop.time())))
+    housekeeper = memory.Housekeeper(loop, delay=0.05, interval=0.3)
     started = loop.time()
     for _ in range(100):
-        trimmer.soon()
+        housekeeper.soon()
     await asyncio.sleep(0.15)
     assert len(calls) == 1
     assert calls[0] - started >= 0.05
-    trimmer.soon()  # within the interval: waits for it
+    housekeeper.soon()  # within the interval: waits for it
     await asyncio.sleep(0.1)
     assert len(calls) == 1
     await asyncio.sleep(0.3)
     assert len(calls) == 2
     assert calls[1] - calls[0] >= 0.3
-    assert trimmer.trims == 2
+    assert housekeeper.runs == 2
 
 
-async def test_a_cancelled_trimmer_does_not_trim(monkeypatch):
+async def test_cancelled_housekeeping_does_not_run(monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(memory, "trim", lambda: calls.append(1) or True)
-    trimmer = memory.Trimmer(asyncio.get_running_loop(), delay=0.02)
-    trimmer.soon()
-    trimmer.cancel()
+    monkeypatch.setattr(memory.Housekeeper, "run", staticmethod(lambda: calls.append(1)))
+    housekeeper = memory.Housekeeper(asyncio.get_running_loop(), delay=0.02)
+    housekeeper.soon()
+    housekeeper.cancel()
     await asyncio.sleep(0.08)
     assert calls == []
+
+
+def test_housekeeping_collects_cyclic_garbage_before_freezing_what_is_left():
+    class Node:
+        pass
+
+    gc.collect()
+    gc.unfreeze()
+    try:
+        cycle = Node()
+        cycle.self = cycle
+        gone = weakref.ref(cycle)
+        kept = Node()
+        kept.items = [1, 2, 3]
+        del cycle
+        memory.Housekeeper.run()
+        assert gone() is None
+        assert gc.get_freeze_count() > 0
+        assert kept.items == [1, 2, 3]
+    finally:
+        gc.unfreeze()

@@ -12,8 +12,11 @@ stream's bytes must equal its reference's.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,3 +100,29 @@ def test_sotw_streams_sharing_snapshots_answer_as_if_alone(first: Any, actions: 
 @given(first=specs(), actions=steps)
 def test_delta_streams_sharing_snapshots_answer_as_if_alone(first: Any, actions: Any) -> None:
     run(test_delta_conformance.Pair, DeltaClient, first, actions)
+
+
+@pytest.mark.parametrize(
+    ("pair_class", "client_class"),
+    [(test_sotw_conformance.Pair, SotwClient), (test_delta_conformance.Pair, DeltaClient)],
+)
+def test_a_snapshot_keeps_no_predecessor_alive(pair_class: Any, client_class: Any) -> None:
+    specs_ = [
+        {"clusters": {"a": (f"10.0.0.{i}:80",)}, "listeners": {}, "routes": {}} for i in (1, 2, 3)
+    ]
+    first = build(specs_[0])
+    pairs = [pair_class(first, client_class(NODE, follow=True)) for _ in range(2)]
+    for pair in pairs:
+        pair.send(pair.client.subscribe(CLUSTER, "*"), pair.client.subscribe(LISTENER, "*"))
+    gone = weakref.ref(first)
+    del first
+    gc.disable()
+    try:
+        for spec in specs_[1:]:
+            snapshot = build(spec)
+            for pair in pairs:
+                pair.push(snapshot)
+        del snapshot
+        assert gone() is None
+    finally:
+        gc.enable()
