@@ -244,7 +244,7 @@ class AggregatedDiscoveryService:
         self._wave_pushes = 0
         self._wave_started = 0.0
         self._deferred: set[_Stream] = set()
-        self.housekeeper = memory.Housekeeper(self._loop)
+        self.housekeeper = memory.Housekeeper(self._loop, busy=lambda: self.pushing)
         self._remove_listener = cache.add_listener(self._on_publish)
 
     @property

@@ -33,6 +33,8 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -78,9 +80,15 @@ class Housekeeper:
     at most once per ``interval`` seconds."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, *, delay: float = 1.0, interval: float = 10.0
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        delay: float = 1.0,
+        interval: float = 10.0,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self._loop = loop
+        self._busy = busy
         self._delay = delay
         self._interval = interval
         self._pending: asyncio.TimerHandle | None = None
@@ -105,13 +113,26 @@ class Housekeeper:
 
     def _run(self) -> None:
         self._pending = None
+        if self._busy():
+            # Never in the middle of a push: a full collection holds the loop.
+            self._pending = self._loop.call_later(self._delay, self._run)
+            return
         self._last = self._loop.time()
         self.runs += 1
-        self.run()
+        started = time.perf_counter()
+        collected = self.run()
+        log.info(
+            "heap_housekeeping",
+            collected=collected,
+            frozen=gc.get_freeze_count(),
+            seconds=round(time.perf_counter() - started, 3),
+        )
 
     @staticmethod
-    def run() -> None:
-        """Collect, freeze what survives, and hand free heap pages back."""
-        gc.collect()
+    def run() -> int:
+        """Collect, freeze what survives, and hand free heap pages back; returns how
+        many unreachable objects the collection found."""
+        collected = gc.collect()
         gc.freeze()
         trim()
+        return collected

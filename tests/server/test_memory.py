@@ -26,7 +26,9 @@ def test_trim_can_be_called_at_any_time():
 async def test_a_burst_of_requests_for_housekeeping_becomes_one_run_after_the_delay(monkeypatch):
     calls: list[float] = []
     loop = asyncio.get_running_loop()
-    monkeypatch.setattr(memory.Housekeeper, "run", staticmethod(lambda: calls.append(loop.time())))
+    monkeypatch.setattr(
+        memory.Housekeeper, "run", staticmethod(lambda: calls.append(loop.time()) or 0)
+    )
     housekeeper = memory.Housekeeper(loop, delay=0.05, interval=0.3)
     started = loop.time()
     for _ in range(100):
@@ -45,7 +47,7 @@ async def test_a_burst_of_requests_for_housekeeping_becomes_one_run_after_the_de
 
 async def test_cancelled_housekeeping_does_not_run(monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(memory.Housekeeper, "run", staticmethod(lambda: calls.append(1)))
+    monkeypatch.setattr(memory.Housekeeper, "run", staticmethod(lambda: calls.append(1) or 0))
     housekeeper = memory.Housekeeper(asyncio.get_running_loop(), delay=0.02)
     housekeeper.soon()
     housekeeper.cancel()
@@ -72,3 +74,18 @@ def test_housekeeping_collects_cyclic_garbage_before_freezing_what_is_left():
         assert kept.items == [1, 2, 3]
     finally:
         gc.unfreeze()
+
+
+async def test_housekeeping_waits_while_the_server_is_busy(monkeypatch):
+    calls: list[int] = []
+    busy = [True]
+    monkeypatch.setattr(memory.Housekeeper, "run", staticmethod(lambda: calls.append(1) or 0))
+    housekeeper = memory.Housekeeper(
+        asyncio.get_running_loop(), delay=0.02, interval=0.0, busy=lambda: busy[0]
+    )
+    housekeeper.soon()
+    await asyncio.sleep(0.1)
+    assert calls == []
+    busy[0] = False
+    await asyncio.sleep(0.06)
+    assert calls == [1]
