@@ -134,5 +134,7 @@ class Housekeeper:
         many unreachable objects the collection found."""
         collected = gc.collect()
         gc.freeze()
+        started = time.perf_counter()
         trim()
+        log.debug("heap_trimmed", seconds=round(time.perf_counter() - started, 3))
         return collected
