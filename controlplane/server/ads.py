@@ -72,7 +72,7 @@ INBOX_LIMIT = 16
 LARGE_RESPONSE = 1024 * 1024
 """Bytes beyond which a response's buffers are worth returning to the system soon."""
 MAX_PUSH_PRIORITY = 5.0
-"""Seconds a push wave may hold back reading other streams' requests (see below)."""
+"""Seconds a push wave may hold back the handling of requests (see the module docstring)."""
 
 SOTW = "sotw"
 DELTA = "delta"
@@ -237,8 +237,7 @@ class AggregatedDiscoveryService:
         self._ids = itertools.count(1)
         self._closing = False
         self._waiting_pushes = 0
-        self._wave_over = asyncio.Event()
-        self._wave_over.set()
+        self._pushing = False
         self._wave_deadline: asyncio.TimerHandle | None = None
         self._wave = 0
         self._wave_pushes = 0
@@ -250,12 +249,12 @@ class AggregatedDiscoveryService:
     @property
     def pushing(self) -> bool:
         """A push wave is under way: some streams still owe their client a new snapshot."""
-        return not self._wave_over.is_set()
+        return self._pushing
 
     def push_started(self) -> int:
         """Count one more stream in the current wave (starting one); returns the wave."""
-        if self._wave_over.is_set():
-            self._wave_over.clear()
+        if not self._pushing:
+            self._pushing = True
             self._wave += 1
             self._waiting_pushes = 0
             self._wave_pushes = 0
@@ -265,7 +264,7 @@ class AggregatedDiscoveryService:
         return self._wave
 
     def push_done(self, wave: int) -> None:
-        if wave != self._wave or self._wave_over.is_set():
+        if wave != self._wave or not self._pushing:
             return  # a wave already ended by its deadline: this stream no longer counts
         self._waiting_pushes -= 1
         self._wave_pushes += 1
@@ -279,7 +278,7 @@ class AggregatedDiscoveryService:
         return stream in self._deferred
 
     def _end_wave(self) -> None:
-        self._wave_over.set()
+        self._pushing = False
         if self._wave_deadline is not None:
             self._wave_deadline.cancel()
             self._wave_deadline = None
@@ -311,7 +310,6 @@ class AggregatedDiscoveryService:
 
     async def serve_stream(
         self,
-        request_iterator: AsyncIterator[Any],
         context: Any,
         type_url: str | None,
         protocol: str = SOTW,
@@ -381,7 +379,7 @@ ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 def _method(ads: AggregatedDiscoveryService, type_url: str | None, protocol: str) -> Any:
     async def behaviour(requests: AsyncIterator[bytes], context: Any) -> None:
-        await ads.serve_stream(requests, context, type_url, protocol)
+        await ads.serve_stream(context, type_url, protocol)
 
     # Bytes in and out: a stream decodes its requests itself (so it can compare an
     # ACK's bytes with the last one) and encodes its responses.

@@ -227,11 +227,10 @@ class DeltaStream(StreamCore):
                 state.sent, state.absent = sent, set(absent)
         else:
             deltas = self._deltas(snapshot, set(types), previous)
-            after = {t: (state.sent, frozenset(state.absent)) for t, state in types.items()}
-            # A weak reference: a snapshot must not keep its predecessors alive.
-            memo[key] = (weakref.ref(previous), sents, (deltas, after))
-            if self._warming:
-                del memo[key]  # not settled afterwards: nothing to share
+            if not self._warming:  # settled afterwards too: the plan can be shared
+                after = {t: (state.sent, frozenset(state.absent)) for t, state in types.items()}
+                # A weak reference: a snapshot must not keep its predecessors alive.
+                memo[key] = (weakref.ref(previous), sents, (deltas, after))
         return [self._response(snapshot, delta) for delta in deltas]
 
     def _acknowledge(self, type_url: str, state: _DeltaType, request: Any) -> None:

@@ -135,18 +135,17 @@ def _bodies(memo: dict[Any, Any]) -> _Bodies:
 
 
 def sotw_response(
-    memo: dict[Any, Any] | None,
+    memo: dict[Any, Any],
     type_url: str,
     version: str,
     resources: Sequence[Resource],
     nonce: str,
 ) -> EncodedResponse:
-    """A ``DiscoveryResponse`` carrying ``resources``. With a ``memo`` (a snapshot's)
-    its body is shared by every stream passing the same ``resources`` object, so
-    pass ``None`` for a list made for one stream."""
-    bodies = _bodies(memo) if memo is not None else None
+    """A ``DiscoveryResponse`` carrying ``resources``; its body is shared through
+    ``memo`` (a snapshot's) by every stream passing the same ``resources`` object."""
+    bodies = _bodies(memo)
     key = ("sotw", type_url, version, id(resources))
-    body = bodies.get(key) if bodies is not None else None
+    body = bodies.get(key)
     if body is None:
         body = b"".join(
             (
@@ -155,8 +154,7 @@ def sotw_response(
                 string_field(b"\x22", type_url),
             )
         )
-        if bodies is not None:
-            bodies.put(key, resources, body)
+        bodies.put(key, resources, body)
     return EncodedResponse(
         discovery_pb2.DiscoveryResponse,
         body,

@@ -77,10 +77,3 @@ def test_encoded_bodies_stay_within_their_budget(monkeypatch):
     assert sotw_response(memo, CLUSTER, "v", lists[2], "2").body is bodies[2]
     assert sotw_response(memo, CLUSTER, "v", lists[0], "2").body is not bodies[0]
     assert sotw_response(memo, CLUSTER, "v", lists[0], "2").body == bodies[0]
-
-
-def test_a_response_made_for_one_stream_only_is_not_kept():
-    memo: dict = {}
-    resources = S1.resources(CLUSTER)
-    sotw_response(None, CLUSTER, "v", [resources["a"]], "1")
-    assert memo == {}
