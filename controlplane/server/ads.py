@@ -243,7 +243,9 @@ class AggregatedDiscoveryService:
         self._wave_pushes = 0
         self._wave_started = 0.0
         self._deferred: set[_Stream] = set()
-        self.housekeeper = memory.Housekeeper(self._loop, busy=lambda: self.pushing)
+        # Right after a wave rather than later: the next edit is least likely then,
+        # and an edit that arrives during housekeeping waits for it.
+        self.housekeeper = memory.Housekeeper(self._loop, delay=0.2, busy=lambda: self.pushing)
         self._remove_listener = cache.add_listener(self._on_publish)
 
     @property
