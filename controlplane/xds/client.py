@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -71,7 +71,13 @@ class _ClientType:
     last_error: str = ""
 
 
-class SotwClient:
+TypeState = TypeVar("TypeState")
+
+
+class ClientCore(Generic[TypeState]):
+    """What both client cores share: the node and when to send it, the options, and
+    the per-type state (``TypeState``) of the variant."""
+
     def __init__(
         self,
         node: base_pb2.Node,
@@ -88,9 +94,18 @@ class SotwClient:
         self._node_always = node_on_every_request
         self._absent_timeout = absent_timeout
         self._clock = clock
-        self._types: dict[str, _ClientType] = {}
+        self._types: dict[str, TypeState] = {}
         self._node_sent = False
 
+    def _with_node(self, request: Any) -> Any:
+        """``request``, carrying the node when it must (the first one, or every one)."""
+        if self._node_always or not self._node_sent:
+            request.node.CopyFrom(self._node)
+            self._node_sent = True
+        return request
+
+
+class SotwClient(ClientCore[_ClientType]):
     def request(self, type_url: str, resource_names: Sequence[str]) -> Any:
         """Replace the subscription of ``type_url`` (a SotW name list) and build the request."""
         state = self._types.setdefault(type_url, _ClientType())
@@ -234,7 +249,4 @@ class SotwClient:
             response_nonce=state.nonce,
             resource_names=state.subscription.sotw_names(),
         )
-        if self._node_always or not self._node_sent:
-            request.node.CopyFrom(self._node)
-            self._node_sent = True
-        return request
+        return self._with_node(request)

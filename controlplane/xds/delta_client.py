@@ -42,17 +42,20 @@ that the server resends only what changed.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.errors import ProtocolError
-from controlplane.xds.client import DEPENDENT_TYPES, INVALID_ARGUMENT, RejectedResponse, Validator
+from controlplane.xds.client import (
+    DEPENDENT_TYPES,
+    INVALID_ARGUMENT,
+    ClientCore,
+    RejectedResponse,
+)
 from controlplane.xds.delta import LEGACY_WILDCARD_TYPES
 from controlplane.xds.snapshot import resource_references
 from controlplane.xds.types import RESOURCE_TYPES, WILDCARD, push_rank
@@ -88,26 +91,7 @@ class _Decoded:
     versions: dict[str, str]
 
 
-class DeltaClient:
-    def __init__(
-        self,
-        node: base_pb2.Node,
-        *,
-        validate: Validator | None = None,
-        follow: bool = False,
-        node_on_every_request: bool = False,
-        absent_timeout: float = 15.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._node = node
-        self._validate = validate
-        self._follow = follow
-        self._node_always = node_on_every_request
-        self._absent_timeout = absent_timeout
-        self._clock = clock
-        self._types: dict[str, _DeltaClientType] = {}
-        self._node_sent = False
-
+class DeltaClient(ClientCore[_DeltaClientType]):
     def subscribe(self, type_url: str, *names: str) -> Any:
         """Subscribe to ``names`` (``"*"`` for the wildcard) and build the request.
 
@@ -311,7 +295,4 @@ class DeltaClient:
             resource_names_unsubscribe=list(unsubscribe),
             response_nonce=response_nonce,
         )
-        if self._node_always or not self._node_sent:
-            request.node.CopyFrom(self._node)
-            self._node_sent = True
-        return request
+        return self._with_node(request)
