@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -71,7 +71,13 @@ class _ClientType:
     last_error: str = ""
 
 
-TypeState = TypeVar("TypeState")
+class _TypeStateBase(Protocol):
+    nonce: str
+    last_error: str
+    resources: dict[str, Any]
+
+
+TypeState = TypeVar("TypeState", bound=_TypeStateBase)
 
 
 class ClientCore(Generic[TypeState]):
@@ -96,6 +102,19 @@ class ClientCore(Generic[TypeState]):
         self._clock = clock
         self._types: dict[str, TypeState] = {}
         self._node_sent = False
+
+    def nonce(self, type_url: str) -> str:
+        state = self._types.get(type_url)
+        return state.nonce if state else ""
+
+    def last_error(self, type_url: str) -> str:
+        state = self._types.get(type_url)
+        return state.last_error if state else ""
+
+    def resources(self, type_url: str) -> Mapping[str, Any]:
+        """Accepted resources of ``type_url`` by name (decoded messages)."""
+        state = self._types.get(type_url)
+        return MappingProxyType(state.resources if state else {})
 
     def _with_node(self, request: Any) -> Any:
         """``request``, carrying the node when it must (the first one, or every one)."""
@@ -182,19 +201,6 @@ class SotwClient(ClientCore[_ClientType]):
     def version(self, type_url: str) -> str:
         state = self._types.get(type_url)
         return state.version if state else ""
-
-    def nonce(self, type_url: str) -> str:
-        state = self._types.get(type_url)
-        return state.nonce if state else ""
-
-    def last_error(self, type_url: str) -> str:
-        state = self._types.get(type_url)
-        return state.last_error if state else ""
-
-    def resources(self, type_url: str) -> Mapping[str, Any]:
-        """Accepted resources of ``type_url`` by name (decoded messages)."""
-        state = self._types.get(type_url)
-        return MappingProxyType(state.resources if state else {})
 
     def subscription(self, type_url: str) -> list[str]:
         """The subscription of ``type_url`` as its SotW name list."""

@@ -172,23 +172,10 @@ class DeltaClient(ClientCore[_DeltaClientType]):
             requests.append(request)
         return requests
 
-    def nonce(self, type_url: str) -> str:
-        state = self._types.get(type_url)
-        return state.nonce if state else ""
-
     def system_version(self, type_url: str) -> str:
         """``system_version_info`` of the last accepted response (informational)."""
         state = self._types.get(type_url)
         return state.system_version if state else ""
-
-    def last_error(self, type_url: str) -> str:
-        state = self._types.get(type_url)
-        return state.last_error if state else ""
-
-    def resources(self, type_url: str) -> Mapping[str, Any]:
-        """Accepted resources of ``type_url`` by name (decoded messages)."""
-        state = self._types.get(type_url)
-        return MappingProxyType(state.resources if state else {})
 
     def versions(self, type_url: str) -> Mapping[str, str]:
         """``{name: version}`` of the accepted resources of ``type_url``."""
