@@ -14,7 +14,7 @@ Once every stream has ACKed the initial snapshot, the bench takes a wall-clock
 timestamp, rewrites one service file with one endpoint's weight changed
 (atomically: temp file and rename), and every stream records when it has
 received and applied the EDS response carrying the new weight. Printed per N:
-p50, p99 and max of those latencies (debounce included), bytes received per
+p50, p99 and max of those latencies (debounce or settle included), bytes received per
 stream for the update and for the initial sync, the server's CPU time
 (``/proc/<pid>/stat``) for the sync and each edit, its resident memory once
 the streams are held and its peak (``VmHWM``), and client-side counts. The
@@ -261,6 +261,8 @@ class Server:
             f"127.0.0.1:{self.port}",
             "--debounce",
             args.debounce,
+            "--settle",
+            args.settle,
             "--log-format",
             "json",
             "--log-level",
@@ -409,6 +411,72 @@ class Profiler:
                 stack, _, count = line.rpartition(" ")
                 if stack and count.isdigit():
                     samples[stack] += int(count)
+
+
+class PerfProfiler:
+    """``perf record`` of the whole machine (every process, kernel included) per phase.
+
+    Where py-spy sees the server's Python frames, this sees what the two cores
+    do during a push: the server, the client processes and gRPC's threads, in
+    user space and in the kernel. Reported by command and shared object, and
+    the server's hottest symbols.
+    """
+
+    def __init__(self, pid: int, work: Path) -> None:
+        self.pid = pid
+        self.work = work
+        self.files: dict[str, list[Path]] = {}
+        self._current: tuple[subprocess.Popen[Any], Path, str] | None = None
+        self._count = itertools.count()
+
+    def start(self, phase: str, settle: bool = True) -> None:
+        out = self.work / f"perf-{next(self._count)}.data"
+        proc = subprocess.Popen(
+            ["perf", "record", "-a", "-e", "cpu-clock", "-F", "499", "-q", "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._current = (proc, out, phase)
+        if settle:
+            time.sleep(1.0)
+
+    def switch(self, phase: str) -> None:
+        previous = self._current
+        if previous is not None:
+            previous[0].send_signal(signal.SIGINT)
+        self.start(phase, settle=False)
+        if previous is not None:
+            self._collect(*previous)
+
+    def stop(self) -> None:
+        if self._current is not None:
+            current, self._current = self._current, None
+            current[0].send_signal(signal.SIGINT)
+            self._collect(*current)
+
+    def _collect(self, proc: subprocess.Popen[Any], out: Path, phase: str) -> None:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if out.exists():
+            self.files.setdefault(phase, []).append(out)
+
+    def report(self, phase: str, top: int = 25) -> list[str]:
+        lines: list[str] = []
+        for out in self.files.get(phase, []):
+            for sort, extra in (("pid,dso", []), ("dso,sym", ["--pid", str(self.pid)])):
+                text = subprocess.run(
+                    ["perf", "report", "-i", str(out), "--stdio", "--sort", sort, *extra],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                rows = [row for row in text.splitlines() if row.strip() and not row.startswith("#")]
+                lines.append(f"    {out.name} by {sort}{' (server only)' if extra else ''}:")
+                lines += [f"      {row.strip()}" for row in rows[:top]]
+        return lines
 
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
@@ -577,7 +645,7 @@ def run_edits(
     timeout: float,
     arm: Any,
     fire: Any,
-    profiler: Profiler | None = None,
+    profiler: Profiler | PerfProfiler | None = None,
 ) -> list[EditResult]:
     results = []
     pid = proc.pid
@@ -753,11 +821,11 @@ def run_n(
             temp.write_text(config_scale.service_file(index, weight=planned[attempt]))
             os.replace(temp, path)
 
-        profiler = (
-            Profiler(server.pid, work, args.profile_native)
-            if args.profile and args.py_spy
-            else None
-        )
+        profiler: Profiler | PerfProfiler | None = None
+        if args.perf:
+            profiler = PerfProfiler(server.pid, work)
+        elif args.profile and args.py_spy:
+            profiler = Profiler(server.pid, work, args.profile_native)
         offset = server.log_offset()
         outcome.edits = run_edits(
             workers, server.proc, args.edits, update_timeout, arm, fire, profiler
@@ -780,7 +848,10 @@ def run_n(
                 "  streams the server closed before the bench closed them: "
                 + ", ".join(f"{c} x {reason!r}" for reason, c in logs["closed"])
             )
-        if profiler is not None:
+        if isinstance(profiler, PerfProfiler):
+            lines.append("  perf, whole machine, from the file write until every stream applied:")
+            lines += profiler.report("push")
+        elif profiler is not None:
             lines.append(
                 f"  profile of the server, {args.edits} edit(s), from the file write until every "
                 "stream applied the update (py-spy):"
@@ -849,7 +920,8 @@ def final_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
     lines = [
         "",
         f"Summary ({args.services} services, --protocol {args.protocol}, --debounce "
-        f"{args.debounce}, {args.edits} edit(s) each; latency = file write -> update applied):",
+        f"{args.debounce}, --settle {args.settle}, {args.edits} edit(s) each; "
+        "latency = file write -> update applied):",
         f"{'streams':>8} {'ready':>6} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} {'max':>8} "
         f"{'upd B/str':>10} {'init/str':>10} {'CPU/edit':>8} {'RSS held':>10} {'after edit':>10} "
         f"{'RSS peak':>10} | "
@@ -883,7 +955,7 @@ def final_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
         lines.append(f"target: {TARGETS['rss_10000']}: held {size(big[0].rss_held)} -> {verdict}")
     else:
         lines.append(f"target: {TARGETS['rss_10000']} (not measured in this run)")
-    lines.append(f"peer reference: {PEER_NOTE}; the xDS figure includes the debounce")
+    lines.append(f"peer reference: {PEER_NOTE}; the xDS figure includes the debounce or settle")
     return lines
 
 
@@ -913,6 +985,9 @@ def main() -> None:
     )
     parser.add_argument("--debounce", default="100ms")
     parser.add_argument(
+        "--settle", default="20ms", help="the server's quiet time once written files are closed"
+    )
+    parser.add_argument(
         "--server-log-level", choices=("debug", "info", "warning", "error"), default="info"
     )
     parser.add_argument("--sync-timeout", type=float, default=0.0, help="seconds (0: by N)")
@@ -923,6 +998,9 @@ def main() -> None:
         "--profile-native",
         action="store_true",
         help="with --profile: py-spy --native (C frames too; pauses the server to sample)",
+    )
+    parser.add_argument(
+        "--perf", action="store_true", help="perf record the whole machine during each push"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()

@@ -33,6 +33,7 @@ from controlplane.demo.run import (
 )
 from controlplane.errors import PilotfishError
 from controlplane.logs import configure as configure_logging
+from controlplane.server import event_loop
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
 from controlplane.server.grpc_server import XdsServerOptions
 
@@ -80,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         config_dir=root,
         xds_address=args.xds_address,
         debounce=args.debounce,
+        settle=args.settle,
         max_delay=args.max_delay,
         polling=args.poll,
         server=XdsServerOptions(
@@ -89,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
         ),
     )
     try:
-        asyncio.run(_run_until_signalled(options, args.grace))
+        event_loop.run(_run_until_signalled(options, args.grace), args.event_loop)
     except PilotfishError as exc:
         print(f"pilotfish serve: {exc}", file=sys.stderr)
         return 1
@@ -141,7 +143,7 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     configure_logging("console", args.log_level)
     try:
-        asyncio.run(_demo_until_signalled(options))
+        event_loop.run(_demo_until_signalled(options))
     except PortInUseError as exc:  # taken since the preflight
         print(f"pilotfish demo: {exc}", file=sys.stderr)
         return 2
@@ -187,7 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--debounce", type=_duration, default=0.1, help="quiet time before a reload (100ms)"
     )
     serve.add_argument(
+        "--settle",
+        type=_duration,
+        default=0.02,
+        help="quiet time before a reload once every written file is closed (20ms)",
+    )
+    serve.add_argument(
         "--max-delay", type=_duration, default=1.0, help="longest wait for a reload (1s)"
+    )
+    serve.add_argument(
+        "--event-loop",
+        choices=event_loop.LOOPS,
+        default="auto",
+        help="asyncio event loop: uvloop when installed (auto), or the one named",
     )
     serve.add_argument(
         "--poll", action="store_true", help="poll the directory (filesystems without inotify)"

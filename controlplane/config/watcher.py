@@ -32,6 +32,16 @@ itself. Events that arrive while the callback runs open the next burst, which
 is timed from the moment the callback returns. An exception raised by the
 callback is logged as ``config_reload_failed`` and the watcher carries on.
 
+Settling: waiting out the whole debounce only matters while a file may still
+be half written. inotify says when a writer is done with a file (it is closed
+after writing, renamed into place, or deleted), so when every file the burst
+saw created or modified has been finished that way, and the burst touched no
+directory, the quiet time needed is only ``settle`` (at most ``debounce``):
+long enough that a tool writing several files one after another still lands
+in one burst, short enough that one saved file reaches the proxies without
+waiting out the debounce. A file still open for writing, a directory event,
+or the poller (which only sees modifications) keep the full debounce.
+
 The root itself: every ``poll_interval`` seconds, and at once when the
 observer reports the root deleted, the worker checks that the root path still
 leads to the directory being watched and that the observer is alive. When the
@@ -111,12 +121,13 @@ class DirectoryWatcher:
         on_change: Callable[[], None],
         *,
         debounce: float = 0.1,
+        settle: float = 0.02,
         max_delay: float = 1.0,
         polling: bool = False,
         poll_interval: float = 0.5,
     ) -> None:
-        if debounce < 0 or max_delay < 0:
-            raise ValueError("debounce and max_delay must not be negative")
+        if debounce < 0 or settle < 0 or max_delay < 0:
+            raise ValueError("debounce, settle and max_delay must not be negative")
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         self.root = root
@@ -124,6 +135,7 @@ class DirectoryWatcher:
         self.poll_interval = poll_interval
         self._on_change = on_change
         self._debounce = debounce
+        self._settle = settle
         self._max_delay = max_delay
         self._lifecycle = threading.Lock()
         # Held around every call of on_change, so that a watcher restarted from
@@ -141,6 +153,24 @@ class DirectoryWatcher:
         if seconds < 0:
             raise ValueError("debounce must not be negative")
         self._debounce = seconds
+        self._wake()
+
+    @property
+    def busy(self) -> bool:
+        """Changes were seen and the callback has not yet run for them, or it is running."""
+        session = self._session
+        return session is not None and session.busy
+
+    @property
+    def settle(self) -> float:
+        """Seconds of quiet that do when every file written in the burst is finished."""
+        return self._settle
+
+    @settle.setter
+    def settle(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("settle must not be negative")
+        self._settle = seconds
         self._wake()
 
     @property
@@ -226,6 +256,11 @@ class _Session:
         self._check_requested = False
         self._burst_opened: float | None = None
         self._last_event: float | None = None
+        # Of the burst: files created or modified and not yet finished, and
+        # whether anything in it (a directory, the root) rules settling out.
+        self._writing: set[str] = set()
+        self._may_settle = True
+        self._calling = False
         self._observer: Any = None
         self._watched: str | None = None
         self._identity: tuple[int, int] | None = None
@@ -244,17 +279,37 @@ class _Session:
         if self._thread is not threading.current_thread():
             self._thread.join()
 
+    @property
+    def busy(self) -> bool:
+        return self._burst_opened is not None or self._calling
+
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
 
-    def note_change(self) -> None:
+    def note_change(
+        self,
+        *,
+        writing: str | None = None,
+        finished: tuple[str, ...] = (),
+        may_settle: bool = False,
+    ) -> None:
         now = time.monotonic()
         with self._cond:
             if self._burst_opened is None:
                 self._burst_opened = now
             self._last_event = now
+            self._writing.difference_update(finished)
+            if writing is not None:
+                self._writing.add(writing)
+            self._may_settle = self._may_settle and may_settle
             self._cond.notify_all()
+
+    def _quiet(self) -> float:
+        debounce = self._watcher.debounce
+        if self._may_settle and not self._writing:
+            return min(debounce, self._watcher.settle)
+        return debounce
 
     def request_root_check(self) -> None:
         with self._cond:
@@ -311,18 +366,24 @@ class _Session:
                     continue
                 else:
                     due = min(
-                        self._last_event + self._watcher.debounce,
+                        self._last_event + self._quiet(),
                         self._burst_opened + self._watcher.max_delay,
                     )
                     if now < due:
                         self._cond.wait(min(due, next_check) - now)
                         continue
+                    self._calling = True
                     self._burst_opened = self._last_event = None
+                    self._writing.clear()
+                    self._may_settle = True
             if check:
                 self._check_root()
                 next_check = time.monotonic() + interval
                 continue
-            self._watcher._call_on_change()
+            try:
+                self._watcher._call_on_change()
+            finally:
+                self._calling = False
             returned = time.monotonic()
             with self._cond:
                 if self._burst_opened is not None and self._last_event is not None:
@@ -378,12 +439,24 @@ class _EventHandler(FileSystemEventHandler):  # type: ignore[misc]
         if event.event_type == "deleted" and src == self._watched:
             self._session.request_root_check()
             return
-        removed = event.event_type in ("deleted", "moved")
-        if self._counts(event, src, removed=removed) or (
-            event.event_type == "moved"
-            and self._counts(event, os.fsdecode(event.dest_path), removed=False)
+        kind = event.event_type
+        removed = kind in ("deleted", "moved")
+        dest = os.fsdecode(event.dest_path) if kind == "moved" else None
+        if not (
+            self._counts(event, src, removed=removed)
+            or (dest is not None and self._counts(event, dest, removed=False))
         ):
+            return
+        if event.is_directory:
             self._session.note_change()
+        elif kind in ("created", "modified"):
+            self._session.note_change(writing=src, may_settle=True)
+        elif dest is not None:
+            self._session.note_change(finished=(src, dest), may_settle=True)
+        elif kind in ("closed", "deleted"):
+            self._session.note_change(finished=(src,), may_settle=True)
+        else:
+            self._session.note_change(may_settle=True)
 
     def _counts(self, event: Any, path: str, *, removed: bool) -> bool:
         if not path.startswith(self._prefix):

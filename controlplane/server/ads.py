@@ -23,7 +23,10 @@ counts until it has written what the new snapshot makes necessary. While a
 wave is under way, a stream that has already pushed leaves its requests (the
 ACKs of that very push, mostly) in its inbox; the end of the wave wakes it
 again. Thousands of ACKs thus wait until every client has its update instead
-of delaying the later pushes. A stream whose client does not read cannot hold
+of delaying the later pushes. (The reader puts such a stream on the wave's
+list itself, rather than waking the handler only to have it wait.) The
+cyclic garbage collector is paused for the length of a wave (see
+:mod:`controlplane.server.memory`). A stream whose client does not read cannot hold
 requests back for long: a wave ends after :data:`MAX_PUSH_PRIORITY` seconds
 whatever is left, and a stream's own push is never held back.
 
@@ -145,7 +148,12 @@ class _Stream:
                 # A SotW ACK repeating thousands of names waits as a few bytes.
                 self.inbox.append(self.core.shrink(wire))
                 del wire
-                self.wakeup.set()
+                if self.service.pushing and not self.in_wave:
+                    # The end of the wave wakes the handler; waking it now would
+                    # only have it put the request off (10,000 times per wave).
+                    self.service.defer(self)
+                else:
+                    self.wakeup.set()
         except Exception as exc:
             self.log.info("xds_stream_read_failed", error=str(exc))
         finally:
@@ -243,6 +251,7 @@ class AggregatedDiscoveryService:
         self._wave_pushes = 0
         self._wave_started = 0.0
         self._deferred: set[_Stream] = set()
+        self._collector_paused = False
         # Right after a wave rather than later: the next edit is least likely then,
         # and an edit that arrives during housekeeping waits for it.
         self.housekeeper = memory.Housekeeper(self._loop, delay=0.2, busy=lambda: self.pushing)
@@ -261,6 +270,7 @@ class AggregatedDiscoveryService:
             self._waiting_pushes = 0
             self._wave_pushes = 0
             self._wave_started = self._loop.time()
+            self._collector_paused = memory.pause_collector()
             self._wave_deadline = self._loop.call_later(MAX_PUSH_PRIORITY, self._end_wave)
         self._waiting_pushes += 1
         return self._wave
@@ -281,6 +291,9 @@ class AggregatedDiscoveryService:
 
     def _end_wave(self) -> None:
         self._pushing = False
+        if self._collector_paused:
+            self._collector_paused = False
+            memory.resume_collector()
         if self._wave_deadline is not None:
             self._wave_deadline.cancel()
             self._wave_deadline = None
@@ -305,6 +318,8 @@ class AggregatedDiscoveryService:
     def close(self) -> None:
         """Ask every stream to finish its current writes and end; refuse new ones."""
         self._closing = True
+        if self._pushing:
+            self._end_wave()
         self.housekeeper.cancel()
         self._remove_listener()
         for stream in self._all:

@@ -43,6 +43,7 @@ class ControlPlaneOptions:
     config_dir: Path
     xds_address: str = "127.0.0.1:18000"
     debounce: float = 0.1
+    settle: float = 0.02
     max_delay: float = 1.0
     polling: bool = False
     server: XdsServerOptions = field(default_factory=XdsServerOptions)
@@ -123,10 +124,14 @@ class ControlPlane:
             self.options.config_dir,
             self._on_change,
             debounce=self.options.debounce,
+            settle=self.options.settle,
             max_delay=self.options.max_delay,
             polling=self.options.polling,
         )
         self._watcher.start()
+        # A collection would hold the GIL the reload needs: not while one is due.
+        watcher = self._watcher
+        self._server.ads.housekeeper.hold_while(lambda: watcher.busy)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop watching, stop accepting streams, let in-flight sends finish within ``grace``."""

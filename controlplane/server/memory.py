@@ -20,11 +20,21 @@ response, a reload), at most once per ``interval``, on the event loop thread:
   clusters is about 150 KB; initial syncs move megabytes per stream. glibc's
   malloc keeps what is freed in its heaps once its dynamic mmap threshold has
   grown past such sizes. :func:`tune` (once, at start) fixes
-  ``M_MMAP_THRESHOLD`` at 128 KiB, glibc's own default, which also stops it
-  from growing, so larger buffers get their own mappings; the housekeeper
-  calls ``malloc_trim(0)``, which returns the free pages of the heaps. Both
-  are reached through ctypes (nothing on PyPI wraps them) and are no-ops on a
-  C library without them (musl, macOS).
+  ``M_MMAP_THRESHOLD`` at 1 MiB, which stops it from growing: the
+  multi-megabyte responses of an initial sync get their own mappings, given
+  back as soon as they are freed, while ACK-sized buffers come from the heap,
+  where the next ACK reuses the memory the last one freed. Below glibc's own
+  128 KiB default every 150 KB ACK was a fresh mapping whose pages the kernel
+  zeroed on first touch: 10,000 of them per push, the largest kernel cost of a
+  wave. The housekeeper calls ``malloc_trim(0)``, which returns the free pages
+  of the heaps. Both are reached through ctypes (nothing on PyPI wraps them)
+  and are no-ops on a C library without them (musl, macOS).
+
+The automatic collector is also paused for the length of a push wave
+(:func:`pause_collector`): the objects a wave allocates (one write in flight
+per stream) all stay alive until it ends, so collections during it would
+only rescan them, thousands of times over. A wave lasts at most a few
+seconds, and its garbage is acyclic (freed by reference counting) anyway.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ import structlog
 log = structlog.get_logger(__name__)
 
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 128 * 1024
+MMAP_THRESHOLD = 1024 * 1024
 
 
 def _glibc() -> Any:
@@ -75,6 +85,19 @@ def trim() -> bool:
     return bool(_LIBC.malloc_trim(0))
 
 
+def pause_collector() -> bool:
+    """Turn the automatic cyclic collector off; ``True`` if it was on, and so
+    must be turned back on with :func:`resume_collector`."""
+    if not gc.isenabled():
+        return False
+    gc.disable()
+    return True
+
+
+def resume_collector() -> None:
+    gc.enable()
+
+
 class Housekeeper:
     """Coalesces "a burst just ended" into one :meth:`run`, ``delay`` seconds later,
     at most once per ``interval`` seconds."""
@@ -88,12 +111,16 @@ class Housekeeper:
         busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self._loop = loop
-        self._busy = busy
+        self._busy = [busy]
         self._delay = delay
         self._interval = interval
         self._pending: asyncio.TimerHandle | None = None
         self._last = float("-inf")
         self.runs = 0
+
+    def hold_while(self, busy: Callable[[], bool]) -> None:
+        """Also put runs off while ``busy()`` is true."""
+        self._busy.append(busy)
 
     def soon(self) -> None:
         """Ask for a run; call only on the loop's thread (see :meth:`soon_threadsafe`)."""
@@ -113,8 +140,9 @@ class Housekeeper:
 
     def _run(self) -> None:
         self._pending = None
-        if self._busy():
-            # Never in the middle of a push: a full collection holds the loop.
+        if any(busy() for busy in self._busy):
+            # Never in the middle of a push or a reload: a full collection holds
+            # the loop and the GIL, and the reload's thread waits for the GIL.
             self._pending = self._loop.call_later(self._delay, self._run)
             return
         self._last = self._loop.time()
@@ -124,7 +152,6 @@ class Housekeeper:
         log.info(
             "heap_housekeeping",
             collected=collected,
-            frozen=gc.get_freeze_count(),
             seconds=round(time.perf_counter() - started, 3),
         )
 

@@ -87,6 +87,8 @@ def watch(tmp_path: Path, calls: Calls, polling: bool) -> Iterator[Callable[...,
 
     def make(**options: float) -> DirectoryWatcher:
         options.setdefault("debounce", 0.05)
+        # Tests of settling set it; elsewhere every burst waits out the debounce.
+        options.setdefault("settle", 60.0)
         watcher = DirectoryWatcher(tmp_path, calls, polling=polling, poll_interval=POLL, **options)
         watcher.start()
         started.append(watcher)
@@ -319,17 +321,149 @@ def test_max_delay_caps_a_debounce_longer_than_it(
     assert calls.times[0] - written >= 0.3
 
 
+@pytest.fixture
+def inotify_watch(tmp_path: Path, calls: Calls) -> Iterator[Callable[..., DirectoryWatcher]]:
+    started: list[DirectoryWatcher] = []
+
+    def make(**options: float) -> DirectoryWatcher:
+        watcher = DirectoryWatcher(tmp_path, calls, poll_interval=POLL, max_delay=30.0, **options)
+        watcher.start()
+        started.append(watcher)
+        return watcher
+
+    yield make
+    for watcher in started:
+        watcher.stop()
+
+
+def test_a_file_written_and_closed_calls_back_after_the_settle_not_the_debounce(
+    tmp_path: Path, calls: Calls, inotify_watch: Callable[..., DirectoryWatcher]
+) -> None:
+    inotify_watch(debounce=10.0, settle=0.02)
+
+    written = time.monotonic()
+    (tmp_path / "a.yaml").write_text("x: 1\n")
+
+    assert calls.wait_for(1, timeout=5.0)
+    assert calls.times[0] - written < 5.0
+    assert calls.scans[0] == {"a.yaml": stamp_of(tmp_path / "a.yaml")}
+
+
+def test_a_file_renamed_into_place_settles_too(
+    tmp_path: Path, calls: Calls, inotify_watch: Callable[..., DirectoryWatcher]
+) -> None:
+    inotify_watch(debounce=10.0, settle=0.02)
+
+    (tmp_path / ".a.yaml.tmp").write_text("x: 2\n")
+    written = time.monotonic()
+    os.replace(tmp_path / ".a.yaml.tmp", tmp_path / "a.yaml")
+
+    assert calls.wait_for(1, timeout=5.0)
+    assert calls.times[0] - written < 5.0
+
+
+def test_a_file_still_open_for_writing_waits_out_the_debounce(
+    tmp_path: Path, calls: Calls, inotify_watch: Callable[..., DirectoryWatcher]
+) -> None:
+    inotify_watch(debounce=0.8, settle=0.02)
+
+    with (tmp_path / "a.yaml").open("w") as f:
+        f.write("x: 1\n")
+        f.flush()
+        written = time.monotonic()
+        assert calls.wait_for(1)
+        assert calls.times[0] - written >= 0.8
+
+
+def test_the_burst_settles_when_its_last_open_file_is_closed(
+    tmp_path: Path, calls: Calls, inotify_watch: Callable[..., DirectoryWatcher]
+) -> None:
+    inotify_watch(debounce=10.0, settle=0.02)
+
+    with (tmp_path / "a.yaml").open("w") as f:
+        f.write("x: 1\n")
+        f.flush()
+        (tmp_path / "b.yaml").write_text("y: 1\n")
+        time.sleep(QUIET)
+        assert calls.count == 0
+        closing = time.monotonic()
+    assert calls.wait_for(1, timeout=5.0)
+    assert calls.times[0] - closing < 5.0
+    assert calls.settle() == 1
+    assert calls.scans[0] == {
+        "a.yaml": stamp_of(tmp_path / "a.yaml"),
+        "b.yaml": stamp_of(tmp_path / "b.yaml"),
+    }
+
+
+def test_a_new_directory_waits_out_the_debounce(
+    tmp_path: Path, calls: Calls, inotify_watch: Callable[..., DirectoryWatcher]
+) -> None:
+    inotify_watch(debounce=0.8, settle=0.02)
+
+    started = time.monotonic()
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / "a.yaml").write_text("x: 1\n")
+
+    assert calls.wait_for(1)
+    assert calls.times[0] - started >= 0.8
+
+
+def test_the_watcher_is_busy_from_the_first_event_until_the_callback_returns(
+    tmp_path: Path,
+) -> None:
+    seen: list[bool] = []
+    release = threading.Event()
+
+    def on_change() -> None:
+        seen.append(watcher.busy)
+        release.wait(TIMEOUT)
+
+    watcher = DirectoryWatcher(tmp_path, on_change, debounce=0.5, settle=0.5)
+    with watcher:
+        assert not watcher.busy
+        (tmp_path / "a.yaml").write_text("x: 1\n")
+        deadline = time.monotonic() + TIMEOUT
+        while not watcher.busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watcher.busy and seen == []
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [True] and watcher.busy
+        release.set()
+        while watcher.busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not watcher.busy
+    assert not watcher.busy
+
+
+def test_the_poller_cannot_see_files_closed_and_waits_out_the_debounce(
+    tmp_path: Path, calls: Calls
+) -> None:
+    with DirectoryWatcher(
+        tmp_path, calls, debounce=0.8, settle=0.02, polling=True, poll_interval=POLL
+    ):
+        written = time.monotonic()
+        (tmp_path / "a.yaml").write_text("x: 1\n")
+        assert calls.wait_for(1)
+    assert calls.times[0] - written >= 0.8
+
+
 def test_negative_timings_are_rejected(tmp_path: Path, calls: Calls) -> None:
     with pytest.raises(ValueError):
         DirectoryWatcher(tmp_path, calls, debounce=-1)
     with pytest.raises(ValueError):
         DirectoryWatcher(tmp_path, calls, max_delay=-1)
     with pytest.raises(ValueError):
+        DirectoryWatcher(tmp_path, calls, settle=-1)
+    with pytest.raises(ValueError):
         DirectoryWatcher(tmp_path, calls, poll_interval=0)
     watcher = DirectoryWatcher(tmp_path, calls)
     with pytest.raises(ValueError):
         watcher.debounce = -0.1
-    assert watcher.debounce == 0.1
+    with pytest.raises(ValueError):
+        watcher.settle = -0.1
+    assert (watcher.debounce, watcher.settle) == (0.1, 0.02)
 
 
 def test_a_failing_callback_is_logged_and_the_watcher_keeps_running(

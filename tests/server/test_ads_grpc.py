@@ -338,6 +338,25 @@ async def test_a_stream_stuck_in_one_push_wave_does_not_hold_back_the_next(
     await other_channel.close()
 
 
+async def test_the_cyclic_collector_is_off_for_the_length_of_a_push_wave(
+    cache_and_server, channel, monkeypatch
+):
+    monkeypatch.setattr(ads_module, "MAX_PUSH_PRIORITY", 0.5)
+    cache, server = cache_and_server
+    meshes = [big_mesh(generation) for generation in range(2)]
+    stuck, reader, other_channel = await _stuck_and_reader(cache, server, channel, meshes)
+    assert gc.isenabled()
+    with capture_logs() as logs:
+        cache.update(lambda key: meshes[1])
+        await read(reader)
+        assert not gc.isenabled()  # the stuck stream still owes its push
+        await eventually(lambda: any(e["event"] == "xds_push_wave_done" for e in logs))
+    assert gc.isenabled()
+    stuck.cancel()
+    reader.cancel()
+    await other_channel.close()
+
+
 @pytest.mark.parametrize("protocol", ["sotw", "delta"])
 async def test_a_closed_stream_is_freed_by_reference_counting_alone(
     cache_and_server, channel, protocol

@@ -89,3 +89,29 @@ async def test_housekeeping_waits_while_the_server_is_busy(monkeypatch):
     busy[0] = False
     await asyncio.sleep(0.06)
     assert calls == [1]
+
+
+async def test_housekeeping_waits_for_every_hold(monkeypatch):
+    calls: list[int] = []
+    reloading = [True]
+    monkeypatch.setattr(memory.Housekeeper, "run", staticmethod(lambda: calls.append(1) or 0))
+    housekeeper = memory.Housekeeper(asyncio.get_running_loop(), delay=0.02, interval=0.0)
+    housekeeper.hold_while(lambda: reloading[0])
+    housekeeper.soon()
+    await asyncio.sleep(0.1)
+    assert calls == []
+    reloading[0] = False
+    await asyncio.sleep(0.06)
+    assert calls == [1]
+
+
+def test_pausing_the_collector_resumes_only_what_it_paused():
+    assert gc.isenabled()
+    try:
+        assert memory.pause_collector() is True
+        assert not gc.isenabled()
+        assert memory.pause_collector() is False  # already off: not this caller's to resume
+        memory.resume_collector()
+        assert gc.isenabled()
+    finally:
+        gc.enable()

@@ -1,0 +1,41 @@
+"""ControlPlane wiring that no protocol test sees: housekeeping waits for a due reload."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from controlplane.server import memory
+from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
+
+
+async def test_housekeeping_waits_while_a_reload_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[int] = []
+    monkeypatch.setattr(memory.Housekeeper, "run", staticmethod(lambda: runs.append(1) or 0))
+    plane = ControlPlane(
+        ControlPlaneOptions(
+            tmp_path, xds_address="127.0.0.1:0", debounce=1.0, settle=1.0, max_delay=2.0
+        )
+    )
+    await plane.start()
+    try:
+        reloads = plane.reloads
+        (tmp_path / "a.yaml").write_text("# nothing yet\n")
+        await asyncio.sleep(0.3)  # the watcher has seen it; the reload is due in 1 s
+        assert plane.reloads == reloads
+        assert plane._server is not None
+        plane._server.ads.housekeeper.soon()  # due in 0.2 s, but the reload comes first
+        await asyncio.sleep(0.5)
+        assert (runs, plane.reloads) == ([], reloads)
+        for _ in range(100):
+            if runs:
+                break
+            await asyncio.sleep(0.05)
+        assert runs == [1]
+        assert plane.reloads == reloads + 1
+    finally:
+        await plane.stop(grace=0.1)
