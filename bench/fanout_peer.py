@@ -6,6 +6,10 @@ which the server reads and drops. ``/bench.Fanout/Trigger`` (unary) queues its
 request bytes to every connected stream. No serialization, no state beyond a
 queue per stream: the floor for "one small message to N streams" in grpc.aio.
 
+It runs on the same event loop as ``pilotfish serve`` does by default
+(uvloop when installed, see controlplane/server/event_loop.py), so that the
+two are compared on equal terms; ``--event-loop asyncio`` runs it on asyncio's.
+
 Usage: ``python bench/fanout_peer.py --port PORT`` (prints ``ready`` when serving).
 """
 
@@ -18,6 +22,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
+from controlplane.server import event_loop
 
 WELCOME = b"welcome"
 OPTIONS = [
@@ -77,7 +83,9 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--event-loop", choices=event_loop.LOOPS, default="auto")
+    args = parser.parse_args()
+    event_loop.run(serve(args.port), args.event_loop)
 
 
 if __name__ == "__main__":

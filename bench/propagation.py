@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import datetime
 import hashlib
 import itertools
 import json
@@ -209,14 +210,14 @@ class Reaper:
 class Workers:
     """Client worker processes (bench/xds_clients.py), driven over pipes."""
 
-    def __init__(self, count: int, reaper: Reaper) -> None:
+    def __init__(self, count: int, reaper: Reaper, event_loop: str = "auto") -> None:
         context = multiprocessing.get_context("spawn")
         self.pipes = []
         self.processes = []
         for index in range(count):
             mine, theirs = context.Pipe()
             process = context.Process(
-                target=xds_clients.worker_main, args=(theirs, index), daemon=True
+                target=xds_clients.worker_main, args=(theirs, index, event_loop), daemon=True
             )
             process.start()
             reaper.processes.append(process)
@@ -263,6 +264,8 @@ class Server:
             args.debounce,
             "--settle",
             args.settle,
+            "--event-loop",
+            args.event_loop,
             "--log-format",
             "json",
             "--log-level",
@@ -294,6 +297,33 @@ class Server:
 
     def log_offset(self) -> int:
         return self.log_path.stat().st_size
+
+    def timeline(self, start: int, t0: float) -> str:
+        """When, after ``t0`` (the file write), the server logged the reload, the first
+        publication and the end of the push wave, from byte ``start`` of its log."""
+        marks: dict[str, float] = {}
+        wave_seconds = math.nan
+        with open(self.log_path, "rb") as f:
+            f.seek(start)
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                    stamp = datetime.datetime.fromisoformat(entry["timestamp"]).timestamp()
+                except (ValueError, KeyError, TypeError):
+                    continue
+                event = entry.get("event")
+                if event in ("config_reloaded", "snapshot_published", "xds_push_wave_done"):
+                    marks.setdefault(event, stamp - t0)
+                    if event == "xds_push_wave_done" and math.isnan(wave_seconds):
+                        wave_seconds = float(entry.get("seconds", math.nan))
+                elif event == "heap_housekeeping" and stamp - t0 < marks.get(
+                    "xds_push_wave_done", math.inf
+                ):
+                    marks.setdefault("housekeeping (in the way)", stamp - t0)
+        parts = [f"{name} +{ms(at)}" for name, at in sorted(marks.items(), key=lambda m: m[1])]
+        if not math.isnan(wave_seconds):
+            parts.append(f"wave {wave_seconds * 1000:.0f} ms long")
+        return ", ".join(parts) or "no server events"
 
     def log_summary(self, start: int = 0) -> dict[str, Any]:
         """Counts of log lines by level, and warning/error events, from byte ``start``."""
@@ -329,10 +359,17 @@ class Server:
 
 
 class Peer:
-    def __init__(self, reaper: Reaper) -> None:
+    def __init__(self, reaper: Reaper, event_loop: str) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "fanout_peer.py"), "--port", str(self.port)],
+            [
+                sys.executable,
+                str(BENCH / "fanout_peer.py"),
+                "--port",
+                str(self.port),
+                "--event-loop",
+                event_loop,
+            ],
             stdout=subprocess.PIPE,
             cwd=ROOT,
         )
@@ -646,18 +683,24 @@ def run_edits(
     arm: Any,
     fire: Any,
     profiler: Profiler | PerfProfiler | None = None,
+    server: Server | None = None,
+    interval: float = 0.0,
 ) -> list[EditResult]:
     results = []
     pid = proc.pid
+    last = -math.inf
     for attempt in range(count):
         if proc.poll() is not None:
             raise RuntimeError(f"the server (pid {pid}) exited with {proc.returncode}")
         wait_quiet(pid)
+        time.sleep(max(0.0, last + interval - time.monotonic()))
+        last = time.monotonic()
         target = arm(attempt)
         workers.ask_all({"op": "arm", "target": target}, 60)
         if profiler is not None:
             profiler.start("push")
         cpu0 = proc_stats(pid).cpu
+        offset = server.log_offset() if server is not None else 0
         meter = LoadMeter()
         t0 = time.time()
         fire(attempt)
@@ -694,6 +737,11 @@ def run_edits(
             f" p99 {ms(pct(everything, 0.99))} max {ms(max(everything, default=math.nan))},"
             f" server CPU {cpu:.2f} s; other processes {foreign:.1f} CPU-s in {wall:.1f} s"
         )
+        if server is not None:
+            log(
+                f"    first applied +{ms(min(everything, default=math.nan))}; server: "
+                + server.timeline(offset, t0)
+            )
         results.append(result)
     return results
 
@@ -755,7 +803,7 @@ def run_n(
     log(header)
     sync_timeout = args.sync_timeout or 120 + 0.06 * n
     update_timeout = args.update_timeout or 30 + 0.015 * n
-    workers = Workers(len(plan), reaper)
+    workers = Workers(len(plan), reaper, args.event_loop)
     server = Server(args, config_dir, work, reaper)
     try:
         server.wait_serving(300)
@@ -828,7 +876,15 @@ def run_n(
             profiler = Profiler(server.pid, work, args.profile_native)
         offset = server.log_offset()
         outcome.edits = run_edits(
-            workers, server.proc, args.edits, update_timeout, arm, fire, profiler
+            workers,
+            server.proc,
+            args.edits,
+            update_timeout,
+            arm,
+            fire,
+            profiler,
+            server,
+            args.edit_interval,
         )
         final = proc_stats(server.pid)
         outcome.hwm, outcome.cpu_total = final.hwm, final.cpu
@@ -869,7 +925,7 @@ def run_n(
         lines += cprofile_report(server.profile_path)
 
     if not args.no_peer:
-        peer = Peer(reaper)
+        peer = Peer(reaper, args.event_loop)
         try:
             log(f"  peer: connecting {n} fan-out streams")
             fanout_plan = [["fanout"] * len(p) for p in plan]
@@ -984,6 +1040,18 @@ def main() -> None:
         help="streams doing their initial sync at once, per client process",
     )
     parser.add_argument("--debounce", default="100ms")
+    parser.add_argument(
+        "--edit-interval",
+        type=float,
+        default=0.0,
+        help="at least this many seconds from one edit to the next (default: once quiet)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the event loop of every process: server, peer and client workers",
+    )
     parser.add_argument(
         "--settle", default="20ms", help="the server's quiet time once written files are closed"
     )

@@ -57,6 +57,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
 
+from controlplane.server import event_loop
 from controlplane.xds.client import SotwClient
 from controlplane.xds.delta_client import DeltaClient
 from controlplane.xds.snapshot import resource_references
@@ -664,11 +665,11 @@ async def _serve(conn: Any, index: int) -> None:
         conn.send(reply)
 
 
-def worker_main(conn: Any, index: int) -> None:
+def worker_main(conn: Any, index: int, loop: str = "auto") -> None:
     """Entry point of a client worker process; runs until ``exit`` or the pipe closes.
 
     Ctrl-C is left to the coordinator, which tells workers to exit or terminates them.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(conn, index))
+        event_loop.run(_serve(conn, index), loop)

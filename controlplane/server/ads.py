@@ -137,8 +137,14 @@ class _Stream:
         # context.read() rather than gRPC's request iterator: that async generator
         # keeps the last message referenced while it waits for the next one, and a
         # SotW ACK can be 150 KB (750 MB held for nothing by 5,000 SotW streams).
+        service = self.service
         try:
             while True:
+                if service.pushing and not self.in_wave:
+                    # Whatever the client sends now waits for the end of the wave
+                    # anyway; reading it can too (one gRPC operation less per stream
+                    # in the wave, and gRPC flow control holds the client meanwhile).
+                    await service.wave_ended()
                 wire = await context.read()
                 if wire is grpc.aio.EOF:
                     return
@@ -148,10 +154,10 @@ class _Stream:
                 # A SotW ACK repeating thousands of names waits as a few bytes.
                 self.inbox.append(self.core.shrink(wire))
                 del wire
-                if self.service.pushing and not self.in_wave:
+                if service.pushing and not self.in_wave:
                     # The end of the wave wakes the handler; waking it now would
                     # only have it put the request off (10,000 times per wave).
-                    self.service.defer(self)
+                    service.defer(self)
                 else:
                     self.wakeup.set()
         except Exception as exc:
@@ -252,6 +258,7 @@ class AggregatedDiscoveryService:
         self._wave_started = 0.0
         self._deferred: set[_Stream] = set()
         self._collector_paused = False
+        self._wave_end: asyncio.Future[None] | None = None
         # Right after a wave rather than later: the next edit is least likely then,
         # and an edit that arrives during housekeeping waits for it.
         self.housekeeper = memory.Housekeeper(self._loop, delay=0.2, busy=lambda: self.pushing)
@@ -283,6 +290,14 @@ class AggregatedDiscoveryService:
         if self._waiting_pushes <= 0:
             self._end_wave()
 
+    async def wave_ended(self) -> None:
+        """Return when no push wave is under way."""
+        if not self._pushing:
+            return
+        if self._wave_end is None:
+            self._wave_end = self._loop.create_future()
+        await asyncio.shield(self._wave_end)
+
     def defer(self, stream: _Stream) -> None:
         self._deferred.add(stream)
 
@@ -300,13 +315,16 @@ class AggregatedDiscoveryService:
         deferred, self._deferred = self._deferred, set()
         for stream in deferred:
             stream.wakeup.set()
+        wave_end, self._wave_end = self._wave_end, None
+        if wave_end is not None and not wave_end.done():
+            wave_end.set_result(None)
         log.info(
             "xds_push_wave_done",
             streams=self._wave_pushes,
             seconds=round(self._loop.time() - self._wave_started, 3),
             unfinished=self._waiting_pushes,
         )
-        self.housekeeper.soon()
+        self.housekeeper.after_burst()
 
     @property
     def stream_count(self) -> int:

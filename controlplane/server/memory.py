@@ -100,7 +100,8 @@ def resume_collector() -> None:
 
 class Housekeeper:
     """Coalesces "a burst just ended" into one :meth:`run`, ``delay`` seconds later,
-    at most once per ``interval`` seconds."""
+    at most once per ``interval`` seconds (except right after a push wave, see
+    :meth:`after_burst`)."""
 
     def __init__(
         self,
@@ -128,6 +129,15 @@ class Housekeeper:
             return
         wait = max(self._delay, self._last + self._interval - self._loop.time())
         self._pending = self._loop.call_later(wait, self._run)
+
+    def after_burst(self) -> None:
+        """Ask for a run ``delay`` seconds from now, whatever the interval: a burst
+        (a push wave) just ended, and the moment right after one is the least likely
+        to hold up the next (which waits for a run under way, see :meth:`_run`)."""
+        if self._loop.is_closed():
+            return
+        self.cancel()
+        self._pending = self._loop.call_later(self._delay, self._run)
 
     def soon_threadsafe(self) -> None:
         if not self._loop.is_closed():

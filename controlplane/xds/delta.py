@@ -114,7 +114,8 @@ class _DeltaType:
     """``{name: hash}`` the client holds. After every plan it is exactly what the
     subscription selects in the snapshot, so it is the shared :class:`Selection`
     mapping, not a copy: a stream costs memory only while it differs."""
-    absent: set[str] = field(default_factory=set)
+    absent: frozenset[str] = frozenset()
+    """Immutable, so that streams in the same state share it (see ``on_snapshot``)."""
     answer: set[str] = field(default_factory=set)
     reply: bool = False
     """Answer the next plan even when it is empty (a new wildcard subscriber)."""
@@ -213,7 +214,7 @@ class DeltaStream(StreamCore):
             "delta-plan",
             id(previous),
             tuple(
-                (type_url, state.wildcard, state.names, frozenset(state.absent))
+                (type_url, state.wildcard, state.names, state.absent)
                 for type_url, state in types.items()
             ),
             tuple(map(id, sents)),
@@ -224,11 +225,11 @@ class DeltaStream(StreamCore):
             deltas, after = found[2]
             for type_url, (sent, absent) in after.items():
                 state = types[type_url]
-                state.sent, state.absent = sent, set(absent)
+                state.sent, state.absent = sent, absent
         else:
             deltas = self._deltas(snapshot, set(types), previous)
             if not self._warming:  # settled afterwards too: the plan can be shared
-                after = {t: (state.sent, frozenset(state.absent)) for t, state in types.items()}
+                after = {t: (state.sent, state.absent) for t, state in types.items()}
                 # A weak reference: a snapshot must not keep its predecessors alive.
                 memo[key] = (weakref.ref(previous), sents, (deltas, after))
         return [self._response(snapshot, delta) for delta in deltas]
@@ -284,7 +285,8 @@ class DeltaStream(StreamCore):
                 state.wildcard = False
             elif name in names:
                 names.discard(name)
-                state.absent.discard(name)
+                if name in state.absent:
+                    state.absent = state.absent - {name}
                 if state.wildcard:
                     state.answer.add(name)
                 else:
@@ -375,7 +377,8 @@ class DeltaStream(StreamCore):
         unanswered = {n for n in state.answer if n not in available}
         removed = gone | unreported | unanswered
         state.sent = select(snapshot, type_url, intern_key(state.wildcard, state.names)).hashes
-        state.absent = (state.absent | removed) & state.names
+        if removed or state.absent:
+            state.absent = (state.absent | removed) & state.names
         state.answer.clear()
         return resources, sorted(removed)
 

@@ -115,3 +115,26 @@ def test_pausing_the_collector_resumes_only_what_it_paused():
         assert gc.isenabled()
     finally:
         gc.enable()
+
+
+async def test_the_end_of_a_burst_runs_housekeeping_after_the_delay_whatever_the_interval(
+    monkeypatch,
+):
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(
+        memory.Housekeeper, "run", staticmethod(lambda: calls.append(loop.time()) or 0)
+    )
+    housekeeper = memory.Housekeeper(loop, delay=0.05, interval=60.0)
+    housekeeper.soon()
+    await asyncio.sleep(0.1)
+    assert len(calls) == 1
+    housekeeper.soon()  # within the interval: put off by a minute
+    await asyncio.sleep(0.1)
+    assert len(calls) == 1
+    asked = loop.time()
+    housekeeper.after_burst()
+    await asyncio.sleep(0.1)
+    assert len(calls) == 2
+    assert 0.04 <= calls[1] - asked < 0.1
+    housekeeper.cancel()
