@@ -24,15 +24,25 @@ are reported.
 The peer, measured in the same run from the same client processes: a bare
 grpc.aio fan-out server (bench/fanout_peer.py) that writes one small message
 to N streams when triggered; each client answers it with an ack, as the xDS
-clients ACK. Its p50/p99 are printed alongside with the ratio.
+clients ACK. Its p50/p99 are printed alongside with the ratio. Server, peer
+and client workers all run on the event loop ``--event-loop`` names (``auto``:
+uvloop when installed, as ``pilotfish serve`` does), so the two servers are
+compared on equal terms. After each edit the bench also prints the server's
+own timeline from its log: when the reload finished, the snapshot was
+published and the push wave ended, and any housekeeping that ran in between.
+``--edit-interval`` spaces the edits (the server's periodic housekeeping then
+runs between them).
 
-``--profile`` samples the server with py-spy (``pip install py-spy``) from just
-before each edit until every stream has applied it, and prints the top
-functions; without py-spy the server runs under cProfile for its whole life
-(bench/cprofile_serve.py, ``PILOTFISH_CPROFILE``).
+``--perf`` records the whole machine with ``perf record`` (every process,
+kernel included) during each push and prints where the two cores went, by
+thread and shared object. ``--profile`` samples the server with py-spy
+(``pip install py-spy``) from just before each edit until every stream has
+applied it, and prints the top functions; without py-spy the server runs
+under cProfile for its whole life (bench/cprofile_serve.py,
+``PILOTFISH_CPROFILE``).
 
 Usage: ``python bench/propagation.py --streams 100 1000 10000 --services 1000
---edits 3 --protocol both``. All load goes to 127.0.0.1; the server, peer and
+--edits 5 --protocol both``. All load goes to 127.0.0.1; the server, peer and
 client processes are stopped on exit, error or Ctrl-C.
 """
 

@@ -24,16 +24,15 @@ for ``pilotfish status`` and the logs.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
 
+from controlplane import collector
 from controlplane.config.build import BuildResult, MeshBuilder, build_mesh
 from controlplane.config.diagnostics import Diagnostic, Finding, Severity
 from controlplane.config.document import FileResult, read_text
@@ -91,23 +90,6 @@ def _read(root: Path, rel: str) -> FileVersion | None:
     return FileVersion(rel, digest, text, read_text(rel, text))
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a reload allocates.
-
-    A large reload creates millions of small immutable objects (no cycles);
-    with the collector on, each full collection rescans the growing heap and a
-    cold load turns quadratic. Reference counting still frees everything.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def resolve_positions(findings: Iterable[Finding], texts: dict[str, str]) -> list[Diagnostic]:
     """Give each finding its line and column by looking its path up in the file's text."""
     out: list[Diagnostic] = []
@@ -146,7 +128,10 @@ class ConfigStore:
         return self._diagnostics
 
     def reload(self) -> ReloadResult:
-        with self._lock, _collector_paused():
+        # A large reload creates millions of small immutable objects (no cycles);
+        # with the collector on, each full collection rescans the growing heap
+        # and a cold load turns quadratic. Reference counting frees everything.
+        with self._lock, collector.paused():
             return self._reload()
 
     def _reload(self) -> ReloadResult:

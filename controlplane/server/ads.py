@@ -26,7 +26,7 @@ again. Thousands of ACKs thus wait until every client has its update instead
 of delaying the later pushes. (The reader puts such a stream on the wave's
 list itself, rather than waking the handler only to have it wait.) The
 cyclic garbage collector is paused for the length of a wave (see
-:mod:`controlplane.server.memory`). A stream whose client does not read cannot hold
+:mod:`controlplane.collector`). A stream whose client does not read cannot hold
 requests back for long: a wave ends after :data:`MAX_PUSH_PRIORITY` seconds
 whatever is left, and a stream's own push is never held back.
 
@@ -58,6 +58,7 @@ import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
 
+from controlplane import collector
 from controlplane.errors import InconsistentSnapshotError, ProtocolError
 from controlplane.server import memory
 from controlplane.xds.cache import SnapshotCache
@@ -257,7 +258,6 @@ class AggregatedDiscoveryService:
         self._wave_pushes = 0
         self._wave_started = 0.0
         self._deferred: set[_Stream] = set()
-        self._collector_paused = False
         self._wave_end: asyncio.Future[None] | None = None
         # Right after a wave rather than later: the next edit is least likely then,
         # and an edit that arrives during housekeeping waits for it.
@@ -277,7 +277,7 @@ class AggregatedDiscoveryService:
             self._waiting_pushes = 0
             self._wave_pushes = 0
             self._wave_started = self._loop.time()
-            self._collector_paused = memory.pause_collector()
+            collector.hold()
             self._wave_deadline = self._loop.call_later(MAX_PUSH_PRIORITY, self._end_wave)
         self._waiting_pushes += 1
         return self._wave
@@ -306,9 +306,7 @@ class AggregatedDiscoveryService:
 
     def _end_wave(self) -> None:
         self._pushing = False
-        if self._collector_paused:
-            self._collector_paused = False
-            memory.resume_collector()
+        collector.release()
         if self._wave_deadline is not None:
             self._wave_deadline.cancel()
             self._wave_deadline = None

@@ -25,6 +25,7 @@ from pathlib import Path
 import structlog
 from envoy.config.core.v3 import base_pb2
 
+from controlplane import collector
 from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.config.watcher import DirectoryWatcher
 from controlplane.model import Mesh
@@ -91,13 +92,14 @@ class ControlPlane:
 
     def reload(self) -> ReloadResult:
         """Re-read the directory and publish the new model if it changed."""
-        result = self.store.reload()
-        self.reloads += 1
-        if result.changed:
-            self.cache.update(self._builder(result.mesh))
-            if self._server is not None:
-                # The new model is long-lived: have it frozen once things are quiet.
-                self._server.ads.housekeeper.soon_threadsafe()
+        with collector.paused():
+            result = self.store.reload()
+            self.reloads += 1
+            if result.changed:
+                self.cache.update(self._builder(result.mesh))
+        if result.changed and self._server is not None:
+            # The new model is long-lived: have it frozen once things are quiet.
+            self._server.ads.housekeeper.soon_threadsafe()
         return result
 
     def _on_change(self) -> None:

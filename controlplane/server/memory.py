@@ -30,11 +30,8 @@ response, a reload), at most once per ``interval``, on the event loop thread:
   of the heaps. Both are reached through ctypes (nothing on PyPI wraps them)
   and are no-ops on a C library without them (musl, macOS).
 
-The automatic collector is also paused for the length of a push wave
-(:func:`pause_collector`): the objects a wave allocates (one write in flight
-per stream) all stay alive until it ends, so collections during it would
-only rescan them, thousands of times over. A wave lasts at most a few
-seconds, and its garbage is acyclic (freed by reference counting) anyway.
+The automatic collector is paused during push waves and reloads
+(:mod:`controlplane.collector`); this module's full collection runs after them.
 """
 
 from __future__ import annotations
@@ -83,19 +80,6 @@ def trim() -> bool:
     if _LIBC is None:
         return False
     return bool(_LIBC.malloc_trim(0))
-
-
-def pause_collector() -> bool:
-    """Turn the automatic cyclic collector off; ``True`` if it was on, and so
-    must be turned back on with :func:`resume_collector`."""
-    if not gc.isenabled():
-        return False
-    gc.disable()
-    return True
-
-
-def resume_collector() -> None:
-    gc.enable()
 
 
 class Housekeeper:

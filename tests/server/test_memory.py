@@ -105,18 +105,6 @@ async def test_housekeeping_waits_for_every_hold(monkeypatch):
     assert calls == [1]
 
 
-def test_pausing_the_collector_resumes_only_what_it_paused():
-    assert gc.isenabled()
-    try:
-        assert memory.pause_collector() is True
-        assert not gc.isenabled()
-        assert memory.pause_collector() is False  # already off: not this caller's to resume
-        memory.resume_collector()
-        assert gc.isenabled()
-    finally:
-        gc.enable()
-
-
 async def test_the_end_of_a_burst_runs_housekeeping_after_the_delay_whatever_the_interval(
     monkeypatch,
 ):
