@@ -396,36 +396,29 @@ class Peer:
         self._reaper.stop_popen(self.proc)
 
 
-class Profiler:
-    """py-spy sampling of the server, in named phases (``push``, then ``after``)."""
+class _Recorder:
+    """A sampling profiler run as a subprocess per named phase (``push``, then
+    ``after``), stopped with SIGINT; subclasses say what to run and what to keep."""
 
-    def __init__(self, pid: int, work: Path, native: bool = False) -> None:
-        self.native = native
+    prefix = "profile"
+    suffix = ".txt"
+
+    def __init__(self, pid: int, work: Path) -> None:
         self.pid = pid
         self.work = work
-        self.samples: dict[str, collections.Counter[str]] = {}
         self._current: tuple[subprocess.Popen[Any], Path, str] | None = None
         self._count = itertools.count()
 
+    def command(self, out: Path) -> list[str]:
+        raise NotImplementedError
+
+    def keep(self, out: Path, phase: str) -> None:
+        raise NotImplementedError
+
     def start(self, phase: str, settle: bool = True) -> None:
-        out = self.work / f"pyspy-{next(self._count)}.txt"
+        out = self.work / f"{self.prefix}-{next(self._count)}{self.suffix}"
         proc = subprocess.Popen(
-            [
-                shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-                "record",
-                "--pid",
-                str(self.pid),
-                "--rate",
-                "200",
-                "--format",
-                "raw",
-                "--threads",
-                *(["--native"] if self.native else ["--nonblocking"]),
-                "--output",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self.command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         self._current = (proc, out, phase)
         if settle:
@@ -448,67 +441,69 @@ class Profiler:
 
     def _collect(self, proc: subprocess.Popen[Any], out: Path, phase: str) -> None:
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        samples = self.samples.setdefault(phase, collections.Counter())
-        if out.exists():
-            for line in out.read_text().splitlines():
-                stack, _, count = line.rpartition(" ")
-                if stack and count.isdigit():
-                    samples[stack] += int(count)
-
-
-class PerfProfiler:
-    """``perf record`` of the whole machine (every process, kernel included) per phase.
-
-    Where py-spy sees the server's Python frames, this sees what the two cores
-    do during a push: the server, the client processes and gRPC's threads, in
-    user space and in the kernel. Reported by command and shared object, and
-    the server's hottest symbols.
-    """
-
-    def __init__(self, pid: int, work: Path) -> None:
-        self.pid = pid
-        self.work = work
-        self.files: dict[str, list[Path]] = {}
-        self._current: tuple[subprocess.Popen[Any], Path, str] | None = None
-        self._count = itertools.count()
-
-    def start(self, phase: str, settle: bool = True) -> None:
-        out = self.work / f"perf-{next(self._count)}.data"
-        proc = subprocess.Popen(
-            ["perf", "record", "-a", "-e", "cpu-clock", "-F", "499", "-q", "-o", str(out)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._current = (proc, out, phase)
-        if settle:
-            time.sleep(1.0)
-
-    def switch(self, phase: str) -> None:
-        previous = self._current
-        if previous is not None:
-            previous[0].send_signal(signal.SIGINT)
-        self.start(phase, settle=False)
-        if previous is not None:
-            self._collect(*previous)
-
-    def stop(self) -> None:
-        if self._current is not None:
-            current, self._current = self._current, None
-            current[0].send_signal(signal.SIGINT)
-            self._collect(*current)
-
-    def _collect(self, proc: subprocess.Popen[Any], out: Path, phase: str) -> None:
-        try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
         if out.exists():
-            self.files.setdefault(phase, []).append(out)
+            self.keep(out, phase)
+
+
+class Profiler(_Recorder):
+    """py-spy sampling of the server's threads."""
+
+    prefix = "pyspy"
+
+    def __init__(self, pid: int, work: Path, native: bool = False) -> None:
+        super().__init__(pid, work)
+        self.native = native
+        self.samples: dict[str, collections.Counter[str]] = {}
+
+    def command(self, out: Path) -> list[str]:
+        return [
+            shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(self.pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--threads",
+            *(["--native"] if self.native else ["--nonblocking"]),
+            "--output",
+            str(out),
+        ]
+
+    def keep(self, out: Path, phase: str) -> None:
+        samples = self.samples.setdefault(phase, collections.Counter())
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                samples[stack] += int(count)
+
+
+class PerfProfiler(_Recorder):
+    """``perf record`` of the whole machine (every process, kernel included).
+
+    Where py-spy sees the server's Python frames, this sees what the two cores
+    do during a push: the server, the client processes and gRPC's threads, in
+    user space and in the kernel. Reported by thread and shared object, and
+    the server's hottest symbols.
+    """
+
+    prefix = "perf"
+    suffix = ".data"
+
+    def __init__(self, pid: int, work: Path) -> None:
+        super().__init__(pid, work)
+        self.files: dict[str, list[Path]] = {}
+
+    def command(self, out: Path) -> list[str]:
+        return ["perf", "record", "-a", "-e", "cpu-clock", "-F", "499", "-q", "-o", str(out)]
+
+    def keep(self, out: Path, phase: str) -> None:
+        self.files.setdefault(phase, []).append(out)
 
     def report(self, phase: str, top: int = 25) -> list[str]:
         lines: list[str] = []

@@ -81,15 +81,16 @@ def calls(tmp_path: Path) -> Calls:
     return Calls(tmp_path)
 
 
-@pytest.fixture
-def watch(tmp_path: Path, calls: Calls, polling: bool) -> Iterator[Callable[..., DirectoryWatcher]]:
+def _watchers(
+    root: Path, calls: Calls, polling: bool, **defaults: float
+) -> Iterator[Callable[..., DirectoryWatcher]]:
+    """Yields a starter of watchers on ``root``; stops them all afterwards."""
     started: list[DirectoryWatcher] = []
 
     def make(**options: float) -> DirectoryWatcher:
-        options.setdefault("debounce", 0.05)
-        # Tests of settling set it; elsewhere every burst waits out the debounce.
-        options.setdefault("settle", 60.0)
-        watcher = DirectoryWatcher(tmp_path, calls, polling=polling, poll_interval=POLL, **options)
+        watcher = DirectoryWatcher(
+            root, calls, polling=polling, poll_interval=POLL, **{**defaults, **options}
+        )
         watcher.start()
         started.append(watcher)
         return watcher
@@ -97,6 +98,12 @@ def watch(tmp_path: Path, calls: Calls, polling: bool) -> Iterator[Callable[...,
     yield make
     for watcher in started:
         watcher.stop()
+
+
+@pytest.fixture
+def watch(tmp_path: Path, calls: Calls, polling: bool) -> Iterator[Callable[..., DirectoryWatcher]]:
+    # Tests of settling set it; elsewhere every burst waits out the debounce.
+    yield from _watchers(tmp_path, calls, polling, debounce=0.05, settle=60.0)
 
 
 def test_editing_a_file_in_place_calls_back_once(
@@ -323,17 +330,7 @@ def test_max_delay_caps_a_debounce_longer_than_it(
 
 @pytest.fixture
 def inotify_watch(tmp_path: Path, calls: Calls) -> Iterator[Callable[..., DirectoryWatcher]]:
-    started: list[DirectoryWatcher] = []
-
-    def make(**options: float) -> DirectoryWatcher:
-        watcher = DirectoryWatcher(tmp_path, calls, poll_interval=POLL, max_delay=30.0, **options)
-        watcher.start()
-        started.append(watcher)
-        return watcher
-
-    yield make
-    for watcher in started:
-        watcher.stop()
+    yield from _watchers(tmp_path, calls, False, max_delay=30.0)
 
 
 def test_a_file_written_and_closed_calls_back_after_the_settle_not_the_debounce(
