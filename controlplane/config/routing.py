@@ -152,7 +152,7 @@ def _weighted(
             )
         )
     if routes and total != 100:
-        weights = ", ".join(str(r.get("weight", "unset")) for r in routes)
+        weights = ", ".join(str((r or {}).get("weight", "unset")) for r in routes)
         report.error(
             "PF117",
             path,

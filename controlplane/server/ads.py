@@ -30,6 +30,10 @@ cyclic garbage collector is paused for the length of a wave (see
 requests back for long: a wave ends after :data:`MAX_PUSH_PRIORITY` seconds
 whatever is left, and a stream's own push is never held back.
 
+A wave wakes the streams whose clients send light ACKs first (delta clients,
+SotW clients following few names) and those whose every ACK repeats a long
+name list last, so that the heavy ACKs overlap as few pushes as possible.
+
 Snapshot changes are "latest wins". A publication only marks the streams of
 that class dirty and sets their event; the stream then reads the current
 snapshot from the cache. However many publications happen while a stream is
@@ -259,9 +263,11 @@ class AggregatedDiscoveryService:
         self._wave_started = 0.0
         self._deferred: set[_Stream] = set()
         self._wave_end: asyncio.Future[None] | None = None
-        # Right after a wave rather than later: the next edit is least likely then,
-        # and an edit that arrives during housekeeping waits for it.
-        self.housekeeper = memory.Housekeeper(self._loop, delay=0.2, busy=lambda: self.pushing)
+        # Soon after a wave rather than at any later moment: the next edit is least
+        # likely then, and an edit that arrives during housekeeping waits for it. A
+        # second, not less: the ACKs of the wave's last pushes arrive after it ends,
+        # and the buffers they leave should be among those handed back.
+        self.housekeeper = memory.Housekeeper(self._loop, delay=1.0, busy=lambda: self.pushing)
         self._remove_listener = cache.add_listener(self._on_publish)
 
     @property
@@ -397,8 +403,15 @@ class AggregatedDiscoveryService:
             self._loop.call_soon_threadsafe(self._wake, key)
 
     def _wake(self, key: str) -> None:
-        for stream in self._streams.get(key, ()):
+        # Streams push in the order they are woken. Clients whose ACKs are light go
+        # first: a SotW client repeats its whole name list in every ACK (150 KB for
+        # 3,000 clusters), and those ACKs compete with the pushes still to come.
+        for stream in sorted(self._streams.get(key, ()), key=_ack_weight):
             stream.wake(dirty=True)
+
+
+def _ack_weight(stream: _Stream) -> int:
+    return stream.core.ack_weight
 
 
 _SINGLE_TYPE_SERVICES = {

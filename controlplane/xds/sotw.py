@@ -147,6 +147,11 @@ class SotwStream(StreamCore):
         )
         return shrink(wire, known) if known else wire
 
+    @property
+    def ack_weight(self) -> int:
+        """A SotW ACK repeats its type's whole name list: the longest one held."""
+        return max((len(s.names_wire) for s in self._types.values() if s.names_wire), default=0)
+
     def on_wire(self, data: bytes | ShrunkRequest) -> list[Any]:
         """:meth:`on_request` for a request as received (bytes, or :meth:`shrink`'s result).
 

@@ -101,6 +101,12 @@ class StreamCore:
         """A request's bytes in the form to keep until :meth:`on_wire` (here: as is)."""
         return wire
 
+    @property
+    def ack_weight(self) -> int:
+        """Roughly how many bytes the client's ACKs carry beyond a fixed header (here:
+        none; a delta ACK names no resources)."""
+        return 0
+
     def on_wire(self, data: bytes | ShrunkRequest) -> list[Any]:
         """:meth:`on_request` for a request as received on the wire."""
         assert isinstance(data, bytes)

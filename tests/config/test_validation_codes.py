@@ -1255,6 +1255,19 @@ def test_pf117_an_unset_weight_among_several_counts_as_zero() -> None:
     ]
 
 
+def test_an_empty_entry_in_a_route_list_is_reported_not_a_crash() -> None:
+    text = doc(
+        "VirtualService",
+        "hosts: [web]\nhttp:\n- route:\n  - destination: {host: web, subset: v1}\n"
+        "    weight: 80\n  - null\n",
+        name="web",
+    )
+    codes = [(d.code, d.field) for d in diagnose(text)]
+    assert ("PF117", "spec.http[0].route") in codes
+    assert all(d.is_error for d in diagnose(text))
+    assert read_text(FILE, text).ok is False
+
+
 def test_pf118_an_unknown_load_balancer() -> None:
     check(
         doc(

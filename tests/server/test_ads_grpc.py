@@ -384,3 +384,31 @@ async def test_a_closed_stream_is_freed_by_reference_counting_alone(
         assert gone() is None
     finally:
         gc.enable()
+
+
+async def test_a_wave_wakes_the_streams_with_light_acks_first(cache_and_server):
+    """Streams push in the order they are woken: SotW clients that repeat long name
+    lists in every ACK go last, so their ACKs overlap as few pushes as possible."""
+    cache, _ = cache_and_server
+    service = ads_module.AggregatedDiscoveryService(cache)
+    woken: list[str] = []
+
+    class Core:
+        def __init__(self, ack_weight: int) -> None:
+            self.ack_weight = ack_weight
+
+    class Stream:
+        def __init__(self, name: str, ack_weight: int) -> None:
+            self.name = name
+            self.core = Core(ack_weight)
+
+        def wake(self, *, dirty: bool = False) -> None:
+            assert dirty
+            woken.append(self.name)
+
+    for name, weight in [("sotw-3000", 150_000), ("delta", 0), ("sotw-10", 500), ("delta-2", 0)]:
+        service.register("class", Stream(name, weight))  # type: ignore[arg-type]
+    service._wake("class")
+    assert woken[2:] == ["sotw-10", "sotw-3000"]
+    assert sorted(woken[:2]) == ["delta", "delta-2"]
+    service.close()

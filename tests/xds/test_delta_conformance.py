@@ -925,3 +925,13 @@ def test_rule_38_paired_one_stream_orders_every_type_and_converges():
     for type_url in ALL_TYPES:
         status = pair.server.status(type_url)
         assert (status.acked_version, status.nacked_version) == (status.version, "")
+
+
+def test_a_delta_stream_has_no_ack_weight_whatever_it_follows():
+    stream = DeltaStream(lambda node: base_mesh())
+    request = discovery_pb2.DeltaDiscoveryRequest(
+        type_url=ENDPOINT, resource_names_subscribe=["a", "b"]
+    )
+    request.node.CopyFrom(NODE)
+    stream.on_wire(request.SerializeToString())
+    assert stream.ack_weight == 0

@@ -176,3 +176,12 @@ def test_a_repeated_list_followed_by_one_more_name_elsewhere_is_a_subscription_c
     out_plain, out_wired, _ = feed(plain, wired, grown)
     assert described(wired).names == frozenset({"a", "b", "c"})
     assert [names(r) for r in out_wired] == [names(r) for r in out_plain] == [["c"]]
+
+
+def test_the_ack_weight_of_a_stream_fed_bytes_is_its_longest_name_list():
+    plain, wired = pair_of_streams()
+    first = encode(["a", "b"], version="", nonce="", node=True, order=[0, 1, 2, 3, 4, 5], split=2)
+    feed(plain, wired, first)
+    listed = discovery_pb2.DiscoveryRequest(resource_names=["a", "b"]).SerializeToString()
+    assert wired.ack_weight == len(listed)
+    assert plain.ack_weight == 0  # decoded requests keep no encoding to compare
