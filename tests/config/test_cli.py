@@ -247,3 +247,40 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) 
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"pilotfish {__version__}\n"
+
+
+def test_serve_passes_the_settle_and_the_event_loop_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controlplane import cli
+
+    seen: dict[str, object] = {}
+
+    def run_until_signalled(options: object, grace: float) -> object:
+        seen["options"] = options
+
+        async def serve() -> None:
+            pass
+
+        return serve()
+
+    def run(main: object, loop: str = "auto") -> None:
+        seen["loop"] = loop
+        main.close()  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(cli, "_run_until_signalled", run_until_signalled)
+    monkeypatch.setattr(cli.event_loop, "run", run)
+    argv = ["serve", "--config-dir", str(tmp_path), "--settle", "5ms", "--event-loop", "asyncio"]
+    assert main(argv) == 0
+    assert seen["loop"] == "asyncio"
+    options = seen["options"]
+    assert (options.settle, options.debounce) == (0.005, 0.1)  # type: ignore[attr-defined]
+
+
+def test_serve_refuses_an_unknown_event_loop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--config-dir", str(tmp_path), "--event-loop", "trio"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'trio'" in capsys.readouterr().err

@@ -5,11 +5,15 @@ structures (some shaped like resources, so the schema check and the
 converters see them), and the example configurations with random mutations
 (a key deleted or renamed, a value replaced or retyped, a list item
 duplicated). Every finding must also resolve to a position in the text.
+
+Each test tries 250 examples; ``PF_FUZZ_EXAMPLES=5000 pytest
+tests/config/test_fuzz.py`` searches longer.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ DOCUMENTS: list[dict[str, Any]] = [
 ]
 FIELD_NAMES = sorted({name for fields in MESSAGES.values() for name in fields})
 FUZZ = settings(
-    max_examples=250,
+    max_examples=int(os.environ.get("PF_FUZZ_EXAMPLES", "250")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
