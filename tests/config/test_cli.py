@@ -268,6 +268,9 @@ def test_serve_passes_the_settle_and_the_event_loop_on(
         seen["loop"] = loop
         main.close()  # type: ignore[attr-defined]
 
+    # The real logging set-up caches loggers for good, which capture_logs elsewhere
+    # cannot see through.
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
     monkeypatch.setattr(cli, "_run_until_signalled", run_until_signalled)
     monkeypatch.setattr(cli.event_loop, "run", run)
     argv = ["serve", "--config-dir", str(tmp_path), "--settle", "5ms", "--event-loop", "asyncio"]
