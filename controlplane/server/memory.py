@@ -25,7 +25,7 @@ response, a reload), at most once per ``interval``, on the event loop thread:
   back as soon as they are freed, while ACK-sized buffers come from the heap,
   where the next ACK reuses the memory the last one freed. Below glibc's own
   128 KiB default every 150 KB ACK was a fresh mapping whose pages the kernel
-  zeroed on first touch: 10,000 of them per push, the largest kernel cost of a
+  zeroed on first touch: thousands of them per push, the largest kernel cost of a
   wave. The housekeeper calls ``malloc_trim(0)``, which returns the free pages
   of the heaps. Both are reached through ctypes (nothing on PyPI wraps them)
   and are no-ops on a C library without them (musl, macOS).
