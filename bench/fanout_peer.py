@@ -5,6 +5,9 @@ then writes every triggered message to it; the client answers each with an ack,
 which the server reads and drops. ``/bench.Fanout/Trigger`` (unary) queues its
 request bytes to every connected stream. No serialization, no state beyond a
 queue per stream: the floor for "one small message to N streams" in grpc.aio.
+What is alive when a fan-out is triggered is frozen out of the cyclic collector
+first, and the streams are written connection by connection: both as Pilotfish
+does.
 
 It runs on the same event loop as ``pilotfish serve`` does by default
 (uvloop when installed, see controlplane/server/event_loop.py), so that the
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,11 +38,11 @@ OPTIONS = [
 
 class Fanout:
     def __init__(self) -> None:
-        self.queues: set[asyncio.Queue[bytes]] = set()
+        self.queues: dict[asyncio.Queue[bytes], str] = {}
 
     async def subscribe(self, requests: AsyncIterator[bytes], context: Any) -> None:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.queues.add(queue)
+        self.queues[queue] = context.peer()
 
         async def drain() -> None:
             async for _ack in requests:
@@ -50,11 +54,17 @@ class Fanout:
             while True:
                 await context.write(await queue.get())
         finally:
-            self.queues.discard(queue)
+            self.queues.pop(queue, None)
             reader.cancel()
 
     async def trigger(self, request: bytes, context: Any) -> bytes:
-        for queue in self.queues:
+        # The streams' objects are long-lived: without this, the collections the
+        # fan-out's allocations set off rescan all of them (gen 2 at 10,000
+        # streams: a third of the peer's CPU, 0.4 s of its p99). Pilotfish freezes
+        # its long-lived objects too (controlplane/server/memory.py).
+        gc.freeze()
+        # Connection by connection, as Pilotfish pushes (controlplane/server/ads.py).
+        for queue, _ in sorted(self.queues.items(), key=lambda item: item[1]):
             queue.put_nowait(request)
         return str(len(self.queues)).encode()
 

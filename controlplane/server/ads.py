@@ -33,6 +33,11 @@ whatever is left, and a stream's own push is never held back.
 A wave wakes the streams whose clients send light ACKs first (delta clients,
 SotW clients following few names) and those whose every ACK repeats a long
 name list last, so that the heavy ACKs overlap as few pushes as possible.
+Among streams of equal weight, those that share a connection (HTTP/2
+multiplexes streams: a client process holding several, or a proxy in front of
+the control plane) push one after another. gRPC writes each message to the
+socket as it is sent; back to back, they reach the peer together, which then
+reads them, and sends their ACKs, in one go rather than once per stream.
 
 Snapshot changes are "latest wins". A publication only marks the streams of
 that class dirty and sets their event; the stream then reads the current
@@ -95,10 +100,13 @@ class _Stream:
         stream_id: int,
         type_url: str | None,
         protocol: str = SOTW,
+        connection: str = "",
     ) -> None:
         self.service = service
         self.stream_id = stream_id
         self.protocol = protocol
+        self.connection = connection
+        """The client's address as gRPC reports it: one per connection."""
         self.core: SotwStream | DeltaStream = (
             DeltaStream(self._lookup, type_url=type_url)
             if protocol == DELTA
@@ -355,9 +363,9 @@ class AggregatedDiscoveryService:
     ) -> None:
         """Run one stream of ``protocol`` (:data:`SOTW` or :data:`DELTA`); ``type_url``
         is ``None`` for ADS."""
-        stream = _Stream(self, next(self._ids), type_url, protocol)
+        stream = _Stream(self, next(self._ids), type_url, protocol, context.peer())
         stream.log = stream.log.bind(
-            peer=context.peer(), service=short_name(type_url or "ADS"), protocol=protocol
+            peer=stream.connection, service=short_name(type_url or "ADS"), protocol=protocol
         )
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane shutting down")
@@ -403,15 +411,16 @@ class AggregatedDiscoveryService:
             self._loop.call_soon_threadsafe(self._wake, key)
 
     def _wake(self, key: str) -> None:
-        # Streams push in the order they are woken. Clients whose ACKs are light go
-        # first: a SotW client repeats its whole name list in every ACK (150 KB for
-        # 3,000 clusters), and those ACKs compete with the pushes still to come.
-        for stream in sorted(self._streams.get(key, ()), key=_ack_weight):
+        # Streams push in the order they are woken (see the module docstring).
+        for stream in sorted(self._streams.get(key, ()), key=_push_order):
             stream.wake(dirty=True)
 
 
-def _ack_weight(stream: _Stream) -> int:
-    return stream.core.ack_weight
+def _push_order(stream: _Stream) -> tuple[int, str]:
+    # Light ACKs first: a SotW client repeats its whole name list in every ACK
+    # (150 KB for 3,000 clusters), and those ACKs compete with the pushes still to
+    # come. Then by connection, so that the streams of one connection are adjacent.
+    return stream.core.ack_weight, stream.connection
 
 
 _SINGLE_TYPE_SERVICES = {

@@ -398,9 +398,10 @@ async def test_a_wave_wakes_the_streams_with_light_acks_first(cache_and_server):
             self.ack_weight = ack_weight
 
     class Stream:
-        def __init__(self, name: str, ack_weight: int) -> None:
+        def __init__(self, name: str, ack_weight: int, connection: str = "") -> None:
             self.name = name
             self.core = Core(ack_weight)
+            self.connection = connection
 
         def wake(self, *, dirty: bool = False) -> None:
             assert dirty
@@ -412,3 +413,50 @@ async def test_a_wave_wakes_the_streams_with_light_acks_first(cache_and_server):
     assert woken[2:] == ["sotw-10", "sotw-3000"]
     assert sorted(woken[:2]) == ["delta", "delta-2"]
     service.close()
+
+
+async def test_a_wave_wakes_the_streams_of_one_connection_one_after_another(cache_and_server):
+    """Within one ACK weight, streams sharing a connection push back to back, so
+    their messages reach the client together; the weight still comes first."""
+    cache, _ = cache_and_server
+    service = ads_module.AggregatedDiscoveryService(cache)
+    woken: list[str] = []
+
+    class Core:
+        def __init__(self, ack_weight: int) -> None:
+            self.ack_weight = ack_weight
+
+    class Stream:
+        def __init__(self, name: str, ack_weight: int, connection: str) -> None:
+            self.name = name
+            self.core = Core(ack_weight)
+            self.connection = connection
+
+        def wake(self, *, dirty: bool = False) -> None:
+            assert dirty
+            woken.append(self.name)
+
+    ports = {"a": 50001, "b": 50002, "c": 50003, "d": 50004}
+    for index in range(5):
+        for name, port in ports.items():
+            stream = Stream(f"{name}{index}", 0, f"ipv4:127.0.0.1:{port}")
+            service.register("class", stream)  # type: ignore[arg-type]
+    service.register("class", Stream("b-sotw", 500, "ipv4:127.0.0.1:50002"))  # type: ignore[arg-type]
+    service.register("class", Stream("a-sotw", 500, "ipv4:127.0.0.1:50001"))  # type: ignore[arg-type]
+    service._wake("class")
+    assert [name[0] for name in woken[:20]] == ["a"] * 5 + ["b"] * 5 + ["c"] * 5 + ["d"] * 5
+    assert woken[20:] == ["a-sotw", "b-sotw"]
+    service.close()
+
+
+async def test_a_stream_knows_the_connection_it_came_on(cache_and_server):
+    _, server = cache_and_server
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        call = ads(channel)
+        await call.write(request(CLUSTER))
+        await call.read()
+        streams = list(server.ads._all)
+        assert len(streams) == 1
+        assert streams[0].connection.startswith("ipv4:127.0.0.1:")
+        assert streams[0].connection != f"ipv4:{server.address}"
+        call.cancel()
