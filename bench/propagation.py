@@ -603,6 +603,8 @@ class EditResult:
     armed: int
     cpu: float
     errors: dict[str, int]
+    client_cpu: float = 0.0
+    """CPU of the client processes (every thread) from arming until all applied."""
     foreign: float = 0.0
     wall: float = 0.0
     rss: int = 0
@@ -731,6 +733,7 @@ def run_edits(
             armed=armed,
             cpu=cpu,
             errors=errors_of(replies),
+            client_cpu=sum(float(r.get("cpu", 0.0)) for r in replies),
             foreign=foreign,
             wall=wall,
             rss=after.rss,
@@ -740,7 +743,8 @@ def run_edits(
             f"  edit {attempt + 1}: applied {result.applied}/{armed},"
             f" p50 {ms(pct(everything, 0.5))}"
             f" p99 {ms(pct(everything, 0.99))} max {ms(max(everything, default=math.nan))},"
-            f" server CPU {cpu:.2f} s; other processes {foreign:.1f} CPU-s in {wall:.1f} s"
+            f" server CPU {cpu:.2f} s, clients {result.client_cpu:.2f} s;"
+            f" other processes {foreign:.1f} CPU-s in {wall:.1f} s"
         )
         if server is not None:
             log(
@@ -767,7 +771,7 @@ def describe_edits(name: str, results: list[EditResult], lines: list[str]) -> No
             f"  {name} edit {index}: applied {result.applied}/{result.armed}  "
             f"p50 {ms(pct(everything, 0.5))}  p99 {ms(pct(everything, 0.99))}  "
             f"max {ms(max(everything, default=math.nan))}  | server CPU {result.cpu:.2f} s, "
-            f"RSS after {size(result.rss)}"
+            f"clients CPU {result.client_cpu:.2f} s, RSS after {size(result.rss)}"
         )
         if result.foreign > max(0.5, 0.05 * result.wall):
             lines.append(

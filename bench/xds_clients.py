@@ -480,6 +480,10 @@ class _Phase:
     """Streams not yet ready (initial sync) or not yet applied (after arm)."""
     armed: bool = False
     closing: bool = False
+    cpu_armed: float = 0.0
+    """This process's CPU time (all threads) when the phase was armed..."""
+    cpu_settled: float | None = None
+    """...and when its last armed stream applied the update."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -549,6 +553,7 @@ class Worker:
             slot.client.target = target
             slot.armed = slot.error is None and slot.ready_at is not None
             phase.waiting += slot.armed
+        phase.cpu_armed, phase.cpu_settled = time.process_time(), None
         if phase.waiting == 0:
             phase.settled.set()
         return {"op": "armed"}
@@ -563,8 +568,10 @@ class Worker:
             slot.client.target = None
         phase.armed = False
         armed = [s for s in phase.slots if s.armed]
+        settled = time.process_time() if phase.cpu_settled is None else phase.cpu_settled
         return {
             "op": "result",
+            "cpu": settled - phase.cpu_armed,
             "applied_at": [s.applied_at for s in armed],
             "bytes": [s.bytes for s in armed],
             "responses": [s.responses for s in armed],
@@ -589,6 +596,8 @@ class Worker:
     def _settle_one(self, phase: _Phase) -> None:
         phase.waiting -= 1
         if phase.waiting <= 0:
+            if phase.armed:
+                phase.cpu_settled = time.process_time()
             phase.settled.set()
 
     async def _run(
