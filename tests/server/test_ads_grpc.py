@@ -386,29 +386,33 @@ async def test_a_closed_stream_is_freed_by_reference_counting_alone(
         gc.enable()
 
 
+class _WaveCore:
+    def __init__(self, ack_weight: int) -> None:
+        self.ack_weight = ack_weight
+
+
+class _WaveStream:
+    """Just what a wave looks at to order its streams; records when it is woken."""
+
+    def __init__(self, woken: list[str], name: str, ack_weight: int, connection: str = "") -> None:
+        self.woken = woken
+        self.name = name
+        self.core = _WaveCore(ack_weight)
+        self.connection = connection
+
+    def wake(self, *, dirty: bool = False) -> None:
+        assert dirty
+        self.woken.append(self.name)
+
+
 async def test_a_wave_wakes_the_streams_with_light_acks_first(cache_and_server):
     """Streams push in the order they are woken: SotW clients that repeat long name
     lists in every ACK go last, so their ACKs overlap as few pushes as possible."""
     cache, _ = cache_and_server
     service = ads_module.AggregatedDiscoveryService(cache)
     woken: list[str] = []
-
-    class Core:
-        def __init__(self, ack_weight: int) -> None:
-            self.ack_weight = ack_weight
-
-    class Stream:
-        def __init__(self, name: str, ack_weight: int, connection: str = "") -> None:
-            self.name = name
-            self.core = Core(ack_weight)
-            self.connection = connection
-
-        def wake(self, *, dirty: bool = False) -> None:
-            assert dirty
-            woken.append(self.name)
-
     for name, weight in [("sotw-3000", 150_000), ("delta", 0), ("sotw-10", 500), ("delta-2", 0)]:
-        service.register("class", Stream(name, weight))  # type: ignore[arg-type]
+        service.register("class", _WaveStream(woken, name, weight))  # type: ignore[arg-type]
     service._wake("class")
     assert woken[2:] == ["sotw-10", "sotw-3000"]
     assert sorted(woken[:2]) == ["delta", "delta-2"]
@@ -421,28 +425,18 @@ async def test_a_wave_wakes_the_streams_of_one_connection_one_after_another(cach
     cache, _ = cache_and_server
     service = ads_module.AggregatedDiscoveryService(cache)
     woken: list[str] = []
-
-    class Core:
-        def __init__(self, ack_weight: int) -> None:
-            self.ack_weight = ack_weight
-
-    class Stream:
-        def __init__(self, name: str, ack_weight: int, connection: str) -> None:
-            self.name = name
-            self.core = Core(ack_weight)
-            self.connection = connection
-
-        def wake(self, *, dirty: bool = False) -> None:
-            assert dirty
-            woken.append(self.name)
-
     ports = {"a": 50001, "b": 50002, "c": 50003, "d": 50004}
-    for index in range(5):
-        for name, port in ports.items():
-            stream = Stream(f"{name}{index}", 0, f"ipv4:127.0.0.1:{port}")
-            service.register("class", stream)  # type: ignore[arg-type]
-    service.register("class", Stream("b-sotw", 500, "ipv4:127.0.0.1:50002"))  # type: ignore[arg-type]
-    service.register("class", Stream("a-sotw", 500, "ipv4:127.0.0.1:50001"))  # type: ignore[arg-type]
+    streams = [
+        _WaveStream(woken, f"{name}{index}", 0, f"ipv4:127.0.0.1:{port}")
+        for index in range(5)
+        for name, port in ports.items()
+    ]
+    streams += [
+        _WaveStream(woken, "b-sotw", 500, "ipv4:127.0.0.1:50002"),
+        _WaveStream(woken, "a-sotw", 500, "ipv4:127.0.0.1:50001"),
+    ]
+    for stream in streams:
+        service.register("class", stream)  # type: ignore[arg-type]
     service._wake("class")
     assert [name[0] for name in woken[:20]] == ["a"] * 5 + ["b"] * 5 + ["c"] * 5 + ["d"] * 5
     assert woken[20:] == ["a-sotw", "b-sotw"]
