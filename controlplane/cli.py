@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -105,11 +106,17 @@ async def _run_until_signalled(options: ControlPlaneOptions, grace: float) -> No
         loop.add_signal_handler(signum, stop.set)
     plane = ControlPlane(options)
     await plane.start()
-    print(f"pilotfish: serving xDS on {plane.address}", file=sys.stderr, flush=True)
+    _tell(f"pilotfish: serving xDS on {plane.address}")
     try:
         await stop.wait()
     finally:
         await plane.stop(grace)
+
+
+def _tell(line: str) -> None:
+    """Print to stderr unless it cannot take the line (a full disk): serving goes on."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _port(text: str) -> int:

@@ -29,8 +29,11 @@ Debouncing: the first event that counts opens a burst. The callback runs when
 seconds after the burst opened, whichever comes first. It runs once per
 burst, always on the watcher's own worker thread, so never concurrently with
 itself. Events that arrive while the callback runs open the next burst, which
-is timed from the moment the callback returns. An exception raised by the
-callback is logged as ``config_reload_failed`` and the watcher carries on.
+is timed from the moment the callback returns. Any exception raised by the
+callback (a ``BaseException`` too, except ``SystemExit`` and
+``KeyboardInterrupt``) is logged as ``config_reload_failed`` with its error and
+the watcher carries on; so it does when logging that fails in turn (a full
+disk), and when its own loop fails (``config_watch_failed``, then it resumes).
 
 Settling: waiting out the whole debounce only matters while a file may still
 be half written. inotify says when a writer is done with a file (it is closed
@@ -237,8 +240,10 @@ class DirectoryWatcher:
         with self._callback_lock:
             try:
                 self._on_change()
-            except Exception:
-                logger.exception("config_reload_failed", root=str(self.root))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                _log_failure("config_reload_failed", exc, root=str(self.root))
 
 
 class _Session:
@@ -346,7 +351,18 @@ class _Session:
 
     def _run(self) -> None:
         try:
-            self._loop()
+            while True:
+                try:
+                    self._loop()
+                    return
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:
+                    # A bug or a failing log call: the watcher must outlive it.
+                    _log_failure("config_watch_failed", exc, root=str(self._root))
+                    with self._cond:
+                        self._calling = False
+                        self._cond.wait(self._watcher.poll_interval)
         finally:
             self.detach()
 
@@ -473,6 +489,16 @@ class _EventHandler(FileSystemEventHandler):  # type: ignore[misc]
         if is_editor_temp(rel.name):
             return False
         return removed or os.path.isdir(path)
+
+
+def _log_failure(event: str, exc: BaseException, **fields: str) -> None:
+    """Log ``exc``; a failure to log (a full disk, say) is swallowed, never raised."""
+    try:
+        logger.exception(event, error=f"{type(exc).__name__}: {exc}", **fields)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        pass
 
 
 def _visible_lister(watched: str) -> Callable[[str], Iterator[os.DirEntry[str]]]:

@@ -8,6 +8,7 @@ and a slow machine can only make them pass, not fail.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from controlplane.config import watcher as watcher_module
 from controlplane.config.files import FileStamp, scan
 from controlplane.config.watcher import DirectoryWatcher
 from controlplane.errors import PilotfishError
@@ -490,6 +492,54 @@ def test_a_failing_callback_is_logged_and_the_watcher_keeps_running(
     assert failed[0]["log_level"] == "error"
     assert failed[0]["root"] == str(tmp_path)
     assert failed[0]["exc_info"] is True
+
+
+class FullDiskLogger:
+    """Stands in for the watcher's logger when the log destination is full."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, object]]] = []
+
+    def _fail(self, event: str, **fields: object) -> None:
+        self.events.append((event, fields))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    debug = info = warning = error = exception = _fail
+
+
+class Interrupted(BaseException):
+    """A BaseException that is not a request to exit."""
+
+
+def test_the_watcher_survives_failing_callbacks_whose_failure_cannot_be_logged(
+    tmp_path: Path, polling: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = FullDiskLogger()
+    monkeypatch.setattr(watcher_module, "logger", broken)
+    calls = Calls(tmp_path)
+    failures = [RuntimeError("bad yaml"), Interrupted("cancelled")]
+    failed = threading.Semaphore(0)
+
+    def on_change() -> None:
+        if failures:
+            failed.release()
+            raise failures.pop(0)
+        calls()
+
+    with DirectoryWatcher(tmp_path, on_change, debounce=0.05, polling=polling, poll_interval=POLL):
+        (tmp_path / "a.yaml").write_text("x: 1\n")
+        assert failed.acquire(timeout=TIMEOUT)
+        (tmp_path / "b.yaml").write_text("x: 2\n")
+        assert failed.acquire(timeout=TIMEOUT)
+        (tmp_path / "c.yaml").write_text("x: 3\n")
+
+        assert calls.wait_until(lambda seen: sorted(seen) == ["a.yaml", "b.yaml", "c.yaml"])
+
+    reported = [(event, fields["error"]) for event, fields in broken.events]
+    assert reported == [
+        ("config_reload_failed", "RuntimeError: bad yaml"),
+        ("config_reload_failed", "Interrupted: cancelled"),
+    ]
 
 
 def test_events_during_a_callback_call_back_again_after_it_returns(

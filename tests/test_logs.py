@@ -1,0 +1,218 @@
+"""Logging to a destination that fails (a full disk) never stops serving or watching."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import structlog
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import struct_pb2
+
+from controlplane import logs
+from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
+from controlplane.xds import CLUSTER
+
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  ports:
+  - name: http
+    port: 8080
+"""
+
+
+class FullFile:
+    """A text file on a disk that is full until ``full`` is set to False."""
+
+    def __init__(self) -> None:
+        self.full = True
+        self.lines: list[str] = []
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._pending += text
+        *complete, self._pending = self._pending.split("\n")
+        self.lines.extend(complete)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def isatty(self) -> bool:
+        return False
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines]
+
+
+@pytest.fixture
+def full_log() -> Iterator[tuple[FullFile, logs.LogSink]]:
+    out = FullFile()
+    sink = logs.configure("json", "info", file=out)
+    # The command line caches loggers for good; other tests could not capture them then.
+    structlog.configure(cache_logger_on_first_use=False)
+    yield out, sink
+    structlog.reset_defaults()
+
+
+def test_lines_lost_to_a_full_disk_are_counted_and_reported_once_space_returns(
+    full_log: tuple[FullFile, logs.LogSink],
+) -> None:
+    out, sink = full_log
+    log = structlog.get_logger("test")
+    for number in range(3):
+        log.info("lost", number=number)
+    assert (sink.dropped, out.lines) == (3, [])
+
+    out.full = False
+    log.info("kept")
+    log.info("kept again")
+
+    assert [{k: v for k, v in event.items() if k != "timestamp"} for event in out.events()] == [
+        {"event": "log_lines_dropped", "count": 3, "level": "warning"},
+        {"event": "kept", "level": "info"},
+        {"event": "kept again", "level": "info"},
+    ]
+    assert sink.dropped == 0
+
+
+def test_a_closed_log_file_drops_lines_instead_of_raising() -> None:
+    out = open("/dev/null", "w")  # noqa: SIM115 - closed on purpose below
+    out.close()
+    sink = logs.configure("console", "info", file=out)
+    structlog.configure(cache_logger_on_first_use=False)
+    try:
+        structlog.get_logger("test").warning("nowhere to go")
+        assert sink.dropped == 1
+    finally:
+        structlog.reset_defaults()
+
+
+def sidecar_request() -> Any:
+    request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
+    request.node.CopyFrom(base_pb2.Node(id="sidecar-1", cluster="app"))
+    request.node.metadata.fields["pilotfish.io/role"].CopyFrom(
+        struct_pb2.Value(string_value="sidecar")
+    )
+    return request
+
+
+def cluster_names(response: Any) -> list[str]:
+    names = []
+    for resource in response.resources:
+        cluster = cluster_pb2.Cluster()
+        resource.Unpack(cluster)
+        names.append(cluster.name)
+    return sorted(names)
+
+
+async def first_clusters(address: str) -> list[str]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await call.write(sidecar_request())
+        response = await asyncio.wait_for(call.read(), 5.0)
+        call.cancel()
+        return cluster_names(response)
+
+
+async def test_streams_connect_and_edits_apply_while_the_log_disk_is_full(
+    tmp_path: Path, full_log: tuple[FullFile, logs.LogSink]
+) -> None:
+    out, sink = full_log
+    (tmp_path / "a.yaml").write_text(SERVICE.format(name="alpha"))
+    plane = ControlPlane(
+        ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0", debounce=0.05, settle=0.01)
+    )
+    await plane.start()
+    try:
+        before = await first_clusters(plane.address)
+        assert any("alpha" in name for name in before)
+        reloads = plane.reloads
+        (tmp_path / "b.yaml").write_text(SERVICE.format(name="beta"))
+        for _ in range(200):
+            if plane.reloads > reloads:
+                break
+            await asyncio.sleep(0.02)
+        after = await first_clusters(plane.address)
+        assert sorted(set(after) - set(before)) == ["outbound|8080||beta.default.svc.cluster.local"]
+        dropped = sink.dropped
+        assert dropped > 0
+        assert out.lines == []
+
+        out.full = False
+        structlog.get_logger("test").info("space_returned")
+        assert [(e["event"], e.get("count")) for e in out.events()] == [
+            ("log_lines_dropped", dropped),
+            ("space_returned", None),
+        ]
+    finally:
+        await plane.stop(grace=0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def clusters_from(address: str, deadline: float) -> list[str]:
+    while True:
+        try:
+            with grpc.insecure_channel(address) as channel:
+                stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+                responses = stub.StreamAggregatedResources(iter([sidecar_request()]), timeout=2.0)
+                return cluster_names(next(responses))
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_pilotfish_serve_with_stderr_on_dev_full_keeps_serving_and_applying_edits(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.yaml").write_text(SERVICE.format(name="alpha"))
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "controlplane", "serve", "--config-dir", str(tmp_path)]
+    with open("/dev/full", "w") as dev_full:
+        server = subprocess.Popen(
+            [*command, "--xds-address", address, "--debounce", "20ms"],
+            stdout=subprocess.DEVNULL,
+            stderr=dev_full,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        before = clusters_from(address, deadline)
+        assert any("alpha" in name for name in before)
+        (tmp_path / "b.yaml").write_text(SERVICE.format(name="beta"))
+        while True:
+            after = clusters_from(address, deadline)
+            if after != before or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert sorted(set(after) - set(before)) == ["outbound|8080||beta.default.svc.cluster.local"]
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        assert server.wait(timeout=20) == 0
