@@ -90,6 +90,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_connection_age=args.max_connection_age,
             max_connection_age_grace=args.max_connection_age_grace,
         ),
+        proxy_class_grace=args.proxy_class_grace,
+        max_proxy_classes=args.max_proxy_classes,
     )
     try:
         event_loop.run(_run_until_signalled(options, args.grace), args.event_loop)
@@ -117,6 +119,16 @@ def _tell(line: str) -> None:
     """Print to stderr unless it cannot take the line (a full disk): serving goes on."""
     with contextlib.suppress(OSError, ValueError):
         print(line, file=sys.stderr, flush=True)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
 def _port(text: str) -> int:
@@ -221,6 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024)
     serve.add_argument("--max-connection-age", type=_duration, default=None)
     serve.add_argument("--max-connection-age-grace", type=_duration, default=None)
+    serve.add_argument(
+        "--proxy-class-grace",
+        type=_duration,
+        default=60.0,
+        help="how long a proxy class with no connected proxy is kept (60s)",
+    )
+    serve.add_argument(
+        "--max-proxy-classes",
+        type=_positive_int,
+        default=1000,
+        help="proxy classes (distinct roles, gateway labels, bind addresses) kept at once; "
+        "a proxy needing one more is refused with RESOURCE_EXHAUSTED (1000)",
+    )
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(

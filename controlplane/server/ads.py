@@ -47,8 +47,12 @@ processes one snapshot, and it never blocks the publisher or other streams.
 Reading the snapshot from the cache rather than passing it along means a
 stream can never go back to an older one.
 
-The stream registers for wake-ups under its class key before it asks the cache
-for its first snapshot, so no publication can fall between the two.
+The stream takes its class and first snapshot from the cache and registers for
+wake-ups under that class in one step on the event loop, so no publication can
+fall between the two. A stream holds its class until it closes; the last one
+to close leaves the class idle, and a timer has the cache drop it once its
+grace is over (see :mod:`controlplane.xds.cache`). A stream whose node would
+need a new class beyond the cache's limit ends with ``RESOURCE_EXHAUSTED``.
 
 :meth:`AggregatedDiscoveryService.close` asks every stream to finish the
 responses it is writing and end with ``UNAVAILABLE``, which makes clients
@@ -70,7 +74,7 @@ from envoy.config.core.v3 import base_pb2
 from controlplane import collector
 from controlplane.errors import InconsistentSnapshotError, ProtocolError
 from controlplane.server import memory
-from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.cache import ProxyClassLimitError, SnapshotCache
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.encoding import EncodedResponse
 from controlplane.xds.repeated_names import ShrunkRequest
@@ -86,6 +90,9 @@ LARGE_RESPONSE = 1024 * 1024
 """Bytes beyond which a response's buffers are worth returning to the system soon."""
 MAX_PUSH_PRIORITY = 5.0
 """Seconds a push wave may hold back the handling of requests (see the module docstring)."""
+
+NODE_ID_LOGGED = 128
+"""Characters of a refused node's id that are logged (the id is the client's to choose)."""
 
 SOTW = "sotw"
 DELTA = "delta"
@@ -139,12 +146,11 @@ class _Stream:
             self.service.push_done(self.wave)
 
     def _lookup(self, node: base_pb2.Node) -> Snapshot:
-        cache = self.service.cache
-        self.key = cache.key_for(node)
+        self.key, snapshot = self.service.cache.acquire(node)
         self.service.register(self.key, self)
         self.log = self.log.bind(node_id=node.id, node_cluster=node.cluster, key=self.key)
         self.log.info("xds_stream_connected")
-        return cache.snapshot_for(node)[1]
+        return snapshot
 
     async def read(self, context: Any) -> None:
         # context.read() rather than gRPC's request iterator: that async generator
@@ -271,6 +277,8 @@ class AggregatedDiscoveryService:
         self._wave_started = 0.0
         self._deferred: set[_Stream] = set()
         self._wave_end: asyncio.Future[None] | None = None
+        self._prune_at: float | None = None
+        self._prune_timer: asyncio.TimerHandle | None = None
         # Soon after a wave rather than at any later moment: the next edit is least
         # likely then, and an edit that arrives during housekeeping waits for it. A
         # second, not less: the ACKs of the wave's last pushes arrive after it ends,
@@ -351,6 +359,8 @@ class AggregatedDiscoveryService:
         if self._pushing:
             self._end_wave()
         self.housekeeper.cancel()
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
         self._remove_listener()
         for stream in self._all:
             stream.wake(closing=True)
@@ -385,6 +395,10 @@ class AggregatedDiscoveryService:
         except InconsistentSnapshotError as exc:
             reason = str(exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no consistent configuration yet")
+        except ProxyClassLimitError as exc:
+            reason = str(exc)
+            _log_refused(stream, exc)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many proxy classes")
         except asyncio.CancelledError:
             reason = "cancelled"
             raise
@@ -403,8 +417,31 @@ class AggregatedDiscoveryService:
                     peers.discard(stream)
                     if not peers:
                         del self._streams[stream.key]
+                self._release(stream.key)
             stream.log.info("xds_stream_closed", reason=reason)
             await asyncio.gather(reader, return_exceptions=True)
+
+    def _release(self, key: str) -> None:
+        if self.cache.release(key):
+            self._prune_later(self.cache.grace)
+
+    def _prune_later(self, delay: float) -> None:
+        when = self._loop.time() + delay
+        if self._prune_at is not None and self._prune_at <= when:
+            return
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
+        self._prune_at = when
+        self._prune_timer = self._loop.call_at(when, self._prune)
+
+    def _prune(self) -> None:
+        self._prune_at = self._prune_timer = None
+        if self._closing:
+            return
+        # Never waits for an update in progress: the update prunes too, and this retries.
+        delay = self.cache.prune(blocking=False)
+        if delay is not None:
+            self._prune_later(delay)
 
     def _on_publish(self, key: str, snapshot: Snapshot) -> None:
         if not self._loop.is_closed():
@@ -414,6 +451,19 @@ class AggregatedDiscoveryService:
         # Streams push in the order they are woken (see the module docstring).
         for stream in sorted(self._streams.get(key, ()), key=_push_order):
             stream.wake(dirty=True)
+
+
+def _log_refused(stream: _Stream, exc: ProxyClassLimitError) -> None:
+    node = stream.core.node
+    labels = 0
+    if node is not None and "labels" in node.metadata.fields:
+        labels = len(node.metadata.fields["labels"].struct_value.fields)
+    stream.log.warning(
+        "proxy_class_refused",
+        node_id=node.id[:NODE_ID_LOGGED] if node is not None else None,
+        labels=labels,
+        limit=exc.limit,
+    )
 
 
 def _push_order(stream: _Stream) -> tuple[int, str]:

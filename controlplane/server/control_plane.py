@@ -9,6 +9,12 @@
   per proxy class (``ProxyClass.key``) and publishes new snapshots to streams;
 * the grpc.aio xDS server streams them.
 
+Proxy classes are bookkept here and in the cache: :meth:`ControlPlane._classify`
+remembers each class the cache asks about, and the cache's ``forget`` callback
+(:meth:`ControlPlane._forget`) drops a class's entry, its resource cache and
+the translator's memory of it when the cache drops or refuses the class (no
+stream for ``proxy_class_grace`` seconds, or more than ``max_proxy_classes``).
+
 Reloads and translation run on the watcher's thread; the cache hands each
 publication to the event loop, where streams pick up the latest snapshot.
 """
@@ -48,6 +54,10 @@ class ControlPlaneOptions:
     max_delay: float = 1.0
     polling: bool = False
     server: XdsServerOptions = field(default_factory=XdsServerOptions)
+    proxy_class_grace: float = 60.0
+    """Seconds a proxy class with no connected stream is kept before it is dropped."""
+    max_proxy_classes: int = 1000
+    """Proxy classes kept at once; a stream needing one more is refused."""
 
 
 class ControlPlane:
@@ -58,7 +68,13 @@ class ControlPlane:
         self._classes_lock = threading.Lock()
         self._translator = Translator()
         self._resource_caches: dict[str, ResourceCache] = {}
-        self.cache = SnapshotCache(self._classify, self._builder(Mesh()))
+        self.cache = SnapshotCache(
+            self._classify,
+            self._builder(Mesh()),
+            max_classes=options.max_proxy_classes,
+            grace=options.proxy_class_grace,
+            forget=self._forget,
+        )
         self._watcher: DirectoryWatcher | None = None
         self._server: XdsServer | None = None
         self.reloads = 0
@@ -78,6 +94,13 @@ class ControlPlane:
         with self._classes_lock:
             self._classes.setdefault(proxy.key, proxy)
         return proxy.key
+
+    def _forget(self, key: str) -> None:
+        # Called by the cache under its lock, like the builder.
+        with self._classes_lock:
+            self._classes.pop(key, None)
+        self._resource_caches.pop(key, None)
+        self._translator.forget(key)
 
     def _builder(self, mesh: Mesh) -> Callable[[str], Snapshot]:
         # Called under the snapshot cache's lock, one class at a time, so the

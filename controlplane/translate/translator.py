@@ -69,6 +69,10 @@ class Translator:
         self._blackhole = blackhole_cluster()
         self._routing: dict[str, tuple[tuple[Any, ...], list[Message], list[Message]]] = {}
 
+    def forget(self, key: str) -> None:
+        """Drop what is remembered for the proxy class ``key`` (its proxies are gone)."""
+        self._routing.pop(key, None)
+
     def translate(self, mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
         if proxy.role is ProxyRole.GRPC:
             return translate(mesh, proxy)
