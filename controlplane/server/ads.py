@@ -426,6 +426,8 @@ class AggregatedDiscoveryService:
             self._prune_later(self.cache.grace)
 
     def _prune_later(self, delay: float) -> None:
+        if self._closing:
+            return
         when = self._loop.time() + delay
         if self._prune_at is not None and self._prune_at <= when:
             return
@@ -436,8 +438,6 @@ class AggregatedDiscoveryService:
 
     def _prune(self) -> None:
         self._prune_at = self._prune_timer = None
-        if self._closing:
-            return
         # Never waits for an update in progress: the update prunes too, and this retries.
         delay = self.cache.prune(blocking=False)
         if delay is not None:

@@ -85,11 +85,14 @@ class SnapshotCache:
         self._forget = forget
         self._clock = clock
         self._snapshots: dict[str, Snapshot] = {}
+        self._listeners: list[Listener] = []
+        self._lock = threading.RLock()
+        # Holds and idle times have a lock of their own, never held for long: a
+        # stream that ends must not wait for an update to finish building.
+        self._holds_lock = threading.Lock()
         self._holds: dict[str, int] = {}
         # Key -> when it became idle; insertion order is that order (the clock is monotonic).
         self._idle: dict[str, float] = {}
-        self._listeners: list[Listener] = []
-        self._lock = threading.RLock()
 
     @property
     def grace(self) -> float:
@@ -117,15 +120,19 @@ class SnapshotCache:
         return self._snapshot(node, hold=True)
 
     def release(self, key: str) -> bool:
-        """Give back one hold of ``key``; returns whether the class is idle now."""
-        with self._lock:
-            holds = self._holds.get(key, 0) - 1
-            if holds > 0:
-                self._holds[key] = holds
+        """Give back one hold of ``key``; returns whether the class is idle now.
+
+        Never waits for an update: a class that is held cannot be dropped, so
+        this touches only the holds.
+        """
+        with self._holds_lock:
+            holds = self._holds.get(key)
+            if holds is None:
                 return False
-            self._holds.pop(key, None)
-            if key not in self._snapshots:
+            if holds > 1:
+                self._holds[key] = holds - 1
                 return False
+            del self._holds[key]
             self._idle[key] = self._clock()
             return True
 
@@ -144,15 +151,19 @@ class SnapshotCache:
             self._lock.release()
 
     def _prune(self) -> float | None:
-        now = self._clock()
+        # Under self._lock: no acquire can come between taking a key off the idle
+        # list and dropping its snapshot.
         expired = []
-        for key, since in self._idle.items():
-            remaining = since + self._grace - now
-            if remaining > 0:
-                break
-            expired.append(key)
-        else:
-            remaining = None
+        remaining: float | None = None
+        with self._holds_lock:
+            now = self._clock()
+            for key, since in self._idle.items():
+                if since + self._grace > now:
+                    remaining = since + self._grace - now
+                    break
+                expired.append(key)
+            for key in expired:
+                del self._idle[key]
         for key in expired:
             self._drop(key)
         if expired:
@@ -160,7 +171,6 @@ class SnapshotCache:
         return remaining
 
     def _drop(self, key: str) -> None:
-        del self._idle[key]
         del self._snapshots[key]
         if self._forget is not None:
             self._forget(key)
@@ -172,9 +182,12 @@ class SnapshotCache:
         self._prune()
         if len(self._snapshots) < limit:
             return
-        if self._idle:
+        with self._holds_lock:
             # Every class is within its grace: the longest idle one makes way.
-            oldest = next(iter(self._idle))
+            oldest = next(iter(self._idle), None)
+            if oldest is not None:
+                del self._idle[oldest]
+        if oldest is not None:
             self._drop(oldest)
             log.info("proxy_classes_dropped", count=1, classes=len(self._snapshots))
             return
@@ -197,11 +210,13 @@ class SnapshotCache:
                     raise
                 self._snapshots[key] = snapshot
                 if not hold:
-                    self._idle[key] = self._clock()
+                    with self._holds_lock:
+                        self._idle[key] = self._clock()
                 log.info("snapshot_published", key=key, versions=_short(snapshot))
             if hold:
-                self._holds[key] = self._holds.get(key, 0) + 1
-                self._idle.pop(key, None)
+                with self._holds_lock:
+                    self._holds[key] = self._holds.get(key, 0) + 1
+                    self._idle.pop(key, None)
             return key, snapshot
 
     def get(self, key: str) -> Snapshot | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from envoy.config.core.v3 import base_pb2
 
@@ -140,3 +142,27 @@ def test_nonsense_limits_are_refused() -> None:
         make(max_classes=0)
     with pytest.raises(ValueError):
         make(grace=-1.0)
+
+
+def test_releasing_a_class_does_not_wait_for_an_update_that_is_building() -> None:
+    cache, owner, _ = make()
+    cache.acquire(node("a"))
+    building, go = threading.Event(), threading.Event()
+
+    def slow_build(key: str) -> Snapshot:
+        building.set()
+        go.wait(10)
+        return owner.build(key)
+
+    update = threading.Thread(target=cache.update, args=(slow_build,))
+    update.start()
+    try:
+        assert building.wait(10)
+        released: list[bool] = []
+        releaser = threading.Thread(target=lambda: released.append(cache.release("a")))
+        releaser.start()
+        releaser.join(10)
+        assert released == [True]
+    finally:
+        go.set()
+        update.join()
