@@ -4,7 +4,12 @@
 
 * a :class:`~controlplane.config.store.ConfigStore` holds the last good model
   of the directory, and a :class:`~controlplane.config.watcher.DirectoryWatcher`
-  calls :meth:`ConfigStore.reload` once per burst of file events;
+  calls :meth:`ConfigStore.reload` once per burst of file events (and once
+  more when a withdrawal the store held back is due);
+* the store accepts a model only if it translates, for every proxy class seen
+  so far and for a default sidecar and gateway, into consistent snapshots
+  whose resources of each type fit in one message (:meth:`ControlPlane._verify`);
+  the snapshots made for that check are the ones published;
 * a :class:`~controlplane.xds.cache.SnapshotCache` translates the model once
   per proxy class (``ProxyClass.key``) and publishes new snapshots to streams;
 * the grpc.aio xDS server streams them.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +32,13 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 
 from controlplane import collector
+from controlplane.config.state import StateDir
 from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.config.watcher import DirectoryWatcher
 from controlplane.model import Mesh
 from controlplane.server import memory
 from controlplane.server.grpc_server import XdsServer, XdsServerOptions, start_xds_server
-from controlplane.translate import ProxyClass
+from controlplane.translate import ProxyClass, ProxyRole
 from controlplane.translate.translator import Translator
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.snapshot import ResourceCache, Snapshot
@@ -48,16 +55,38 @@ class ControlPlaneOptions:
     max_delay: float = 1.0
     polling: bool = False
     server: XdsServerOptions = field(default_factory=XdsServerOptions)
+    state_dir: Path | None = None
+    """Where the accepted version of each file is recorded across restarts (None: nowhere)."""
+    withdraw_grace: float = 30.0
+    max_withdraw_share: float = 0.5
+
+
+# Verified on every change even before any proxy of these classes connects, so that
+# the first sidecar or gateway to connect always gets a snapshot.
+_DEFAULT_CLASSES = (ProxyClass(), ProxyClass(role=ProxyRole.GATEWAY))
 
 
 class ControlPlane:
     def __init__(self, options: ControlPlaneOptions) -> None:
         self.options = options
-        self.store = ConfigStore(options.config_dir)
+        self.store = ConfigStore(
+            options.config_dir,
+            state=StateDir(options.state_dir, options.config_dir) if options.state_dir else None,
+            verify=self._verify,
+            withdraw_grace=options.withdraw_grace,
+            max_withdraw_share=options.max_withdraw_share,
+        )
         self._classes: dict[str, ProxyClass] = {}
         self._classes_lock = threading.Lock()
         self._translator = Translator()
         self._resource_caches: dict[str, ResourceCache] = {}
+        # The translator and the resource caches are used by the cache's builds and by
+        # the store's verification, on different threads.
+        self._translate_lock = threading.Lock()
+        self._verified: tuple[Mesh, dict[str, Snapshot]] | None = None
+        self._sizes: dict[tuple[str, str], int] = {}
+        self._recheck: threading.Timer | None = None
+        self._recheck_lock = threading.Lock()
         self.cache = SnapshotCache(self._classify, self._builder(Mesh()))
         self._watcher: DirectoryWatcher | None = None
         self._server: XdsServer | None = None
@@ -80,15 +109,57 @@ class ControlPlane:
         return proxy.key
 
     def _builder(self, mesh: Mesh) -> Callable[[str], Snapshot]:
-        # Called under the snapshot cache's lock, one class at a time, so the
-        # translator and the per-class resource caches need no lock of their own.
         def build(key: str) -> Snapshot:
             with self._classes_lock:
                 proxy = self._classes[key]
-            resources = self._resource_caches.setdefault(key, ResourceCache())
-            return resources.snapshot(self._translator.translate(mesh, proxy))
+            with self._translate_lock:
+                verified = self._verified
+                if verified is not None and verified[0] is mesh and key in verified[1]:
+                    return verified[1][key]
+                return self._translate(mesh, key, proxy)
 
         return build
+
+    def _translate(self, mesh: Mesh, key: str, proxy: ProxyClass) -> Snapshot:
+        resources = self._resource_caches.setdefault(key, ResourceCache())
+        return resources.snapshot(self._translator.translate(mesh, proxy))
+
+    def _verify(self, mesh: Mesh) -> str | None:
+        """Why ``mesh`` cannot be served, or None; the store calls this before accepting it."""
+        with self._classes_lock:
+            classes = dict(self._classes)
+        for proxy in _DEFAULT_CLASSES:
+            classes.setdefault(proxy.key, proxy)
+        built: dict[str, Snapshot] = {}
+        sizes: dict[tuple[str, str], int] = {}
+        limit = self.options.server.max_message_bytes
+        with self._translate_lock:
+            for key in sorted(classes):
+                try:
+                    snapshot = self._translate(mesh, key, classes[key])
+                    snapshot.check_consistency()
+                except Exception as exc:
+                    return f"{type(exc).__name__} for proxy class {key}: {exc}"
+                for url in snapshot.type_urls:
+                    version = snapshot.version(url)
+                    size = self._sizes.get((url, version))
+                    if size is None:
+                        # About the encoded size of a response carrying every resource.
+                        size = sum(
+                            len(r.body.value) + len(url) + 12
+                            for r in snapshot.resources(url).values()
+                        )
+                    sizes[(url, version)] = size
+                    if size > limit:
+                        kind = url.rsplit(".", 1)[-1]
+                        return (
+                            f"the {kind} resources for proxy class {key} come to {size} bytes, "
+                            f"more than the {limit}-byte message limit (--max-message-bytes)"
+                        )
+                built[key] = snapshot
+            self._verified = (mesh, built)
+            self._sizes = sizes
+        return None
 
     def reload(self) -> ReloadResult:
         """Re-read the directory and publish the new model if it changed."""
@@ -100,7 +171,22 @@ class ControlPlane:
         if result.changed and self._server is not None:
             # The new model is long-lived: have it frozen once things are quiet.
             self._server.ads.housekeeper.soon_threadsafe()
+        self._schedule_recheck(result.recheck_at)
         return result
+
+    def _schedule_recheck(self, at: float | None) -> None:
+        """Have the watcher reload at ``at`` (monotonic), when a held withdrawal is due."""
+        with self._recheck_lock:
+            if self._recheck is not None:
+                self._recheck.cancel()
+                self._recheck = None
+            watcher = self._watcher
+            if at is None or watcher is None:
+                return
+            timer = threading.Timer(max(0.0, at - time.monotonic()), watcher.request_reload)
+            timer.daemon = True
+            timer.start()
+            self._recheck = timer
 
     def _on_change(self) -> None:
         self.reload()
@@ -131,15 +217,19 @@ class ControlPlane:
             polling=self.options.polling,
         )
         self._watcher.start()
+        self._schedule_recheck(result.recheck_at)
         # A collection would hold the GIL the reload needs: not while one is due.
         watcher = self._watcher
         self._server.ads.housekeeper.hold_while(lambda: watcher.busy)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop watching, stop accepting streams, let in-flight sends finish within ``grace``."""
+        loop = asyncio.get_running_loop()
         if self._watcher is not None:
             watcher, self._watcher = self._watcher, None
-            await asyncio.get_running_loop().run_in_executor(None, watcher.stop)
+            await loop.run_in_executor(None, watcher.stop)
+        self._schedule_recheck(None)
+        await loop.run_in_executor(None, self.store.close)
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)

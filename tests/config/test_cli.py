@@ -12,6 +12,7 @@ import pytest
 
 from controlplane import __version__
 from controlplane.cli import main
+from controlplane.config import store as store_module
 
 # Line 8 has a misspelt field: an error.
 BROKEN = """\
@@ -108,6 +109,26 @@ def test_errors_exit_1_and_print_one_compiler_style_line_each(
         "(Service default/reviews, spec.prots)",
     ]
     assert captured.err == "2 error(s), 1 warning(s)\n"
+
+
+def test_an_unreadable_file_is_an_error_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {"details.yaml": GOOD, "locked.yaml": GOOD.replace("details", "locked")})
+    real = store_module._read_bytes
+
+    def read(path: Path) -> bytes:
+        if path.name == "locked.yaml":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(store_module, "_read_bytes", read)
+    assert main(["validate", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == (
+        f"{tmp_path}/locked.yaml:1:1: error[PF105] cannot read the file: Permission denied\n"
+    )
+    assert captured.err == "1 error(s), 0 warning(s)\n"
 
 
 @pytest.mark.parametrize("argument", ["config", "config/", "./config"])
