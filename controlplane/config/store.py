@@ -417,7 +417,7 @@ class ConfigStore:
         applicable: list[str],
     ) -> tuple[list[str], list[str]]:
         """(changes to apply now, files whose withdrawal is held back)."""
-        if self._withdraw_grace <= 0 or not applicable:
+        if self._withdraw_grace <= 0:
             return applicable, []
         before: dict[tuple[str, str, str], str] = {}
         after: set[tuple[str, str, str]] = set()
@@ -494,8 +494,13 @@ class ConfigStore:
             result = self._builder.build(_resources(candidate), frozenset(pending))
             errors = [f for f in result.findings if f.is_error]
             if not errors:
-                if self._problem(result.mesh) is None:
+                problem = self._problem(result.mesh)
+                if problem is None:
                     return candidate, result, blocked
+                last = self._build
+                if len(pending) == 1 and last is not None and last.mesh is self._verified:
+                    blocked[pending[0]] = [_translation_failed(pending[0], problem)]
+                    return baseline, last, blocked
                 break
             blamed = {f.file for f in errors} & set(pending)
             if not blamed:
@@ -507,7 +512,7 @@ class ConfigStore:
         # An error in a file that did not change, or a model that does not translate:
         # find the changes that keep the model clean.
         accepted = dict(baseline)
-        result = self._builder.build(_resources(accepted))
+        result = self._build or self._builder.build(_resources(accepted))
         # When the last good model itself fails the check, the check cannot tell which
         # change is to blame: it is left out rather than block every change.
         verifying = self._problem(result.mesh) is None
