@@ -308,3 +308,69 @@ def test_serve_refuses_an_unknown_event_loop(
         main(["serve", "--config-dir", str(tmp_path), "--event-loop", "trio"])
     assert exit_.value.code == 2
     assert "invalid choice: 'trio'" in capsys.readouterr().err
+
+
+def serve_options(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> object:
+    """The ControlPlaneOptions ``pilotfish serve argv`` would run with."""
+    from controlplane import cli
+
+    seen: dict[str, object] = {}
+
+    def run_until_signalled(options: object, grace: float) -> object:
+        seen["options"] = options
+
+        async def serve() -> None:
+            pass
+
+        return serve()
+
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(cli, "_run_until_signalled", run_until_signalled)
+    monkeypatch.setattr(cli.event_loop, "run", lambda main, loop="auto": main.close())
+    assert main(["serve", *argv]) == 0
+    return seen["options"]
+
+
+def test_serve_passes_the_state_dir_and_the_withdrawal_settings_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make(tmp_path / "config", {})
+    argv = ["--config-dir", str(config), "--state-dir", str(tmp_path / "state")]
+    argv += ["--withdraw-grace", "2s", "--max-withdraw-share", "0.25"]
+    options = serve_options(monkeypatch, argv)
+    assert (options.state_dir, options.withdraw_grace, options.max_withdraw_share) == (  # type: ignore[attr-defined]
+        tmp_path / "state",
+        2.0,
+        0.25,
+    )
+
+
+def test_serve_keeps_state_under_xdg_state_home_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make(tmp_path / "config", {})
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    options = serve_options(monkeypatch, ["--config-dir", str(config)])
+    assert options.state_dir.parent == tmp_path / "xdg" / "pilotfish"  # type: ignore[attr-defined]
+    assert (options.withdraw_grace, options.max_withdraw_share) == (30.0, 0.5)  # type: ignore[attr-defined]
+
+
+def test_serve_refuses_a_state_dir_inside_the_config_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", "--config-dir", str(tmp_path), "--state-dir", str(tmp_path / "state")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"pilotfish serve: --state-dir {tmp_path / 'state'} is inside the config directory; "
+        "keep it where operators do not edit\n"
+    )
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "half"])
+def test_serve_refuses_a_withdraw_share_outside_0_to_1(
+    share: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--config-dir", str(tmp_path), "--max-withdraw-share", share])
+    assert exit_.value.code == 2
+    assert f"{share!r} is not a share between 0 (excluded) and 1" in capsys.readouterr().err
