@@ -222,7 +222,8 @@ class ConfigStore:
             # outage, not a request to delete every route: keep serving what we have.
             log.error("config_dir_missing", directory=str(self.root))
             if self._last is not None:
-                return replace(self._last, changed=False, applied=(), rejected=())
+                # Held withdrawals wait too: the watcher reloads when the directory is back.
+                return replace(self._last, changed=False, applied=(), rejected=(), recheck_at=None)
         stamps = scan(self.root)
         current: dict[str, FileVersion] = {}
         for rel, stamp in stamps.items():

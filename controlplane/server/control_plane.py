@@ -7,7 +7,8 @@
   calls :meth:`ConfigStore.reload` once per burst of file events (and once
   more when a withdrawal the store held back is due);
 * the store accepts a model only if it translates, for every proxy class seen
-  so far and for a default sidecar and gateway, into consistent snapshots
+  so far (and a plain sidecar while none has connected, and a plain gateway
+  while nothing else has), into consistent snapshots
   whose resources of each type fit in one message (:meth:`ControlPlane._verify`);
   the snapshots made for that check are the ones published;
 * a :class:`~controlplane.xds.cache.SnapshotCache` translates the model once
@@ -61,9 +62,12 @@ class ControlPlaneOptions:
     max_withdraw_share: float = 0.5
 
 
-# Verified on every change even before any proxy of these classes connects, so that
-# the first sidecar or gateway to connect always gets a snapshot.
-_DEFAULT_CLASSES = (ProxyClass(), ProxyClass(role=ProxyRole.GATEWAY))
+# Verified while no proxy of their kind has connected, so that the first to connect
+# gets a snapshot. A sidecar sees every service and route, so once one is verified,
+# a gateway without labels (it selects only Gateways without a selector) adds
+# little but the cost of another class on every change.
+_DEFAULT_SIDECAR = ProxyClass()
+_DEFAULT_GATEWAY = ProxyClass(role=ProxyRole.GATEWAY)
 
 
 class ControlPlane:
@@ -128,8 +132,10 @@ class ControlPlane:
         """Why ``mesh`` cannot be served, or None; the store calls this before accepting it."""
         with self._classes_lock:
             classes = dict(self._classes)
-        for proxy in _DEFAULT_CLASSES:
-            classes.setdefault(proxy.key, proxy)
+        if not classes:
+            classes[_DEFAULT_GATEWAY.key] = _DEFAULT_GATEWAY
+        if not any(proxy.role is ProxyRole.SIDECAR for proxy in classes.values()):
+            classes[_DEFAULT_SIDECAR.key] = _DEFAULT_SIDECAR
         built: dict[str, Snapshot] = {}
         sizes: dict[tuple[str, str], int] = {}
         limit = self.options.server.max_message_bytes

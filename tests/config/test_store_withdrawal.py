@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from controlplane.config.state import StateDir
 from controlplane.config.store import ConfigStore
 from tests.config.test_store import Directory, hosts, outcome, service
 
@@ -23,7 +24,8 @@ class Clock:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Directory:
-    return Directory(tmp_path)
+    (tmp_path / "config").mkdir()
+    return Directory(tmp_path / "config")
 
 
 @pytest.fixture
@@ -188,3 +190,43 @@ def test_without_a_grace_everything_applies_at_once(config: Directory, clock: Cl
         config.delete(f"{name}.yaml")
     result = store.reload()
     assert (len(result.applied), result.held, hosts(result.mesh)) == (4, (), [])
+
+
+def test_a_directory_that_vanishes_during_the_grace_is_kept_without_rechecks(
+    config: Directory, clock: Clock
+) -> None:
+    store = store_of(config, clock)
+    served = store.mesh
+    for name in NAMES:
+        config.delete(f"{name}.yaml")
+    assert store.reload().recheck_at == clock.now + GRACE
+    config.root.rmdir()
+    clock.now += GRACE
+    result = store.reload()
+    assert (result.recheck_at, result.mesh) == (None, served)
+
+
+def test_an_empty_directory_at_start_serves_the_record_for_the_grace(
+    config: Directory, clock: Clock, tmp_path: Path
+) -> None:
+    state_path = tmp_path / "state"
+    for name in NAMES:
+        config.write(f"{name}.yaml", service(name))
+    first = ConfigStore(config.root, state=StateDir(state_path, config.root))
+    first.reload()
+    first.close()
+    texts = {name: (config.root / f"{name}.yaml").read_text() for name in NAMES}
+    for name in NAMES:
+        config.delete(f"{name}.yaml")
+
+    store = ConfigStore(
+        config.root, state=StateDir(state_path, config.root), withdraw_grace=GRACE, clock=clock
+    )
+    result = store.reload()
+    assert result.held == tuple(f"{n}.yaml" for n in NAMES)
+    assert hosts(store.mesh) == [host(n) for n in NAMES]
+    for name, text in texts.items():
+        config.write(f"{name}.yaml", text.encode())
+    back = store.reload()
+    assert (back.held, back.recheck_at, back.mesh) == ((), None, result.mesh)
+    store.close()

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
 from controlplane.server.grpc_server import XdsServerOptions
-from controlplane.translate import ProxyClass
+from controlplane.translate import ProxyClass, ProxyRole
 from controlplane.translate.resources import CLUSTER_TYPE
 from controlplane.translate.translator import Translator
 from controlplane.xds import CLUSTER
@@ -150,12 +150,16 @@ spec:
 """
 
 
-def duplicate_clusters_of(host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def duplicate_clusters_of(
+    host: str, monkeypatch: pytest.MonkeyPatch, role: ProxyRole | None = None
+) -> None:
     """A translator bug: the cluster of ``host`` comes out twice (as in issue 13)."""
     real = Translator.translate
 
     def translate(self: Translator, mesh: Any, proxy: ProxyClass) -> dict[str, list[Any]]:
         out = real(self, mesh, proxy)
+        if role is not None and proxy.role is not role:
+            return out
         twice = [c for c in out[CLUSTER_TYPE] if host in c.name]
         return {**out, CLUSTER_TYPE: [*out[CLUSTER_TYPE], *twice]}
 
@@ -198,6 +202,24 @@ async def test_a_file_that_breaks_translation_is_held_back_and_a_new_sidecar_get
             r.name for r in good.resources(CLUSTER).values()
         }
         assert len(response.resources) == len(good.resources(CLUSTER))
+    finally:
+        await plane.stop(grace=0.1)
+
+
+async def test_with_only_gateways_connected_a_change_that_breaks_sidecars_is_held_back(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    duplicate_clusters_of("api.example.com", monkeypatch, role=ProxyRole.SIDECAR)
+    plane = plane_for(config_dir)
+    await plane.start()
+    try:
+        served = versions(plane, GATEWAY)
+        (config_dir / "api.yaml").write_text(API_ENTRY)
+        await eventually(lambda: any(d.code == "PF212" for d in plane.store.diagnostics))
+        (diagnostic,) = plane.store.diagnostics
+        assert "for proxy class sidecar|0.0.0.0|{}" in diagnostic.message
+        assert versions(plane, GATEWAY) == served
+        assert plane.cache.snapshot_for(SIDECAR)[1] is not None
     finally:
         await plane.stop(grace=0.1)
 
