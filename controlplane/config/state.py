@@ -121,7 +121,7 @@ class StateDir:
             if self._closed:
                 return
             self._pending = dict(files)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="pilotfish-state", daemon=True
                 )
@@ -174,8 +174,13 @@ class StateDir:
 
     def _write(self, files: Mapping[str, tuple[str, str]]) -> None:
         versions = self.path / VERSIONS
-        versions.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        versions.mkdir(exist_ok=True, mode=0o700)
         if self._stored is None:
+            # Temporaries left by a crash are removed once; the versions are taken stock of.
+            for leftover in [*self.path.glob(".*.tmp"), *versions.glob(".*.tmp")]:
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
             self._stored = {p.name for p in versions.iterdir() if _DIGEST.match(p.name)}
         stored = self._stored
         wrote = False

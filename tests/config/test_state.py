@@ -55,6 +55,16 @@ def test_the_record_is_a_manifest_and_one_file_per_version(
     assert sorted(os.listdir(tmp_path / "state")) == ["files", "manifest.json"]
 
 
+def test_temporaries_left_by_a_crash_are_removed(tmp_path: Path, config_dir: Path) -> None:
+    root = tmp_path / "state"
+    saved(StateDir(root, config_dir), {"a.yaml": A})
+    (root / ".manifest.json.99.tmp").write_text("half")
+    (root / "files" / f".{B[0]}.99.tmp").write_text("half")
+    saved(StateDir(root, config_dir), {"a.yaml": A, "b.yaml": B})
+    assert sorted(os.listdir(root)) == ["files", "manifest.json"]
+    assert sorted(os.listdir(root / "files")) == sorted([A[0], B[0]])
+
+
 def test_nothing_recorded_loads_as_nothing_without_a_log_line(
     tmp_path: Path, config_dir: Path
 ) -> None:

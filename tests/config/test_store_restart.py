@@ -19,6 +19,7 @@ from tests.config.test_store import (
     hosts,
     outcome,
     ports,
+    refuse_to_read,
     service,
 )
 
@@ -206,3 +207,18 @@ def test_the_record_is_written_only_when_accepted_versions_change(
     assert store.state.flush(5.0)
     assert (manifest.stat().st_mtime_ns, manifest.stat().st_ino) == written
     assert stopped_once.load().keys() == {"reviews.yaml"}
+
+
+def test_a_file_unreadable_at_start_is_served_from_the_record(
+    config: Directory, state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config.write("reviews.yaml", service("reviews"))
+    config.write("ratings.yaml", service("ratings"))
+    stopped(running(config, state_path))
+    refuse_to_read(monkeypatch, "reviews.yaml", PermissionError(13, "Permission denied"))
+    with capture_logs() as logs:
+        after = running(config, state_path)
+    assert hosts(after.mesh) == [RATINGS_HOST, REVIEWS_HOST]
+    assert [(e["file"], e["reason"]) for e in logs if e["event"] == "config_stale_served"] == [
+        ("reviews.yaml", "reviews.yaml:1:1: error[PF105] cannot read the file: Permission denied")
+    ]
