@@ -165,6 +165,11 @@ class ControlPlane:
                 built[key] = snapshot
             self._verified = (mesh, built)
             self._sizes = sizes
+            with self._classes_lock:
+                for default in (_DEFAULT_SIDECAR, _DEFAULT_GATEWAY):
+                    if default.key not in classes and default.key not in self._classes:
+                        # No longer checked: its serialized resources would only go stale.
+                        self._resource_caches.pop(default.key, None)
         return None
 
     def reload(self) -> ReloadResult:
