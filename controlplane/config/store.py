@@ -516,7 +516,15 @@ class ConfigStore:
         result = self._build or self._builder.build(_resources(accepted))
         # When the last good model itself fails the check, the check cannot tell which
         # change is to blame: it is left out rather than block every change.
-        verifying = self._problem(result.mesh) is None
+        baseline_problem = self._problem(result.mesh)
+        verifying = baseline_problem is None
+        if not verifying:
+            log.error(
+                "config_translation_failed",
+                file=None,
+                problem=baseline_problem,
+                consequence="the served model fails too: changes are applied unchecked",
+            )
         progress = True
         remaining = list(pending)
         while progress and remaining:

@@ -129,7 +129,12 @@ class ControlPlane:
         return resources.snapshot(self._translator.translate(mesh, proxy))
 
     def _verify(self, mesh: Mesh) -> str | None:
-        """Why ``mesh`` cannot be served, or None; the store calls this before accepting it."""
+        """Why ``mesh`` cannot be served, or None; the store calls this before accepting it.
+
+        A class that fails on the served model as well (a proxy that connected with
+        metadata the translator cannot handle) is no reason to hold a change back:
+        otherwise one such proxy would freeze every edit.
+        """
         with self._classes_lock:
             classes = dict(self._classes)
         if not classes:
@@ -138,30 +143,16 @@ class ControlPlane:
             classes[_DEFAULT_SIDECAR.key] = _DEFAULT_SIDECAR
         built: dict[str, Snapshot] = {}
         sizes: dict[tuple[str, str], int] = {}
-        limit = self.options.server.max_message_bytes
         with self._translate_lock:
+            served = self._verified[0] if self._verified is not None else None
             for key in sorted(classes):
-                try:
-                    snapshot = self._translate(mesh, key, classes[key])
-                    snapshot.check_consistency()
-                except Exception as exc:
-                    return f"{type(exc).__name__} for proxy class {key}: {exc}"
-                for url in snapshot.type_urls:
-                    version = snapshot.version(url)
-                    size = self._sizes.get((url, version))
-                    if size is None:
-                        # About the encoded size of a response carrying every resource.
-                        size = sum(
-                            len(r.body.value) + len(url) + 12
-                            for r in snapshot.resources(url).values()
-                        )
-                    sizes[(url, version)] = size
-                    if size > limit:
-                        kind = url.rsplit(".", 1)[-1]
-                        return (
-                            f"the {kind} resources for proxy class {key} come to {size} bytes, "
-                            f"more than the {limit}-byte message limit (--max-message-bytes)"
-                        )
+                snapshot, problem = self._check(mesh, key, classes[key], sizes)
+                if problem is not None:
+                    if served is not None and self._check(served, key, classes[key], {})[1]:
+                        log.warning("proxy_class_untranslatable", key=key, problem=problem)
+                        continue
+                    return problem
+                assert snapshot is not None
                 built[key] = snapshot
             self._verified = (mesh, built)
             self._sizes = sizes
@@ -171,6 +162,33 @@ class ControlPlane:
                         # No longer checked: its serialized resources would only go stale.
                         self._resource_caches.pop(default.key, None)
         return None
+
+    def _check(
+        self, mesh: Mesh, key: str, proxy: ProxyClass, sizes: dict[tuple[str, str], int]
+    ) -> tuple[Snapshot | None, str | None]:
+        """The snapshot of ``key`` for ``mesh``, or what keeps it from being served."""
+        try:
+            snapshot = self._translate(mesh, key, proxy)
+            snapshot.check_consistency()
+        except Exception as exc:
+            return None, f"{type(exc).__name__} for proxy class {key}: {exc}"
+        limit = self.options.server.max_message_bytes
+        for url in snapshot.type_urls:
+            version = snapshot.version(url)
+            size = self._sizes.get((url, version))
+            if size is None:
+                # About the encoded size of a response carrying every resource.
+                size = sum(
+                    len(r.body.value) + len(url) + 12 for r in snapshot.resources(url).values()
+                )
+            sizes[(url, version)] = size
+            if size > limit:
+                kind = url.rsplit(".", 1)[-1]
+                return None, (
+                    f"the {kind} resources for proxy class {key} come to {size} bytes, "
+                    f"more than the {limit}-byte message limit (--max-message-bytes)"
+                )
+        return snapshot, None
 
     def reload(self) -> ReloadResult:
         """Re-read the directory and publish the new model if it changed."""

@@ -138,3 +138,15 @@ def test_a_model_is_verified_once(config: Directory) -> None:
     store.reload()
     store.reload()
     assert verifier.calls == calls + 1
+
+
+def test_a_check_that_fails_every_model_blocks_nothing_and_says_so(config: Directory) -> None:
+    config.write("reviews.yaml", service("reviews"))
+    config.write("ratings.yaml", service("ratings"))
+    store = ConfigStore(config.root, verify=lambda mesh: "the translator is broken")
+    with capture_logs() as logs:
+        result = store.reload()
+    assert outcome(result) == (True, ("ratings.yaml", "reviews.yaml"), ())
+    assert [(e["event"], e["file"]) for e in logs if e["log_level"] == "error"] == [
+        ("config_translation_failed", None)
+    ]

@@ -14,6 +14,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from structlog.testing import capture_logs
 
+from controlplane.errors import InconsistentSnapshotError
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
 from controlplane.server.grpc_server import XdsServerOptions
 from controlplane.translate import ProxyClass, ProxyRole
@@ -220,6 +221,35 @@ async def test_with_only_gateways_connected_a_change_that_breaks_sidecars_is_hel
         assert "for proxy class sidecar|0.0.0.0|{}" in diagnostic.message
         assert versions(plane, GATEWAY) == served
         assert plane.cache.snapshot_for(SIDECAR)[1] is not None
+    finally:
+        await plane.stop(grace=0.1)
+
+
+async def test_a_proxy_class_that_never_translates_does_not_hold_edits_back(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = Translator.translate
+
+    def translate(self: Translator, mesh: Any, proxy: ProxyClass) -> dict[str, list[Any]]:
+        if ("evil", "1") in proxy.labels:
+            raise ValueError("the translator cannot handle this proxy")
+        return real(self, mesh, proxy)
+
+    monkeypatch.setattr(Translator, "translate", translate)
+    plane = plane_for(config_dir)
+    await plane.start()
+    try:
+        evil = base_pb2.Node(id="evil-gateway")
+        evil.metadata.update({"pilotfish.io/role": "gateway", "labels": {"evil": "1"}})
+        with pytest.raises(InconsistentSnapshotError):
+            plane.cache.snapshot_for(evil)
+        with capture_logs() as logs:
+            (config_dir / "api.yaml").write_text(API_ENTRY)
+            await eventually(lambda: plane.store.mesh.service("api.example.com") is not None)
+        assert plane.store.diagnostics == ()
+        assert [e["key"] for e in logs if e["event"] == "proxy_class_untranslatable"] == [
+            'gateway|0.0.0.0|{"evil":"1"}'
+        ]
     finally:
         await plane.stop(grace=0.1)
 
