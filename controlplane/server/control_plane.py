@@ -8,9 +8,9 @@
   more when a withdrawal the store held back is due);
 * the store accepts a model only if it translates, for every proxy class seen
   so far (and a plain sidecar while none has connected, and a plain gateway
-  while nothing else has), into consistent snapshots
-  whose resources of each type fit in one message (:meth:`ControlPlane._verify`);
-  the snapshots made for that check are the ones published;
+  while nothing else has), into consistent snapshots whose resources of each
+  type fit in one message (:meth:`ControlPlane._verify`); the snapshots made
+  for that check are the ones published;
 * a :class:`~controlplane.xds.cache.SnapshotCache` translates the model once
   per proxy class (``ProxyClass.key``) and publishes new snapshots to streams;
 * the grpc.aio xDS server streams them.
