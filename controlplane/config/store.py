@@ -134,13 +134,15 @@ _UNREADABLE = "unreadable: "
 TRANSLATION_FAILED = "PF212"
 
 
-def _unreadable(rel: str, exc: OSError) -> FileVersion:
+def _unreadable(rel: str, exc: OSError, directory: str | None = None) -> FileVersion:
     """A file that exists but cannot be read: an error, so its accepted version stays."""
     reason = exc.strerror or str(exc) or type(exc).__name__
-    finding = Finding("PF105", rel, 0, (), "", f"cannot read the file: {reason}")
+    what = f"its directory {directory}" if directory is not None else "the file"
+    message = f"cannot read {what}: {reason}"
+    finding = Finding("PF105", rel, 0, (), "", message)
     # Never equal to a digest of content, and never reused from the stamp: a permission
     # fixed with chmod leaves the stamp as it was.
-    return FileVersion(rel, _UNREADABLE + reason, "", FileResult(rel, (), (finding,), (1, 1)))
+    return FileVersion(rel, _UNREADABLE + message, "", FileResult(rel, (), (finding,), (1, 1)))
 
 
 def resolve_positions(findings: Iterable[Finding], texts: dict[str, str]) -> list[Diagnostic]:
@@ -194,6 +196,7 @@ class ConfigStore:
         self._clock = clock
         self._hold_until: float | None = None
         self._saved: dict[str, str] | None = None
+        self._unlisted: set[str] = set()
 
     @property
     def mesh(self) -> Mesh:
@@ -224,7 +227,8 @@ class ConfigStore:
             if self._last is not None:
                 # Held withdrawals wait too: the watcher reloads when the directory is back.
                 return replace(self._last, changed=False, applied=(), rejected=(), recheck_at=None)
-        stamps = scan(self.root)
+        unlisted: dict[str, OSError] = {}
+        stamps = scan(self.root, unlisted)
         current: dict[str, FileVersion] = {}
         for rel, stamp in stamps.items():
             previous = state.current.get(rel)
@@ -241,7 +245,19 @@ class ConfigStore:
             if previous is not None and previous.digest == version.digest:
                 version = previous
             current[rel] = version
-        state.stamps = {rel: stamps[rel] for rel in current}
+        for directory in sorted(unlisted.keys() - self._unlisted):
+            log.error(
+                "config_dir_unreadable",
+                directory=directory or "./",
+                error=unlisted[directory].strerror or str(unlisted[directory]),
+                consequence="its files keep their last good versions",
+            )
+        self._unlisted = set(unlisted)
+        for directory, exc in unlisted.items():
+            for rel in {*state.current, *state.accepted}:
+                if rel.startswith(directory) and rel not in current:
+                    current[rel] = _unreadable(rel, exc, directory or "./")
+        state.stamps = {rel: stamps[rel] for rel in current if rel in stamps}
         state.current = current
         restored = self._restore(current) if self._last is None and self.state else {}
 
@@ -581,9 +597,15 @@ def validate_directory(root: Path) -> list[Diagnostic]:
     documents of every file take part in the cross-resource checks, so one bad
     document does not hide or cause problems elsewhere.
     """
-    versions = [v for rel in scan(root) if (v := _read(root, rel)) is not None]
+    unlisted: dict[str, OSError] = {}
+    versions = [v for rel in scan(root, unlisted) if (v := _read(root, rel)) is not None]
     texts = {v.path: v.text for v in versions}
-    diagnostics: list[Diagnostic] = []
+    diagnostics: list[Diagnostic] = [
+        Finding(
+            "PF105", directory, 0, (), "", f"cannot read the directory: {exc.strerror or exc}"
+        ).at(1, 1)
+        for directory, exc in unlisted.items()
+    ]
     for version in versions:
         result = version.result
         if result.syntax_error is not None:

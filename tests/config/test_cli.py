@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -129,6 +130,24 @@ def test_an_unreadable_file_is_an_error_and_exits_1(
         f"{tmp_path}/locked.yaml:1:1: error[PF105] cannot read the file: Permission denied\n"
     )
     assert captured.err == "1 error(s), 0 warning(s)\n"
+
+
+def test_a_directory_that_cannot_be_listed_is_an_error_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {"details.yaml": GOOD, "sub/locked.yaml": GOOD})
+    real = os.scandir
+
+    def scandir(path: str) -> object:
+        if Path(path) == tmp_path / "sub":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert main(["validate", str(tmp_path)]) == 1
+    assert capsys.readouterr().out == (
+        f"{tmp_path}/sub/:1:1: error[PF105] cannot read the directory: Permission denied\n"
+    )
 
 
 @pytest.mark.parametrize("argument", ["config", "config/", "./config"])

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from controlplane.config import store as store_module
 from controlplane.config.diagnostics import Diagnostic, Severity
@@ -590,3 +591,48 @@ def test_a_file_of_mode_000_is_unreadable_not_deleted(config: Directory) -> None
     assert outcome(result) == (False, (), ("reviews.yaml",))
     assert result.mesh is first.mesh
     assert result.diagnostics == (unreadable("reviews.yaml", "Permission denied"),)
+
+
+def refuse_to_list(monkeypatch: pytest.MonkeyPatch, directory: Path, error: OSError) -> None:
+    """Make listing ``directory`` fail with ``error``."""
+    real = os.scandir
+
+    def scandir(path: str) -> object:
+        if Path(path) == directory:
+            raise error
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_files_in_a_directory_that_cannot_be_listed_keep_their_accepted_versions(
+    config: Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config.write("reviews.yaml", service("reviews"))
+    config.write("sub/ratings.yaml", service("ratings"))
+    store = ConfigStore(config.root)
+    first = store.reload()
+    refuse_to_list(monkeypatch, config.root / "sub", OSError(errno.EIO, "Input/output error"))
+    with capture_logs() as logs:
+        result = store.reload()
+    assert outcome(result) == (False, (), ("sub/ratings.yaml",))
+    assert result.mesh is first.mesh
+    assert result.diagnostics == (
+        Diagnostic(
+            Severity.ERROR,
+            "PF105",
+            "sub/ratings.yaml",
+            1,
+            1,
+            "",
+            "",
+            "cannot read its directory sub/: Input/output error",
+        ),
+    )
+    assert [
+        (e["directory"], e["error"]) for e in logs if e["event"] == "config_dir_unreadable"
+    ] == [("sub/", "Input/output error")]
+    monkeypatch.undo()
+    back = store.reload()
+    assert (outcome(back), back.diagnostics) == ((False, (), ()), ())
+    assert hosts(store.mesh) == [RATINGS_HOST, REVIEWS_HOST]
