@@ -280,6 +280,8 @@ class Server:
             "json",
             "--log-level",
             args.server_log_level,
+            "--state-dir",
+            str(work / f"state-{self.port}"),
         ]
         env = dict(os.environ)
         if args.profile and not args.py_spy:

@@ -23,6 +23,7 @@ from pathlib import Path
 from controlplane import __version__
 from controlplane.config.diagnostics import render_json
 from controlplane.config.durations import parse_duration
+from controlplane.config.state import default_state_dir
 from controlplane.config.store import validate_directory
 from controlplane.demo.run import (
     LOOPBACK,
@@ -72,10 +73,29 @@ def _duration(text: str) -> float:
     return parsed.total_seconds()
 
 
+def _share(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 (excluded) and 1")
+    return share
+
+
 def _serve(args: argparse.Namespace) -> int:
     root = Path(args.config_dir)
     if not root.is_dir():
         print(f"pilotfish serve: {root} is not a directory", file=sys.stderr)
+        return 2
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(root)
+    real_root, real_state = os.path.realpath(root), os.path.realpath(state_dir)
+    if os.path.commonpath([real_root, real_state]) == real_root:
+        print(
+            f"pilotfish serve: --state-dir {state_dir} is inside the config directory; "
+            "keep it where operators do not edit",
+            file=sys.stderr,
+        )
         return 2
     configure_logging(args.log_format, args.log_level)
     options = ControlPlaneOptions(
@@ -85,6 +105,9 @@ def _serve(args: argparse.Namespace) -> int:
         settle=args.settle,
         max_delay=args.max_delay,
         polling=args.poll,
+        state_dir=state_dir,
+        withdraw_grace=args.withdraw_grace,
+        max_withdraw_share=args.max_withdraw_share,
         server=XdsServerOptions(
             max_message_bytes=args.max_message_bytes,
             max_connection_age=args.max_connection_age,
@@ -245,6 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="proxy classes (distinct roles, gateway labels, bind addresses) kept at once; "
         "a proxy needing one more is refused with RESOURCE_EXHAUSTED (1000)",
+    )
+    serve.add_argument(
+        "--state-dir",
+        default=None,
+        help="where the last good version of each file is kept across restarts "
+        "(default: $XDG_STATE_HOME or ~/.local/state, then pilotfish/<hash of the config dir>)",
+    )
+    serve.add_argument(
+        "--withdraw-grace",
+        type=_duration,
+        default=30.0,
+        help="how long a reload that would withdraw too much of the mesh is held back (30s)",
+    )
+    serve.add_argument(
+        "--max-withdraw-share",
+        type=_share,
+        default=0.5,
+        help="share of the accepted resources one reload may withdraw at once (0.5)",
     )
     serve.set_defaults(run=_serve)
 

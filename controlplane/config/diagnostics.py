@@ -72,6 +72,7 @@ CODES: dict[str, Code] = _codes(
     Code("PF209", "rule-host-not-found", W, "A DestinationRule names a host no service has."),
     Code("PF210", "duplicate-host", E, "Two services define the same host."),
     Code("PF211", "policy-conflict", E, "Two DestinationRules name the same host."),
+    Code("PF212", "translation-failed", E, "The file's resources cannot be translated."),
 )
 
 

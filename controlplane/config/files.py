@@ -21,7 +21,9 @@ listed once, identified by ``(device, inode)``, so a symlink loop cannot make
 the scan run forever, and a directory that is reachable by two paths is
 reported under the one a breadth-first walk in name order meets first (so the
 shallowest). Entries that vanish or cannot be read during the scan are left out
-without an error, since racing an editor that is saving a file is normal.
+without an error, since racing an editor that is saving a file is normal; a
+directory that cannot be listed is reported to the caller, who must not take
+its files for deleted.
 """
 
 from __future__ import annotations
@@ -80,10 +82,13 @@ def is_config_path(rel: PurePath) -> bool:
     )
 
 
-def scan(root: Path) -> dict[str, FileStamp]:
+def scan(root: Path, unreadable: dict[str, OSError] | None = None) -> dict[str, FileStamp]:
     """Every config file under ``root``, keyed by its POSIX path relative to ``root``.
 
     Returns an empty dict if ``root`` does not exist or is not a directory.
+    Directories that exist but cannot be listed (permissions, I/O errors) are
+    added to ``unreadable``, keyed by their relative path with a trailing ``/``
+    (``""`` for ``root``): what they hold is unknown, not gone.
     """
     try:
         root_stat = os.stat(root)
@@ -119,7 +124,11 @@ def scan(root: Path) -> dict[str, FileStamp]:
                             subdirectories.append((name, entry.path))
                     except OSError:
                         continue
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            if unreadable is not None:
+                unreadable[prefix] = exc
             continue
         for name, path in sorted(subdirectories):
             try:

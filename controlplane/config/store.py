@@ -17,6 +17,29 @@ accept:
    the Service it routes to), the changes are instead applied one at a time,
    each kept only if the model stays free of errors.
 
+4. A file that exists but cannot be read (permissions, an I/O error) is an
+   error (PF105), not a deletion: its accepted version stays in effect. Only
+   a file that is gone is deleted.
+5. A candidate model that is free of errors is also given to ``verify`` (the
+   control plane checks that it translates, for every proxy class, into
+   consistent snapshots small enough to send). When it fails, the changes are
+   applied one at a time as in 3., and a change whose model fails is held
+   back with PF212.
+6. A reload that would withdraw all accepted resources, or more than
+   ``max_withdraw_share`` of them (a directory emptied and refilled, a volume
+   remounted), does not withdraw them yet: the files that would take
+   resources away keep their accepted versions for ``withdraw_grace``
+   seconds (:attr:`ReloadResult.recheck_at` says when to reload again). If
+   they come back in time nothing was ever withdrawn; if not, the next reload
+   after the grace applies the withdrawal. Smaller removals apply at once.
+7. With a :class:`~controlplane.config.state.StateDir`, the accepted versions
+   are recorded after every reload that changes them, and the first reload
+   starts from the record: a file whose version on disk has errors is served
+   as it was last accepted (logged as ``config_stale_served``), and which of
+   two conflicting definitions wins (the one accepted first, see
+   ``docs/validation.md``) survives the restart. Files gone from disk are
+   deletions like any other.
+
 So a bad edit never reaches a proxy, the rest of a change still applies when
 it is valid on its own, and the errors stay available (:attr:`diagnostics`)
 for ``pilotfish status`` and the logs.
@@ -26,8 +49,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -38,10 +63,15 @@ from controlplane.config.diagnostics import Diagnostic, Finding, Severity
 from controlplane.config.document import FileResult, read_text
 from controlplane.config.files import FileStamp, scan
 from controlplane.config.resources import Resource
+from controlplane.config.state import StateDir
 from controlplane.config.yamlsource import locate
 from controlplane.model import Mesh
 
 log = structlog.get_logger(__name__)
+
+Verifier = Callable[[Mesh], str | None]
+"""Checks a model beyond validation (the control plane: that it translates for every
+proxy class); returns what is wrong with it, or ``None``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +93,10 @@ class ReloadResult:
     applied: tuple[str, ...]
     rejected: tuple[str, ...]
     diagnostics: tuple[Diagnostic, ...]
+    held: tuple[str, ...] = ()
+    """Files whose withdrawal waits out the grace period (neither applied nor rejected)."""
+    recheck_at: float | None = None
+    """When (``clock`` time) a held withdrawal is due: reload then, even without file events."""
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
@@ -76,11 +110,17 @@ class _State:
     accepted: dict[str, FileVersion] = field(default_factory=dict)
 
 
+def _read_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
 def _read(root: Path, rel: str) -> FileVersion | None:
     try:
-        raw = (root / rel).read_bytes()
-    except OSError:
-        return None
+        raw = _read_bytes(root / rel)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # gone since the scan: deleted
+    except OSError as exc:
+        return _unreadable(rel, exc)
     digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8")
@@ -88,6 +128,21 @@ def _read(root: Path, rel: str) -> FileVersion | None:
         finding = Finding("PF105", rel, 0, (), "", f"the file is not UTF-8: {exc.reason}")
         return FileVersion(rel, digest, "", FileResult(rel, (), (finding,)))
     return FileVersion(rel, digest, text, read_text(rel, text))
+
+
+_UNREADABLE = "unreadable: "
+TRANSLATION_FAILED = "PF212"
+
+
+def _unreadable(rel: str, exc: OSError, directory: str | None = None) -> FileVersion:
+    """A file that exists but cannot be read: an error, so its accepted version stays."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    what = f"its directory {directory}" if directory is not None else "the file"
+    message = f"cannot read {what}: {reason}"
+    finding = Finding("PF105", rel, 0, (), "", message)
+    # Never equal to a digest of content, and never reused from the stamp: a permission
+    # fixed with chmod leaves the stamp as it was.
+    return FileVersion(rel, _UNREADABLE + message, "", FileResult(rel, (), (finding,), (1, 1)))
 
 
 def resolve_positions(findings: Iterable[Finding], texts: dict[str, str]) -> list[Diagnostic]:
@@ -105,10 +160,26 @@ class ConfigStore:
 
     Thread-safe: :meth:`reload` may be called from the watcher thread while
     other threads read :attr:`mesh` and :attr:`diagnostics`.
+
+    ``state`` records the accepted versions across restarts, ``verify`` is run
+    on every candidate model before it is accepted, and a reload withdrawing
+    more than ``max_withdraw_share`` of the accepted resources (or all of them)
+    is held back for ``withdraw_grace`` seconds (0: never); see the module
+    docstring.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        state: StateDir | None = None,
+        verify: Verifier | None = None,
+        withdraw_grace: float = 0.0,
+        max_withdraw_share: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.root = Path(root)
+        self.state = state
         self._state = _State()
         self._lock = threading.Lock()
         self._mesh = Mesh()
@@ -118,6 +189,14 @@ class ConfigStore:
         self._build: BuildResult | None = None
         self._last: ReloadResult | None = None
         self._last_changed: list[tuple[str, str]] | None = None
+        self._verify = verify
+        self._verified: Mesh | None = None
+        self._withdraw_grace = withdraw_grace
+        self._max_withdraw_share = max_withdraw_share
+        self._clock = clock
+        self._hold_until: float | None = None
+        self._saved: dict[str, str] | None = None
+        self._unlisted: set[str] = set()
 
     @property
     def mesh(self) -> Mesh:
@@ -134,6 +213,11 @@ class ConfigStore:
         with self._lock, collector.paused():
             return self._reload()
 
+    def close(self) -> None:
+        """Finish writing the state directory."""
+        if self.state is not None:
+            self.state.close()
+
     def _reload(self) -> ReloadResult:
         state = self._state
         if not self.root.is_dir():
@@ -141,12 +225,18 @@ class ConfigStore:
             # outage, not a request to delete every route: keep serving what we have.
             log.error("config_dir_missing", directory=str(self.root))
             if self._last is not None:
-                return replace(self._last, changed=False, applied=(), rejected=())
-        stamps = scan(self.root)
+                # Held withdrawals wait too: the watcher reloads when the directory is back.
+                return replace(self._last, changed=False, applied=(), rejected=(), recheck_at=None)
+        unlisted: dict[str, OSError] = {}
+        stamps = scan(self.root, unlisted)
         current: dict[str, FileVersion] = {}
         for rel, stamp in stamps.items():
             previous = state.current.get(rel)
-            if previous is not None and state.stamps.get(rel) == stamp:
+            if (
+                previous is not None
+                and state.stamps.get(rel) == stamp
+                and not previous.digest.startswith(_UNREADABLE)
+            ):
                 current[rel] = previous
                 continue
             version = _read(self.root, rel)
@@ -155,8 +245,21 @@ class ConfigStore:
             if previous is not None and previous.digest == version.digest:
                 version = previous
             current[rel] = version
-        state.stamps = {rel: stamps[rel] for rel in current}
+        for directory in sorted(unlisted.keys() - self._unlisted):
+            log.error(
+                "config_dir_unreadable",
+                directory=directory or "./",
+                error=unlisted[directory].strerror or str(unlisted[directory]),
+                consequence="its files keep their last good versions",
+            )
+        self._unlisted = set(unlisted)
+        for directory, exc in unlisted.items():
+            for rel in {*state.current, *state.accepted}:
+                if rel.startswith(directory) and rel not in current:
+                    current[rel] = _unreadable(rel, exc, directory or "./")
+        state.stamps = {rel: stamps[rel] for rel in current if rel in stamps}
         state.current = current
+        restored = self._restore(current) if self._last is None and self.state else {}
 
         changed = sorted(
             rel
@@ -165,14 +268,17 @@ class ConfigStore:
             or (rel in current and current[rel].digest != state.accepted[rel].digest)
         )
         signature = [(rel, current[rel].digest if rel in current else "") for rel in changed]
-        if signature == self._last_changed and self._last is not None:
+        if signature == self._last_changed and self._last is not None and self._hold_until is None:
             # Nothing new since the last reload (an event on a file we ignore, a touch).
             self._last = replace(self._last, changed=False, applied=(), rejected=())
             return self._last
         applicable = [rel for rel in changed if rel not in current or current[rel].result.ok]
+        applicable, held = self._hold_withdrawals(state.accepted, current, applicable)
         accepted, build, blocked = self._accept(state.accepted, current, applicable)
         applied = tuple(rel for rel in applicable if rel not in blocked)
-        rejected = tuple(sorted({*blocked, *(r for r in changed if r not in applicable)}))
+        rejected = tuple(
+            sorted({*blocked, *(r for r in changed if r not in applicable and r not in held)})
+        )
         state.accepted = accepted
         self._build = build
         self._last_changed = [item for item in signature if item[0] not in applied]
@@ -210,15 +316,173 @@ class ConfigStore:
                     line=diagnostic.line,
                     field=diagnostic.field,
                 )
-        if applied or rejected:
+        for rel, findings in sorted(blocked.items()):
+            for finding in findings:
+                if finding.code == TRANSLATION_FAILED:
+                    version = current.get(rel) or accepted.get(rel)
+                    log.error(
+                        "config_translation_failed",
+                        file=rel,
+                        resources=[r.meta.label for r in version.result.resources[:10]]
+                        if version
+                        else [],
+                        problem=finding.message,
+                    )
+        if applied or rejected or held:
             log.info(
                 "config_reloaded",
                 applied=len(applied),
                 rejected=list(rejected),
+                held=list(held),
                 services=len(self._mesh.services),
             )
-        self._last = ReloadResult(self._mesh, bool(applied), applied, rejected, diagnostics_out)
+        if restored:
+            self._report_stale(restored, accepted, current, blocked, held)
+        self._persist(accepted)
+        self._last = ReloadResult(
+            self._mesh,
+            bool(applied),
+            applied,
+            rejected,
+            diagnostics_out,
+            tuple(held),
+            self._hold_until,
+        )
         return self._last
+
+    def _restore(self, current: dict[str, FileVersion]) -> dict[str, FileVersion]:
+        """Start from the accepted versions the state directory recorded (at the first reload)."""
+        assert self.state is not None
+        recorded = self.state.load()
+        self._saved = {rel: digest for rel, (digest, _) in recorded.items()}
+        baseline: dict[str, FileVersion] = {}
+        for rel, (digest, text) in recorded.items():
+            version = current.get(rel)
+            if version is None or version.digest != digest:
+                version = FileVersion(rel, digest, text, read_text(rel, text))
+            if not version.result.ok:
+                # Recorded by a version of Pilotfish with other rules: it no longer validates.
+                log.warning(
+                    "config_state_version_invalid", file=rel, state_dir=str(self.state.path)
+                )
+                continue
+            baseline[rel] = version
+        if not baseline:
+            return {}
+        build = self._builder.build(_resources(baseline))
+        problem = (
+            "; ".join(f.message for f in build.findings if f.is_error)
+            if not build.ok
+            else self._problem(build.mesh)
+        )
+        if problem:
+            log.error(
+                "config_state_unusable",
+                state_dir=str(self.state.path),
+                reason=f"the recorded versions no longer make a valid model: {problem}",
+            )
+            return {}
+        self._state.accepted = baseline
+        self._build = build
+        return baseline
+
+    def _report_stale(
+        self,
+        restored: dict[str, FileVersion],
+        accepted: dict[str, FileVersion],
+        current: dict[str, FileVersion],
+        blocked: dict[str, list[Finding]],
+        held: list[str],
+    ) -> None:
+        assert self.state is not None
+        for rel in sorted(accepted):
+            version = accepted[rel]
+            on_disk = current.get(rel)
+            if restored.get(rel) is not version or (
+                on_disk is not None and on_disk.digest == version.digest
+            ):
+                continue
+            own = [d.render() for d in self._diagnostics if d.file == rel and d.is_error]
+            others = [f"{f.file}: {f.message}" for f in blocked.get(rel, ())]
+            if on_disk is not None:
+                reason = "; ".join(own or others) or "the version on disk was held back"
+            elif rel in held:
+                reason = "the file is gone; withdrawing it is held back for the grace period"
+            else:
+                reason = "the file is gone, but other files need it: " + "; ".join(others)
+            log.error(
+                "config_stale_served",
+                file=rel,
+                reason=reason,
+                restored_from=str(self.state.path),
+                digest=version.digest[:12],
+            )
+
+    def _persist(self, accepted: dict[str, FileVersion]) -> None:
+        if self.state is None:
+            return
+        digests = {rel: version.digest for rel, version in accepted.items()}
+        if digests == self._saved:
+            return
+        self._saved = digests
+        self.state.save({rel: (v.digest, v.text) for rel, v in accepted.items()})
+
+    def _hold_withdrawals(
+        self,
+        accepted: dict[str, FileVersion],
+        current: dict[str, FileVersion],
+        applicable: list[str],
+    ) -> tuple[list[str], list[str]]:
+        """(changes to apply now, files whose withdrawal is held back)."""
+        if self._withdraw_grace <= 0:
+            return applicable, []
+        before: dict[tuple[str, str, str], str] = {}
+        after: set[tuple[str, str, str]] = set()
+        for rel in applicable:
+            old, new = accepted.get(rel), current.get(rel)
+            if old is not None:
+                before.update((r.meta.key, rel) for r in old.result.resources)
+            if new is not None:
+                after.update(r.meta.key for r in new.result.resources)
+        withdrawn = {key: rel for key, rel in before.items() if key not in after}
+        total = sum(len(version.result.resources) for version in accepted.values())
+        if not withdrawn or (
+            len(withdrawn) < total and len(withdrawn) <= self._max_withdraw_share * total
+        ):
+            if self._hold_until is not None:
+                log.info("config_withdrawal_cancelled")
+                self._hold_until = None
+            return applicable, []
+        files = sorted(set(withdrawn.values()))
+        now = self._clock()
+        counts = {"withdrawn": len(withdrawn), "resources": total, "files": len(files)}
+        if self._hold_until is None:
+            self._hold_until = now + self._withdraw_grace
+            until = datetime.fromtimestamp(time.time() + self._withdraw_grace, UTC)
+            log.warning(
+                "config_withdrawal_held",
+                **counts,
+                max_share=self._max_withdraw_share,
+                until=until.isoformat(timespec="seconds"),
+                grace_seconds=self._withdraw_grace,
+            )
+        elif now >= self._hold_until:
+            self._hold_until = None
+            log.warning("config_withdrawal_applied", **counts)
+            return applicable, []
+        return [rel for rel in applicable if rel not in files], files
+
+    def _problem(self, mesh: Mesh) -> str | None:
+        """What ``verify`` finds wrong with ``mesh`` (remembering the last mesh it passed)."""
+        if self._verify is None or mesh is self._verified:
+            return None
+        try:
+            problem = self._verify(mesh)
+        except Exception as exc:  # a bug in the check must not let a model through unseen
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is None:
+            self._verified = mesh
+        return problem
 
     def _file_diagnostics(self, version: FileVersion) -> tuple[Diagnostic, ...]:
         cached = self._positions.get(version.digest)
@@ -247,7 +511,14 @@ class ConfigStore:
             result = self._builder.build(_resources(candidate), frozenset(pending))
             errors = [f for f in result.findings if f.is_error]
             if not errors:
-                return candidate, result, blocked
+                problem = self._problem(result.mesh)
+                if problem is None:
+                    return candidate, result, blocked
+                last = self._build
+                if len(pending) == 1 and last is not None and last.mesh is self._verified:
+                    blocked[pending[0]] = [_translation_failed(pending[0], problem)]
+                    return baseline, last, blocked
+                break
             blamed = {f.file for f in errors} & set(pending)
             if not blamed:
                 break
@@ -255,9 +526,21 @@ class ConfigStore:
                 if f.file in blamed:
                     blocked.setdefault(f.file, []).append(f)
             pending = [rel for rel in pending if rel not in blamed]
-        # An error in a file that did not change: find the changes that keep the model clean.
+        # An error in a file that did not change, or a model that does not translate:
+        # find the changes that keep the model clean.
         accepted = dict(baseline)
-        result = self._builder.build(_resources(accepted))
+        result = self._build or self._builder.build(_resources(accepted))
+        # When the last good model itself fails the check, the check cannot tell which
+        # change is to blame: it is left out rather than block every change.
+        baseline_problem = self._problem(result.mesh)
+        verifying = baseline_problem is None
+        if not verifying:
+            log.error(
+                "config_translation_failed",
+                file=None,
+                problem=baseline_problem,
+                consequence="the served model fails too: changes are applied unchecked",
+            )
         progress = True
         remaining = list(pending)
         while progress and remaining:
@@ -266,6 +549,10 @@ class ConfigStore:
                 trial = _apply(accepted, current, [rel])
                 trial_result = self._builder.build(_resources(trial), frozenset([rel]))
                 trial_errors = [f for f in trial_result.findings if f.is_error]
+                if not trial_errors and verifying:
+                    problem = self._problem(trial_result.mesh)
+                    if problem is not None:
+                        trial_errors = [_translation_failed(rel, problem)]
                 if trial_errors:
                     blocked[rel] = trial_errors
                     continue
@@ -274,6 +561,17 @@ class ConfigStore:
                 remaining.remove(rel)
                 progress = True
         return accepted, result, blocked
+
+
+def _translation_failed(rel: str, problem: str) -> Finding:
+    return Finding(
+        TRANSLATION_FAILED,
+        rel,
+        0,
+        (),
+        "",
+        f"the file's resources could not be translated: {problem}; the last good version is served",
+    )
 
 
 def _apply(
@@ -299,9 +597,15 @@ def validate_directory(root: Path) -> list[Diagnostic]:
     documents of every file take part in the cross-resource checks, so one bad
     document does not hide or cause problems elsewhere.
     """
-    versions = [v for rel in scan(root) if (v := _read(root, rel)) is not None]
+    unlisted: dict[str, OSError] = {}
+    versions = [v for rel in scan(root, unlisted) if (v := _read(root, rel)) is not None]
     texts = {v.path: v.text for v in versions}
-    diagnostics: list[Diagnostic] = []
+    diagnostics: list[Diagnostic] = [
+        Finding(
+            "PF105", directory, 0, (), "", f"cannot read the directory: {exc.strerror or exc}"
+        ).at(1, 1)
+        for directory, exc in unlisted.items()
+    ]
     for version in versions:
         result = version.result
         if result.syntax_error is not None:

@@ -219,6 +219,12 @@ class DirectoryWatcher:
         if session is not None:
             session.stop()
 
+    def request_reload(self) -> None:
+        """Run the callback soon, as if a config file had changed. Does nothing when stopped."""
+        session = self._session
+        if session is not None:
+            session.note_change()
+
     def __enter__(self) -> Self:
         self.start()
         return self

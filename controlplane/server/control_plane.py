@@ -4,7 +4,13 @@
 
 * a :class:`~controlplane.config.store.ConfigStore` holds the last good model
   of the directory, and a :class:`~controlplane.config.watcher.DirectoryWatcher`
-  calls :meth:`ConfigStore.reload` once per burst of file events;
+  calls :meth:`ConfigStore.reload` once per burst of file events (and once
+  more when a withdrawal the store held back is due);
+* the store accepts a model only if it translates, for every proxy class seen
+  so far (and a plain sidecar while none has connected, and a plain gateway
+  while nothing else has), into consistent snapshots whose resources of each
+  type fit in one message (:meth:`ControlPlane._verify`); the snapshots made
+  for that check are the ones published;
 * a :class:`~controlplane.xds.cache.SnapshotCache` translates the model once
   per proxy class (``ProxyClass.key``) and publishes new snapshots to streams;
 * the grpc.aio xDS server streams them.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +39,13 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 
 from controlplane import collector
+from controlplane.config.state import StateDir
 from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.config.watcher import DirectoryWatcher
 from controlplane.model import Mesh
 from controlplane.server import memory
 from controlplane.server.grpc_server import XdsServer, XdsServerOptions, start_xds_server
-from controlplane.translate import ProxyClass
+from controlplane.translate import ProxyClass, ProxyRole
 from controlplane.translate.translator import Translator
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.snapshot import ResourceCache, Snapshot
@@ -58,12 +66,30 @@ class ControlPlaneOptions:
     """Seconds a proxy class with no connected stream is kept before it is dropped."""
     max_proxy_classes: int = 1000
     """Proxy classes kept at once; a stream needing one more is refused."""
+    state_dir: Path | None = None
+    """Where the accepted version of each file is recorded across restarts (None: nowhere)."""
+    withdraw_grace: float = 30.0
+    max_withdraw_share: float = 0.5
+
+
+# Verified while no proxy of their kind has connected, so that the first to connect
+# gets a snapshot. A sidecar sees every service and route, so once one is verified,
+# a gateway without labels (it selects only Gateways without a selector) adds
+# little but the cost of another class on every change.
+_DEFAULT_SIDECAR = ProxyClass()
+_DEFAULT_GATEWAY = ProxyClass(role=ProxyRole.GATEWAY)
 
 
 class ControlPlane:
     def __init__(self, options: ControlPlaneOptions) -> None:
         self.options = options
-        self.store = ConfigStore(options.config_dir)
+        self.store = ConfigStore(
+            options.config_dir,
+            state=StateDir(options.state_dir, options.config_dir) if options.state_dir else None,
+            verify=self._verify,
+            withdraw_grace=options.withdraw_grace,
+            max_withdraw_share=options.max_withdraw_share,
+        )
         self._classes: dict[str, ProxyClass] = {}
         self._classes_lock = threading.Lock()
         self._translator = Translator()
@@ -75,6 +101,13 @@ class ControlPlane:
             grace=options.proxy_class_grace,
             forget=self._forget,
         )
+        # The translator and the resource caches are used by the cache's builds and by
+        # the store's verification, on different threads.
+        self._translate_lock = threading.Lock()
+        self._verified: tuple[Mesh, dict[str, Snapshot]] | None = None
+        self._sizes: dict[tuple[str, str], int] = {}
+        self._recheck: threading.Timer | None = None
+        self._recheck_lock = threading.Lock()
         self._watcher: DirectoryWatcher | None = None
         self._server: XdsServer | None = None
         self.reloads = 0
@@ -96,22 +129,91 @@ class ControlPlane:
         return proxy.key
 
     def _forget(self, key: str) -> None:
-        # Called by the cache under its lock, like the builder.
+        # Called by the cache under its lock, like the builder. The two locks are taken
+        # one after the other, never nested: verification nests them the other way.
         with self._classes_lock:
             self._classes.pop(key, None)
-        self._resource_caches.pop(key, None)
-        self._translator.forget(key)
+        with self._translate_lock:
+            self._resource_caches.pop(key, None)
+            self._translator.forget(key)
 
     def _builder(self, mesh: Mesh) -> Callable[[str], Snapshot]:
-        # Called under the snapshot cache's lock, one class at a time, so the
-        # translator and the per-class resource caches need no lock of their own.
         def build(key: str) -> Snapshot:
             with self._classes_lock:
                 proxy = self._classes[key]
-            resources = self._resource_caches.setdefault(key, ResourceCache())
-            return resources.snapshot(self._translator.translate(mesh, proxy))
+            with self._translate_lock:
+                verified = self._verified
+                if verified is not None and verified[0] is mesh and key in verified[1]:
+                    return verified[1][key]
+                return self._translate(mesh, key, proxy)
 
         return build
+
+    def _translate(self, mesh: Mesh, key: str, proxy: ProxyClass) -> Snapshot:
+        resources = self._resource_caches.setdefault(key, ResourceCache())
+        return resources.snapshot(self._translator.translate(mesh, proxy))
+
+    def _verify(self, mesh: Mesh) -> str | None:
+        """Why ``mesh`` cannot be served, or None; the store calls this before accepting it.
+
+        A class that fails on the served model as well (a proxy that connected with
+        metadata the translator cannot handle) is no reason to hold a change back:
+        otherwise one such proxy would freeze every edit.
+        """
+        with self._classes_lock:
+            classes = dict(self._classes)
+        if not classes:
+            classes[_DEFAULT_GATEWAY.key] = _DEFAULT_GATEWAY
+        if not any(proxy.role is ProxyRole.SIDECAR for proxy in classes.values()):
+            classes[_DEFAULT_SIDECAR.key] = _DEFAULT_SIDECAR
+        built: dict[str, Snapshot] = {}
+        sizes: dict[tuple[str, str], int] = {}
+        with self._translate_lock:
+            served = self._verified[0] if self._verified is not None else None
+            for key in sorted(classes):
+                snapshot, problem = self._check(mesh, key, classes[key], sizes)
+                if problem is not None:
+                    if served is not None and self._check(served, key, classes[key], {})[1]:
+                        log.warning("proxy_class_untranslatable", key=key, problem=problem)
+                        continue
+                    return problem
+                assert snapshot is not None
+                built[key] = snapshot
+            self._verified = (mesh, built)
+            self._sizes = sizes
+            with self._classes_lock:
+                for default in (_DEFAULT_SIDECAR, _DEFAULT_GATEWAY):
+                    if default.key not in classes and default.key not in self._classes:
+                        # No longer checked: its serialized resources would only go stale.
+                        self._resource_caches.pop(default.key, None)
+        return None
+
+    def _check(
+        self, mesh: Mesh, key: str, proxy: ProxyClass, sizes: dict[tuple[str, str], int]
+    ) -> tuple[Snapshot | None, str | None]:
+        """The snapshot of ``key`` for ``mesh``, or what keeps it from being served."""
+        try:
+            snapshot = self._translate(mesh, key, proxy)
+            snapshot.check_consistency()
+        except Exception as exc:
+            return None, f"{type(exc).__name__} for proxy class {key}: {exc}"
+        limit = self.options.server.max_message_bytes
+        for url in snapshot.type_urls:
+            version = snapshot.version(url)
+            size = self._sizes.get((url, version))
+            if size is None:
+                # About the encoded size of a response carrying every resource.
+                size = sum(
+                    len(r.body.value) + len(url) + 12 for r in snapshot.resources(url).values()
+                )
+            sizes[(url, version)] = size
+            if size > limit:
+                kind = url.rsplit(".", 1)[-1]
+                return None, (
+                    f"the {kind} resources for proxy class {key} come to {size} bytes, "
+                    f"more than the {limit}-byte message limit (--max-message-bytes)"
+                )
+        return snapshot, None
 
     def reload(self) -> ReloadResult:
         """Re-read the directory and publish the new model if it changed."""
@@ -123,7 +225,22 @@ class ControlPlane:
         if result.changed and self._server is not None:
             # The new model is long-lived: have it frozen once things are quiet.
             self._server.ads.housekeeper.soon_threadsafe()
+        self._schedule_recheck(result.recheck_at)
         return result
+
+    def _schedule_recheck(self, at: float | None) -> None:
+        """Have the watcher reload at ``at`` (monotonic), when a held withdrawal is due."""
+        with self._recheck_lock:
+            if self._recheck is not None:
+                self._recheck.cancel()
+                self._recheck = None
+            watcher = self._watcher
+            if at is None or watcher is None:
+                return
+            timer = threading.Timer(max(0.0, at - time.monotonic()), watcher.request_reload)
+            timer.daemon = True
+            timer.start()
+            self._recheck = timer
 
     def _on_change(self) -> None:
         self.reload()
@@ -154,15 +271,19 @@ class ControlPlane:
             polling=self.options.polling,
         )
         self._watcher.start()
+        self._schedule_recheck(result.recheck_at)
         # A collection would hold the GIL the reload needs: not while one is due.
         watcher = self._watcher
         self._server.ads.housekeeper.hold_while(lambda: watcher.busy)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop watching, stop accepting streams, let in-flight sends finish within ``grace``."""
+        loop = asyncio.get_running_loop()
         if self._watcher is not None:
             watcher, self._watcher = self._watcher, None
-            await asyncio.get_running_loop().run_in_executor(None, watcher.stop)
+            await loop.run_in_executor(None, watcher.stop)
+        self._schedule_recheck(None)
+        await loop.run_in_executor(None, self.store.close)
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import pytest
 
 from controlplane import __version__
 from controlplane.cli import main
+from controlplane.config import store as store_module
 
 # Line 8 has a misspelt field: an error.
 BROKEN = """\
@@ -108,6 +110,44 @@ def test_errors_exit_1_and_print_one_compiler_style_line_each(
         "(Service default/reviews, spec.prots)",
     ]
     assert captured.err == "2 error(s), 1 warning(s)\n"
+
+
+def test_an_unreadable_file_is_an_error_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {"details.yaml": GOOD, "locked.yaml": GOOD.replace("details", "locked")})
+    real = store_module._read_bytes
+
+    def read(path: Path) -> bytes:
+        if path.name == "locked.yaml":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(store_module, "_read_bytes", read)
+    assert main(["validate", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == (
+        f"{tmp_path}/locked.yaml:1:1: error[PF105] cannot read the file: Permission denied\n"
+    )
+    assert captured.err == "1 error(s), 0 warning(s)\n"
+
+
+def test_a_directory_that_cannot_be_listed_is_an_error_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {"details.yaml": GOOD, "sub/locked.yaml": GOOD})
+    real = os.scandir
+
+    def scandir(path: str) -> object:
+        if Path(path) == tmp_path / "sub":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert main(["validate", str(tmp_path)]) == 1
+    assert capsys.readouterr().out == (
+        f"{tmp_path}/sub/:1:1: error[PF105] cannot read the directory: Permission denied\n"
+    )
 
 
 @pytest.mark.parametrize("argument", ["config", "config/", "./config"])
@@ -287,3 +327,69 @@ def test_serve_refuses_an_unknown_event_loop(
         main(["serve", "--config-dir", str(tmp_path), "--event-loop", "trio"])
     assert exit_.value.code == 2
     assert "invalid choice: 'trio'" in capsys.readouterr().err
+
+
+def serve_options(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> object:
+    """The ControlPlaneOptions ``pilotfish serve argv`` would run with."""
+    from controlplane import cli
+
+    seen: dict[str, object] = {}
+
+    def run_until_signalled(options: object, grace: float) -> object:
+        seen["options"] = options
+
+        async def serve() -> None:
+            pass
+
+        return serve()
+
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(cli, "_run_until_signalled", run_until_signalled)
+    monkeypatch.setattr(cli.event_loop, "run", lambda main, loop="auto": main.close())
+    assert main(["serve", *argv]) == 0
+    return seen["options"]
+
+
+def test_serve_passes_the_state_dir_and_the_withdrawal_settings_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make(tmp_path / "config", {})
+    argv = ["--config-dir", str(config), "--state-dir", str(tmp_path / "state")]
+    argv += ["--withdraw-grace", "2s", "--max-withdraw-share", "0.25"]
+    options = serve_options(monkeypatch, argv)
+    assert (options.state_dir, options.withdraw_grace, options.max_withdraw_share) == (  # type: ignore[attr-defined]
+        tmp_path / "state",
+        2.0,
+        0.25,
+    )
+
+
+def test_serve_keeps_state_under_xdg_state_home_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make(tmp_path / "config", {})
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    options = serve_options(monkeypatch, ["--config-dir", str(config)])
+    assert options.state_dir.parent == tmp_path / "xdg" / "pilotfish"  # type: ignore[attr-defined]
+    assert (options.withdraw_grace, options.max_withdraw_share) == (30.0, 0.5)  # type: ignore[attr-defined]
+
+
+def test_serve_refuses_a_state_dir_inside_the_config_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", "--config-dir", str(tmp_path), "--state-dir", str(tmp_path / "state")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"pilotfish serve: --state-dir {tmp_path / 'state'} is inside the config directory; "
+        "keep it where operators do not edit\n"
+    )
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "half"])
+def test_serve_refuses_a_withdraw_share_outside_0_to_1(
+    share: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--config-dir", str(tmp_path), "--max-withdraw-share", share])
+    assert exit_.value.code == 2
+    assert f"{share!r} is not a share between 0 (excluded) and 1" in capsys.readouterr().err

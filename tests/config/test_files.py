@@ -248,6 +248,11 @@ def test_scan_skips_a_directory_it_cannot_read(
     monkeypatch.setattr(os, "scandir", guarded_scandir)
 
     assert scan(tmp_path) == {"a.yaml": stamp_of(a)}
+    unreadable: dict[str, OSError] = {}
+    assert scan(tmp_path, unreadable) == {"a.yaml": stamp_of(a)}
+    assert {path: exc.strerror for path, exc in unreadable.items()} == {
+        "locked/": "Permission denied"
+    }
 
 
 def test_scan_of_ten_thousand_files_takes_well_under_100ms(tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import textwrap
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+from controlplane.config import store as store_module
 from controlplane.config.diagnostics import Diagnostic, Severity
 from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.model import Mesh
@@ -518,3 +521,118 @@ def test_a_config_directory_that_vanishes_keeps_the_last_good_mesh_served(tmp_pa
     assert again.changed is False
     assert again.mesh is first.mesh
     assert store.mesh is first.mesh
+
+
+def refuse_to_read(monkeypatch: pytest.MonkeyPatch, name: str, error: OSError) -> None:
+    """Make reading the file called ``name`` fail with ``error`` (root can read mode 000)."""
+    real = store_module._read_bytes
+
+    def read(path: Path) -> bytes:
+        if path.name == name:
+            raise error
+        return real(path)
+
+    monkeypatch.setattr(store_module, "_read_bytes", read)
+
+
+def unreadable(file: str, reason: str) -> Diagnostic:
+    return Diagnostic(
+        Severity.ERROR, "PF105", file, 1, 1, "", "", f"cannot read the file: {reason}"
+    )
+
+
+def test_an_unreadable_file_is_an_error_and_its_accepted_version_stays_in_force(
+    config: Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config.write("reviews.yaml", service("reviews"))
+    config.write("ratings.yaml", service("ratings"))
+    store = ConfigStore(config.root)
+    first = store.reload()
+
+    config.write("reviews.yaml", service("reviews", port=9999))
+    refuse_to_read(monkeypatch, "reviews.yaml", PermissionError(13, "Permission denied"))
+    result = store.reload()
+    assert outcome(result) == (False, (), ("reviews.yaml",))
+    assert result.mesh is first.mesh
+    assert ports(store.mesh, REVIEWS_HOST) == [9080]
+    assert result.diagnostics == (unreadable("reviews.yaml", "Permission denied"),)
+
+    # Fixed with chmod: the stamp is unchanged, but the file is read again.
+    monkeypatch.undo()
+    fixed = store.reload()
+    assert outcome(fixed) == (True, ("reviews.yaml",), ())
+    assert ports(store.mesh, REVIEWS_HOST) == [9999]
+    assert fixed.diagnostics == ()
+
+
+def test_an_input_output_error_is_reported_with_the_os_reason(
+    config: Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config.write("reviews.yaml", service("reviews"))
+    config.write("ratings.yaml", service("ratings"))
+    refuse_to_read(monkeypatch, "ratings.yaml", OSError(errno.EIO, "Input/output error"))
+    store = ConfigStore(config.root)
+    result = store.reload()
+    assert outcome(result) == (True, ("reviews.yaml",), ("ratings.yaml",))
+    assert hosts(store.mesh) == [REVIEWS_HOST]
+    assert result.diagnostics == (unreadable("ratings.yaml", "Input/output error"),)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files of mode 000")
+def test_a_file_of_mode_000_is_unreadable_not_deleted(config: Directory) -> None:
+    path = config.write("reviews.yaml", service("reviews"))
+    store = ConfigStore(config.root)
+    first = store.reload()
+    path.chmod(0)
+    try:
+        result = store.reload()
+    finally:
+        path.chmod(0o644)
+    assert outcome(result) == (False, (), ("reviews.yaml",))
+    assert result.mesh is first.mesh
+    assert result.diagnostics == (unreadable("reviews.yaml", "Permission denied"),)
+
+
+def refuse_to_list(monkeypatch: pytest.MonkeyPatch, directory: Path, error: OSError) -> None:
+    """Make listing ``directory`` fail with ``error``."""
+    real = os.scandir
+
+    def scandir(path: str) -> object:
+        if Path(path) == directory:
+            raise error
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_files_in_a_directory_that_cannot_be_listed_keep_their_accepted_versions(
+    config: Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config.write("reviews.yaml", service("reviews"))
+    config.write("sub/ratings.yaml", service("ratings"))
+    store = ConfigStore(config.root)
+    first = store.reload()
+    refuse_to_list(monkeypatch, config.root / "sub", OSError(errno.EIO, "Input/output error"))
+    with capture_logs() as logs:
+        result = store.reload()
+    assert outcome(result) == (False, (), ("sub/ratings.yaml",))
+    assert result.mesh is first.mesh
+    assert result.diagnostics == (
+        Diagnostic(
+            Severity.ERROR,
+            "PF105",
+            "sub/ratings.yaml",
+            1,
+            1,
+            "",
+            "",
+            "cannot read its directory sub/: Input/output error",
+        ),
+    )
+    assert [
+        (e["directory"], e["error"]) for e in logs if e["event"] == "config_dir_unreadable"
+    ] == [("sub/", "Input/output error")]
+    monkeypatch.undo()
+    back = store.reload()
+    assert (outcome(back), back.diagnostics) == ((False, (), ()), ())
+    assert hosts(store.mesh) == [RATINGS_HOST, REVIEWS_HOST]
