@@ -22,6 +22,7 @@ from pathlib import Path
 from controlplane import __version__
 from controlplane.config.diagnostics import render_json
 from controlplane.config.durations import parse_duration
+from controlplane.config.limits import KIB, MIB, ConfigLimits
 from controlplane.config.store import validate_directory
 from controlplane.demo.run import (
     LOOPBACK,
@@ -51,7 +52,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"pilotfish validate: {root} is not a directory", file=sys.stderr)
         return 2
     diagnostics = [
-        replace(d, file=os.path.join(args.directory, d.file)) for d in validate_directory(root)
+        replace(d, file=os.path.join(args.directory, d.file))
+        for d in validate_directory(root, _limits(args))
     ]
     if args.output == "json":
         print(render_json(diagnostics))
@@ -69,6 +71,75 @@ def _duration(text: str) -> float:
     if parsed is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 100ms or 1.5s")
     return parsed.total_seconds()
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kib": KIB, "ki": KIB, "k": KIB, "mib": MIB, "mi": MIB, "m": MIB}
+
+
+def _byte_size(text: str) -> int:
+    number = text.strip().rstrip("BbIiKkMm")
+    unit = text.strip()[len(number) :].lower()
+    try:
+        size = float(number) * _BYTE_UNITS[unit]
+    except (ValueError, KeyError):
+        size = 0
+    if not 1 <= size < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 65536, 64KiB or 1.5MiB")
+    return int(size)
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return count
+
+
+def _limits(args: argparse.Namespace) -> ConfigLimits:
+    return ConfigLimits(
+        max_file_bytes=args.max_file_bytes,
+        max_documents_per_file=args.max_documents_per_file,
+        max_document_bytes=args.max_document_bytes,
+        max_alias_nodes=args.max_alias_nodes,
+        max_string_bytes=args.max_string_bytes,
+    )
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = ConfigLimits()
+    parser.add_argument(
+        "--max-file-bytes",
+        type=_byte_size,
+        default=defaults.max_file_bytes,
+        help="largest config file read; larger ones are errors, never read (16MiB)",
+    )
+    parser.add_argument(
+        "--max-documents-per-file",
+        type=_count,
+        default=defaults.max_documents_per_file,
+        help="most YAML documents in one file (10000)",
+    )
+    parser.add_argument(
+        "--max-document-bytes",
+        type=_byte_size,
+        default=defaults.max_document_bytes,
+        help="largest YAML document (1.5MiB, the largest object etcd stores)",
+    )
+    parser.add_argument(
+        "--max-alias-nodes",
+        type=_count,
+        default=defaults.max_alias_nodes,
+        help="values YAML aliases may add to one document beyond its size in bytes (100000)",
+    )
+    parser.add_argument(
+        "--max-string-bytes",
+        type=_byte_size,
+        default=defaults.max_string_bytes,
+        help="longest string value or key (64KiB)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -89,6 +160,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_connection_age=args.max_connection_age,
             max_connection_age_grace=args.max_connection_age_grace,
         ),
+        limits=_limits(args),
     )
     try:
         event_loop.run(_run_until_signalled(options, args.grace), args.event_loop)
@@ -178,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("directory", help="the config directory")
     validate.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    _add_limit_flags(validate)
     validate.set_defaults(run=_validate)
 
     serve = commands.add_parser("serve", help="serve a config directory to proxies over xDS")
@@ -214,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024)
     serve.add_argument("--max-connection-age", type=_duration, default=None)
     serve.add_argument("--max-connection-age-grace", type=_duration, default=None)
+    _add_limit_flags(serve)
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(

@@ -35,8 +35,9 @@ import structlog
 from controlplane import collector
 from controlplane.config.build import BuildResult, MeshBuilder, build_mesh
 from controlplane.config.diagnostics import Diagnostic, Finding, Severity
-from controlplane.config.document import FileResult, read_text
+from controlplane.config.document import FileResult, file_too_large, read_text
 from controlplane.config.files import FileStamp, scan
+from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, FileTooLargeError, read_limited
 from controlplane.config.resources import Resource
 from controlplane.config.yamlsource import locate
 from controlplane.model import Mesh
@@ -76,9 +77,12 @@ class _State:
     accepted: dict[str, FileVersion] = field(default_factory=dict)
 
 
-def _read(root: Path, rel: str) -> FileVersion | None:
+def _read(root: Path, rel: str, limits: ConfigLimits = DEFAULT_LIMITS) -> FileVersion | None:
     try:
-        raw = (root / rel).read_bytes()
+        raw = read_limited(root / rel, limits.max_file_bytes)
+    except FileTooLargeError as exc:
+        # Never read: the size stands in for the content, so a new size is a new version.
+        return FileVersion(rel, f"too-large:{exc.size}", "", file_too_large(rel, exc.size, limits))
     except OSError:
         return None
     digest = hashlib.sha256(raw).hexdigest()
@@ -87,7 +91,7 @@ def _read(root: Path, rel: str) -> FileVersion | None:
     except UnicodeDecodeError as exc:
         finding = Finding("PF105", rel, 0, (), "", f"the file is not UTF-8: {exc.reason}")
         return FileVersion(rel, digest, "", FileResult(rel, (), (finding,)))
-    return FileVersion(rel, digest, text, read_text(rel, text))
+    return FileVersion(rel, digest, text, read_text(rel, text, limits))
 
 
 def resolve_positions(findings: Iterable[Finding], texts: dict[str, str]) -> list[Diagnostic]:
@@ -107,8 +111,9 @@ class ConfigStore:
     other threads read :attr:`mesh` and :attr:`diagnostics`.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: ConfigLimits = DEFAULT_LIMITS) -> None:
         self.root = Path(root)
+        self.limits = limits
         self._state = _State()
         self._lock = threading.Lock()
         self._mesh = Mesh()
@@ -149,7 +154,7 @@ class ConfigStore:
             if previous is not None and state.stamps.get(rel) == stamp:
                 current[rel] = previous
                 continue
-            version = _read(self.root, rel)
+            version = _read(self.root, rel, self.limits)
             if version is None:
                 continue
             if previous is not None and previous.digest == version.digest:
@@ -292,14 +297,14 @@ def _resources(files: dict[str, FileVersion]) -> dict[str, tuple[Resource, ...]]
     return {path: version.result.resources for path, version in files.items()}
 
 
-def validate_directory(root: Path) -> list[Diagnostic]:
+def validate_directory(root: Path, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Diagnostic]:
     """Every problem in ``root``: each file's own, and those across all files.
 
     Unlike :meth:`ConfigStore.reload`, nothing is held back: the valid
     documents of every file take part in the cross-resource checks, so one bad
     document does not hide or cause problems elsewhere.
     """
-    versions = [v for rel in scan(root) if (v := _read(root, rel)) is not None]
+    versions = [v for rel in scan(root) if (v := _read(root, rel, limits)) is not None]
     texts = {v.path: v.text for v in versions}
     diagnostics: list[Diagnostic] = []
     for version in versions:

@@ -26,6 +26,7 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 
 from controlplane import collector
+from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits
 from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.config.watcher import DirectoryWatcher
 from controlplane.model import Mesh
@@ -48,12 +49,13 @@ class ControlPlaneOptions:
     max_delay: float = 1.0
     polling: bool = False
     server: XdsServerOptions = field(default_factory=XdsServerOptions)
+    limits: ConfigLimits = DEFAULT_LIMITS
 
 
 class ControlPlane:
     def __init__(self, options: ControlPlaneOptions) -> None:
         self.options = options
-        self.store = ConfigStore(options.config_dir)
+        self.store = ConfigStore(options.config_dir, options.limits)
         self._classes: dict[str, ProxyClass] = {}
         self._classes_lock = threading.Lock()
         self._translator = Translator()
