@@ -39,7 +39,7 @@ from controlplane.config.document import FileResult, file_too_large, read_text
 from controlplane.config.files import FileStamp, scan
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, FileTooLargeError, read_limited
 from controlplane.config.resources import Resource
-from controlplane.config.yamlsource import locate
+from controlplane.config.yamlsource import locate_all
 from controlplane.model import Mesh
 
 log = structlog.get_logger(__name__)
@@ -96,12 +96,18 @@ def _read(root: Path, rel: str, limits: ConfigLimits = DEFAULT_LIMITS) -> FileVe
 
 def resolve_positions(findings: Iterable[Finding], texts: dict[str, str]) -> list[Diagnostic]:
     """Give each finding its line and column by looking its path up in the file's text."""
-    out: list[Diagnostic] = []
-    for finding in findings:
-        text = texts.get(finding.file, "")
-        line, column = locate(text, finding.doc, finding.path) if text else (1, 1)
-        out.append(finding.at(line, column))
-    return out
+    findings = list(findings)
+    positions = [(1, 1)] * len(findings)
+    by_file: dict[str, list[int]] = {}
+    for index, finding in enumerate(findings):
+        by_file.setdefault(finding.file, []).append(index)
+    for file, indexes in by_file.items():
+        text = texts.get(file, "")
+        if text:
+            wanted = [(findings[i].doc, findings[i].path) for i in indexes]
+            for index, position in zip(indexes, locate_all(text, wanted), strict=True):
+                positions[index] = position
+    return [finding.at(*position) for finding, position in zip(findings, positions, strict=True)]
 
 
 class ConfigStore:

@@ -341,13 +341,33 @@ def locate(text: str, doc: int, path: Sequence[str | int]) -> tuple[int, int]:
     than the document (a missing field), the deepest node that exists is
     returned, which is where the missing field belongs.
     """
+    return locate_all(text, [(doc, path)])[0]
+
+
+def locate_all(
+    text: str, wanted: Sequence[tuple[int, Sequence[str | int]]]
+) -> list[tuple[int, int]]:
+    """:func:`locate` for each ``(doc, path)`` of ``wanted``, composing ``text`` once.
+
+    A file with an error in each of thousands of documents would otherwise be
+    composed once per error: quadratic in the file's size.
+    """
+    positions = [(1, 1)] * len(wanted)
+    by_doc: dict[int, list[int]] = {}
+    for position, (doc, _) in enumerate(wanted):
+        by_doc.setdefault(doc, []).append(position)
+    if not by_doc:
+        return positions
+    last = max(by_doc)
     try:
         for index, node in enumerate(_compose_all(text)):
-            if index == doc:
-                return _walk(node, path)
+            for position in by_doc.get(index, ()):
+                positions[position] = _walk(node, wanted[position][1])
+            if index >= last:
+                break
     except yaml.YAMLError:
         pass
-    return 1, 1
+    return positions
 
 
 def _walk(node: Node, path: Sequence[str | int]) -> tuple[int, int]:

@@ -7,12 +7,14 @@ bounds is expanded in memory, and is far above what real configuration uses.
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from yaml.nodes import Node
 
+from controlplane.config import yamlsource
 from controlplane.config.diagnostics import Diagnostic, Severity
 from controlplane.config.document import read_text
 from controlplane.config.limits import DEFAULT_LIMITS, MIB, ConfigLimits, describe_bytes
@@ -270,3 +272,25 @@ def test_a_file_that_grows_past_the_limit_keeps_its_last_good_version(tmp_path: 
     assert result.rejected == ("web.yaml",)
     assert [d.code for d in result.errors] == ["PF106"]
     assert [s.host for s in store.mesh.services] == [host("web")]
+
+
+def test_the_errors_of_thousands_of_documents_are_placed_in_one_pass_over_the_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = "".join(
+        doc("WorkloadEntry", "adress: 10.0.0.1\n", name=f"w{i}") + "---\n" for i in range(2000)
+    )
+    composed = 0
+    compose_all = yamlsource._compose_all
+
+    def counting(text: str) -> Iterator[Node]:
+        nonlocal composed
+        composed += 1
+        return compose_all(text)
+
+    monkeypatch.setattr(yamlsource, "_compose_all", counting)
+    diagnostics = diagnose(text)
+    assert [(d.line, d.field) for d in diagnostics[:2]] == [(6, "spec.adress"), (13, "spec.adress")]
+    assert len(diagnostics) == 2000
+    assert diagnostics[-1].line == 6 + 7 * 1999
+    assert composed == 2  # one parse, one pass to place every error
