@@ -114,7 +114,7 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
         "--max-file-bytes",
         type=_byte_size,
         default=defaults.max_file_bytes,
-        help="largest config file read; larger ones are errors, never read (16MiB)",
+        help="largest config file read; larger ones are errors, never read (4MiB)",
     )
     parser.add_argument(
         "--max-documents-per-file",

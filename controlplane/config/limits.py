@@ -41,7 +41,7 @@ MIB = 1024 * KIB
 class ConfigLimits:
     """Bounds on one config file's input; every field is a positive integer."""
 
-    max_file_bytes: int = 16 * MIB
+    max_file_bytes: int = 4 * MIB
     max_documents_per_file: int = 10_000
     max_document_bytes: int = 3 * MIB // 2
     max_alias_nodes: int = 100_000

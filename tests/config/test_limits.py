@@ -255,7 +255,7 @@ def test_a_file_over_the_size_limit_is_never_read_and_other_edits_still_apply(
             "PF106",
             "huge.yaml",
             1,
-            f"the file is {64 * MIB:,} bytes, more than the limit of 16 MiB; split the file",
+            f"the file is {64 * MIB:,} bytes, more than the limit of 4 MiB; split the file",
         )
     ]
     assert sorted(s.host for s in store.mesh.services) == [host("api"), host("web")]
@@ -294,3 +294,13 @@ def test_the_errors_of_thousands_of_documents_are_placed_in_one_pass_over_the_fi
     assert len(diagnostics) == 2000
     assert diagnostics[-1].line == 6 + 7 * 1999
     assert composed == 2  # one parse, one pass to place every error
+
+
+def test_the_defaults_accept_the_files_the_benchmarks_and_examples_write() -> None:
+    from bench.config_scale import service_file
+
+    text = service_file(7)
+    assert read_text("svc-00007.yaml", text).ok
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    largest = max((p for p in examples.rglob("*.yaml")), key=lambda p: p.stat().st_size)
+    assert read_text(largest.name, largest.read_text()).ok
