@@ -39,7 +39,7 @@ from controlplane.config.document import FileResult, file_too_large, read_text
 from controlplane.config.files import FileStamp, scan
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, FileTooLargeError, read_limited
 from controlplane.config.resources import Resource
-from controlplane.config.yamlsource import locate_all
+from controlplane.config.yamlsource import forget_scalars, locate_all
 from controlplane.model import Mesh
 
 log = structlog.get_logger(__name__)
@@ -143,7 +143,10 @@ class ConfigStore:
         # with the collector on, each full collection rescans the growing heap
         # and a cold load turns quadratic. Reference counting frees everything.
         with self._lock, collector.paused():
-            return self._reload()
+            try:
+                return self._reload()
+            finally:
+                forget_scalars()
 
     def _reload(self) -> ReloadResult:
         state = self._state

@@ -137,6 +137,17 @@ else:  # pragma: no cover
 _scalar_cache: dict[tuple[str, str], Any] = {}
 
 
+def forget_scalars() -> None:
+    """Empty the caches of scalar tags and values.
+
+    They pay off within one load, where the same strings repeat thousands of
+    times; kept for good, their entries (scattered among the objects of the
+    files they came from) would hold on to the memory of files long deleted.
+    """
+    _implicit_tags.clear()
+    _scalar_cache.clear()
+
+
 def _scalar(node: ScalarNode) -> Any:
     tag = node.tag
     if tag == _STR:

@@ -6,6 +6,8 @@ bounds is expanded in memory, and is far above what real configuration uses.
 
 from __future__ import annotations
 
+import gc
+import random
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +16,8 @@ from typing import Any
 import pytest
 from yaml.nodes import Node
 
-from controlplane.config import yamlsource
+from controlplane.config import build, yamlsource
+from controlplane.config.build import MeshBuilder
 from controlplane.config.diagnostics import Diagnostic, Severity
 from controlplane.config.document import read_text
 from controlplane.config.limits import DEFAULT_LIMITS, MIB, ConfigLimits, describe_bytes
@@ -304,3 +307,57 @@ def test_the_defaults_accept_the_files_the_benchmarks_and_examples_write() -> No
     examples = Path(__file__).resolve().parents[2] / "examples"
     largest = max((p for p in examples.rglob("*.yaml")), key=lambda p: p.stat().st_size)
     assert read_text(largest.name, largest.read_text()).ok
+
+
+# --- memory goes back when a large file goes ----------------------------------------------------
+
+WORKLOAD = """\
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: big-{i}, namespace: bench}}
+spec: {{address: 10.0.{a}.{b}, labels: {{app: web, instance: i{i}}}, ports: {{http: 9080}}}}
+"""
+
+
+def test_the_memory_of_a_deleted_large_file_goes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(build, "_FRESH_START_AFTER", 1000)
+    (tmp_path / "web.yaml").write_text(service("web"))
+    store = ConfigStore(tmp_path)
+    store.reload()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        workloads = (WORKLOAD.format(i=i, a=i // 250, b=i % 250) for i in range(4000))
+        (tmp_path / "big.yaml").write_text("".join(workloads))
+        assert store.reload().applied == ("big.yaml",)
+        held = tracemalloc.get_traced_memory()[0] - before
+        (tmp_path / "big.yaml").unlink()
+        assert store.reload().applied == ("big.yaml",)
+        gc.collect()  # as the server's housekeeper does after a reload
+        after = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held > 4 * MIB
+    assert after < 256 * 1024
+
+
+def test_a_builder_that_starts_afresh_after_a_large_drop_equals_a_fresh_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.config.test_build_incremental import PATHS, VERSIONS, _files
+
+    monkeypatch.setattr(build, "_FRESH_START_AFTER", 0)
+    rng = random.Random(13)
+    builder = MeshBuilder()
+    for _ in range(200):
+        choice = [rng.choice([None, None, 0, 1]) for _ in PATHS]
+        changed = frozenset(p for p in PATHS if rng.random() < 0.3) if rng.random() < 0.5 else None
+        files = _files(choice)
+        remembered = builder.build(files, changed)
+        fresh = MeshBuilder().build(files, changed)
+        assert remembered.mesh == fresh.mesh
+        assert remembered.findings == fresh.findings
+    assert VERSIONS
