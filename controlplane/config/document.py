@@ -73,7 +73,10 @@ _CONVERTERS: dict[str, Callable[[dict[str, Any], str, str, Reporter], Spec]] = {
 def read_text(file: str, text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> FileResult:
     """Parse and validate every document of ``text`` (the content of ``file``)."""
     size = len(text)
-    if size > limits.max_file_bytes // 4 and (size := len(text.encode())) > limits.max_file_bytes:
+    if (
+        size > limits.max_file_bytes // 4
+        and (size := len(text.encode("utf-8", "surrogatepass"))) > limits.max_file_bytes
+    ):
         return file_too_large(file, size, limits)
     try:
         documents = parse(text, limits)
@@ -166,7 +169,7 @@ def _too_long(
 ) -> bool:
     if 4 * len(text) <= limit:
         return False
-    size = len(text) if len(text) > limit else len(text.encode())
+    size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
     if size <= limit:
         return False
     report.error(
