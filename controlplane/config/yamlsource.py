@@ -186,7 +186,7 @@ class _Aliases:
         self.left = limit
         self.line = line
 
-    def spend(self, node: Node, count: int) -> None:
+    def spend(self, count: int) -> None:
         self.left -= count
         if self.left < 0:
             raise YamlLimitError(
@@ -211,7 +211,7 @@ def _build(node: Node, aliases: _Aliases | None) -> Any:
             )
         aliases.active.add(ident)
         # Children are counted here, so that scalars cost nothing more on any path.
-        aliases.spend(node, len(node.value) + 1)
+        aliases.spend(len(node.value) + 1)
     try:
         if cls is SequenceNode:
             return [_build(item, aliases) for item in node.value]
