@@ -23,6 +23,7 @@ from pathlib import Path
 from controlplane import __version__
 from controlplane.config.diagnostics import render_json
 from controlplane.config.durations import parse_duration
+from controlplane.config.limits import KIB, MIB, ConfigLimits
 from controlplane.config.state import default_state_dir
 from controlplane.config.store import validate_directory
 from controlplane.demo.run import (
@@ -53,7 +54,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"pilotfish validate: {root} is not a directory", file=sys.stderr)
         return 2
     diagnostics = [
-        replace(d, file=os.path.join(args.directory, d.file)) for d in validate_directory(root)
+        replace(d, file=os.path.join(args.directory, d.file))
+        for d in validate_directory(root, _limits(args))
     ]
     if args.output == "json":
         print(render_json(diagnostics))
@@ -81,6 +83,75 @@ def _share(text: str) -> float:
     if not 0.0 < share <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 (excluded) and 1")
     return share
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kib": KIB, "ki": KIB, "k": KIB, "mib": MIB, "mi": MIB, "m": MIB}
+
+
+def _byte_size(text: str) -> int:
+    number = text.strip().rstrip("BbIiKkMm")
+    unit = text.strip()[len(number) :].lower()
+    try:
+        size = float(number) * _BYTE_UNITS[unit]
+    except (ValueError, KeyError):
+        size = 0
+    if not 1 <= size < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 65536, 64KiB or 1.5MiB")
+    return int(size)
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return count
+
+
+def _limits(args: argparse.Namespace) -> ConfigLimits:
+    return ConfigLimits(
+        max_file_bytes=args.max_file_bytes,
+        max_documents_per_file=args.max_documents_per_file,
+        max_document_bytes=args.max_document_bytes,
+        max_alias_nodes=args.max_alias_nodes,
+        max_string_bytes=args.max_string_bytes,
+    )
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = ConfigLimits()
+    parser.add_argument(
+        "--max-file-bytes",
+        type=_byte_size,
+        default=defaults.max_file_bytes,
+        help="largest config file read; larger ones are errors, never read (4MiB)",
+    )
+    parser.add_argument(
+        "--max-documents-per-file",
+        type=_count,
+        default=defaults.max_documents_per_file,
+        help="most YAML documents in one file (10000)",
+    )
+    parser.add_argument(
+        "--max-document-bytes",
+        type=_byte_size,
+        default=defaults.max_document_bytes,
+        help="largest YAML document (1.5MiB, the largest object etcd stores)",
+    )
+    parser.add_argument(
+        "--max-alias-nodes",
+        type=_count,
+        default=defaults.max_alias_nodes,
+        help="values YAML aliases may add to one document beyond its size in bytes (100000)",
+    )
+    parser.add_argument(
+        "--max-string-bytes",
+        type=_byte_size,
+        default=defaults.max_string_bytes,
+        help="longest string value or key (64KiB)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -115,6 +186,7 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         proxy_class_grace=args.proxy_class_grace,
         max_proxy_classes=args.max_proxy_classes,
+        limits=_limits(args),
     )
     try:
         event_loop.run(_run_until_signalled(options, args.grace), args.event_loop)
@@ -142,16 +214,6 @@ def _tell(line: str) -> None:
     """Print to stderr unless it cannot take the line (a full disk): serving goes on."""
     with contextlib.suppress(OSError, ValueError):
         print(line, file=sys.stderr, flush=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
 
 
 def _port(text: str) -> int:
@@ -220,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("directory", help="the config directory")
     validate.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    _add_limit_flags(validate)
     validate.set_defaults(run=_validate)
 
     serve = commands.add_parser("serve", help="serve a config directory to proxies over xDS")
@@ -264,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-proxy-classes",
-        type=_positive_int,
+        type=_count,
         default=1000,
         help="proxy classes (distinct roles, gateway labels, bind addresses) kept at once; "
         "a proxy needing one more is refused with RESOURCE_EXHAUSTED (1000)",
@@ -287,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="share of the accepted resources one reload may withdraw at once (0.5)",
     )
+    _add_limit_flags(serve)
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(

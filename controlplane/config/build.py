@@ -352,6 +352,10 @@ class _ResourceTable:
                 self.duplicates.discard(key)
 
 
+# Resources a build must drop (and more than it keeps) for the builder to start afresh.
+_FRESH_START_AFTER = 10_000
+
+
 class MeshBuilder:
     """Builds meshes from files of resources, redoing only what a change touches.
 
@@ -363,6 +367,10 @@ class MeshBuilder:
     """
 
     def __init__(self) -> None:
+        self._resources = 0
+        self._reset()
+
+    def _reset(self) -> None:
         self._table = _ResourceTable()
         self._index = _WorkloadIndex()
         self._effective: dict[Key, Resource] = {}
@@ -398,6 +406,14 @@ class MeshBuilder:
         self, files: Mapping[str, Sequence[Resource]], changed: frozenset[str] | None = None
     ) -> BuildResult:
         """The mesh of ``files`` (path -> that file's resources, in document order)."""
+        resources = sum(map(len, files.values()))
+        if self._resources - resources > max(_FRESH_START_AFTER, resources):
+            # Most of the mesh went (a large file deleted). Dicts never shrink, and index
+            # buckets of labels no longer used stay: start afresh, as a new builder would,
+            # so that their memory goes back too. Rebuilding what is left costs less
+            # than removing what went did.
+            self._reset()
+        self._resources = resources
         dirty, old_effective, dup_findings = self._resolve_definitions(files, changed)
         buckets = self._index.sync(files)
         for key in dirty["WorkloadEntry"]:

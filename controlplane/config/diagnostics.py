@@ -45,6 +45,10 @@ CODES: dict[str, Code] = _codes(
     Code("PF103", "unknown-api-version", E, "The apiVersion is not one of the kind's."),
     Code("PF104", "invalid-name", E, "metadata.name or namespace is missing or not a DNS label."),
     Code("PF105", "file-unreadable", E, "The file could not be read or is not UTF-8."),
+    Code("PF106", "file-too-large", E, "The file is larger than --max-file-bytes."),
+    Code("PF107", "too-many-documents", E, "The file has more than --max-documents-per-file."),
+    Code("PF108", "document-too-large", E, "A document is larger than --max-document-bytes."),
+    Code("PF109", "alias-expansion", E, "Aliases expand a document past --max-alias-nodes."),
     Code("PF110", "unknown-field", E, "The field does not exist in the resource's API."),
     Code(
         "PF111", "field-not-acted-on", W, "Istio has the field, Pilotfish accepts and ignores it."
@@ -60,6 +64,7 @@ CODES: dict[str, Code] = _codes(
     Code("PF118", "unknown-load-balancer", E, "The load balancer is not one Istio defines."),
     Code("PF119", "duplicate-subset", E, "Two subsets of a DestinationRule share a name."),
     Code("PF120", "conflicting-fields", E, "Fields that exclude each other are both set."),
+    Code("PF121", "string-too-long", E, "A string is longer than --max-string-bytes."),
     Code("PF200", "host-not-found", E, "A destination host is no Service or ServiceEntry."),
     Code("PF201", "subset-not-found", E, "No DestinationRule for the host defines the subset."),
     Code("PF202", "port-required", E, "The host has several ports: the destination must name one."),

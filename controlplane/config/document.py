@@ -7,6 +7,10 @@ kind's converter. A document with errors yields no resource; the file as a
 whole is usable only when it has no errors at all (see
 :class:`FileResult.ok`). Everything here depends on the file's text alone,
 so results are cached by content and can be computed in worker processes.
+
+The input limits (:class:`~controlplane.config.limits.ConfigLimits`) come
+first: a file, document or string over them is reported and goes no further,
+so no validator ever sees it.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from typing import Any
 from controlplane.config import gateways, policies, routing, services
 from controlplane.config.diagnostics import Finding
 from controlplane.config.istio_schema import KINDS, TOP_LEVEL_FIELDS
+from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, describe_bytes
 from controlplane.config.report import Reporter
 from controlplane.config.resources import Meta, Resource, Spec
 from controlplane.config.schema import check_message, suggest
-from controlplane.config.yamlsource import Document, YamlSyntaxError, parse
+from controlplane.config.yamlsource import Document, YamlLimitError, YamlSyntaxError, parse
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -65,29 +70,115 @@ _CONVERTERS: dict[str, Callable[[dict[str, Any], str, str, Reporter], Spec]] = {
 }
 
 
-def read_text(file: str, text: str) -> FileResult:
+def read_text(file: str, text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> FileResult:
     """Parse and validate every document of ``text`` (the content of ``file``)."""
+    size = len(text)
+    if (
+        size > limits.max_file_bytes // 4
+        and (size := len(text.encode("utf-8", "surrogatepass"))) > limits.max_file_bytes
+    ):
+        return file_too_large(file, size, limits)
     try:
-        documents = parse(text)
+        documents = parse(text, limits)
     except YamlSyntaxError as exc:
-        finding = Finding("PF100", file, 0, (), "", str(exc))
+        code = exc.code if isinstance(exc, YamlLimitError) else "PF100"
+        finding = Finding(code, file, 0, (), "", str(exc))
         return FileResult(file, (), (finding,), (exc.line, exc.column))
     resources: list[Resource] = []
     findings: list[Finding] = []
     for document in documents:
-        resource = read_document(file, document, findings)
+        resource = read_document(file, document, findings, limits)
         if resource is not None:
             resources.append(resource)
     return FileResult(file, tuple(resources), tuple(findings))
 
 
-def read_document(file: str, document: Document, findings: list[Finding]) -> Resource | None:
+def file_too_large(file: str, size: int, limits: ConfigLimits) -> FileResult:
+    """The result for a file over ``limits.max_file_bytes``: one error, at line 1."""
+    message = (
+        f"the file is {size:,} bytes, more than the limit of "
+        f"{describe_bytes(limits.max_file_bytes)}; split the file"
+    )
+    return FileResult(file, (), (Finding("PF106", file, 0, (), "", message),), (1, 1))
+
+
+def read_document(
+    file: str,
+    document: Document,
+    findings: list[Finding],
+    limits: ConfigLimits = DEFAULT_LIMITS,
+) -> Resource | None:
     data = document.data
     report = Reporter(file, document.index, "")
     try:
+        # Only a document longer than the limit can hold a string over it.
+        if document.size > limits.max_string_bytes:
+            report.resource = _resource_of(data, limits.max_string_bytes)
+            _check_strings(data, (), limits.max_string_bytes, report)
+            if report.failed:
+                return None
         return _read(data, document, report)
     finally:
         findings.extend(report.findings)
+
+
+_MAX_LONG_STRINGS = 10
+
+
+def _resource_of(data: Any, limit: int) -> str:
+    """``Kind namespace/name`` as far as the document says it, for findings before validation."""
+    if not isinstance(data, dict):
+        return ""
+    kind, metadata = data.get("kind"), data.get("metadata")
+    if not isinstance(kind, str) or len(kind) > 100:
+        return ""
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if not isinstance(name, str) or len(name) > 253:
+        return kind
+    namespace = metadata.get("namespace") or DEFAULT_NAMESPACE  # type: ignore[union-attr]
+    return (
+        f"{kind} {namespace}/{name}"
+        if isinstance(namespace, str) and len(namespace) <= 63
+        else kind
+    )
+
+
+def _check_strings(data: Any, path: tuple[str | int, ...], limit: int, report: Reporter) -> None:
+    """Report every string (key or value) over ``limit`` bytes, up to a few per document."""
+    items: Any
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return
+    for key, value in items:
+        if len(report.findings) >= _MAX_LONG_STRINGS:
+            return
+        here = (*path, key)
+        if isinstance(key, str) and _too_long(key, limit, report, path, "a key here"):
+            here = (*path, key[:40] + "...")
+        if isinstance(value, str):
+            _too_long(value, limit, report, here, "the value")
+        else:
+            _check_strings(value, here, limit, report)
+
+
+def _too_long(
+    text: str, limit: int, report: Reporter, path: tuple[str | int, ...], what: str
+) -> bool:
+    if 4 * len(text) <= limit:
+        return False
+    size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return False
+    report.error(
+        "PF121",
+        path,
+        f"{what} is {size:,} bytes, more than the limit of "
+        f"{describe_bytes(limit)} for one string; shorten it",
+    )
+    return True
 
 
 def _read(data: Any, document: Document, report: Reporter) -> Resource | None:

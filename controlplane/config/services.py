@@ -73,6 +73,8 @@ def kube_service(spec: dict[str, Any], report: Reporter) -> KubeServiceSpec:
     if not raw:
         report.error("PF113", ("spec", "ports"), "a Service needs at least one port")
     names: set[str] = set()
+    # As in Kubernetes, one port number may serve both TCP and UDP, but not twice the same.
+    numbers: set[tuple[int, str]] = set()
     for index, port in enumerate(raw):
         here: Path = ("spec", "ports", index)
         port = port or {}
@@ -84,6 +86,15 @@ def kube_service(spec: dict[str, Any], report: Reporter) -> KubeServiceSpec:
         names.add(name)
         if not _check_port(port.get("port"), (*here, "port"), report):
             continue
+        number_and_protocol = (port["port"], port.get("protocol") or "TCP")
+        if number_and_protocol in numbers:
+            report.error(
+                "PF114",
+                (*here, "port"),
+                f"port {number_and_protocol[0]}/{number_and_protocol[1]} is used twice; "
+                "remove one or change its number",
+            )
+        numbers.add(number_and_protocol)
         target = port.get("targetPort")
         if isinstance(target, int) and not 1 <= target <= 65535:
             report.error("PF114", (*here, "targetPort"), f"targetPort {target} is not 1-65535")
@@ -132,12 +143,26 @@ def service_entry(spec: dict[str, Any], report: Reporter) -> ServiceEntrySpec:
     if not hosts:
         report.error("PF113", ("spec", "hosts"), "a ServiceEntry needs at least one host")
     ports: list[ServicePort] = []
+    # Istio rejects a ServiceEntry that repeats a port number or name: each names a cluster.
+    names: set[str] = set()
+    numbers: set[int] = set()
     for index, port in enumerate(spec.get("ports") or ()):
         here: Path = ("spec", "ports", index)
         port = port or {}
+        name = port.get("name")
+        if name and name in names:
+            report.error("PF114", (*here, "name"), f"port name {name!r} is used twice")
+        names.add(name or "")
         if not _check_port(port.get("number"), (*here, "number"), report):
             continue
-        if not port.get("name"):
+        if port["number"] in numbers:
+            report.error(
+                "PF114",
+                (*here, "number"),
+                f"port {port['number']} is used twice; remove one or change its number",
+            )
+        numbers.add(port["number"])
+        if not name:
             report.error("PF113", (*here, "name"), "a ServiceEntry port needs a name")
         ports.append(
             ServicePort(

@@ -60,11 +60,12 @@ import structlog
 from controlplane import collector
 from controlplane.config.build import BuildResult, MeshBuilder, build_mesh
 from controlplane.config.diagnostics import Diagnostic, Finding, Severity
-from controlplane.config.document import FileResult, read_text
+from controlplane.config.document import FileResult, file_too_large, read_text
 from controlplane.config.files import FileStamp, scan
+from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, FileTooLargeError, read_limited
 from controlplane.config.resources import Resource
 from controlplane.config.state import StateDir
-from controlplane.config.yamlsource import locate
+from controlplane.config.yamlsource import forget_scalars, locate_all
 from controlplane.model import Mesh
 
 log = structlog.get_logger(__name__)
@@ -110,13 +111,16 @@ class _State:
     accepted: dict[str, FileVersion] = field(default_factory=dict)
 
 
-def _read_bytes(path: Path) -> bytes:
-    return path.read_bytes()
+def _read_bytes(path: Path, max_bytes: int) -> bytes:
+    return read_limited(path, max_bytes)
 
 
-def _read(root: Path, rel: str) -> FileVersion | None:
+def _read(root: Path, rel: str, limits: ConfigLimits = DEFAULT_LIMITS) -> FileVersion | None:
     try:
-        raw = _read_bytes(root / rel)
+        raw = _read_bytes(root / rel, limits.max_file_bytes)
+    except FileTooLargeError as exc:
+        # Never read: the size stands in for the content, so a new size is a new version.
+        return FileVersion(rel, f"too-large:{exc.size}", "", file_too_large(rel, exc.size, limits))
     except (FileNotFoundError, NotADirectoryError):
         return None  # gone since the scan: deleted
     except OSError as exc:
@@ -127,7 +131,7 @@ def _read(root: Path, rel: str) -> FileVersion | None:
     except UnicodeDecodeError as exc:
         finding = Finding("PF105", rel, 0, (), "", f"the file is not UTF-8: {exc.reason}")
         return FileVersion(rel, digest, "", FileResult(rel, (), (finding,)))
-    return FileVersion(rel, digest, text, read_text(rel, text))
+    return FileVersion(rel, digest, text, read_text(rel, text, limits))
 
 
 _UNREADABLE = "unreadable: "
@@ -147,12 +151,18 @@ def _unreadable(rel: str, exc: OSError, directory: str | None = None) -> FileVer
 
 def resolve_positions(findings: Iterable[Finding], texts: dict[str, str]) -> list[Diagnostic]:
     """Give each finding its line and column by looking its path up in the file's text."""
-    out: list[Diagnostic] = []
-    for finding in findings:
-        text = texts.get(finding.file, "")
-        line, column = locate(text, finding.doc, finding.path) if text else (1, 1)
-        out.append(finding.at(line, column))
-    return out
+    findings = list(findings)
+    positions = [(1, 1)] * len(findings)
+    by_file: dict[str, list[int]] = {}
+    for index, finding in enumerate(findings):
+        by_file.setdefault(finding.file, []).append(index)
+    for file, indexes in by_file.items():
+        text = texts.get(file, "")
+        if text:
+            wanted = [(findings[i].doc, findings[i].path) for i in indexes]
+            for index, position in zip(indexes, locate_all(text, wanted), strict=True):
+                positions[index] = position
+    return [finding.at(*position) for finding, position in zip(findings, positions, strict=True)]
 
 
 class ConfigStore:
@@ -171,6 +181,7 @@ class ConfigStore:
     def __init__(
         self,
         root: Path,
+        limits: ConfigLimits = DEFAULT_LIMITS,
         *,
         state: StateDir | None = None,
         verify: Verifier | None = None,
@@ -179,6 +190,7 @@ class ConfigStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = Path(root)
+        self.limits = limits
         self.state = state
         self._state = _State()
         self._lock = threading.Lock()
@@ -211,7 +223,10 @@ class ConfigStore:
         # with the collector on, each full collection rescans the growing heap
         # and a cold load turns quadratic. Reference counting frees everything.
         with self._lock, collector.paused():
-            return self._reload()
+            try:
+                return self._reload()
+            finally:
+                forget_scalars()
 
     def close(self) -> None:
         """Finish writing the state directory."""
@@ -239,7 +254,7 @@ class ConfigStore:
             ):
                 current[rel] = previous
                 continue
-            version = _read(self.root, rel)
+            version = _read(self.root, rel, self.limits)
             if version is None:
                 continue
             if previous is not None and previous.digest == version.digest:
@@ -590,7 +605,7 @@ def _resources(files: dict[str, FileVersion]) -> dict[str, tuple[Resource, ...]]
     return {path: version.result.resources for path, version in files.items()}
 
 
-def validate_directory(root: Path) -> list[Diagnostic]:
+def validate_directory(root: Path, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Diagnostic]:
     """Every problem in ``root``: each file's own, and those across all files.
 
     Unlike :meth:`ConfigStore.reload`, nothing is held back: the valid
@@ -598,7 +613,7 @@ def validate_directory(root: Path) -> list[Diagnostic]:
     document does not hide or cause problems elsewhere.
     """
     unlisted: dict[str, OSError] = {}
-    versions = [v for rel in scan(root, unlisted) if (v := _read(root, rel)) is not None]
+    versions = [v for rel in scan(root, unlisted) if (v := _read(root, rel, limits)) is not None]
     texts = {v.path: v.text for v in versions}
     diagnostics: list[Diagnostic] = [
         Finding(

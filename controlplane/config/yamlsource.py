@@ -13,12 +13,20 @@ field path to its node only when a diagnostic needs a line and column. A
 directory with no errors never pays for position bookkeeping.
 
 PyYAML exceptions are wrapped here, once, into :class:`YamlSyntaxError`.
+
+Parsing is bounded by :class:`~controlplane.config.limits.ConfigLimits`: the
+size of each document is checked on the text before libyaml composes it, the
+number of documents as they are composed, and, in files with anchors, the
+values built per document, so that aliases cannot multiply a few hundred
+bytes into gigabytes. A file over a limit raises :class:`YamlLimitError`,
+which names its diagnostic code; files without ``&`` never pay for counting.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -27,6 +35,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
 from yaml.resolver import Resolver
 
+from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, describe_bytes
 from controlplane.errors import PilotfishError
 
 try:
@@ -55,13 +64,26 @@ class YamlSyntaxError(PilotfishError):
         super().__init__(message)
 
 
+class YamlLimitError(YamlSyntaxError):
+    """The text is over one of the input limits; ``code`` is the diagnostic code that says which."""
+
+    def __init__(self, code: str, message: str, line: int, column: int = 1) -> None:
+        self.code = code
+        super().__init__(message, line, column)
+
+
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One YAML document of a file: its index, first line (1-based) and plain data."""
+    """One YAML document of a file: its index, first line (1-based) and plain data.
+
+    ``size`` is the length in characters of the document's text, from its
+    first node to its last.
+    """
 
     index: int
     line: int
     data: Any
+    size: int = field(default=0, compare=False)
 
 
 _implicit_tags: dict[str, str] = {}
@@ -115,6 +137,17 @@ else:  # pragma: no cover
 _scalar_cache: dict[tuple[str, str], Any] = {}
 
 
+def forget_scalars() -> None:
+    """Empty the caches of scalar tags and values.
+
+    They pay off within one load, where the same strings repeat thousands of
+    times; kept for good, their entries (scattered among the objects of the
+    files they came from) would hold on to the memory of files long deleted.
+    """
+    _implicit_tags.clear()
+    _scalar_cache.clear()
+
+
 def _scalar(node: ScalarNode) -> Any:
     tag = node.tag
     if tag == _STR:
@@ -142,30 +175,57 @@ def _mark_of(node: Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _build(node: Node, active: set[int] | None) -> Any:
-    """Plain data for ``node``; ``active`` tracks the path when aliases could make a cycle."""
+class _Aliases:
+    """Per document with anchors: the path being built (to catch cycles) and the values left."""
+
+    __slots__ = ("active", "left", "limit", "line")
+
+    def __init__(self, limit: int, line: int) -> None:
+        self.active: set[int] = set()
+        self.limit = limit
+        self.left = limit
+        self.line = line
+
+    def spend(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise YamlLimitError(
+                "PF109",
+                f"aliases expand this document past {self.limit:,} values; "
+                "remove the alias or repeat the values it stands for",
+                self.line,
+            )
+
+
+def _build(node: Node, aliases: _Aliases | None) -> Any:
+    """Plain data for ``node``; ``aliases`` tracks the path and budget when there are anchors."""
     cls = type(node)
     if cls is ScalarNode:
         return node.value if node.tag == _STR else _scalar(node)  # type: ignore[arg-type]
-    if active is not None:
+    if aliases is not None:
         ident = id(node)
-        if ident in active:
+        if ident in aliases.active:
             raise YamlSyntaxError(
                 "recursive alias: a node contains itself; point the alias elsewhere",
                 *_mark_of(node),
             )
-        active.add(ident)
+        aliases.active.add(ident)
+        # Children are counted here, so that scalars cost nothing more on any path.
+        aliases.spend(len(node.value) + 1)
     try:
         if cls is SequenceNode:
-            return [_build(item, active) for item in node.value]
+            return [_build(item, aliases) for item in node.value]
         result: dict[str, Any] = {}
         merged: set[str] | None = None
         for key_node, value_node in node.value:
             if type(key_node) is not ScalarNode:
                 raise YamlSyntaxError("mapping keys must be scalars", *_mark_of(key_node))
+            if aliases is not None and len(aliases.active) == 1:
+                # Where an expansion starts, for the diagnostic: the top-level key.
+                aliases.line = key_node.start_mark.line + 1
             if key_node.tag == _MERGE:
                 merged = merged if merged is not None else set()
-                for key, value in _merged(_build(value_node, active), value_node):
+                for key, value in _merged(_build(value_node, aliases), value_node):
                     if key not in result:
                         result[key] = value
                         merged.add(key)
@@ -178,11 +238,11 @@ def _build(node: Node, active: set[int] | None) -> Any:
                         *_mark_of(key_node),
                     )
                 merged.discard(key)
-            result[key] = _build(value_node, active)
+            result[key] = _build(value_node, aliases)
         return result
     finally:
-        if active is not None:
-            active.discard(id(node))
+        if aliases is not None:
+            aliases.active.discard(id(node))
 
 
 def _merged(value: Any, node: Node) -> Iterator[tuple[str, Any]]:
@@ -192,17 +252,78 @@ def _merged(value: Any, node: Node) -> Iterator[tuple[str, Any]]:
         yield from source.items()
 
 
-def parse(text: str) -> list[Document]:
-    """Every document of ``text``; empty documents are skipped. Raises :class:`YamlSyntaxError`."""
+# libyaml ends a document at every line that starts with one of these markers.
+_DOCUMENT_MARKER = re.compile(r"^(?:---|\.\.\.)(?=[ \t\r\n]|\Z)", re.MULTILINE)
+
+
+def _utf8_size(text: str, limit: int) -> int:
+    """The UTF-8 size of ``text``, encoding it only when its length leaves the answer open."""
+    if len(text) > limit or 4 * len(text) <= limit:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _check_document_sizes(text: str, limit: int) -> None:
+    """Raise for the first document whose text is over ``limit`` bytes, before composing any.
+
+    Spans of fewer than ``limit // 4`` characters are within the limit in any
+    encoding, so the scan leaps half that far from each marker to the next one
+    and only looks at the markers it leapt over when the gap is long: a file of
+    many small documents costs a few searches, not one step per document.
+    """
+    short = limit // 4
+    leap = max(1, short // 2)
+    start = 0
+    while len(text) - start > short:
+        match = _DOCUMENT_MARKER.search(text, start + leap)
+        end = match.start() if match is not None else len(text)
+        if end - start > short:
+            last = start
+            for inner in _DOCUMENT_MARKER.finditer(text, start + 1, start + leap):
+                last = inner.start()
+            _check_document_size(text, last, end, limit)
+        if match is None:
+            return
+        start = end
+
+
+def _check_document_size(text: str, start: int, end: int, limit: int) -> None:
+    if end - start > limit // 4 and (size := _utf8_size(text[start:end], limit)) > limit:
+        raise YamlLimitError(
+            "PF108",
+            f"the document is {size:,} bytes, more than the limit of "
+            f"{describe_bytes(limit)}; split it into smaller resources",
+            text.count("\n", 0, start) + 1,
+        )
+
+
+def parse(text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Document]:
+    """Every document of ``text``; empty documents are skipped.
+
+    Raises :class:`YamlSyntaxError`, or :class:`YamlLimitError` when ``text``
+    is over one of ``limits``.
+    """
     documents: list[Document] = []
     try:
-        # Without anchors there are no aliases, so no node can contain itself.
+        if 4 * len(text) > limits.max_document_bytes:
+            _check_document_sizes(text, limits.max_document_bytes)
+        # Without anchors there are no aliases: no node can contain itself or repeat.
         may_alias = "&" in text
         for index, node in enumerate(_compose_all(text)):
-            data = _build(node, set() if may_alias else None)
+            start, end = node.start_mark, node.end_mark
+            if index >= limits.max_documents_per_file:
+                raise YamlLimitError(
+                    "PF107",
+                    f"the file has more than {limits.max_documents_per_file:,} documents; "
+                    "split the file",
+                    start.line + 1,
+                )
+            size = end.index - start.index
+            aliases = _Aliases(size + limits.max_alias_nodes, start.line + 1) if may_alias else None
+            data = _build(node, aliases)
             if data is None:
                 continue
-            documents.append(Document(index, node.start_mark.line + 1, data))
+            documents.append(Document(index, start.line + 1, data, size))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
@@ -231,13 +352,33 @@ def locate(text: str, doc: int, path: Sequence[str | int]) -> tuple[int, int]:
     than the document (a missing field), the deepest node that exists is
     returned, which is where the missing field belongs.
     """
+    return locate_all(text, [(doc, path)])[0]
+
+
+def locate_all(
+    text: str, wanted: Sequence[tuple[int, Sequence[str | int]]]
+) -> list[tuple[int, int]]:
+    """:func:`locate` for each ``(doc, path)`` of ``wanted``, composing ``text`` once.
+
+    A file with an error in each of thousands of documents would otherwise be
+    composed once per error: quadratic in the file's size.
+    """
+    positions = [(1, 1)] * len(wanted)
+    by_doc: dict[int, list[int]] = {}
+    for position, (doc, _) in enumerate(wanted):
+        by_doc.setdefault(doc, []).append(position)
+    if not by_doc:
+        return positions
+    last = max(by_doc)
     try:
         for index, node in enumerate(_compose_all(text)):
-            if index == doc:
-                return _walk(node, path)
+            for position in by_doc.get(index, ()):
+                positions[position] = _walk(node, wanted[position][1])
+            if index >= last:
+                break
     except yaml.YAMLError:
         pass
-    return 1, 1
+    return positions
 
 
 def _walk(node: Node, path: Sequence[str | int]) -> tuple[int, int]:

@@ -39,6 +39,7 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 
 from controlplane import collector
+from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits
 from controlplane.config.state import StateDir
 from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.config.watcher import DirectoryWatcher
@@ -70,6 +71,7 @@ class ControlPlaneOptions:
     """Where the accepted version of each file is recorded across restarts (None: nowhere)."""
     withdraw_grace: float = 30.0
     max_withdraw_share: float = 0.5
+    limits: ConfigLimits = DEFAULT_LIMITS
 
 
 # Verified while no proxy of their kind has connected, so that the first to connect
@@ -85,6 +87,7 @@ class ControlPlane:
         self.options = options
         self.store = ConfigStore(
             options.config_dir,
+            options.limits,
             state=StateDir(options.state_dir, options.config_dir) if options.state_dir else None,
             verify=self._verify,
             withdraw_grace=options.withdraw_grace,

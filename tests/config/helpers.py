@@ -6,6 +6,7 @@ import textwrap
 
 from controlplane.config.diagnostics import Diagnostic
 from controlplane.config.document import FileResult, read_text
+from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits
 from controlplane.config.resources import Resource, Spec
 from controlplane.config.store import resolve_positions
 
@@ -40,9 +41,11 @@ def read(text: str, file: str = FILE) -> FileResult:
     return read_text(file, dedent(text))
 
 
-def diagnose(text: str, file: str = FILE) -> list[Diagnostic]:
+def diagnose(
+    text: str, file: str = FILE, limits: ConfigLimits = DEFAULT_LIMITS
+) -> list[Diagnostic]:
     """Every finding of ``text`` with its position, the way the store resolves them."""
-    result = read_text(file, text)
+    result = read_text(file, text, limits)
     if result.syntax_error is not None:
         return [f.at(*result.syntax_error) for f in result.findings]
     return resolve_positions(result.findings, {file: text})

@@ -118,10 +118,10 @@ def test_an_unreadable_file_is_an_error_and_exits_1(
     make(tmp_path, {"details.yaml": GOOD, "locked.yaml": GOOD.replace("details", "locked")})
     real = store_module._read_bytes
 
-    def read(path: Path) -> bytes:
+    def read(path: Path, max_bytes: int) -> bytes:
         if path.name == "locked.yaml":
             raise PermissionError(13, "Permission denied")
-        return real(path)
+        return real(path, max_bytes)
 
     monkeypatch.setattr(store_module, "_read_bytes", read)
     assert main(["validate", str(tmp_path)]) == 1
@@ -393,3 +393,65 @@ def test_serve_refuses_a_withdraw_share_outside_0_to_1(
         main(["serve", "--config-dir", str(tmp_path), "--max-withdraw-share", share])
     assert exit_.value.code == 2
     assert f"{share!r} is not a share between 0 (excluded) and 1" in capsys.readouterr().err
+
+
+def test_validate_applies_the_input_limits_given_as_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {"details.yaml": GOOD})
+    assert main(["validate", "--max-file-bytes", "64KiB", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--max-file-bytes", "99", str(tmp_path)]) == 1
+    assert capsys.readouterr().out == (
+        f"{tmp_path}/details.yaml:1:1: error[PF106] the file is {len(GOOD)} bytes, "
+        "more than the limit of 99 bytes; split the file\n"
+    )
+
+
+def test_validate_stops_a_yaml_alias_bomb_with_an_error_on_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.config.test_limits import billion_laughs
+
+    make(tmp_path, {"bomb.yaml": billion_laughs(9)})
+    assert main(["validate", "--max-alias-nodes", "1000", str(tmp_path)]) == 1
+    assert capsys.readouterr().out.startswith(
+        f"{tmp_path}/bomb.yaml:4:1: error[PF109] aliases expand this document past "
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-file-bytes", "0", "'0' is not a size like 65536, 64KiB or 1.5MiB"),
+        ("--max-document-bytes", "16MB", "'16MB' is not a size like 65536, 64KiB or 1.5MiB"),
+        ("--max-documents-per-file", "-1", "'-1' is not a positive whole number"),
+        ("--max-alias-nodes", "many", "'many' is not a positive whole number"),
+    ],
+)
+def test_a_bad_limit_is_a_one_line_usage_error(
+    flag: str, value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", f"{flag}={value}", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"pilotfish validate: error: argument {flag}: {message}"
+    )
+
+
+def test_serve_passes_the_input_limits_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from controlplane.config.limits import ConfigLimits
+
+    argv = ["--config-dir", str(tmp_path), "--state-dir", str(tmp_path.parent / "state")]
+    argv += ["--max-file-bytes", "1MiB"]
+    argv += ["--max-documents-per-file", "500", "--max-document-bytes", "256KiB"]
+    argv += ["--max-alias-nodes", "1000", "--max-string-bytes", "4KiB"]
+    options = serve_options(monkeypatch, argv)
+    assert options.limits == ConfigLimits(  # type: ignore[attr-defined]
+        max_file_bytes=1024 * 1024,
+        max_documents_per_file=500,
+        max_document_bytes=256 * 1024,
+        max_alias_nodes=1000,
+        max_string_bytes=4096,
+    )

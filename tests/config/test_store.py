@@ -527,10 +527,10 @@ def refuse_to_read(monkeypatch: pytest.MonkeyPatch, name: str, error: OSError) -
     """Make reading the file called ``name`` fail with ``error`` (root can read mode 000)."""
     real = store_module._read_bytes
 
-    def read(path: Path) -> bytes:
+    def read(path: Path, max_bytes: int) -> bytes:
         if path.name == name:
             raise error
-        return real(path)
+        return real(path, max_bytes)
 
     monkeypatch.setattr(store_module, "_read_bytes", read)
 

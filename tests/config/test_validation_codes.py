@@ -911,6 +911,23 @@ CASES_PF112_TO_PF114 = [
         ("PF114", 8, 6, "spec.ports[1].name", "port name 'http' is used twice"),
     ),
     (
+        "Service",
+        "ports:\n- {name: http, port: 80}\n- {name: http-alt, port: 80, protocol: TCP}\n",
+        (
+            "PF114",
+            8,
+            22,
+            "spec.ports[1].port",
+            "port 80/TCP is used twice; remove one or change its number",
+        ),
+    ),
+    (
+        "ServiceEntry",
+        "hosts: [api.example.com]\nports:\n- {number: 443, name: https}\n"
+        "- {number: 8443, name: https}\n",
+        ("PF114", 9, 20, "spec.ports[1].name", "port name 'https' is used twice"),
+    ),
+    (
         "WorkloadEntry",
         "address: 10.0.0.1\nports: {http: 0}\n",
         ("PF114", 7, 11, "spec.ports.http", "port 0 is not 1-65535"),
@@ -1426,6 +1443,36 @@ def test_pf120_other_exclusive_fields(
     assert [(d.code, d.line, d.column, d.field, d.message) for d in diagnose(text)] == [expected]
 
 
+def test_a_service_entry_listing_port_443_twice_is_rejected_before_translation() -> None:
+    text = doc(
+        "ServiceEntry",
+        "hosts: [api.example.com]\nresolution: DNS\nports:\n"
+        "- {number: 443, name: https, protocol: TLS}\n"
+        "- {number: 443, name: https-2, protocol: TLS}\n",
+        name="api",
+    )
+    assert read_text(FILE, text).resources == ()
+    assert diagnose(text) == [
+        error(
+            "PF114",
+            10,
+            6,
+            "ServiceEntry default/api",
+            "spec.ports[1].number",
+            "port 443 is used twice; remove one or change its number",
+        )
+    ]
+
+
+def test_a_service_may_serve_one_port_number_over_tcp_and_udp_as_in_kubernetes() -> None:
+    text = doc(
+        "Service",
+        "ports:\n- {name: dns, port: 53, protocol: UDP}\n- {name: dns-tcp, port: 53}\n",
+        api="v1",
+    )
+    assert diagnose(text) == []
+
+
 # --- files with several documents and problems -------------------------------------------------
 
 
@@ -1466,6 +1513,10 @@ def test_every_per_resource_code_is_covered_by_these_tests() -> None:
         "PF103",
         "PF104",
         "PF105",
+        "PF106",
+        "PF107",
+        "PF108",
+        "PF109",
         "PF110",
         "PF111",
         "PF112",
@@ -1477,6 +1528,7 @@ def test_every_per_resource_code_is_covered_by_these_tests() -> None:
         "PF118",
         "PF119",
         "PF120",
+        "PF121",
     ]
 
 
