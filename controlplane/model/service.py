@@ -101,10 +101,14 @@ class Service:
     source: str = ""
 
     def port(self, number: int) -> ServicePort | None:
+        """The port ``number``; of a number served over TCP and UDP, the TCP one."""
+        udp = None
         for p in self.ports:
             if p.port == number:
-                return p
-        return None
+                if p.protocol is not Protocol.UDP:
+                    return p
+                udp = p
+        return udp
 
     def endpoints_for(self, port: int) -> tuple[Endpoint, ...]:
         for number, endpoints in self.endpoints:

@@ -1,6 +1,6 @@
 """Upstreams: the clusters a mesh defines, before they become protobufs.
 
-Every port of every service is one upstream, and so is every (port, subset)
+Every port of every service but its UDP ports is one upstream, and so is every (port, subset)
 pair of a host with a DestinationRule. An :class:`Upstream` carries what the
 cluster and load-assignment builders both need: the effective traffic policy
 (subset over host, port level over both, as :meth:`DestinationPolicy.effective`
@@ -28,6 +28,7 @@ from controlplane.model import (
     Endpoint,
     LoadBalancerKind,
     Mesh,
+    Protocol,
     Resolution,
     Service,
     ServicePort,
@@ -112,6 +113,8 @@ def service_upstreams(service: Service, destination: DestinationPolicy | None) -
         subsets += destination.subsets
     found: list[Upstream] = []
     for port in service.ports:
+        if port.protocol is Protocol.UDP:
+            continue  # proxies carry no UDP: no listener, so no cluster either
         for subset in subsets:
             if destination is None:
                 policy = TrafficPolicy()
@@ -127,7 +130,7 @@ def find_upstream(mesh: Mesh, host: str, port: int, subset: str | None) -> Upstr
     if service is None:
         return None
     service_port = service.port(port)
-    if service_port is None:
+    if service_port is None or service_port.protocol is Protocol.UDP:
         return None
     destination = mesh.policy(host)
     if subset is None:

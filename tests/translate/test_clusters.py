@@ -356,3 +356,19 @@ def test_tcp_ports_get_no_http_protocol_options() -> None:
         "outbound|5432||db.default.svc.cluster.local"
     ]
     assert len(cluster.typed_extension_protocol_options) == 0
+
+
+def test_a_port_served_over_tcp_and_udp_gets_one_cluster_for_tcp_and_none_for_udp() -> None:
+    dns = Service(
+        host="dns.default.svc.cluster.local",
+        namespace="default",
+        name="dns",
+        ports=(ServicePort("dns-udp", 53, Protocol.UDP), ServicePort("dns-tcp", 53, Protocol.TCP)),
+        endpoints=((53, (Endpoint("10.9.0.1", 53),)),),
+    )
+    resources = translate(mesh_of(dns), ProxyClass())
+    assert [c.name for c in resources[CLUSTER_TYPE]] == [
+        BLACKHOLE_CLUSTER,
+        "outbound|53||dns.default.svc.cluster.local",
+    ]
+    assert dns.port(53) == ServicePort("dns-tcp", 53, Protocol.TCP)
