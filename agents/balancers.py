@@ -27,11 +27,16 @@ Policies:
   effective weights (plain rotation when they are equal);
 * ``random``: uniform, or a bisection of cumulative weights;
 * ``least_request``: power of ``choice_count`` choices, drawn by weight; the
-  fewest outstanding requests wins, for unequal weights the lowest
+  fewest outstanding requests wins; for unequal weights a later candidate
+  wins only with fewer outstanding requests *and* a lower
   ``(outstanding + 1) ** active_request_bias / weight`` (Envoy uses that
-  ratio as the weight of an EDF schedule; choices approximate it);
-* ``ring_hash``: a ketama-like ring between ``min_ring_size`` and
-  ``max_ring_size`` points, a host's share of points following its weight;
+  ratio as the weight of an EDF schedule; this approximates it, and idle
+  endpoints are picked in proportion to their weights, as in Envoy);
+* ``ring_hash``: a ketama-like ring of at least ``min_ring_size`` and at
+  most ``max_ring_size`` points, a host's share of points following its
+  weight. Unlike Envoy, points per unit of weight are a power of two, so
+  adding or removing a host rarely changes the other hosts' points and
+  remaps only about its own share of keys;
   ``maglev``: Maglev's lookup table of ``table_size`` entries, weighted as in
   Envoy. Both take the request's ``hash_key`` (a random one without);
   :func:`stable_hash` gives the data plane a hash that agrees across
@@ -394,13 +399,15 @@ class LeastRequest(_Choices):
             return live[best].endpoint
         bias = self.lb.active_request_bias
         weight = self._weight
-        best_score = (live[best].outstanding + 1) ** bias / weight[best]
+        host = live[best]
+        best_score = (host.outstanding + 1) ** bias / weight[best]
         for _ in range(self.lb.choice_count - 1):
             other = self._second(best)
-            score = (live[other].outstanding + 1) ** bias / weight[other]
-            if score < best_score:
-                best, best_score = other, score
-        return live[best].endpoint
+            candidate = live[other]
+            score = (candidate.outstanding + 1) ** bias / weight[other]
+            if score < best_score and candidate.outstanding < host.outstanding:
+                best, best_score, host = other, score, candidate
+        return host.endpoint
 
 
 class LatencyAware(_Choices):
@@ -468,23 +475,17 @@ class RingHash(BaseBalancer):
         self._owners: list[Endpoint] = []
         if not live:
             return
-        total = sum(weights)
-        normalized = [w / total for w in weights]
-        smallest = min(normalized)
-        scale = min(
-            math.ceil(smallest * self.lb.min_ring_size) / smallest, float(self.lb.max_ring_size)
-        )
+        smallest = min(weights)
+        relative = [w / smallest for w in weights]
+        total = sum(relative)
+        per_unit = 2 ** math.ceil(math.log2(max(self.lb.min_ring_size / total, 1.0)))
+        if per_unit * total > self.lb.max_ring_size:
+            per_unit = max(self.lb.max_ring_size / total, 1.0)
         points: list[tuple[int, int]] = []
-        target = 0.0
-        made = 0
         for index, host in enumerate(live):
-            target += scale * normalized[index]
             name = f"{host.endpoint.address}:{host.endpoint.port}_"
-            replica = 0
-            while made < target:
+            for replica in range(math.ceil(per_unit * relative[index])):
                 points.append((stable_hash(f"{name}{replica}"), index))
-                replica += 1
-                made += 1
         points.sort()
         self._hashes = [p[0] for p in points]
         self._owners = [live[p[1]].endpoint for p in points]

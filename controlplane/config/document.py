@@ -256,6 +256,12 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
     if report.failed:
         return None
     converted = _CONVERTERS[kind](spec, namespace, name, report)  # type: ignore[arg-type]
+    if kind == "DestinationRule" and metadata.get("annotations"):
+        converted = policies.annotated_policy(
+            converted,  # type: ignore[arg-type]
+            metadata["annotations"],
+            report,
+        )
     if report.failed:
         return None
     labels = metadata.get("labels") or {}

@@ -1,7 +1,21 @@
-"""DestinationRule documents -> :class:`controlplane.model.DestinationPolicy`."""
+"""DestinationRule documents -> :class:`controlplane.model.DestinationPolicy`.
+
+Besides the spec, two annotations of the DestinationRule's metadata select
+Pilotfish's own latency-aware load balancer, which Istio's API cannot
+express (see docs/agents.md, "Load balancing"):
+
+* ``pilotfish.io/load-balancer: latency-aware`` makes it the host-wide load
+  balancer, in place of ``spec.trafficPolicy.loadBalancer`` (which is then
+  ignored, with a warning); port-level and subset load balancers still
+  override it for their traffic, as any host-wide setting;
+* ``pilotfish.io/latency-decay: <duration>`` sets the time constant of its
+  response time average (10 s when absent).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from controlplane.config.durations import parse_duration
@@ -204,3 +218,54 @@ def destination_rule(
         else TrafficPolicy(),
         subsets=tuple(subsets),
     )
+
+
+LOAD_BALANCER_ANNOTATION = "pilotfish.io/load-balancer"
+LATENCY_DECAY_ANNOTATION = "pilotfish.io/latency-decay"
+_ANNOTATED_BALANCERS = {"latency-aware": LoadBalancerKind.LATENCY_AWARE}
+
+
+def annotated_policy(
+    policy: DestinationPolicy, annotations: Mapping[str, Any], report: Reporter
+) -> DestinationPolicy:
+    """``policy`` with the load balancer the DestinationRule's ``annotations`` select, if any."""
+    chosen = annotations.get(LOAD_BALANCER_ANNOTATION)
+    decay_text = annotations.get(LATENCY_DECAY_ANNOTATION)
+    here: Path = ("metadata", "annotations")
+    if chosen is None:
+        if decay_text is not None:
+            report.warn(
+                "PF111",
+                (*here, LATENCY_DECAY_ANNOTATION),
+                f"{LATENCY_DECAY_ANNOTATION} has no effect without "
+                f"{LOAD_BALANCER_ANNOTATION}: latency-aware",
+            )
+        return policy
+    kind = _ANNOTATED_BALANCERS.get(chosen)
+    if kind is None:
+        report.error(
+            "PF114",
+            (*here, LOAD_BALANCER_ANNOTATION),
+            f"{chosen!r} is not a load balancer Pilotfish provides; use "
+            + " or ".join(sorted(_ANNOTATED_BALANCERS)),
+        )
+        return policy
+    decay = None
+    if decay_text is not None:
+        decay = parse_duration(decay_text)
+        if decay is None or decay.total_seconds() <= 0:
+            report.error(
+                "PF114",
+                (*here, LATENCY_DECAY_ANNOTATION),
+                f"{decay_text!r} is not a positive duration such as 10s or 500ms",
+            )
+            return policy
+    if policy.traffic_policy.load_balancer is not None:
+        report.warn(
+            "PF111",
+            ("spec", "trafficPolicy", "loadBalancer"),
+            f"ignored: the annotation {LOAD_BALANCER_ANNOTATION}: {chosen} selects the "
+            "host-wide load balancer",
+        )
+    balancer = LoadBalancer(kind, latency_decay=decay)
+    return replace(policy, traffic_policy=replace(policy.traffic_policy, load_balancer=balancer))

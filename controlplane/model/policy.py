@@ -22,6 +22,8 @@ class LoadBalancerKind(enum.Enum):
     LEAST_REQUEST = "LEAST_REQUEST"
     PASSTHROUGH = "PASSTHROUGH"
     CONSISTENT_HASH = "CONSISTENT_HASH"
+    LATENCY_AWARE = "LATENCY_AWARE"
+    """Pilotfish's own, selected by a DestinationRule annotation (see config/policies.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,8 @@ class ConsistentHash:
 class LoadBalancer:
     kind: LoadBalancerKind
     consistent_hash: ConsistentHash | None = None
+    latency_decay: timedelta | None = None
+    """LATENCY_AWARE: time constant of the response time average (None: the agent's 10 s)."""
 
 
 @dataclass(frozen=True, slots=True)

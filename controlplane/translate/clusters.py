@@ -8,7 +8,15 @@ follow its effective traffic policy:
   ``LEAST_REQUEST``, ``RING_HASH`` for consistent hashing (the hash key
   itself is a route setting, see :mod:`~controlplane.translate.routes`);
   ``PASSTHROUGH`` makes an ``ORIGINAL_DST`` cluster, which must use
-  ``CLUSTER_PROVIDED``;
+  ``CLUSTER_PROVIDED``. Pilotfish's latency-aware balancer (a
+  DestinationRule annotation) becomes a ``load_balancing_policy`` whose
+  first policy is ``pilotfish.lb.v1.LatencyAware`` and whose second is
+  least request: Pilotfish's agents take the first, Envoy and gRPC skip a
+  policy whose type they do not know and take the next they support. The
+  first is wrapped in an ``xds.type.v3.TypedStruct``: Envoy ACKs it packed
+  as is too, but then cannot render its ``/config_dump`` at all (an unknown
+  type in an ``Any`` has no JSON form), while a TypedStruct is plain JSON.
+  An interop test checks that Envoy ACKs the cluster and routes by it;
 * outlier detection: ``consecutive_5xx`` (0 switches its enforcement off),
   ``consecutive_gateway_failure`` with enforcement at 100 % (Envoy's default
   enforcement for it is 0, which would make the setting a no-op), interval,
@@ -29,7 +37,10 @@ from datetime import timedelta
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import json_format
+from xds.type.v3 import typed_struct_pb2
 
 from controlplane.model import (
     ConnectionPool,
@@ -43,9 +54,12 @@ from controlplane.translate.endpoints import load_assignment
 from controlplane.translate.names import BLACKHOLE_CLUSTER
 from controlplane.translate.protos import Message, ads, duration, pack, uint32
 from controlplane.translate.upstreams import Discovery, Upstream, upstreams
+from pilotfish.lb.v1 import latency_aware_pb2
 
 DEFAULT_CONNECT_TIMEOUT = timedelta(seconds=10)
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+LATENCY_AWARE_POLICY = "pilotfish.lb.latency_aware"
+LEAST_REQUEST_POLICY = "envoy.load_balancing_policies.least_request"
 
 Cluster = cluster_pb2.Cluster
 
@@ -115,6 +129,9 @@ def _set_discovery(cluster: Message, upstream: Upstream) -> None:
 
 
 def _set_load_balancer(cluster: Message, balancer: LoadBalancer) -> None:
+    if balancer.kind is LoadBalancerKind.LATENCY_AWARE:
+        _set_latency_aware(cluster, balancer)
+        return
     policy = _LB_POLICIES.get(balancer.kind)
     if policy is None:
         return
@@ -125,6 +142,23 @@ def _set_load_balancer(cluster: Message, balancer: LoadBalancer) -> None:
         ring.SetInParent()
         if hashing is not None and hashing.minimum_ring_size is not None:
             ring.minimum_ring_size.value = hashing.minimum_ring_size
+
+
+def _set_latency_aware(cluster: Message, balancer: LoadBalancer) -> None:
+    config = latency_aware_pb2.LatencyAware()
+    if balancer.latency_decay is not None:
+        config.decay.CopyFrom(duration(balancer.latency_decay))
+    wrapper = typed_struct_pb2.TypedStruct(
+        type_url=f"type.googleapis.com/{config.DESCRIPTOR.full_name}"
+    )
+    wrapper.value.update(json_format.MessageToDict(config))
+    policies = cluster.load_balancing_policy.policies
+    first = policies.add().typed_extension_config
+    first.name = LATENCY_AWARE_POLICY
+    first.typed_config.Pack(wrapper)
+    second = policies.add().typed_extension_config
+    second.name = LEAST_REQUEST_POLICY
+    second.typed_config.Pack(least_request_pb2.LeastRequest())
 
 
 def _outlier_detection(outlier: OutlierDetection) -> Message:

@@ -22,6 +22,11 @@ Clusters (gRFC A27, A37, A42):
   (C-core has no ``LEAST_REQUEST``): ``RANDOM``, ``LEAST_REQUEST`` and
   ``CLUSTER_PROVIDED`` become ``ROUND_ROBIN``. Ring sizes are kept within
   gRPC's ``[1, 8388608]``, and an outlier ``max_ejection_percent`` within 100.
+* A typed ``load_balancing_policy`` (gRFC A52; Pilotfish's latency-aware
+  policy, then least request) gets round robin appended: gRPC takes the
+  first policy it supports, C-core knows neither of the first two and fails
+  every call on a list without one (a gRPC with least request still takes
+  that).
 
 Load assignments: gRPC requires a ``locality`` on every
 ``LocalityLbEndpoints`` and skips one without ``load_balancing_weight``
@@ -55,6 +60,7 @@ from datetime import timedelta
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 
 from controlplane.model import Endpoint, Mesh
 from controlplane.translate.clusters import build_cluster
@@ -70,6 +76,7 @@ MAX_RING_SIZE = 8_388_608
 MAX_GRPC_STATUS = 16
 UNKNOWN_GRPC_STATUS = 2
 GRPC_LB_POLICIES = (Cluster.ROUND_ROBIN, Cluster.RING_HASH)
+ROUND_ROBIN_POLICY = "envoy.load_balancing_policies.round_robin"
 
 
 def grpc_clusters(mesh: Mesh) -> tuple[list[Message], list[Message]]:
@@ -135,6 +142,11 @@ def _eds_cluster(cluster: Message) -> Message:
 
 
 def _adapt_load_balancer(cluster: Message) -> None:
+    if cluster.HasField("load_balancing_policy"):
+        policies = cluster.load_balancing_policy.policies
+        fallback = policies.add().typed_extension_config
+        fallback.name = ROUND_ROBIN_POLICY
+        fallback.typed_config.Pack(round_robin_pb2.RoundRobin())
     if cluster.lb_policy not in GRPC_LB_POLICIES:
         cluster.lb_policy = Cluster.ROUND_ROBIN
     if cluster.HasField("ring_hash_lb_config"):

@@ -7,8 +7,10 @@ from datetime import timedelta
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
+from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import duration_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2
+from xds.type.v3 import typed_struct_pb2
 
 from controlplane.model import (
     ConnectionPool,
@@ -31,6 +33,7 @@ from controlplane.model import (
 )
 from controlplane.translate import BLACKHOLE_CLUSTER, CLUSTER_TYPE, ProxyClass, translate
 from controlplane.translate.clusters import HTTP_PROTOCOL_OPTIONS, build_clusters
+from controlplane.translate.grpc_resources import grpc_clusters
 from controlplane.translate.protos import Message
 from tests.translate.support import REVIEWS, http_service, mesh_of, named, unpack
 
@@ -186,6 +189,48 @@ def test_the_load_balancer_sets_the_lb_policy(kind: LoadBalancerKind, policy: in
     cluster = clusters_of(mesh)[f"outbound|9080||{REVIEWS}"]
     assert cluster.lb_policy == policy
     assert cluster.type == Cluster.EDS
+
+
+def test_latency_aware_is_pilotfish_policy_first_then_least_request() -> None:
+
+    balancer = LoadBalancer(LoadBalancerKind.LATENCY_AWARE, latency_decay=timedelta(seconds=3))
+    mesh = with_policy(TrafficPolicy(load_balancer=balancer))
+    cluster = clusters_of(mesh)[f"outbound|9080||{REVIEWS}"]
+    assert cluster.lb_policy == Cluster.ROUND_ROBIN
+    wrapper = typed_struct_pb2.TypedStruct(
+        type_url="type.googleapis.com/pilotfish.lb.v1.LatencyAware",
+        value=struct_pb2.Struct(fields={"decay": struct_pb2.Value(string_value="3s")}),
+    )
+    first, second = any_pb2.Any(), any_pb2.Any()
+    first.Pack(wrapper)
+    second.Pack(least_request_pb2.LeastRequest())
+    assert list(cluster.load_balancing_policy.policies) == [
+        cluster_pb2.LoadBalancingPolicy.Policy(
+            typed_extension_config={"name": "pilotfish.lb.latency_aware", "typed_config": first}
+        ),
+        cluster_pb2.LoadBalancingPolicy.Policy(
+            typed_extension_config={
+                "name": "envoy.load_balancing_policies.least_request",
+                "typed_config": second,
+            }
+        ),
+    ]
+    plain = with_policy(TrafficPolicy(load_balancer=LoadBalancer(LoadBalancerKind.LATENCY_AWARE)))
+    no_decay = clusters_of(plain)[f"outbound|9080||{REVIEWS}"].load_balancing_policy.policies[0]
+    unpacked = typed_struct_pb2.TypedStruct()
+    assert no_decay.typed_extension_config.typed_config.Unpack(unpacked)
+    assert dict(unpacked.value) == {}
+
+
+def test_grpc_gets_round_robin_after_the_latency_aware_policies() -> None:
+    balancer = LoadBalancer(LoadBalancerKind.LATENCY_AWARE)
+    clusters, _ = grpc_clusters(with_policy(TrafficPolicy(load_balancer=balancer)))
+    (cluster,) = [c for c in clusters if c.name == f"outbound|9080||{REVIEWS}"]
+    assert [p.typed_extension_config.name for p in cluster.load_balancing_policy.policies] == [
+        "pilotfish.lb.latency_aware",
+        "envoy.load_balancing_policies.least_request",
+        "envoy.load_balancing_policies.round_robin",
+    ]
 
 
 def test_consistent_hash_sets_the_minimum_ring_size_when_given() -> None:
