@@ -71,6 +71,8 @@ from agents.endpoints import Endpoint
 from agents.lb_config import LbConfig, OutlierConfig
 from agents.outlier import INF, OutlierDetector, Tracked
 
+exp = math.exp
+
 MASK64 = (1 << 64) - 1
 SCHEDULE_LIMIT = 8192
 OVERPROVISIONING = 1.4
@@ -359,12 +361,26 @@ class _Choices(BaseBalancer):
         self._weight = weights
         self._cumulative = _accumulate(weights)
         self._total = self._cumulative[-1] if self._cumulative else 0.0
+        self._pairs = self._uniform and self.lb.choice_count == 2
+        self._two = not self._uniform and self.lb.choice_count == 2
 
     def _draw(self) -> int:
         if self._uniform:
             return int(self._random() * self._count)
         index = bisect.bisect_right(self._cumulative, self._random() * self._total)
         return index if index < self._count else self._count - 1
+
+    def _weighted_pair(self, count: int) -> tuple[int, int]:
+        cumulative, total, draw = self._cumulative, self._total, self._random
+        first = bisect.bisect_right(cumulative, draw() * total)
+        second = bisect.bisect_right(cumulative, draw() * total)
+        if first >= count:
+            first = count - 1
+        if second >= count:
+            second = count - 1
+        if second == first:
+            second = self._second(first)
+        return first, second
 
     def _second(self, first: int) -> int:
         """Another candidate than ``first`` (uniform draws; weighted ones retry a few times)."""
@@ -388,6 +404,28 @@ class LeastRequest(_Choices):
         if count < 2:
             return self._live[0].endpoint if count else None
         live = self._live
+        if self._pairs:
+            draw = self._random
+            first = int(draw() * count)
+            second = int(draw() * (count - 1))
+            if second >= first:
+                second += 1
+            a, b = live[first], live[second]
+            return b.endpoint if b.outstanding < a.outstanding else a.endpoint
+        if self._two:
+            first, second = self._weighted_pair(count)
+            a, b = live[first], live[second]
+            if b.outstanding >= a.outstanding:
+                return a.endpoint
+            bias = self.lb.active_request_bias
+            weight = self._weight
+            if bias == 1.0:
+                better = (b.outstanding + 1) / weight[second] < (a.outstanding + 1) / weight[first]
+            else:
+                better = (b.outstanding + 1) ** bias / weight[second] < (
+                    a.outstanding + 1
+                ) ** bias / weight[first]
+            return b.endpoint if better else a.endpoint
         best = self._draw()
         if self._uniform:
             best_score: float = live[best].outstanding
@@ -417,15 +455,6 @@ class LatencyAware(_Choices):
         super()._prepare(live, weights)
         self._decay = self.lb.decay
 
-    def _cost(self, host: Host, now: float) -> float:
-        ewma = host.ewma
-        if ewma == 0.0:
-            return UNOBSERVED_PENALTY + host.outstanding if host.outstanding else 0.0
-        elapsed = now - host.stamp
-        if elapsed > 0:
-            ewma *= math.exp(-elapsed / self._decay)
-        return ewma * (host.outstanding + 1)
-
     def pick(self, hash_key: int | None = None) -> Endpoint | None:
         now = self._clock()
         if now >= self._wake:
@@ -434,14 +463,32 @@ class LatencyAware(_Choices):
         if count < 2:
             return self._live[0].endpoint if count else None
         live = self._live
-        first = self._draw()
-        second = self._second(first)
-        a = self._cost(live[first], now)
-        b = self._cost(live[second], now)
+        if self._uniform:
+            draw = self._random
+            first = int(draw() * count)
+            second = int(draw() * (count - 1))
+            if second >= first:
+                second += 1
+        else:
+            first, second = self._weighted_pair(count)
+        a, b = live[first], live[second]
+        decay = self._decay
+        # Cost: the EWMA decayed for the time since the last response, x (outstanding + 1);
+        # no response yet: free while idle, a large penalty while busy (one probe at a time).
+        cost_a = a.ewma
+        if cost_a == 0.0:
+            cost_a = UNOBSERVED_PENALTY + a.outstanding if a.outstanding else 0.0
+        else:
+            cost_a *= exp((a.stamp - now) / decay) * (a.outstanding + 1)
+        cost_b = b.ewma
+        if cost_b == 0.0:
+            cost_b = UNOBSERVED_PENALTY + b.outstanding if b.outstanding else 0.0
+        else:
+            cost_b *= exp((b.stamp - now) / decay) * (b.outstanding + 1)
         if not self._uniform:
-            a /= self._weight[first]
-            b /= self._weight[second]
-        return live[second].endpoint if b < a else live[first].endpoint
+            cost_a /= self._weight[first]
+            cost_b /= self._weight[second]
+        return b.endpoint if cost_b < cost_a else a.endpoint
 
     def finished(self, ep: Endpoint, seconds: float, status: int | None) -> None:
         host = self._host(ep)

@@ -253,7 +253,7 @@ def test_state_carries_over_to_the_next_balancer_for_endpoints_still_present() -
     assert {r["address"]: r["outstanding"] for r in new.snapshot()}["10.0.0.1"] == 1
 
 
-def test_pick_allocates_nothing_per_call() -> None:
+def test_picks_retain_no_memory() -> None:
     import tracemalloc
 
     balancers = [
