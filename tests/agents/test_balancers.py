@@ -10,7 +10,7 @@ import pytest
 
 from agents.balancers import Balancer, make_balancer, stable_hash
 from agents.endpoints import Endpoint, Locality
-from agents.lb_config import LbConfig, LbKind
+from agents.lb_config import LbConfig, LbKind, OutlierConfig
 
 
 class FakeClock:
@@ -275,3 +275,31 @@ def test_picks_retain_no_memory() -> None:
         if s.traceback[0].filename.endswith("balancers.py")
     )
     assert grown < 2000
+
+
+@pytest.mark.parametrize(
+    "lb",
+    [LbConfig(kind="ring_hash"), LbConfig(kind="maglev", table_size=1021)],
+    ids=["ring_hash", "maglev"],
+)
+def test_an_ejection_moves_only_the_ejected_endpoints_keys_and_a_return_restores_them(
+    lb: LbConfig,
+) -> None:
+    clock = FakeClock()
+    eps = endpoints(1, 1, 1, 1)
+    outlier = OutlierConfig(
+        consecutive_5xx=1, interval=1.0, base_ejection_time=1.0, max_ejection_percent=100
+    )
+    balancer = make_balancer(lb, eps, outlier, clock=clock, rng=random.Random(1))
+    keys = [stable_hash(f"k{i}") for i in range(2000)]
+    before = [balancer.pick(k) for k in keys]
+    balancer.finished(eps[1], 0.0, 503)
+    during = [balancer.pick(k) for k in keys]
+    assert eps[1] not in during
+    assert [d for b, d in zip(before, during, strict=True) if b != eps[1]] == [
+        b for b in before if b != eps[1]
+    ]
+    moved_to = Counter(d.address for b, d in zip(before, during, strict=True) if b == eps[1] and d)
+    assert len(moved_to) == 3  # spread over the others, not all onto one
+    clock.now += 2.0
+    assert [balancer.pick(k) for k in keys] == before
