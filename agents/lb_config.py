@@ -161,7 +161,10 @@ def _unwrap(typed: any_pb2.Any, resource: str, field: str) -> tuple[str, any_pb2
         return inner, typed
     message = message_type()
     try:
-        json_format.ParseDict(json_format.MessageToDict(wrapper.value), message)
+        # Fields a newer control plane may add are ignored, not NACKed.
+        json_format.ParseDict(
+            json_format.MessageToDict(wrapper.value), message, ignore_unknown_fields=True
+        )
     except json_format.ParseError as exc:
         raise ConfigRejected(resource, f"{field}.typed_config.value", str(exc)) from exc
     packed = any_pb2.Any()

@@ -209,3 +209,22 @@ def test_bad_outlier_settings_are_rejected() -> None:
     cluster.outlier_detection.base_ejection_time.SetInParent()
     with pytest.raises(ConfigRejected, match="base_ejection_time: 0s is not a positive"):
         parse_outlier(cluster)
+
+
+def latency_struct(value: dict[str, object]) -> cluster_pb2.Cluster:
+    wrapper = typed_struct_pb2.TypedStruct(
+        type_url="type.googleapis.com/pilotfish.lb.v1.LatencyAware"
+    )
+    wrapper.value.update(value)
+    return typed("pilotfish.lb.latency_aware", wrapper)
+
+
+def test_the_latency_aware_typed_struct_ignores_new_fields_and_rejects_bad_values() -> None:
+    assert parse_lb(latency_struct({"decay": "0.5s", "future": 1})) == LbConfig(
+        kind="latency_aware", decay=0.5
+    )
+    with pytest.raises(ConfigRejected) as raised:
+        parse_lb(latency_struct({"decay": "soon"}))
+    assert str(raised.value).startswith(
+        "Cluster c: load_balancing_policy.policies[0].typed_config.value: "
+    )
