@@ -10,11 +10,11 @@ defaults.
 ``load_balancing_policy`` is an ordered list; like Envoy and gRPC, the agent
 takes the first policy it supports and skips the others, so the control plane
 can put Pilotfish's own latency-aware policy
-(``pilotfish.lb.v1.LatencyAware``, packed directly or in an
-``xds.type.v3.TypedStruct``) first and a policy every proxy knows second. A
-list with no supported policy, or a legacy ``lb_policy`` the agent does not
-implement, raises :class:`~agents.errors.ConfigRejected`, which NACKs the
-update.
+(``pilotfish.lb.v1.LatencyAware``, packed directly or in an ``xds.type.v3``
+or ``udpa.type.v1`` ``TypedStruct``) first and a policy every proxy knows
+second. A list with no supported policy, or a legacy ``lb_policy`` the agent
+does not implement, raises :class:`~agents.errors.ConfigRejected`, which
+NACKs the update.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
 from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format
+from udpa.type.v1 import typed_struct_pb2 as udpa_typed_struct_pb2
 from xds.type.v3 import typed_struct_pb2
 
 from agents.errors import ConfigRejected
@@ -151,9 +152,10 @@ def _typed_policy(cluster: cluster_pb2.Cluster, resource: str, panic: float) -> 
 def _unwrap(typed: any_pb2.Any, resource: str, field: str) -> tuple[str, any_pb2.Any]:
     """The type name of ``typed``, looking inside a TypedStruct, and an Any of the config."""
     type_name = typed.type_url.rpartition("/")[2]
-    if type_name != typed_struct_pb2.TypedStruct.DESCRIPTOR.full_name:
+    struct_type = _TYPED_STRUCTS.get(type_name)
+    if struct_type is None:
         return type_name, typed
-    wrapper = typed_struct_pb2.TypedStruct()
+    wrapper = struct_type()
     typed.Unpack(wrapper)
     inner = wrapper.type_url.rpartition("/")[2]
     message_type = _MESSAGES.get(inner)
@@ -329,6 +331,13 @@ _TYPED = {
     ring_hash_pb2.RingHash.DESCRIPTOR.full_name: _ring_hash_typed,
     maglev_pb2.Maglev.DESCRIPTOR.full_name: _maglev_typed,
     LATENCY_AWARE_TYPE: _latency_aware,
+}
+
+_TYPED_STRUCTS: dict[
+    str, type[typed_struct_pb2.TypedStruct] | type[udpa_typed_struct_pb2.TypedStruct]
+] = {
+    typed_struct_pb2.TypedStruct.DESCRIPTOR.full_name: typed_struct_pb2.TypedStruct,
+    udpa_typed_struct_pb2.TypedStruct.DESCRIPTOR.full_name: udpa_typed_struct_pb2.TypedStruct,
 }
 
 _MESSAGES = {

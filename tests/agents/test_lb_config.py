@@ -15,6 +15,7 @@ from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
 from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from google.protobuf import duration_pb2, message
+from udpa.type.v1 import typed_struct_pb2 as udpa_typed_struct_pb2
 from xds.type.v3 import typed_struct_pb2
 
 from agents.errors import ConfigRejected
@@ -228,3 +229,11 @@ def test_the_latency_aware_typed_struct_ignores_new_fields_and_rejects_bad_value
     assert str(raised.value).startswith(
         "Cluster c: load_balancing_policy.policies[0].typed_config.value: "
     )
+
+
+def test_the_legacy_udpa_typed_struct_is_understood_too() -> None:
+    wrapper = udpa_typed_struct_pb2.TypedStruct(
+        type_url="type.googleapis.com/pilotfish.lb.v1.LatencyAware"
+    )
+    wrapper.value.update({"decay": "7s"})
+    assert parse_lb(typed("la", wrapper)) == LbConfig(kind="latency_aware", decay=7.0)
