@@ -20,6 +20,8 @@ from xds.type.v3 import typed_struct_pb2
 
 from agents.errors import ConfigRejected
 from agents.lb_config import LbConfig, OutlierConfig, parse_lb, parse_outlier
+from controlplane.config.build import build_mesh
+from controlplane.config.document import read_text
 from controlplane.model import (
     ConsistentHash,
     DestinationPolicy,
@@ -29,6 +31,7 @@ from controlplane.model import (
     OutlierDetection,
     TrafficPolicy,
 )
+from controlplane.translate import CLUSTER_TYPE, ProxyClass, translate
 from controlplane.translate.clusters import build_clusters
 from pilotfish.lb.v1 import latency_aware_pb2
 from tests.translate.support import REVIEWS, http_service, mesh_of
@@ -237,3 +240,43 @@ def test_the_legacy_udpa_typed_struct_is_understood_too() -> None:
     )
     wrapper.value.update({"decay": "7s"})
     assert parse_lb(typed("la", wrapper)) == LbConfig(kind="latency_aware", decay=7.0)
+
+
+HELLO_YAML = """\
+apiVersion: v1
+kind: Service
+metadata: {name: hello, namespace: default}
+spec:
+  selector: {app: hello}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: hello-1, namespace: default}
+spec: {address: 10.0.0.1, labels: {app: hello}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: hello
+  namespace: default
+  annotations: {pilotfish.io/load-balancer: latency-aware, pilotfish.io/latency-decay: 3s}
+spec:
+  host: hello
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, maxEjectionPercent: 50}
+"""
+
+
+def test_the_annotation_in_yaml_reaches_the_agent_as_a_latency_aware_balancer() -> None:
+    result = read_text("hello.yaml", HELLO_YAML)
+    assert result.findings == ()
+    built = build_mesh(result.resources)
+    assert built.ok
+    (cluster,) = [
+        c
+        for c in translate(built.mesh, ProxyClass())[CLUSTER_TYPE]
+        if c.name == "outbound|8080||hello.default.svc.cluster.local"
+    ]
+    assert parse_lb(cluster) == LbConfig(kind="latency_aware", decay=3.0)
+    assert parse_outlier(cluster) == OutlierConfig(consecutive_5xx=2, max_ejection_percent=50)
