@@ -86,6 +86,10 @@ class HashPolicy:
     name: str = ""
     """Header (lower-case), cookie or query parameter name; empty for ``source_ip``."""
     terminal: bool = False
+    cookie_ttl: float | None = None
+    """Cookie only: when set and the request has no such cookie, Envoy makes one up and sets
+    it on the response with this max-age (0: a session cookie), so the client sticks."""
+    cookie_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
