@@ -144,7 +144,7 @@ class HeaderTest:
             if not self.missing_as_empty:
                 return False
             value = ""
-        return self.test(value) != self.invert
+        return bool(self.test(value)) != self.invert
 
 
 def header_test(matcher: Any, resource: str, field: str) -> HeaderTest:
@@ -199,7 +199,7 @@ class QueryTest:
         value = params.get(self.name)
         if value is None:
             return False
-        return self.test is None or self.test(value)
+        return self.test is None or bool(self.test(value))
 
 
 def query_test(matcher: Any, resource: str, field: str) -> QueryTest:
