@@ -245,9 +245,10 @@ def build_table(
     builder = _Builder(lb or default_lb_hooks(), previous)
     clusters = builder.clusters(resources.get(CLUSTER, {}), resources.get(ENDPOINT, {}))
     route_configs = resources.get(ROUTE, {})
-    for name in sorted(route_configs):
-        builder.route_config(route_configs[name], _Settings())
     listeners, routers = builder.listeners(resources.get(LISTENER, {}), route_configs)
+    for name in sorted(route_configs):
+        # Ones no listener uses yet are checked too, so what would be refused later is now.
+        builder.route_config(route_configs[name], _Settings())
     version = ",".join(
         f"{url.rsplit('.', 1)[-1]}={versions[url]}"
         for url in (LISTENER, ROUTE, CLUSTER, ENDPOINT)
@@ -306,8 +307,9 @@ class _Builder:
         self.pending: list[str] = []
         self.cluster_names: frozenset[str] = frozenset()
         self.compiled: dict[tuple[str, _Settings], Router] = {}
+        self.reported: set[str] = set()
         self.quiet = False
-        """Set while a route configuration is compiled again for a listener's settings."""
+        """Set while a route configuration is compiled again for other listener settings."""
 
     def ignore(self, resource: str, field: str, why: str) -> None:
         if not self.quiet:
@@ -717,7 +719,8 @@ class _Builder:
         for refused in ("vhds", "cluster_specifier_plugins"):
             if config.HasField(refused) if refused == "vhds" else len(getattr(config, refused)):
                 raise ConfigRejected(resource, refused, "not supported")
-        self.quiet = settings != _Settings()
+        self.quiet = key[0] in self.reported
+        self.reported.add(key[0])
         try:
             return self._compile(config, settings, resource, key)
         finally:
