@@ -83,7 +83,7 @@ def string_test(matcher: Any, resource: str, field: str) -> StringTest:
     kind = matcher.WhichOneof("match_pattern")
     fold = bool(matcher.ignore_case)
     if kind == "safe_regex":
-        return compile_regex(matcher.safe_regex.regex, resource, f"{field}.safe_regex").fullmatch  # type: ignore[return-value]
+        return _regex_test(compile_regex(matcher.safe_regex.regex, resource, f"{field}.safe_regex"))
     if kind not in ("exact", "prefix", "suffix", "contains"):
         raise ConfigRejected(resource, field, f"string matcher {kind or 'unset'} is not supported")
     return _literal_test(kind, str(getattr(matcher, kind)), fold)
@@ -108,74 +108,94 @@ def _literal_test(kind: str, value: str, fold: bool) -> StringTest:
     return lambda s: value in s
 
 
-_PSEUDO = {":method": 1, ":authority": 2, ":path": 3, ":scheme": 4}
+HeaderCheck = Callable[[Mapping[str, str], str, str, str, str], bool]
+"""``(headers, method, host, path, query) -> matched``."""
+
+_PSEUDO = frozenset({":method", ":authority", ":path", ":scheme"})
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderTest:
-    """One ``HeaderMatcher``: ``source`` 0 reads ``headers[name]``, else a pseudo-header."""
-
-    name: str
-    source: int
-    test: StringTest | None
-    """None: a presence test."""
-    present: bool = True
-    invert: bool = False
-    missing_as_empty: bool = False
-
-    def matches(
-        self, headers: Mapping[str, str], method: str, host: str, path: str, query: str
-    ) -> bool:
-        source = self.source
-        value: str | None
-        if source == 0:
-            value = headers.get(self.name)
-        elif source == 1:
-            value = method
-        elif source == 2:
-            value = host
-        elif source == 3:
-            value = f"{path}?{query}" if query else path
-        else:
-            value = headers.get(":scheme", "http")
-        if self.test is None:
-            return ((value is not None) == self.present) != self.invert
-        if value is None:
-            if not self.missing_as_empty:
-                return False
-            value = ""
-        return bool(self.test(value)) != self.invert
-
-
-def header_test(matcher: Any, resource: str, field: str) -> HeaderTest:
+def header_test(matcher: Any, resource: str, field: str) -> HeaderCheck:
+    """A check for one Envoy ``HeaderMatcher``, specialised for its kind at build time."""
     name = str(matcher.name).lower()
     kind = matcher.WhichOneof("header_match_specifier")
-    test: StringTest | None
-    present = True
+    invert = bool(matcher.invert_match)
+    test: StringTest
+    if kind == "present_match" or kind is None:
+        # Envoy: no specifier means "present".
+        present = kind is None or bool(matcher.present_match)
+        return _presence_check(name, present != invert)
     if kind == "string_match":
         test = string_test(matcher.string_match, resource, f"{field}.string_match")
-    elif kind == "present_match":
-        test, present = None, bool(matcher.present_match)
-    elif kind is None:
-        # Envoy: no specifier means "present".
-        test = None
     elif kind == "safe_regex_match":
         pattern = compile_regex(matcher.safe_regex_match.regex, resource, f"{field}.{kind}")
-        test = pattern.fullmatch  # type: ignore[assignment]
+        test = _regex_test(pattern)
     elif kind == "range_match":
-        start, end = int(matcher.range_match.start), int(matcher.range_match.end)
-        test = _range_test(start, end)
+        test = _range_test(int(matcher.range_match.start), int(matcher.range_match.end))
     else:
         literal = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix"}
         test = _literal_test(literal.get(kind, "contains"), str(getattr(matcher, kind)), False)
-    return HeaderTest(
-        name=name,
-        source=_PSEUDO.get(name, 0),
-        test=test,
-        present=present,
-        invert=bool(matcher.invert_match),
-        missing_as_empty=bool(matcher.treat_missing_header_as_empty),
-    )
+    missing = "" if matcher.treat_missing_header_as_empty else None
+    if name in _PSEUDO:
+        return _pseudo_check(name, test, invert)
+    if not invert and missing is None:
+
+        def check(
+            headers: Mapping[str, str], method: str, host: str, path: str, query: str
+        ) -> bool:
+            value = headers.get(name)
+            return value is not None and bool(test(value))
+
+        return check
+
+    def inverted(headers: Mapping[str, str], method: str, host: str, path: str, query: str) -> bool:
+        value = headers.get(name, missing)
+        return value is not None and bool(test(value)) != invert
+
+    return inverted
+
+
+def _presence_check(name: str, wanted: bool) -> HeaderCheck:
+    if name in _PSEUDO:
+        # Pseudo-headers are always there (:scheme defaults to http).
+        return lambda headers, method, host, path, query: wanted
+
+    def check(headers: Mapping[str, str], method: str, host: str, path: str, query: str) -> bool:
+        return (name in headers) == wanted
+
+    return check
+
+
+def _pseudo_check(name: str, test: StringTest, invert: bool) -> HeaderCheck:
+    def check(headers: Mapping[str, str], method: str, host: str, path: str, query: str) -> bool:
+        if name == ":method":
+            value = method
+        elif name == ":authority":
+            value = host
+        elif name == ":path":
+            value = f"{path}?{query}" if query else path
+        else:
+            value = headers.get(":scheme", "http")
+        return bool(test(value)) != invert
+
+    return check
+
+
+def _regex_test(pattern: re.Pattern[str]) -> StringTest:
+    match = pattern.fullmatch
+    return lambda value: match(value) is not None
+
+
+def all_of(checks: tuple[HeaderCheck, ...]) -> HeaderCheck | None:
+    """One check for all of ``checks`` (None when there are none)."""
+    if not checks:
+        return None
+    if len(checks) == 1:
+        return checks[0]
+
+    def check(headers: Mapping[str, str], method: str, host: str, path: str, query: str) -> bool:
+        return all(one(headers, method, host, path, query) for one in checks)
+
+    return check
 
 
 def _range_test(start: int, end: int) -> StringTest:
@@ -199,7 +219,7 @@ class QueryTest:
         value = params.get(self.name)
         if value is None:
             return False
-        return self.test is None or bool(self.test(value))
+        return self.test is None or self.test(value)
 
 
 def query_test(matcher: Any, resource: str, field: str) -> QueryTest:
@@ -226,8 +246,7 @@ def path_test(match: Any, resource: str, field: str) -> StringTest | None:
     kind = match.WhichOneof("path_specifier")
     sensitive = not match.HasField("case_sensitive") or bool(match.case_sensitive.value)
     if kind == "safe_regex":
-        pattern = compile_regex(match.safe_regex.regex, resource, f"{field}.safe_regex")
-        return pattern.fullmatch  # type: ignore[return-value]
+        return _regex_test(compile_regex(match.safe_regex.regex, resource, f"{field}.safe_regex"))
     if kind == "prefix":
         value = str(match.prefix)
         if value in ("", "/"):
@@ -249,7 +268,7 @@ class RouteMatcher(Generic[T]):
     """One compiled route: its tests, in Envoy's order, and what it leads to."""
 
     path: StringTest | None
-    headers: tuple[HeaderTest, ...]
+    headers: HeaderCheck | None
     query: tuple[QueryTest, ...]
     fraction: float | None
     """Share of matching requests (0 to 1) that take this route; None: all."""
@@ -270,9 +289,7 @@ def select(
     for route in routes:
         if route.path is not None and not route.path(path):
             continue
-        if route.headers and not all(
-            h.matches(headers, method, host, path, query) for h in route.headers
-        ):
+        if route.headers is not None and not route.headers(headers, method, host, path, query):
             continue
         if route.query:
             if params is None:

@@ -73,6 +73,7 @@ from agents.errors import ConfigRejected
 from agents.matching import (
     HostIndex,
     RouteMatcher,
+    all_of,
     compile_regex,
     header_test,
     host_index,
@@ -793,9 +794,11 @@ class _Builder:
             if len(getattr(match, refused)):
                 raise ConfigRejected(resource, f"{where}.match.{refused}", "not supported")
         path = path_test(match, resource, f"{where}.match")
-        headers = tuple(
-            header_test(h, resource, f"{where}.match.headers[{i}]")
-            for i, h in enumerate(match.headers)
+        headers = all_of(
+            tuple(
+                header_test(h, resource, f"{where}.match.headers[{i}]")
+                for i, h in enumerate(match.headers)
+            )
         )
         query = tuple(
             query_test(q, resource, f"{where}.match.query_parameters[{i}]")
