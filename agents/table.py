@@ -287,6 +287,15 @@ class _Scope:
     response_levels: tuple[Message, ...]
 
 
+def _refuse(message: Message, names: Iterable[str], resource: str, where: str) -> None:
+    """Reject ``message`` if any of the fields ``names`` is set."""
+    refused = frozenset(names)
+    for descriptor, _ in message.ListFields():
+        if descriptor.name in refused:
+            field = f"{where}.{descriptor.name}" if where else str(descriptor.name)
+            raise ConfigRejected(resource, field, "not supported")
+
+
 def _seconds(duration: Message) -> float:
     return float(duration.seconds) + float(duration.nanos) / 1e9
 
@@ -339,13 +348,12 @@ class _Builder:
     def cluster(self, cluster: Message, assignments: Mapping[str, Message]) -> ClusterEntry:
         name = str(cluster.name)
         resource = f"Cluster {name}"
-        for refused in ("transport_socket", "transport_socket_matches", "cluster_type", "filters"):
-            if (
-                cluster.HasField(refused)
-                if refused in ("transport_socket", "cluster_type")
-                else len(getattr(cluster, refused))
-            ):
-                raise ConfigRejected(resource, refused, "not supported")
+        _refuse(
+            cluster,
+            ("transport_socket", "transport_socket_matches", "cluster_type", "filters"),
+            resource,
+            "",
+        )
         kind = _CLUSTER_KINDS.get(int(cluster.type), "static")
         lb_source = cluster
         endpoints: tuple[Endpoint, ...] = ()
@@ -516,9 +524,9 @@ class _Builder:
     ) -> tuple[ListenerEntry, Router | None]:
         name = str(listener.name)
         resource = f"Listener {name}"
-        for refused in ("api_listener", "udp_listener_config", "internal_listener"):
-            if listener.HasField(refused):
-                raise ConfigRejected(resource, refused, "not supported")
+        _refuse(
+            listener, ("api_listener", "udp_listener_config", "internal_listener"), resource, ""
+        )
         address = listener.address
         if not address.HasField("socket_address") or address.socket_address.HasField("named_port"):
             raise ConfigRejected(resource, "address", "only socket addresses with a port")
@@ -610,7 +618,9 @@ class _Builder:
         router: Router | None
         if manager.HasField("route_config"):
             config_name = str(manager.route_config.name)
-            router = self.route_config(manager.route_config, settings)
+            router = self.route_config(
+                manager.route_config, settings, f"{resource} {where}.route_config"
+            )
         elif manager.HasField("rds"):
             config_name = str(manager.rds.route_config_name)
             config = route_configs.get(config_name)
@@ -659,9 +669,7 @@ class _Builder:
         return _Settings(fault_name, default_fault)
 
     def tcp_proxy(self, proxy: Message, resource: str, where: str) -> Forward:
-        for refused in ("tunneling_config", "on_demand", "metadata_match"):
-            if proxy.HasField(refused):
-                raise ConfigRejected(resource, f"{where}.{refused}", "not supported")
+        _refuse(proxy, ("tunneling_config", "on_demand", "metadata_match"), resource, where)
         self.extra_fields(
             proxy,
             ("stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "access_log"),
@@ -711,15 +719,16 @@ class _Builder:
 
     # Route configurations
 
-    def route_config(self, config: Message, settings: _Settings) -> Router:
-        key = (str(config.name), settings)
+    def route_config(
+        self, config: Message, settings: _Settings, resource: str | None = None
+    ) -> Router:
+        """The router of ``config``; ``resource`` names an inline one (by its listener)."""
+        resource = resource or f"RouteConfiguration {config.name}"
+        key = (resource, settings)
         compiled = self.compiled.get(key)
         if compiled is not None:
             return compiled
-        resource = f"RouteConfiguration {config.name}"
-        for refused in ("vhds", "cluster_specifier_plugins"):
-            if config.HasField(refused) if refused == "vhds" else len(getattr(config, refused)):
-                raise ConfigRejected(resource, refused, "not supported")
+        _refuse(config, ("vhds", "cluster_specifier_plugins"), resource, "")
         self.quiet = key[0] in self.reported
         self.reported.add(key[0])
         try:
@@ -787,12 +796,18 @@ class _Builder:
     def route(self, route: Message, scope: _Scope, where: str) -> RouteMatcher[Action]:
         resource = scope.resource
         match = route.match
-        for refused in ("connect_matcher", "path_match_policy", "tls_context"):
-            if match.HasField(refused):
-                raise ConfigRejected(resource, f"{where}.match.{refused}", "not supported")
-        for refused in ("dynamic_metadata", "filter_state"):
-            if len(getattr(match, refused)):
-                raise ConfigRejected(resource, f"{where}.match.{refused}", "not supported")
+        _refuse(
+            match,
+            (
+                "connect_matcher",
+                "path_match_policy",
+                "tls_context",
+                "dynamic_metadata",
+                "filter_state",
+            ),
+            resource,
+            f"{where}.match",
+        )
         path = path_test(match, resource, f"{where}.match")
         headers = all_of(
             tuple(
@@ -858,18 +873,21 @@ class _Builder:
         resource = scope.resource
         action = route.route
         field = f"{where}.route"
-        for refused in (
-            "cluster_header",
-            "cluster_specifier_plugin",
-            "inline_cluster_specifier_plugin",
-            "metadata_match",
-            "path_rewrite_policy",
-            "auto_host_rewrite",
-            "host_rewrite_header",
-            "host_rewrite_path_regex",
-        ):
-            if action.HasField(refused):
-                raise ConfigRejected(resource, f"{field}.{refused}", "not supported")
+        _refuse(
+            action,
+            (
+                "cluster_header",
+                "cluster_specifier_plugin",
+                "inline_cluster_specifier_plugin",
+                "metadata_match",
+                "path_rewrite_policy",
+                "auto_host_rewrite",
+                "host_rewrite_header",
+                "host_rewrite_path_regex",
+            ),
+            resource,
+            field,
+        )
         self.extra_fields(
             action,
             (
@@ -944,25 +962,13 @@ class _Builder:
     ) -> tuple[WeightedCluster, ...]:
         if action.HasField("weighted_clusters"):
             weighted = action.weighted_clusters
-            for refused in ("header_name", "use_hash_policy"):
-                if (
-                    weighted.HasField(refused)
-                    if refused == "use_hash_policy"
-                    else getattr(weighted, refused)
-                ):
-                    raise ConfigRejected(
-                        resource, f"{field}.weighted_clusters.{refused}", "not supported"
-                    )
+            _refuse(
+                weighted, ("header_name", "use_hash_policy"), resource, f"{field}.weighted_clusters"
+            )
             result = []
             for index, weight in enumerate(weighted.clusters):
                 where = f"{field}.weighted_clusters.clusters[{index}]"
-                for refused in ("cluster_header", "metadata_match"):
-                    if (
-                        getattr(weight, refused)
-                        if refused == "cluster_header"
-                        else weight.HasField(refused)
-                    ):
-                        raise ConfigRejected(resource, f"{where}.{refused}", "not supported")
+                _refuse(weight, ("cluster_header", "metadata_match"), resource, where)
                 if weight.host_rewrite_literal:
                     self.ignore(resource, f"{where}.host_rewrite_literal", "not supported, ignored")
                 if len(weight.typed_per_filter_config):
@@ -1150,11 +1156,7 @@ class _Builder:
         return scope.settings.default_fault
 
     def fault(self, config: Message, resource: str, where: str) -> Fault | None:
-        for refused in ("headers", "downstream_nodes"):
-            if len(getattr(config, refused)):
-                raise ConfigRejected(resource, f"{where}.{refused}", "not supported")
-        if config.upstream_cluster:
-            raise ConfigRejected(resource, f"{where}.upstream_cluster", "not supported")
+        _refuse(config, ("headers", "downstream_nodes", "upstream_cluster"), resource, where)
         self.extra_fields(
             config,
             (

@@ -43,12 +43,13 @@ FILTERS = f"""
 
 
 def listener(manager: str = "", filters: str = FILTERS) -> Any:
+    rds = "" if "route_config {" in manager else 'rds { route_config_name: "rc" }'
     text = f"""
     name: "l" address {{ socket_address {{ address: "127.0.0.1" port_value: 8000 }} }}
     filter_chains {{ filters {{
       name: "envoy.filters.network.http_connection_manager"
       typed_config {{ [{HCM}] {{
-        stat_prefix: "l" rds {{ route_config_name: "rc" }} {filters} {manager}
+        stat_prefix: "l" {rds} {filters} {manager}
       }} }}
     }} }}
     """
@@ -516,4 +517,21 @@ def test_endpoint_weights_localities_priorities_and_health_are_kept() -> None:
     assert table.clusters["a"].endpoints == (
         Endpoint("10.0.0.9", 80, 3, zone, 7, 1, healthy=False),
         Endpoint("10.0.0.8", 80, 1, zone, 7, 1, healthy=True),
+    )
+
+
+def test_an_inline_route_configuration_routes_and_is_named_by_its_listener_when_wrong() -> None:
+    inline = (
+        'route_config { name: "inline" virtual_hosts { name: "v" domains: "*"'
+        f' routes {{ match {{ prefix: "/" }} {TO_B} }} }} }}'
+    )
+    given = resources(f'routes {{ match {{ prefix: "/" }} {TO_A} }}')
+    given[LISTENER]["l"] = listener(inline)
+    table = table_of(given)
+    assert table.listeners[0].route_config == "inline"
+    assert name_of(route(table)) == "b"
+    given[LISTENER]["l"] = listener(inline.replace('cluster: "b"', 'cluster: "nope"'))
+    assert rejected(given) == (
+        "Listener l filter_chains[0].filters[0].typed_config.route_config:"
+        " virtual_hosts[v].routes[0].route.cluster: unknown cluster 'nope'"
     )
