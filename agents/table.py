@@ -192,10 +192,24 @@ class ClusterEntry:
     """How long a pooled upstream connection may sit unused (None: forever)."""
     max_requests_per_connection: int | None = None
     fingerprint: bytes = field(default=b"", repr=False, compare=False)
-    """The cluster resource and its endpoints, to tell an unchanged cluster at the next build."""
+    """The cluster and assignment resources, to tell an unchanged cluster at the next build."""
+    ignored: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    pending: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    """This cluster's share of the table's ``ignored`` and ``pending``."""
 
 
 Router = HostIndex[tuple[RouteMatcher[Action], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A compiled route configuration, kept for the next build to reuse while unchanged."""
+
+    fingerprint: bytes
+    router: Router
+    clusters: frozenset[str]
+    """Every cluster its routes name: all must still exist for it to be reused."""
+    ignored: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +223,9 @@ class ForwardingTable:
     """What is referenced but not received yet."""
     routers: Mapping[str, Router] = field(repr=False)
     """Per HTTP listener name."""
+    compiled: Mapping[tuple[str, Any], _Compiled] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def route(
         self,
@@ -262,6 +279,7 @@ def build_table(
         ignored=tuple(builder.ignored),
         pending=tuple(builder.pending),
         routers=MappingProxyType(routers),
+        compiled=MappingProxyType(builder.compiled),
     )
 
 
@@ -305,8 +323,10 @@ def _percent(fraction: Message) -> float:
     return min(100.0, 100.0 * float(fraction.numerator) / denominator)
 
 
-def _fingerprint(cluster: Message, endpoints: tuple[Endpoint, ...]) -> bytes:
-    return bytes(cluster.SerializeToString(deterministic=True)) + repr(endpoints).encode()
+def _fingerprint(*messages: Message | None) -> bytes:
+    return b"\0".join(
+        b"" if m is None else bytes(m.SerializeToString(deterministic=True)) for m in messages
+    )
 
 
 class _Builder:
@@ -316,14 +336,19 @@ class _Builder:
         self.ignored: list[str] = []
         self.pending: list[str] = []
         self.cluster_names: frozenset[str] = frozenset()
-        self.compiled: dict[tuple[str, _Settings], Router] = {}
+        self.compiled: dict[tuple[str, Any], _Compiled] = {}
         self.reported: set[str] = set()
         self.quiet = False
         """Set while a route configuration is compiled again for other listener settings."""
+        self.noted: list[str] = []
+        """Every ignore, quiet or not, so that a compiled unit can keep its own."""
+        self.referenced: set[str] = set()
 
     def ignore(self, resource: str, field: str, why: str) -> None:
+        line = f"{resource}: {field}: {why}"
+        self.noted.append(line)
         if not self.quiet:
-            self.ignored.append(f"{resource}: {field}: {why}")
+            self.ignored.append(line)
 
     def extra_fields(
         self, message: Message, handled: Iterable[str], resource: str, where: str
@@ -355,11 +380,18 @@ class _Builder:
             "",
         )
         kind = _CLUSTER_KINDS.get(int(cluster.type), "static")
+        service = str(cluster.eds_cluster_config.service_name) or name
+        assignment = assignments.get(service) if kind == "eds" else None
+        fingerprint = _fingerprint(cluster, assignment)
+        old = self.previous.clusters.get(name) if self.previous is not None else None
+        if old is not None and old.fingerprint == fingerprint:
+            self.ignored.extend(old.ignored)
+            self.pending.extend(old.pending)
+            return old
+        ignored, pending = len(self.ignored), len(self.pending)
         lb_source = cluster
         endpoints: tuple[Endpoint, ...] = ()
         if kind == "eds":
-            service = str(cluster.eds_cluster_config.service_name) or name
-            assignment = assignments.get(service)
             if assignment is None:
                 self.pending.append(f"{resource}: ClusterLoadAssignment {service}")
             else:
@@ -401,10 +433,6 @@ class _Builder:
             resource,
             "",
         )
-        fingerprint = _fingerprint(cluster, endpoints)
-        old = self.previous.clusters.get(name) if self.previous is not None else None
-        if old is not None and old.fingerprint == fingerprint:
-            return old
         lb = self.lb.parse_lb(lb_source)
         outlier = self.lb.parse_outlier(cluster)
         balancer = self.lb.make_balancer(
@@ -425,6 +453,8 @@ class _Builder:
             idle_timeout=idle,
             max_requests_per_connection=per_connection,
             fingerprint=fingerprint,
+            ignored=tuple(self.ignored[ignored:]),
+            pending=tuple(self.pending[pending:]),
         )
 
     def circuit_breakers(self, cluster: Message, resource: str) -> tuple[int, int, int, int]:
@@ -703,6 +733,7 @@ class _Builder:
     def check_cluster(self, name: str, resource: str, field: str) -> None:
         if name not in self.cluster_names:
             raise ConfigRejected(resource, field, f"unknown cluster {name!r}")
+        self.referenced.add(name)
 
     @staticmethod
     def cumulative(
@@ -725,20 +756,36 @@ class _Builder:
         """The router of ``config``; ``resource`` names an inline one (by its listener)."""
         resource = resource or f"RouteConfiguration {config.name}"
         key = (resource, settings)
-        compiled = self.compiled.get(key)
-        if compiled is not None:
-            return compiled
+        done = self.compiled.get(key)
+        if done is not None:
+            return done.router
         _refuse(config, ("vhds", "cluster_specifier_plugins"), resource, "")
-        self.quiet = key[0] in self.reported
-        self.reported.add(key[0])
+        self.quiet = resource in self.reported
+        self.reported.add(resource)
         try:
-            return self._compile(config, settings, resource, key)
+            fingerprint = _fingerprint(config)
+            old = self.previous.compiled.get(key) if self.previous is not None else None
+            if (
+                old is not None
+                and old.fingerprint == fingerprint
+                and old.clusters <= self.cluster_names
+            ):
+                done = old
+                if not self.quiet:
+                    self.ignored.extend(old.ignored)
+            else:
+                noted = len(self.noted)
+                self.referenced = set()
+                router = self._compile(config, settings, resource)
+                done = _Compiled(
+                    fingerprint, router, frozenset(self.referenced), tuple(self.noted[noted:])
+                )
+            self.compiled[key] = done
+            return done.router
         finally:
             self.quiet = False
 
-    def _compile(
-        self, config: Message, settings: _Settings, resource: str, key: tuple[str, _Settings]
-    ) -> Router:
+    def _compile(self, config: Message, settings: _Settings, resource: str) -> Router:
         self.extra_fields(
             config,
             (
@@ -790,7 +837,6 @@ class _Builder:
         index = host_index(hosts, resource)
         if settings.strip_port or config.ignore_port_in_host_matching:
             index = _PortStripping(index.exact, index.suffixes, index.prefixes, index.default)
-        self.compiled[key] = index
         return index
 
     def route(self, route: Message, scope: _Scope, where: str) -> RouteMatcher[Action]:

@@ -535,3 +535,40 @@ def test_an_inline_route_configuration_routes_and_is_named_by_its_listener_when_
         "Listener l filter_chains[0].filters[0].typed_config.route_config:"
         " virtual_hosts[v].routes[0].route.cluster: unknown cluster 'nope'"
     )
+
+
+def test_an_unchanged_route_configuration_is_reused_with_its_ignored_lines() -> None:
+    routes = (
+        f'routes {{ match {{ prefix: "/" }} {TO_A} per_request_buffer_limit_bytes {{ value: 1 }} }}'
+    )
+    first = table_of(resources(routes))
+    second = table_of(resources(routes), previous=first)
+    assert second.routers["l"] is first.routers["l"]
+    assert (
+        second.ignored
+        == first.ignored
+        == (
+            "RouteConfiguration rc: virtual_hosts[v].routes[0].per_request_buffer_limit_bytes:"
+            " not supported, ignored",
+        )
+    )
+
+
+def test_a_reused_route_configuration_still_needs_its_clusters() -> None:
+    routes = f'routes {{ match {{ prefix: "/" }} {TO_A} }}'
+    first = table_of(resources(routes))
+    gone = resources(routes)
+    del gone[CLUSTER]["a"]
+    with pytest.raises(ConfigRejected, match=r"routes\[0\]\.route\.cluster: unknown cluster 'a'"):
+        table_of(gone, previous=first)
+
+
+def test_a_reused_cluster_keeps_its_pending_and_ignored_lines() -> None:
+    given = resources(f'routes {{ match {{ prefix: "/" }} {TO_A} }}')
+    given[CLUSTER]["b"] = cluster("b", "health_checks { timeout { seconds: 1 } }")
+    del given[ENDPOINT]["b"]
+    first = table_of(given)
+    second = table_of(given, previous=first)
+    assert second.clusters["b"] is first.clusters["b"]
+    assert second.pending == first.pending == ("Cluster b: ClusterLoadAssignment b",)
+    assert second.ignored == first.ignored == ("Cluster b: health_checks: not supported, ignored",)
