@@ -29,9 +29,12 @@ fetches by RDS, the assignment of an EDS cluster) is listed in
 until it arrives, as in Envoy.
 
 Balancers come from the load-balancing module through :class:`LbHooks`; a
-cluster whose resource and endpoints are unchanged since ``previous`` keeps
+cluster whose resource and assignment are unchanged since ``previous`` keeps
 its :class:`ClusterEntry`, balancer included, so outstanding-request counts,
-latency estimates and ejections survive an update that did not touch it.
+latency estimates and ejections survive an update that did not touch it. A
+route configuration unchanged since ``previous`` (same bytes, same listener
+settings, every cluster it names still there) keeps its compiled router, so
+an endpoint change costs the parse of one assignment, not of every route.
 """
 
 from __future__ import annotations
