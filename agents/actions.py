@@ -113,6 +113,10 @@ class Forward:
     """Upgrade protocols the route allows (lower-case, e.g. ``websocket``)."""
     request_headers: HeaderEdits = NO_EDITS
     response_headers: HeaderEdits = NO_EDITS
+    matched_prefix: str | None = None
+    """With ``prefix_rewrite``: the route's prefix (or exact path), which the rewrite
+    replaces: the path's first ``len(matched_prefix)`` characters (matched without
+    regard to case when the route ignores case)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,8 @@ class Redirect:
     path: str | None = None
     prefix_rewrite: str | None = None
     strip_query: bool = False
+    matched_prefix: str | None = None
+    """As :attr:`Forward.matched_prefix`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ import bisect
 import importlib
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
@@ -139,19 +139,31 @@ class Balancer(Protocol):
     def snapshot(self) -> list[dict[str, Any]]: ...
 
 
+class MakeBalancer(Protocol):
+    def __call__(
+        self,
+        lb: Any,
+        endpoints: tuple[Endpoint, ...],
+        outlier: Any,
+        previous: Any,
+        *,
+        cluster: str = "",
+    ) -> Balancer: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LbHooks:
     """The load-balancing module's entry points, passed in so each side is testable alone.
 
     ``parse_lb(cluster)`` and ``parse_outlier(cluster)`` read a ``Cluster``
     (raising :class:`ConfigRejected` on what they cannot apply);
-    ``make_balancer(lb, endpoints, outlier, previous)`` makes the balancer,
-    carrying per-endpoint state over from ``previous`` when given.
+    ``make_balancer(lb, endpoints, outlier, previous, cluster=name)`` makes the
+    balancer, carrying per-endpoint state over from ``previous`` when given.
     """
 
     parse_lb: Callable[[Message], Any]
     parse_outlier: Callable[[Message], Any]
-    make_balancer: Callable[[Any, tuple[Endpoint, ...], Any, Any], Balancer]
+    make_balancer: MakeBalancer
 
 
 def default_lb_hooks() -> LbHooks:
@@ -392,7 +404,6 @@ class _Builder:
             self.pending.extend(old.pending)
             return old
         ignored, pending = len(self.ignored), len(self.pending)
-        lb_source = cluster
         endpoints: tuple[Endpoint, ...] = ()
         if kind == "eds":
             if assignment is None:
@@ -405,9 +416,6 @@ class _Builder:
                 "type",
                 "ORIGINAL_DST: the agent sees no original destination; requests get 503",
             )
-            lb_source = type(cluster)()
-            lb_source.CopyFrom(cluster)
-            lb_source.ClearField("lb_policy")
         elif cluster.HasField("load_assignment"):
             endpoints = self.endpoints(cluster.load_assignment, resource + " load_assignment")
         connect_timeout = (
@@ -436,11 +444,10 @@ class _Builder:
             resource,
             "",
         )
-        lb = self.lb.parse_lb(lb_source)
+        lb = self.lb.parse_lb(cluster)
         outlier = self.lb.parse_outlier(cluster)
-        balancer = self.lb.make_balancer(
-            lb, endpoints, outlier, old.balancer if old is not None else None
-        )
+        previous = old.balancer if old is not None else None
+        balancer = self.lb.make_balancer(lb, endpoints, outlier, previous, cluster=name)
         return ClusterEntry(
             name=name,
             endpoints=endpoints,
@@ -899,7 +906,11 @@ class _Builder:
         kind = route.WhichOneof("action")
         response = self.header_edits((route, *scope.response_levels), "response", resource, where)
         if kind == "redirect":
-            return self.redirect(route.redirect, resource, f"{where}.redirect")
+            redirect = self.redirect(route.redirect, resource, f"{where}.redirect")
+            if redirect.prefix_rewrite is None:
+                return redirect
+            matched = self.matched_prefix(route.match, resource, f"{where}.redirect")
+            return replace(redirect, matched_prefix=matched)
         if kind == "direct_response":
             direct = route.direct_response
             body = b""
@@ -989,6 +1000,9 @@ class _Builder:
             idle_timeout=idle,
             retry=retry,
             prefix_rewrite=str(action.prefix_rewrite) if action.prefix_rewrite else None,
+            matched_prefix=(
+                self.matched_prefix(route.match, resource, field) if action.prefix_rewrite else None
+            ),
             regex_rewrite=regex_rewrite,
             host_rewrite=str(action.host_rewrite_literal) or None,
             hash_policies=tuple(
@@ -1240,6 +1254,18 @@ class _Builder:
         if delay is None and abort is None:
             return None
         return Fault(delay, abort)
+
+    @staticmethod
+    def matched_prefix(match: Message, resource: str, where: str) -> str:
+        """What a ``prefix_rewrite`` replaces: the route's prefix or path (Envoy's rule)."""
+        kind = match.WhichOneof("path_specifier")
+        if kind in ("prefix", "path", "path_separated_prefix"):
+            return str(getattr(match, kind))
+        raise ConfigRejected(
+            resource,
+            f"{where}.prefix_rewrite",
+            "needs a prefix, path or path_separated_prefix match",
+        )
 
     def redirect(self, redirect: Message, resource: str, where: str) -> Redirect:
         if redirect.HasField("regex_rewrite"):

@@ -64,8 +64,15 @@ class FakeLb:
         return cluster.outlier_detection if cluster.HasField("outlier_detection") else None
 
     def make_balancer(
-        self, lb: Any, endpoints: tuple[Endpoint, ...], outlier: Any, previous: Any
+        self,
+        lb: Any,
+        endpoints: tuple[Endpoint, ...],
+        outlier: Any,
+        previous: Any,
+        *,
+        cluster: str = "",
     ) -> FakeBalancer:
+        self.made.append(cluster)
         return FakeBalancer(lb, endpoints, previous)
 
     @property

@@ -174,6 +174,7 @@ def test_gateway_rewrites_the_reviews_prefix_and_defaults_to_productpage(
         timeout=None,
         retry=ISTIO_DEFAULT_RETRY,
         prefix_rewrite="/",
+        matched_prefix="/reviews",
     )
     assert isinstance(other, Forward)
     assert other.clusters == (WeightedCluster(PRODUCTPAGE),)

@@ -64,6 +64,7 @@ def test_the_api_route_splits_rewrites_retries_mirrors_and_hashes(table: Forward
             retriable_status_codes=frozenset({503}),
         ),
         prefix_rewrite="/",
+        matched_prefix="/api",
         host_rewrite="api.internal",
         hash_policies=(HashPolicy("cookie", "session", cookie_ttl=3600.0, cookie_path="/"),),
         mirrors=(Mirror(LEGACY, 25.0),),

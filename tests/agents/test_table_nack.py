@@ -20,6 +20,7 @@ from agents.actions import (
     HeaderEdits,
     HeaderValue,
     Mirror,
+    Redirect,
     RetryPolicy,
 )
 from agents.endpoints import Endpoint, Locality
@@ -572,3 +573,24 @@ def test_a_reused_cluster_keeps_its_pending_and_ignored_lines() -> None:
     assert second.clusters["b"] is first.clusters["b"]
     assert second.pending == first.pending == ("Cluster b: ClusterLoadAssignment b",)
     assert second.ignored == first.ignored == ("Cluster b: health_checks: not supported, ignored",)
+
+
+def test_a_prefix_rewrite_knows_the_prefix_it_replaces_and_needs_one() -> None:
+    table = table_of(
+        resources(
+            'routes { match { path: "/old" } redirect { prefix_rewrite: "/new" } }'
+            ' routes { match { prefix: "/v1" } route { cluster: "a" prefix_rewrite: "/v2" } }'
+        )
+    )
+    assert route(table, "/old") == Redirect(prefix_rewrite="/new", matched_prefix="/old")
+    assert route(table, "/v1/x").matched_prefix == "/v1"
+    text = rejected(
+        resources(
+            'routes { match { safe_regex { regex: "/r.*" } }'
+            ' route { cluster: "a" prefix_rewrite: "/" } }'
+        )
+    )
+    assert text == (
+        "RouteConfiguration rc: virtual_hosts[v].routes[0].route.prefix_rewrite:"
+        " needs a prefix, path or path_separated_prefix match"
+    )
