@@ -281,7 +281,8 @@ def build_table(
     listeners, routers = builder.listeners(resources.get(LISTENER, {}), route_configs)
     for name in sorted(route_configs):
         # Ones no listener uses yet are checked too, so what would be refused later is now.
-        builder.route_config(route_configs[name], _Settings())
+        if f"RouteConfiguration {name}" not in builder.reported:
+            builder.route_config(route_configs[name], _Settings())
     version = ",".join(
         f"{url.rsplit('.', 1)[-1]}={versions[url]}"
         for url in (LISTENER, ROUTE, CLUSTER, ENDPOINT)

@@ -594,3 +594,16 @@ def test_a_prefix_rewrite_knows_the_prefix_it_replaces_and_needs_one() -> None:
         "RouteConfiguration rc: virtual_hosts[v].routes[0].route.prefix_rewrite:"
         " needs a prefix, path or path_separated_prefix match"
     )
+
+
+def test_a_route_configuration_no_listener_uses_yet_is_checked_too() -> None:
+    given = resources(f'routes {{ match {{ prefix: "/" }} {TO_A} }}')
+    spare = text_format.Parse(
+        'name: "spare" virtual_hosts { name: "s" domains: "*"'
+        ' routes { match { prefix: "/" } route { cluster: "gone" } } }',
+        route_pb2.RouteConfiguration(),
+    )
+    given[ROUTE]["spare"] = spare
+    assert rejected(given) == (
+        "RouteConfiguration spare: virtual_hosts[s].routes[0].route.cluster: unknown cluster 'gone'"
+    )
