@@ -86,6 +86,10 @@ class HashPolicy:
     name: str = ""
     """Header (lower-case), cookie or query parameter name; empty for ``source_ip``."""
     terminal: bool = False
+    cookie_ttl: float | None = None
+    """Cookie only: when set and the request has no such cookie, Envoy makes one up and sets
+    it on the response with this max-age (0: a session cookie), so the client sticks."""
+    cookie_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,10 @@ class Forward:
     """Upgrade protocols the route allows (lower-case, e.g. ``websocket``)."""
     request_headers: HeaderEdits = NO_EDITS
     response_headers: HeaderEdits = NO_EDITS
+    matched_prefix: str | None = None
+    """With ``prefix_rewrite``: the route's prefix (or exact path), which the rewrite
+    replaces: the path's first ``len(matched_prefix)`` characters (matched without
+    regard to case when the route ignores case)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +128,8 @@ class Redirect:
     path: str | None = None
     prefix_rewrite: str | None = None
     strip_query: bool = False
+    matched_prefix: str | None = None
+    """As :attr:`Forward.matched_prefix`."""
 
 
 @dataclass(frozen=True, slots=True)
