@@ -280,6 +280,12 @@ class Server:
             "json",
             "--log-level",
             args.server_log_level,
+            # Every client process connects from 127.0.0.1, up to one connection per
+            # stream (--per-channel 1), and up to --per-channel streams per connection.
+            "--max-connections-per-peer",
+            "0",
+            "--max-streams-per-connection",
+            "0",
         ]
         env = dict(os.environ)
         if args.profile and not args.py_spy:

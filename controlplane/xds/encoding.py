@@ -49,6 +49,8 @@ class EncodedResponse:
         "message_type",
         "nonce",
         "removed",
+        "removed_names",
+        "sent",
         "type_url",
         "version",
     )
@@ -63,6 +65,8 @@ class EncodedResponse:
         nonce: str,
         count: int,
         removed: int = 0,
+        sent: Sequence[Resource] = (),
+        removed_names: Sequence[str] = (),
     ) -> None:
         self.message_type = message_type
         self.body = body
@@ -73,6 +77,10 @@ class EncodedResponse:
         """How many resources the response carries."""
         self.removed = removed
         """How many names it removes (delta)."""
+        self.sent = sent
+        """The resources it carries (shared, do not modify)."""
+        self.removed_names = removed_names
+        """The names it removes (delta)."""
         self._message: Any = None
 
     def SerializeToString(self, *, deterministic: bool = False) -> bytes:
@@ -162,6 +170,7 @@ def sotw_response(
         version=version,
         nonce=nonce,
         count=len(resources),
+        sent=resources,
     )
 
 
@@ -197,4 +206,6 @@ def delta_response(
         nonce=nonce,
         count=len(kept),
         removed=len(removed),
+        sent=kept,
+        removed_names=removed,
     )
