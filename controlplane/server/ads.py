@@ -306,6 +306,7 @@ class AggregatedDiscoveryService:
         self.cache = cache
         self.limits = limits or StreamLimits()
         self.admission = Admission(self.limits)
+        self._near_limit = self.limits.max_streams * 9 // 10 or -1
         self._refusals = Refusals()
         self._withheld: set[tuple[str | None, str, str]] = set()
         self._loop = loop or asyncio.get_running_loop()
@@ -470,6 +471,14 @@ class AggregatedDiscoveryService:
         """``None`` if ``stream`` may be served (it is then counted), else why not."""
         limit = self.admission.admit(stream.connection)
         if limit is None:
+            if self.admission.streams == self._near_limit and self._refusals.refused("near", ""):
+                # gRPC sheds calls beyond its queue, sized from max_streams, unseen
+                # by the server: this is the last warning it can give.
+                stream.log.warning(
+                    "xds_streams_near_limit",
+                    streams=self.admission.streams,
+                    limit=self.limits.max_streams,
+                )
             return None
         host = peer_host(stream.connection)
         if limit == "max_streams":

@@ -2,6 +2,7 @@
 and logs that clients cannot flood (see docs/limits.md)."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -259,7 +260,8 @@ async def test_streams_beyond_the_server_limit_are_refused_until_one_closes(serv
                 await call.write(request(CLUSTER))
                 await read(call)
             third = ads(channel)
-            await third.write(request(CLUSTER))
+            with contextlib.suppress(grpc.aio.AioRpcError):  # refused before it is read
+                await third.write(request(CLUSTER))
             error = await failure(third)
             calls[0].cancel()
             await eventually(lambda: server.ads.stream_count == 1)
@@ -270,6 +272,8 @@ async def test_streams_beyond_the_server_limit_are_refused_until_one_closes(serv
                 call.cancel()
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.details() == "the control plane holds its limit of 2 streams"
+    (near,) = events(logs, "xds_streams_near_limit")
+    assert (near["streams"], near["limit"]) == (1, 2)
     (refused,) = events(logs, "xds_stream_refused")
     assert (refused["limit"], refused["value"], refused["refused"]) == ("max_streams", 2, 1)
 
@@ -285,7 +289,8 @@ async def test_connections_beyond_the_per_peer_limit_are_refused_but_their_strea
                 await call.write(request(CLUSTER))
                 assert (await read(call)).type_url == CLUSTER
             refused = ads(three)
-            await refused.write(request(CLUSTER))
+            with contextlib.suppress(grpc.aio.AioRpcError):  # refused before it is read
+                await refused.write(request(CLUSTER))
             error = await failure(refused)
             for call in calls:
                 call.cancel()
