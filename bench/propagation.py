@@ -282,6 +282,12 @@ class Server:
             args.server_log_level,
             "--state-dir",
             str(work / f"state-{self.port}"),
+            # Every client process connects from 127.0.0.1, up to one connection per
+            # stream (--per-channel 1), and up to --per-channel streams per connection.
+            "--max-connections-per-peer",
+            "0",
+            "--max-streams-per-connection",
+            "0",
         ]
         env = dict(os.environ)
         if args.profile and not args.py_spy:

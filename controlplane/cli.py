@@ -183,6 +183,14 @@ def _serve(args: argparse.Namespace) -> int:
             max_message_bytes=args.max_message_bytes,
             max_connection_age=args.max_connection_age,
             max_connection_age_grace=args.max_connection_age_grace,
+            max_receive_message_bytes=args.max_receive_message_bytes,
+            max_streams=args.max_streams,
+            max_pending_calls=args.max_pending_calls,
+            max_pending_time=args.max_pending_time,
+            max_streams_per_connection=args.max_streams_per_connection,
+            max_connections_per_peer=args.max_connections_per_peer,
+            max_resource_names=args.max_resource_names,
+            max_ping_strikes=args.max_ping_strikes,
         ),
         proxy_class_grace=args.proxy_class_grace,
         max_proxy_classes=args.max_proxy_classes,
@@ -214,6 +222,16 @@ def _tell(line: str) -> None:
     """Print to stderr unless it cannot take the line (a full disk): serving goes on."""
     with contextlib.suppress(OSError, ValueError):
         print(line, file=sys.stderr, flush=True)
+
+
+def _whole(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 or more)")
+    return count
 
 
 def _port(text: str) -> int:
@@ -349,6 +367,55 @@ def build_parser() -> argparse.ArgumentParser:
         type=_share,
         default=0.5,
         help="share of the accepted resources one reload may withdraw at once (0.5)",
+    )
+    serve.add_argument(
+        "--max-receive-message-bytes",
+        type=_whole,
+        default=4 * 1024 * 1024,
+        help="largest request accepted from a proxy (4 MiB)",
+    )
+    serve.add_argument(
+        "--max-streams",
+        type=_whole,
+        default=100_000,
+        help="xDS streams served at once; more are refused (100000)",
+    )
+    serve.add_argument(
+        "--max-pending-calls",
+        type=_whole,
+        default=0,
+        help="calls gRPC queues before the server takes them; beyond twice this, "
+        "calls are shed (0: --max-streams)",
+    )
+    serve.add_argument(
+        "--max-pending-time",
+        type=_duration,
+        default=120.0,
+        help="longest a call waits in that queue before gRPC cancels it (120s)",
+    )
+    serve.add_argument(
+        "--max-streams-per-connection",
+        type=_whole,
+        default=1_000,
+        help="streams one HTTP/2 connection may hold; more wait (1000)",
+    )
+    serve.add_argument(
+        "--max-connections-per-peer",
+        type=_whole,
+        default=1_000,
+        help="connections one client address may hold; more are refused (1000; 0: no limit)",
+    )
+    serve.add_argument(
+        "--max-resource-names",
+        type=_whole,
+        default=100_000,
+        help="names one request may subscribe to per type; more are refused (100000)",
+    )
+    serve.add_argument(
+        "--max-ping-strikes",
+        type=_whole,
+        default=2,
+        help="pings more often than every 10s a proxy may send before it is sent away (2)",
     )
     _add_limit_flags(serve)
     serve.set_defaults(run=_serve)

@@ -74,13 +74,15 @@ from envoy.config.core.v3 import base_pb2
 from controlplane import collector
 from controlplane.errors import InconsistentSnapshotError, ProtocolError
 from controlplane.server import memory
+from controlplane.server.admission import Admission, Refusals, StreamLimits, peer_host
+from controlplane.server.untrusted import EndedRun, RepeatedNacks, clip
 from controlplane.xds.cache import ProxyClassLimitError, SnapshotCache
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.encoding import EncodedResponse
 from controlplane.xds.repeated_names import ShrunkRequest
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.sotw import SotwStream
-from controlplane.xds.stream import Ack, Nack, StaleRequest
+from controlplane.xds.stream import Ack, Nack, StaleRequest, TooManyNames
 from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
 
 log = structlog.get_logger(__name__)
@@ -91,7 +93,6 @@ LARGE_RESPONSE = 1024 * 1024
 MAX_PUSH_PRIORITY = 5.0
 """Seconds a push wave may hold back the handling of requests (see the module docstring)."""
 
-NODE_ID_LOGGED = 128
 """Characters of a refused node's id that are logged (the id is the client's to choose)."""
 
 SOTW = "sotw"
@@ -129,6 +130,8 @@ class _Stream:
         self.wave = 0
         self.eof = False
         self.closing = False
+        self.nacks: RepeatedNacks | None = None
+        """Created by the stream's first NACK (see :mod:`~controlplane.server.untrusted`)."""
         self.log: Any = log.bind(stream=stream_id)
 
     def wake(self, *, dirty: bool = False, closing: bool = False) -> None:
@@ -148,7 +151,9 @@ class _Stream:
     def _lookup(self, node: base_pb2.Node) -> Snapshot:
         self.key, snapshot = self.service.cache.acquire(node)
         self.service.register(self.key, self)
-        self.log = self.log.bind(node_id=node.id, node_cluster=node.cluster, key=self.key)
+        self.log = self.log.bind(
+            node_id=clip(node.id), node_cluster=clip(node.cluster), key=self.key
+        )
         self.log.info("xds_stream_connected")
         return snapshot
 
@@ -180,7 +185,7 @@ class _Stream:
                 else:
                     self.wakeup.set()
         except Exception as exc:
-            self.log.info("xds_stream_read_failed", error=str(exc))
+            self.log.info("xds_stream_read_failed", error=clip(str(exc)))
         finally:
             self.eof = True
             self.wakeup.set()
@@ -217,8 +222,12 @@ class _Stream:
                 return
 
     async def _write(self, context: Any, responses: Iterable[EncodedResponse]) -> None:
+        limit = self.service.limits.max_send_bytes
         for response in responses:
             data = response.SerializeToString()
+            if len(data) > limit:
+                self._withhold(response, len(data))
+                continue
             await context.write(data)
             if len(data) > LARGE_RESPONSE:
                 self.service.housekeeper.soon()
@@ -231,9 +240,17 @@ class _Stream:
                 removed=response.removed,
             )
 
+    def _withhold(self, response: EncodedResponse, size: int) -> None:
+        """Do not send ``response`` (gRPC would fail the stream): the client keeps what
+        it has, and the core sends the type in full once it fits again."""
+        self.core.withdraw(response)
+        self.service.withheld(self, response, size)
+
     def _log_events(self) -> None:
         for event in self.core.pop_events():
             if isinstance(event, Ack):
+                if self.nacks is not None:
+                    self._log_repeats(self.nacks.ack(event.type_url))
                 # Debug: one line per stream per push is 10,000 lines per edit at scale.
                 self.log.debug(
                     "xds_ack",
@@ -242,28 +259,61 @@ class _Stream:
                     nonce=event.nonce,
                 )
             elif isinstance(event, Nack):
-                self.log.warning(
-                    "xds_nack",
-                    type=short_name(event.type_url),
-                    rejected_version=event.rejected_version,
-                    kept_version=event.kept_version,
-                    nonce=event.nonce,
-                    error_detail=event.message,
-                )
+                self._log_nack(event)
             elif isinstance(event, StaleRequest):
                 self.log.debug(
                     "xds_stale_request",
                     type=short_name(event.type_url),
-                    nonce=event.nonce,
+                    nonce=clip(event.nonce),
                     expected_nonce=event.expected_nonce,
                 )
+
+    def _log_nack(self, event: Nack) -> None:
+        if self.nacks is None:
+            self.nacks = RepeatedNacks()
+        new, ended = self.nacks.nack(event.type_url, event.rejected_version, event.message)
+        self._log_repeats(ended)
+        if new:
+            self.log.warning(
+                "xds_nack",
+                type=short_name(event.type_url),
+                rejected_version=event.rejected_version,
+                kept_version=clip(event.kept_version),
+                nonce=event.nonce,
+                error_detail=clip(event.message),
+            )
+
+    def _log_repeats(self, ended: EndedRun | None) -> None:
+        if ended is not None:
+            self.log.warning(
+                "xds_nack_repeated",
+                type=short_name(ended.type_url),
+                rejected_version=ended.rejected_version,
+                repeated=ended.repeated,
+            )
+
+    def log_unreported_nacks(self) -> None:
+        if self.nacks is not None:
+            for ended in self.nacks.close():
+                self._log_repeats(ended)
 
 
 class AggregatedDiscoveryService:
     """ADS in both variants (and, via :func:`add_xds_services`, the single-type services)."""
 
-    def __init__(self, cache: SnapshotCache, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: StreamLimits | None = None,
+    ):
         self.cache = cache
+        self.limits = limits or StreamLimits()
+        self.admission = Admission(self.limits)
+        self._near_limit = self.limits.max_streams * 9 // 10 or -1
+        self._refusals = Refusals()
+        self._withheld: set[tuple[str | None, str, str]] = set()
         self._loop = loop or asyncio.get_running_loop()
         self._streams: dict[str, set[_Stream]] = {}
         self._all: set[_Stream] = set()
@@ -379,6 +429,10 @@ class AggregatedDiscoveryService:
         )
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "control plane shutting down")
+        refused = self._admit(stream)
+        if refused is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+        stream.core.max_names = self.limits.max_resource_names
         self._all.add(stream)
         reader = asyncio.create_task(stream.read(context))
         reason = "client closed the stream"
@@ -388,22 +442,28 @@ class AggregatedDiscoveryService:
                 reason = "server shutting down"
                 context.set_code(grpc.StatusCode.UNAVAILABLE)
                 context.set_details("control plane shutting down")
-        except ProtocolError as exc:
+        except TooManyNames as exc:
             reason = str(exc)
-            stream.log.warning("xds_protocol_error", culprit=exc.culprit, error=str(exc))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            self._refuse_names(stream, exc)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except ProtocolError as exc:
+            reason = clip(str(exc))
+            stream.log.warning("xds_protocol_error", culprit=exc.culprit, error=reason)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
         except InconsistentSnapshotError as exc:
             reason = str(exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no consistent configuration yet")
         except ProxyClassLimitError as exc:
             reason = str(exc)
-            _log_refused(stream, exc)
+            refused = self._refusals.refused("max_proxy_classes", peer_host(stream.connection))
+            if refused:
+                _log_refused(stream, exc, refused)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many proxy classes")
         except asyncio.CancelledError:
             reason = "cancelled"
             raise
         except Exception as exc:
-            reason = f"internal error: {exc}"
+            reason = clip(f"internal error: {exc}")
             stream.log.exception("xds_stream_failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal control plane error")
         finally:
@@ -411,6 +471,8 @@ class AggregatedDiscoveryService:
             # cancellation during that await must not lose them.
             reader.cancel()
             self._all.discard(stream)
+            self.admission.release(stream.connection)
+            stream.log_unreported_nacks()
             if stream.key is not None:
                 peers = self._streams.get(stream.key)
                 if peers is not None:
@@ -443,6 +505,63 @@ class AggregatedDiscoveryService:
         if delay is not None:
             self._prune_later(delay)
 
+    def _admit(self, stream: _Stream) -> str | None:
+        """``None`` if ``stream`` may be served (it is then counted), else why not."""
+        limit = self.admission.admit(stream.connection)
+        if limit is None:
+            if self.admission.streams == self._near_limit and self._refusals.refused("near", ""):
+                # gRPC sheds calls beyond its queue, sized from max_streams, unseen
+                # by the server: this is the last warning it can give.
+                stream.log.warning(
+                    "xds_streams_near_limit",
+                    streams=self.admission.streams,
+                    limit=self.limits.max_streams,
+                )
+            return None
+        host = peer_host(stream.connection)
+        if limit == "max_streams":
+            value = self.limits.max_streams
+            message = f"the control plane holds its limit of {value} streams"
+        else:
+            value = self.limits.max_connections_per_peer
+            message = f"{host} holds its limit of {value} connections"
+        refused = self._refusals.refused(limit, host)
+        if refused:
+            stream.log.warning(
+                "xds_stream_refused", limit=limit, value=value, refused=refused, error=message
+            )
+        return message
+
+    def _refuse_names(self, stream: _Stream, exc: TooManyNames) -> None:
+        refused = self._refusals.refused("max_resource_names", peer_host(stream.connection))
+        if refused:
+            stream.log.warning(
+                "xds_request_refused",
+                limit="max_resource_names",
+                value=exc.limit,
+                type=short_name(exc.type_url),
+                names=exc.count,
+                refused=refused,
+            )
+
+    def withheld(self, stream: _Stream, response: EncodedResponse, size: int) -> None:
+        """Log, once per class, type and version, a response too large to send."""
+        key = (stream.key, response.type_url, response.version)
+        if key in self._withheld:
+            return
+        if len(self._withheld) > 1_000:
+            self._withheld.clear()
+        self._withheld.add(key)
+        stream.log.error(
+            "xds_response_too_large",
+            type=short_name(response.type_url),
+            version=response.version,
+            bytes=size,
+            limit=self.limits.max_send_bytes,
+            resources=response.count,
+            error="not sent: the proxy keeps its previous configuration of this type",
+        )
+
     def _on_publish(self, key: str, snapshot: Snapshot) -> None:
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake, key)
@@ -453,16 +572,17 @@ class AggregatedDiscoveryService:
             stream.wake(dirty=True)
 
 
-def _log_refused(stream: _Stream, exc: ProxyClassLimitError) -> None:
+def _log_refused(stream: _Stream, exc: ProxyClassLimitError, refused: int) -> None:
     node = stream.core.node
     labels = 0
     if node is not None and "labels" in node.metadata.fields:
         labels = len(node.metadata.fields["labels"].struct_value.fields)
     stream.log.warning(
         "proxy_class_refused",
-        node_id=node.id[:NODE_ID_LOGGED] if node is not None else None,
+        node_id=clip(node.id) if node is not None else None,
         labels=labels,
         limit=exc.limit,
+        refused=refused,
     )
 
 

@@ -9,8 +9,22 @@ Connection settings live in :class:`XdsServerOptions`. Keepalive pings detect
 dead proxies behind NATs and load balancers; ``max_connection_age`` makes
 clients reconnect now and then so that streams spread over replicas added
 later (the grace lets an in-flight response finish first). xDS responses for
-large meshes exceed gRPC's default 4 MiB limit, so the message limits are
-raised.
+large meshes exceed gRPC's default 4 MiB limit, so the send limit is raised;
+requests stay within a smaller receive limit.
+
+Limits against hostile or broken clients (see docs/limits.md): gRPC core caps
+streams per connection and penalises clients that ping too often (a GOAWAY
+after ``max_ping_strikes`` pings too close together); the servicer caps live
+streams, connections per client address and names per request
+(:class:`~controlplane.server.admission.StreamLimits`). gRPC core queues the
+calls the application has not picked up yet; by default it sheds calls beyond
+1,000 queued (randomly, all of them beyond 3,000: the client sees
+``RESOURCE_EXHAUSTED: Too many pending requests for this server``) and cancels
+calls left queued 30 s. grpc.aio picks calls up one at a time on the event loop,
+so a reconnect storm of a few thousand proxies overflowed that queue and lost
+a third of them without a word in the server's log (shed calls never reach
+Python). The queue is therefore sized from ``max_streams``, and calls the
+server does see beyond its own limits are refused and logged.
 
 Shutdown is graceful: :meth:`XdsServer.stop` first asks every stream to finish
 the responses it is writing and end with ``UNAVAILABLE`` (clients reconnect
@@ -26,6 +40,7 @@ import grpc
 import structlog
 
 from controlplane.errors import PilotfishError
+from controlplane.server.admission import StreamLimits
 from controlplane.server.ads import AggregatedDiscoveryService, add_xds_services
 from controlplane.xds.cache import SnapshotCache
 
@@ -41,6 +56,25 @@ class ServerStartError(PilotfishError):
 @dataclass(frozen=True, slots=True)
 class XdsServerOptions:
     max_message_bytes: int = 16 * MiB
+    """The largest response sent; larger ones are refused and logged, never sent."""
+    max_receive_message_bytes: int = 4 * MiB
+    """The largest request accepted (gRPC ends the stream with ``RESOURCE_EXHAUSTED``)."""
+    max_streams: int = 100_000
+    """Live xDS streams; more are refused with ``RESOURCE_EXHAUSTED``."""
+    max_pending_calls: int = 0
+    """Calls gRPC queues before the server picks them up (0: ``max_streams``); gRPC
+    starts shedding calls at random beyond it and sheds every one beyond twice it."""
+    max_pending_time: float = 120.0
+    """Seconds a call may wait in that queue before gRPC cancels it."""
+    max_streams_per_connection: int = 1_000
+    """Concurrent streams per HTTP/2 connection (gRPC's ``max_concurrent_streams``;
+    0: no limit)."""
+    max_connections_per_peer: int = 1_000
+    """Connections with a live stream from one client address (0: no limit)."""
+    max_resource_names: int = 100_000
+    """Names a request may subscribe to, per type (0: no limit)."""
+    max_ping_strikes: int = 2
+    """Pings closer than ``min_client_ping_interval`` tolerated before a GOAWAY."""
     keepalive_time: float = 30.0
     """Seconds between server pings on an idle connection."""
     keepalive_timeout: float = 10.0
@@ -54,23 +88,38 @@ class XdsServerOptions:
     """Seconds a connection past its age may still finish in-flight calls."""
 
     def channel_options(self) -> list[tuple[str, int]]:
+        pending = self.max_pending_calls or self.max_streams or 100_000
         options = [
-            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_receive_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.server.max_pending_requests", pending),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * pending),
+            ("grpc.server_max_unrequested_time_in_server", max(1, round(self.max_pending_time))),
             ("grpc.keepalive_time_ms", _ms(self.keepalive_time)),
             ("grpc.keepalive_timeout_ms", _ms(self.keepalive_timeout)),
             ("grpc.keepalive_permit_without_calls", int(self.keepalive_permit_without_calls)),
             (
-                "grpc.http2.min_recv_ping_interval_without_data_ms",
+                "grpc.http2.min_ping_interval_without_data_ms",
                 _ms(self.min_client_ping_interval),
             ),
-            ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.http2.max_ping_strikes", self.max_ping_strikes),
         ]
+        if self.max_streams_per_connection:
+            options.append(("grpc.max_concurrent_streams", self.max_streams_per_connection))
         if self.max_connection_age is not None:
             options.append(("grpc.max_connection_age_ms", _ms(self.max_connection_age)))
         if self.max_connection_age_grace is not None:
             options.append(("grpc.max_connection_age_grace_ms", _ms(self.max_connection_age_grace)))
         return options
+
+    def stream_limits(self) -> StreamLimits:
+        """The limits the servicer applies itself."""
+        return StreamLimits(
+            max_streams=self.max_streams,
+            max_connections_per_peer=self.max_connections_per_peer,
+            max_resource_names=self.max_resource_names,
+            max_send_bytes=self.max_message_bytes,
+        )
 
 
 class XdsServer:
@@ -108,7 +157,7 @@ async def start_xds_server(
     """Serve ADS and the single-type services, SotW and delta, for ``cache`` on ``address``."""
     options = options or XdsServerOptions()
     server = grpc.aio.server(options=options.channel_options())
-    ads = AggregatedDiscoveryService(cache)
+    ads = AggregatedDiscoveryService(cache, limits=options.stream_limits())
     add_xds_services(server, ads)
     try:
         port = server.add_insecure_port(address)

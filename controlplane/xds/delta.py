@@ -265,6 +265,7 @@ class DeltaStream(StreamCore):
         subscribe = list(request.resource_names_subscribe)
         unsubscribe = list(request.resource_names_unsubscribe)
         known = request.initial_resource_versions if first else {}
+        self._check_names(type_url, len(known))
         if first and not subscribe and not unsubscribe and type_url in LEGACY_WILDCARD_TYPES:
             state.wildcard = True
         if not subscribe and not unsubscribe and not known:
@@ -292,6 +293,7 @@ class DeltaStream(StreamCore):
                 else:
                     state.answer.discard(name)
                     sent.pop(name, None)
+        self._check_names(type_url, len(names))
         state.names = intern_names(frozenset(names))
         if not state.wildcard:
             sent = {n: v for n, v in sent.items() if n in names}
@@ -300,6 +302,18 @@ class DeltaStream(StreamCore):
             sent.update((n, v) for n, v in known.items() if state.wants(n))
             state.reply = state.wildcard and not known
         state.sent = sent
+
+    def withdraw(self, response: Any) -> None:
+        """``response`` was not sent: every name it carried or removed is answered in
+        the type's next response (see :meth:`StreamCore.withdraw`)."""
+        state = self._types.get(response.type_url)
+        if state is None:
+            return
+        state.pending.pop(response.nonce, None)
+        names = {r.name for r in response.sent}
+        state.answer.update(names, response.removed_names)
+        if response.type_url == ENDPOINT:
+            self._warming |= names
 
     def _respond(
         self, snapshot: Snapshot, asked: set[str], previous: Snapshot | None = None

@@ -33,6 +33,7 @@ from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.xds.interning import names_cost
 from controlplane.xds.snapshot import Resource
 from controlplane.xds.wire import length_delimited, string_field
 
@@ -49,6 +50,8 @@ class EncodedResponse:
         "message_type",
         "nonce",
         "removed",
+        "removed_names",
+        "sent",
         "type_url",
         "version",
     )
@@ -63,6 +66,8 @@ class EncodedResponse:
         nonce: str,
         count: int,
         removed: int = 0,
+        sent: Sequence[Resource] = (),
+        removed_names: Sequence[str] = (),
     ) -> None:
         self.message_type = message_type
         self.body = body
@@ -73,6 +78,10 @@ class EncodedResponse:
         """How many resources the response carries."""
         self.removed = removed
         """How many names it removes (delta)."""
+        self.sent = sent
+        """The resources it carries (shared, do not modify)."""
+        self.removed_names = removed_names
+        """The names it removes (delta)."""
         self._message: Any = None
 
     def SerializeToString(self, *, deterministic: bool = False) -> bytes:
@@ -104,7 +113,9 @@ class _Bodies:
     """Encoded bodies of one snapshot, by key, within :data:`BODY_BUDGET`."""
 
     def __init__(self) -> None:
-        self._entries: collections.OrderedDict[Any, tuple[Any, bytes]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[Any, tuple[Any, bytes, int]] = (
+            collections.OrderedDict()
+        )
         self._size = 0
 
     def get(self, key: Any) -> bytes | None:
@@ -114,17 +125,19 @@ class _Bodies:
         self._entries.move_to_end(key)
         return found[1]
 
-    def put(self, key: Any, keep: Any, body: bytes) -> None:
+    def put(self, key: Any, keep: Any, body: bytes, key_cost: int = 0) -> None:
         """Store ``body``; ``keep`` (what the ``id`` values in ``key`` belong to) stays
-        alive with it, so those identities cannot be reused while it is stored."""
+        alive with it, so those identities cannot be reused while it is stored.
+        ``key_cost``: bytes the key holds beyond ids (names a client chose)."""
         old = self._entries.pop(key, None)
         if old is not None:
-            self._size -= len(old[1])
-        self._entries[key] = (keep, body)
-        self._size += len(body)
+            self._size -= old[2]
+        cost = len(body) + key_cost
+        self._entries[key] = (keep, body, cost)
+        self._size += cost
         while self._size > BODY_BUDGET and len(self._entries) > 1:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self._size -= len(dropped)
+            _, (_, _, dropped) = self._entries.popitem(last=False)
+            self._size -= dropped
 
 
 def _bodies(memo: dict[Any, Any]) -> _Bodies:
@@ -162,6 +175,7 @@ def sotw_response(
         version=version,
         nonce=nonce,
         count=len(resources),
+        sent=resources,
     )
 
 
@@ -188,7 +202,7 @@ def delta_response(
                 *(length_delimited(b"\x32", name.encode()) for name in removed),
             )
         )
-        bodies.put(key, kept, body)
+        bodies.put(key, kept, body, names_cost(removed) if removed else 0)
     return EncodedResponse(
         discovery_pb2.DeltaDiscoveryResponse,
         body,
@@ -197,4 +211,6 @@ def delta_response(
         nonce=nonce,
         count=len(kept),
         removed=len(removed),
+        sent=kept,
+        removed_names=removed,
     )

@@ -7,7 +7,8 @@ the list they sent last time. Decoding each list into strings only to find it
 unchanged would cost more than everything else the server does per stream.
 
 Instead the stream keeps, per type, the encoding of its last list
-(:func:`names_wire`, one shared object per distinct list), and
+(:func:`names_wire`, one shared object per distinct list, within a byte
+budget: see :mod:`~controlplane.xds.interning`), and
 :func:`shrink` walks the top-level fields of a received request (a handful:
 version, node, names, type URL, nonce, error), finds where its names begin and
 checks that a kept encoding follows there, byte for byte, and that no other
@@ -29,12 +30,13 @@ from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.xds.interning import Interner, MiB
 from controlplane.xds.wire import read_varint
 
 NAMES_TAG = 0x1A
 """``resource_names`` (field 3, length-delimited) as it opens each entry."""
 
-_WIRES: dict[bytes, bytes] = {}
+_WIRES: Interner[bytes] = Interner(32 * MiB, len)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +55,7 @@ class ShrunkRequest:
 def names_wire(resource_names: Any) -> bytes:
     """The encoding of ``resource_names`` alone; one shared object per distinct list."""
     wire = discovery_pb2.DiscoveryRequest(resource_names=resource_names).SerializeToString()
-    if len(_WIRES) > 1_000:
-        _WIRES.clear()
-    return _WIRES.setdefault(wire, wire)
+    return _WIRES.intern(wire)
 
 
 def shrink(wire: bytes, known: Collection[bytes]) -> bytes | ShrunkRequest:

@@ -17,19 +17,32 @@ O(resources) per stream per push, seconds for 10,000 streams. Instead:
   pair, for delta streams, whose per-stream state cannot be shared.
 
 A push then costs each stream O(what changed). Selections are immutable.
+
+Subscriptions come from clients, and each new one would leave its selection
+(and its name set, the memo key) on the snapshot until the next edit: the
+selections a snapshot keeps are bounded by :data:`SELECTION_BUDGET` estimated
+bytes, oldest out first (a dropped selection is made again if asked for).
 """
 
 from __future__ import annotations
 
+import collections
 import weakref
 from collections.abc import Callable, Mapping
+from typing import Any
 
+from controlplane.xds.interning import NAME_COST, MiB, names_cost
 from controlplane.xds.snapshot import Resource, Snapshot
 
 SelectionKey = tuple[bool, frozenset[str]]
 """A subscription as a hashable value: (wildcard, explicit names)."""
 
 _EMPTY: frozenset[str] = frozenset()
+
+SELECTION_BUDGET = 64 * MiB
+"""Estimated bytes of selections, and of the name sets they are kept under, per snapshot."""
+RESTRICTED_LIMIT = 64
+"""Narrowed selections kept per selection."""
 
 
 class Selection:
@@ -97,6 +110,8 @@ class Selection:
             narrowed = Selection(
                 self.type_url, {n: r for n, r in self.resources.items() if wants(n)}, key
             )
+            if len(self._restricted) >= RESTRICTED_LIMIT:
+                self._restricted.clear()
             self._restricted[key] = narrowed
         return narrowed
 
@@ -116,7 +131,31 @@ def select(snapshot: Snapshot, type_url: str, key: SelectionKey) -> Selection:
             chosen = sorted(n for n in resources if n in names)
         found = Selection(type_url, {name: resources[name] for name in chosen}, key)
         memo[(type_url, key)] = found
+        _kept(memo).add(memo, (type_url, key), names_cost(names) + NAME_COST * len(chosen))
     return found
+
+
+class _Kept:
+    """The selection keys of one snapshot's memo, oldest first, with their costs."""
+
+    def __init__(self) -> None:
+        self._costs: collections.OrderedDict[Any, int] = collections.OrderedDict()
+        self.size = 0
+
+    def add(self, memo: dict[Any, Any], key: Any, cost: int) -> None:
+        self._costs[key] = cost
+        self.size += cost
+        while self.size > SELECTION_BUDGET and len(self._costs) > 1:
+            oldest, dropped = self._costs.popitem(last=False)
+            self.size -= dropped
+            memo.pop(oldest, None)
+
+
+def _kept(memo: dict[Any, Any]) -> _Kept:
+    found = memo.get(_Kept)
+    if found is None:
+        found = memo[_Kept] = _Kept()
+    return found  # type: ignore[no-any-return]
 
 
 def changes_between(

@@ -197,6 +197,7 @@ class SotwStream(StreamCore):
             state = self._types[type_url] = _TypeState()
         subscription = state.subscription
         if not repeated:
+            self._check_names(type_url, len(request.resource_names))
             subscription.replace(request.resource_names)
             state.names_wire = names_wire(request.resource_names) if track else None
         if state.held is not None:
@@ -238,6 +239,14 @@ class SotwStream(StreamCore):
             plan = self._planned(snapshot, previous, set(types))
             found = memo[key] = (weakref.ref(previous), helds, plan)
         return self._send(snapshot, *found[2])
+
+    def withdraw(self, response: Any) -> None:
+        """``response`` was not sent: the type's next response carries everything
+        selected, and the client's next request is not stale (see :meth:`StreamCore.withdraw`)."""
+        state = self._types.get(response.type_url)
+        if state is not None:
+            state.held = None
+            state.nonce = ""
 
     def _respond(self, snapshot: Snapshot, previous: Snapshot | None, asked: set[str]) -> list[Any]:
         return self._send(snapshot, *self._planned(snapshot, previous, asked))

@@ -5,7 +5,8 @@ carry it) and looks its snapshot up then; on ADS every request must name its
 ``type_url``, on a single-type stream a request may omit it but may not name
 another; nonces count up per stream, so they are unique within it and never
 survive a reconnect; ACKs, NACKs and stale requests are collected as events
-for the driver to log. A driver may hand requests over as received bytes
+for the driver to log. A request may subscribe to at most ``max_names`` names
+of one type (:class:`TooManyNames`; 0: no limit). A driver may hand requests over as received bytes
 (:meth:`StreamCore.on_wire`, after :meth:`StreamCore.shrink` when they must
 wait); a request that does not decode is the client's protocol error.
 :class:`~controlplane.xds.sotw.SotwStream` and
@@ -24,6 +25,16 @@ from google.protobuf.message import DecodeError
 from controlplane.errors import ProtocolError
 from controlplane.xds.repeated_names import ShrunkRequest
 from controlplane.xds.snapshot import Snapshot
+
+
+class TooManyNames(ProtocolError):
+    """A request subscribes to more names of one type than the stream allows."""
+
+    def __init__(self, type_url: str, count: int, limit: int) -> None:
+        super().__init__("client", f"{count} resource names of {type_url}, more than {limit}")
+        self.type_url = type_url
+        self.count = count
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +104,20 @@ class StreamCore:
 
     request_type: Any = None
     """The request message class of the protocol variant."""
+    max_names: int = 0
+    """Names of one type a subscription may hold (0: no limit); set by the driver."""
 
     def on_request(self, request: Any) -> list[Any]:
         raise NotImplementedError
+
+    def withdraw(self, response: Any) -> None:
+        """The driver did not send ``response`` (one this core returned, the newest of
+        its type): the client still holds what it held before."""
+        raise NotImplementedError
+
+    def _check_names(self, type_url: str, count: int) -> None:
+        if self.max_names and count > self.max_names:
+            raise TooManyNames(type_url, count, self.max_names)
 
     def shrink(self, wire: bytes) -> bytes | ShrunkRequest:
         """A request's bytes in the form to keep until :meth:`on_wire` (here: as is)."""

@@ -18,17 +18,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from controlplane.xds.interning import Interner, MiB, names_cost
 from controlplane.xds.types import WILDCARD
 
-_INTERNED: dict[tuple[bool, frozenset[str]], tuple[bool, frozenset[str]]] = {}
-_NAMES: dict[frozenset[str], frozenset[str]] = {}
+_NAMES: Interner[frozenset[str]] = Interner(64 * MiB, names_cost)
+_INTERNED: Interner[tuple[bool, frozenset[str]]] = Interner(64 * MiB, lambda k: names_cost(k[1]))
 
 
 def intern_names(names: frozenset[str]) -> frozenset[str]:
-    """One shared object per distinct name set (thousands of streams list the same names)."""
-    if len(_NAMES) > 10_000:
-        _NAMES.clear()
-    return _NAMES.setdefault(names, names)
+    """One shared object per distinct name set (thousands of streams list the same names),
+    within a byte budget (see :mod:`~controlplane.xds.interning`)."""
+    return _NAMES.intern(names)
 
 
 def intern_key(wildcard: bool, names: frozenset[str]) -> tuple[bool, frozenset[str]]:
@@ -38,10 +38,7 @@ def intern_key(wildcard: bool, names: frozenset[str]) -> tuple[bool, frozenset[s
     with one object per value (and one object for its names), the memos keyed by
     subscriptions compare by identity instead of comparing thousands of names.
     """
-    key = (wildcard, intern_names(names))
-    if len(_INTERNED) > 10_000:
-        _INTERNED.clear()
-    return _INTERNED.setdefault(key, key)
+    return _INTERNED.intern((wildcard, intern_names(names)))
 
 
 @dataclass(slots=True)

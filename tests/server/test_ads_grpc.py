@@ -183,13 +183,17 @@ def test_server_options_become_grpc_channel_arguments():
         max_message_bytes=8 * MiB, max_connection_age=1800, max_connection_age_grace=30
     )
     assert options.channel_options() == [
-        ("grpc.max_receive_message_length", 8 * MiB),
+        ("grpc.max_receive_message_length", 4 * MiB),
         ("grpc.max_send_message_length", 8 * MiB),
+        ("grpc.server.max_pending_requests", 100_000),
+        ("grpc.server.max_pending_requests_hard_limit", 200_000),
+        ("grpc.server_max_unrequested_time_in_server", 120),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", 1_000),
         ("grpc.max_connection_age_ms", 1_800_000),
         ("grpc.max_connection_age_grace_ms", 30_000),
     ]
