@@ -455,9 +455,9 @@ class AggregatedDiscoveryService:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no consistent configuration yet")
         except ProxyClassLimitError as exc:
             reason = str(exc)
-            refused = self._refusals.refused("max_proxy_classes", peer_host(stream.connection))
-            if refused:
-                _log_refused(stream, exc, refused)
+            times = self._refusals.refused("max_proxy_classes", peer_host(stream.connection))
+            if times:
+                _log_refused(stream, exc, times)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many proxy classes")
         except asyncio.CancelledError:
             reason = "cancelled"

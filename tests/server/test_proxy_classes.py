@@ -145,18 +145,19 @@ async def test_a_stream_needing_a_class_beyond_the_limit_is_refused_with_resourc
     held = [await connect(channel, node(name)) for name in ("one", "two")]
     with capture_logs() as logs:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-        await call.write(request(node("three", "x" * 500, labels={"a": "1", "b": "2"})))
+        await call.write(request(node("three", "x" * 2000, labels={"a": "1", "b": "2"})))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await read(call)
     assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert refused.value.details() == "too many proxy classes"
     (entry,) = [e for e in logs if e["event"] == "proxy_class_refused"]
-    assert (entry["node_id"], entry["labels"], entry["limit"], entry["log_level"]) == (
-        "x" * 128,
-        2,
-        2,
-        "warning",
-    )
+    assert (
+        entry["node_id"],
+        entry["labels"],
+        entry["limit"],
+        entry["refused"],
+        entry["log_level"],
+    ) == ("x" * 1024 + "... (2000 bytes)", 2, 2, 1, "warning")
     assert (cache.keys(), builder.calls) == (["one", "two"], ["one", "two"])
     # A stream of a class that exists is still welcome.
     more = await connect(channel, node("one"))
