@@ -117,7 +117,8 @@ class XdsClient:
         self.stats = ClientStats()
         self.last_error = ""
         self.ready = asyncio.Event()
-        """Set once a configuration (cached or received) is in force."""
+        """Set once a configuration is in force: the cached one, or the first complete
+        one received (clusters, endpoints, listeners and routes each answered)."""
         self._applied: dict[str, dict[str, Any]] = {url: {} for url in TYPES}
         self._committed = HeldConfig()
         self._prepared: Any | None = None
@@ -125,6 +126,7 @@ class XdsClient:
         self._incoming: Any = None
         self._seeding = False
         self._answered: set[str] = set()
+        self._endpoints_late = False
         """Types with an accepted response (or a cached configuration)."""
         self.core: SotwClient | DeltaClient = self._new_core()
 
@@ -283,6 +285,7 @@ class XdsClient:
         request = self._subscribe_wildcard(LISTENER)
         if request is not None:
             log.warning("xds_endpoints_late", waited=self.listener_wait)
+            self._endpoints_late = True
             async with writing:
                 await call.write(request)
 
@@ -326,9 +329,19 @@ class XdsClient:
         self._answered.add(url)
         self.stats.acks += 1
         log.debug("xds_ack_sent", type=short_name(url), nonce=response.nonce)
-        self.ready.set()
+        if not self.ready.is_set() and self._initial_fetch_done():
+            self.ready.set()
         listeners = self._listeners_due()
         return requests if listeners is None else [*requests, listeners]
+
+    def _initial_fetch_done(self) -> bool:
+        """Every type subscribed so far has been answered once, listeners included."""
+        if LISTENER not in self._answered:
+            return False
+        waited = {ENDPOINT} if self._endpoints_late else set()
+        return all(
+            url in self._answered or url in waited for url in TYPES if self.core.subscription(url)
+        )
 
     def _validate(self, type_url: str, decoded: Mapping[str, Any]) -> None:
         if self._seeding:
