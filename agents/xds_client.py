@@ -225,6 +225,9 @@ class XdsClient:
                 self.last_error = f"{exc.code().name}: {exc.details()}"
             except ProtocolError as exc:
                 self.last_error = str(exc)
+            except Exception as exc:  # a bug must not end the subscription for good
+                log.exception("xds_client_failed")
+                self.last_error = repr(exc)
             delay = self._backoff.next_delay()
             log.warning(
                 "xds_disconnected",
