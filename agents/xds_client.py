@@ -126,8 +126,8 @@ class XdsClient:
         self._incoming: Any = None
         self._seeding = False
         self._answered: set[str] = set()
-        self._endpoints_late = False
         """Types with an accepted response (or a cached configuration)."""
+        self._endpoints_late = False
         self.core: SotwClient | DeltaClient = self._new_core()
 
     @property
@@ -215,8 +215,6 @@ class XdsClient:
 
     async def run(self) -> None:
         """Keep a stream open, reconnecting with backoff, until cancelled."""
-        self._subscribe_wildcard(CLUSTER)
-        self._listeners_due()  # a cached configuration may have its clusters already
         while True:
             try:
                 await self._session()
@@ -256,13 +254,19 @@ class XdsClient:
             call: Any = method()
             writing = asyncio.Lock()
             async with writing:
-                for request in self.core.reconnect():
+                for request in self.initial_requests():
                     await call.write(request)
             late = asyncio.create_task(self._listeners_anyway(call, writing))
             try:
                 await self._read(call, writing)
             finally:
                 late.cancel()
+
+    def initial_requests(self) -> list[Any]:
+        """The requests that open a stream: every subscription, with the versions held."""
+        self._subscribe_wildcard(CLUSTER)
+        self._listeners_due()  # a cached configuration may have its clusters already
+        return list(self.core.reconnect())
 
     async def _read(self, call: Any, writing: asyncio.Lock) -> None:
         answered = False
