@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,7 +45,13 @@ log = structlog.get_logger(__name__)
 
 
 class TableBuilder(Protocol):
-    def __call__(self, resources: Resources, previous: Any | None = None) -> Any: ...
+    def __call__(
+        self,
+        resources: Resources,
+        previous: Any | None = None,
+        *,
+        versions: Mapping[str, str] | None = None,
+    ) -> Any: ...
 
 
 class ListenerApplier(Protocol):
@@ -99,9 +105,9 @@ class Agent:
     def held(self) -> HeldConfig:
         return self.client.held
 
-    def prepare(self, resources: Resources) -> Any:
+    def prepare(self, resources: Resources, versions: Mapping[str, str]) -> Any:
         try:
-            return self._build_table(resources, self.table)
+            return self._build_table(resources, self.table, versions=versions)
         except ConfigRejected as exc:
             log.warning("agent_config_rejected", error_detail=str(exc))
             raise
@@ -115,9 +121,13 @@ class Agent:
                 result = self._listeners.apply(prepared)
                 if inspect.isawaitable(result):
                     await result
-            except OSError as exc:
+            except (OSError, ConfigRejected) as exc:
                 if not self.client.ready.is_set() and self._start_error is None:
-                    self._start_error = AgentStartError(f"cannot open a listener: {exc}")
+                    self._start_error = AgentStartError(
+                        str(exc)
+                        if isinstance(exc, ConfigRejected)
+                        else f"cannot open a listener: {exc}"
+                    )
                     self._failed.set()
                 raise
             self.table = prepared
@@ -133,6 +143,8 @@ class Agent:
                 await self.client.load(cached)
             except OSError as exc:
                 raise AgentStartError(f"cannot open a listener: {exc}") from None
+            except ConfigRejected as exc:  # from the listeners: the table itself was accepted
+                raise AgentStartError(str(exc)) from None
         self._task = asyncio.create_task(self.client.run(), name="pilotfish-agent-xds")
         if self.client.ready.is_set():
             return
@@ -177,6 +189,7 @@ def _default_build_table() -> TableBuilder:
 
 
 def _default_listeners() -> ListenerApplier:
+    # Listener addresses already carry the node's bind address (the control plane uses it).
     manager: ListenerApplier = _part("agents.listeners").ListenerManager()
     return manager
 

@@ -75,8 +75,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class ConfigSink(Protocol):
-    def prepare(self, resources: Resources) -> Any:
-        """Build what ``resources`` mean (a table); raise ConfigRejected to NACK them."""
+    def prepare(self, resources: Resources, versions: Mapping[str, str]) -> Any:
+        """Build what ``resources`` mean (``versions`` by type); raise ConfigRejected to NACK."""
 
     async def commit(self, prepared: Any | None, held: HeldConfig) -> None:
         """Put ``prepared`` in force (None: content unchanged, only versions) before the ACK."""
@@ -181,8 +181,8 @@ class XdsClient:
             self._seeding = False
         resources = self._core_resources()
         try:
-            prepared = self._sink.prepare(resources)
             held = self._held_from_core()
+            prepared = self._sink.prepare(resources, _type_versions(held))
             await self._sink.commit(prepared, held)
         except ConfigRejected as exc:
             log.warning("agent_cache_rejected", error_detail=str(exc))
@@ -326,7 +326,11 @@ class XdsClient:
                 self.stats.nacks += 1
                 reply.version_info = self._committed_version(url)
                 reply.error_detail.code = 3
-                reply.error_detail.message = f"cannot apply {short_name(url)}: {exc}"
+                reply.error_detail.message = (
+                    str(exc)
+                    if isinstance(exc, ConfigRejected)
+                    else f"cannot apply {short_name(url)}: {exc}"
+                )
                 return [reply]
             if self._changed:
                 self._applied = self._core_resources()
@@ -358,7 +362,14 @@ class XdsClient:
         unchanged = all(candidate[url] == self._applied[url] for url in touched)
         if unchanged and self.stats.applies:
             return
-        self._prepared = self._sink.prepare(candidate)
+        versions = _type_versions(self._committed)
+        incoming = self._incoming
+        versions[type_url] = (
+            incoming.system_version_info
+            if isinstance(self.core, DeltaClient)
+            else incoming.version_info
+        )
+        self._prepared = self._sink.prepare(candidate, versions)
         self._changed = True
 
     def _candidate(self, type_url: str, decoded: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -408,6 +419,10 @@ class XdsClient:
     def _committed_version(self, type_url: str) -> str:
         held = self._committed.types.get(type_url)
         return held.version if held else ""
+
+
+def _type_versions(held: HeldConfig) -> dict[str, str]:
+    return {url: t.version for url, t in held.types.items()}
 
 
 def _versions(held: HeldConfig) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:

@@ -127,7 +127,9 @@ def test_unreachable_control_plane_without_cache_is_one_line_and_exit_1(
     real_init = Agent.__init__
 
     def with_fakes(self: Agent, options: Any, **kwargs: Any) -> None:
-        real_init(self, options, build_table=lambda r, p=None: _Table(), listeners=_Listeners())
+        real_init(
+            self, options, build_table=lambda r, p=None, **kw: _Table(), listeners=_Listeners()
+        )
 
     monkeypatch.setattr(Agent, "__init__", with_fakes)
     address = f"127.0.0.1:{closed_port()}"

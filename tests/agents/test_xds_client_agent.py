@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,18 @@ class FakeBuilder:
     calls: list[tuple[FakeTable, FakeTable | None]] = field(default_factory=list)
     fail: Exception | None = None
 
-    def __call__(self, resources: Resources, previous: Any | None = None) -> FakeTable:
+    def __call__(
+        self,
+        resources: Resources,
+        previous: Any | None = None,
+        *,
+        versions: Mapping[str, str] | None = None,
+    ) -> FakeTable:
         if self.fail is not None:
             raise self.fail
-        table = FakeTable({url: dict(resources[url]) for url in TYPES})
+        table = FakeTable(
+            {url: dict(resources[url]) for url in TYPES}, versions=dict(versions or {})
+        )
         self.calls.append((table, previous))
         return table
 
@@ -48,7 +56,7 @@ class FakeBuilder:
 class FakeListeners:
     tables: list[FakeTable] = field(default_factory=list)
     closed: bool = False
-    refuse: OSError | None = None
+    refuse: Exception | None = None
 
     async def apply(self, table: FakeTable) -> None:
         if self.refuse is not None and table.resources[LISTENER]:
@@ -96,6 +104,8 @@ async def test_agent_builds_on_the_previous_table_hands_it_to_listeners_and_cach
     assert listeners.closed
     assert [previous for _, previous in builder.calls] == [None, *listeners.tables[:-1]]
     assert agent.table is listeners.tables[-1]
+    assert agent.table.versions == {url: held.version for url, held in agent.held.types.items()}
+    assert all(agent.table.versions.values())
     cached = ConfigCache(tmp_path / "cache", NODE.fingerprint()).load()
     assert cached == agent.held
     assert names(cached.resources()) == names(listeners.tables[-1].resources)
@@ -177,12 +187,25 @@ async def test_start_without_cache_and_no_control_plane_fails_with_one_clear_err
     assert listeners.closed
 
 
-async def test_a_listener_port_taken_at_start_fails_the_start(plane: ControlPlane) -> None:
-    listeners = FakeListeners(refuse=OSError(98, "Address already in use"))
+@pytest.mark.parametrize(
+    ("refusal", "message"),
+    [
+        (OSError(98, "Address already in use"), "cannot open a listener: [Errno 98] Address "),
+        (
+            ConfigRejected("Listener l", "address", "cannot listen: [Errno 98] Address in use"),
+            "Listener l: address: cannot listen: [Errno 98] Address in use",
+        ),
+    ],
+)
+async def test_a_listener_port_taken_at_start_fails_the_start(
+    plane: ControlPlane, refusal: Exception, message: str
+) -> None:
+    listeners = FakeListeners(refuse=refusal)
     agent = Agent(options(plane.address), build_table=FakeBuilder(), listeners=listeners)
     with pytest.raises(AgentStartError) as caught:
         await agent.start()
-    assert str(caught.value) == "cannot open a listener: [Errno 98] Address already in use"
+    assert str(caught.value).startswith(message)
+    assert all(not table.resources[LISTENER] for table in listeners.tables)
 
 
 async def test_a_table_builder_crash_is_nacked_and_named(plane: ControlPlane) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ def names(resources: Resources) -> dict[str, list[str]]:
 class FakeTable:
     resources: dict[str, dict[str, Any]]
     version: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,11 +78,11 @@ class RecordingSink:
     committed: list[FakeTable] = field(default_factory=list)
     helds: list[HeldConfig] = field(default_factory=list)
 
-    def prepare(self, resources: Resources) -> FakeTable:
+    def prepare(self, resources: Resources, versions: Mapping[str, str]) -> FakeTable:
         refusal = self.reject(resources)
         if refusal is not None:
             raise refusal
-        table = FakeTable({url: dict(resources[url]) for url in TYPES})
+        table = FakeTable({url: dict(resources[url]) for url in TYPES}, versions=dict(versions))
         self.prepared.append(table)
         return table
 
