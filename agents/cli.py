@@ -116,6 +116,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         default=10.0,
         help="how long to wait at start for a first configuration when none is cached (10s)",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="asyncio event loop: uvloop when installed (auto), or the one named",
+    )
     parser.add_argument("--log-format", choices=("console", "json"), default="console")
     parser.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), default="info"
@@ -144,9 +150,15 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
         print(f"{prog}: --cache-dir {args.cache_dir} is not a directory", file=sys.stderr)
         return 2
+    try:
+        factory = _loop_factory(args.event_loop)
+    except ImportError:
+        print(f"{prog}: --event-loop uvloop: uvloop is not installed", file=sys.stderr)
+        return 2
     configure_logging(args.log_format, args.log_level)
     try:
-        _run(_serve(options_from(args), prog))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_serve(options_from(args), prog))
     except PilotfishError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
@@ -155,14 +167,18 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     return 0
 
 
-def _run(coroutine: Any) -> None:
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    with contextlib.suppress(ImportError):
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """None for asyncio's own loop; raises ImportError when uvloop is asked for and missing."""
+    if name == "asyncio":
+        return None
+    try:
         import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(coroutine)
+    except ImportError:
+        if name == "uvloop":
+            raise
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 async def _serve(options: AgentOptions, prog: str) -> None:

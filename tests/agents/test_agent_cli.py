@@ -89,6 +89,7 @@ GOOD = ["--xds-server", "127.0.0.1:1", "--node-id", "a"]
         ([*GOOD, "--connect-timeout", "soon"], "argument --connect-timeout: 'soon' is not a"),
         ([*GOOD, "--connect-timeout", "0s"], "argument --connect-timeout: '0s' is not a"),
         ([*GOOD, "--delta=yes"], "argument --delta: ignored explicit argument 'yes'"),
+        ([*GOOD, "--event-loop", "trio"], "argument --event-loop: invalid choice: 'trio'"),
     ],
 )
 def test_a_bad_flag_is_one_line_and_exit_2(
@@ -165,3 +166,13 @@ def test_pilotfish_help_lists_the_agent_subcommand(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         pilotfish_cli.main(["--help"])
     assert "agent" in capsys.readouterr().out
+
+
+def test_event_loop_auto_takes_uvloop_when_installed_and_asyncio_on_request() -> None:
+    assert cli._loop_factory("asyncio") is None
+    try:
+        import uvloop
+    except ImportError:
+        assert cli._loop_factory("auto") is None
+    else:
+        assert cli._loop_factory("auto") is uvloop.new_event_loop
