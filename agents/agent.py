@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from agents.admin import AdminServer
 from agents.backoff import Backoff
 from agents.cache import ConfigCache, HeldConfig
 from agents.errors import ConfigRejected
@@ -100,6 +102,11 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self._start_error: AgentStartError | None = None
         self._failed = asyncio.Event()
+        self.admin = (
+            AdminServer(options.admin_address, self.client.ready.is_set, lambda: self.held)
+            if options.admin_address is not None
+            else None
+        )
 
     @property
     def held(self) -> HeldConfig:
@@ -136,7 +143,25 @@ class Agent:
             await asyncio.to_thread(self._cache.save, held)
 
     async def start(self) -> None:
-        """Serve the cached configuration, connect, and wait for a configuration to be in force."""
+        """Serve the cached configuration, connect, and wait for a configuration to be in force.
+
+        On failure (:class:`AgentStartError`) everything started is stopped again.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
+        if self.admin is not None:
+            try:
+                await self.admin.start()
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise AgentStartError(
+                    f"cannot serve admin on {self.options.admin_address}: {reason}"
+                ) from None
         cached = self._cache.load() if self._cache is not None else None
         if cached is not None:
             try:
@@ -160,10 +185,8 @@ class Agent:
             ready.cancel()
             failed.cancel()
         if self._start_error is not None:
-            await self.close()
             raise self._start_error
         if not self.client.ready.is_set():
-            await self.close()
             reason = self.client.last_error or "no answer"
             raise AgentStartError(
                 f"no configuration from the xDS server {self.options.xds_server} within "
@@ -176,6 +199,8 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.admin is not None:
+            await self.admin.close()
         closer = getattr(self._listeners, "close", None)
         if closer is not None:
             result = closer()

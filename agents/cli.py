@@ -36,11 +36,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _host_port(text: str) -> str:
+def _host_port(text: str, lowest: int = 1) -> str:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     return text
+
+
+def _listen_address(text: str) -> str:
+    """HOST:PORT, where port 0 lets the system choose (the log says which)."""
+    return _host_port(text, lowest=0)
 
 
 def _duration(text: str) -> float:
@@ -97,9 +102,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--admin-address",
-        type=_host_port,
+        type=_listen_address,
         default="127.0.0.1:15001",
-        help="admin endpoint HOST:PORT (127.0.0.1:15001)",
+        help="admin endpoint HOST:PORT: /ready, /config_dump (127.0.0.1:15001)",
     )
     parser.add_argument(
         "--cache-dir",

@@ -135,7 +135,17 @@ def test_unreachable_control_plane_without_cache_is_one_line_and_exit_1(
     monkeypatch.setattr(Agent, "__init__", with_fakes)
     address = f"127.0.0.1:{closed_port()}"
     code = pilotfish_cli.main(
-        ["agent", "--xds-server", address, "--node-id", "a", "--connect-timeout", "200ms"]
+        [
+            "agent",
+            "--xds-server",
+            address,
+            "--node-id",
+            "a",
+            "--connect-timeout",
+            "200ms",
+            "--admin-address",
+            "127.0.0.1:0",
+        ]
     )
     assert code == 1
     lines = capsys.readouterr().err.strip().splitlines()
@@ -176,3 +186,34 @@ def test_event_loop_auto_takes_uvloop_when_installed_and_asyncio_on_request() ->
         assert cli._loop_factory("auto") is None
     else:
         assert cli._loop_factory("auto") is uvloop.new_event_loop
+
+
+def test_a_taken_admin_port_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_init = Agent.__init__
+
+    def with_fakes(self: Agent, options: Any, **kwargs: Any) -> None:
+        real_init(
+            self, options, build_table=lambda r, p=None, **kw: _Table(), listeners=_Listeners()
+        )
+
+    monkeypatch.setattr(Agent, "__init__", with_fakes)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = cli.main(
+            [
+                "--xds-server",
+                "127.0.0.1:1",
+                "--node-id",
+                "a",
+                "--admin-address",
+                f"127.0.0.1:{port}",
+            ]
+        )
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"pilotfish agent: cannot serve admin on 127.0.0.1:{port}: Address already in use"
+    )
