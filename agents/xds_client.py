@@ -5,7 +5,10 @@
 (:class:`~controlplane.xds.delta_client.DeltaClient`), both with
 ``follow=True``: Listeners and Clusters on the wildcard, and the
 RouteConfigurations and ClusterLoadAssignments they reference by name, as
-Envoy subscribes.
+Envoy subscribes. As Envoy does, listeners are asked for only once clusters
+and their endpoints arrived (or after ``listener_wait``), so a fresh agent
+never routes to a cluster still warming; :attr:`XdsClient.ready` is set once
+every type subscribed has been answered (or a cached configuration loaded).
 
 Applying is two-phase, around the core's bookkeeping, so that what is
 ACKed is what is in force and a NACK leaves everything as it was:
@@ -165,7 +168,8 @@ class XdsClient:
     async def load(self, cached: HeldConfig) -> bool:
         """Put a cached configuration in force and seed the core with it, before connecting.
 
-        False (logged, nothing changed) when the sink rejects it.
+        False (logged, nothing changed) when the sink does not accept it; an error
+        putting it in force propagates.
         """
         self._seeding = True
         try:
@@ -180,15 +184,15 @@ class XdsClient:
         finally:
             self._seeding = False
         resources = self._core_resources()
+        held = self._held_from_core()
         try:
-            held = self._held_from_core()
             prepared = self._sink.prepare(resources, _type_versions(held))
-            await self._sink.commit(prepared, held)
         except ConfigRejected as exc:
             log.warning("agent_cache_rejected", error_detail=str(exc))
             self.core = self._new_core()
             self._answered.clear()
             return False
+        await self._sink.commit(prepared, held)  # its failure (a port taken) is the caller's
         self._applied = resources
         self._committed = held
         self.stats.applies += 1

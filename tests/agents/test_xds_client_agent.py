@@ -35,6 +35,8 @@ NODE = NodeIdentity("agent-1")
 class FakeBuilder:
     calls: list[tuple[FakeTable, FakeTable | None]] = field(default_factory=list)
     fail: Exception | None = None
+    failures: int = -1
+    """How many calls fail with ``fail`` (-1: all)."""
 
     def __call__(
         self,
@@ -43,7 +45,8 @@ class FakeBuilder:
         *,
         versions: Mapping[str, str] | None = None,
     ) -> FakeTable:
-        if self.fail is not None:
+        if self.fail is not None and self.failures != 0:
+            self.failures -= 1
             raise self.fail
         table = FakeTable(
             {url: dict(resources[url]) for url in TYPES}, versions=dict(versions or {})
@@ -234,3 +237,53 @@ async def test_config_rejected_by_the_builder_is_nacked_with_its_own_text(
     nacks = {(e["type"], e["error_detail"]) for e in logs if e["event"] == "xds_nack"}
     assert nacks == {("CDS", "Cluster x: lb_policy: MAGLEV is not supported")}
     assert CLUSTER not in {url for url in agent.held.types}
+
+
+async def test_a_cache_the_table_builder_refuses_is_dropped_and_the_agent_starts_fresh(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    first = Agent(
+        options(plane.address, tmp_path / "cache"),
+        build_table=FakeBuilder(),
+        listeners=FakeListeners(),
+    )
+    await first.start()
+    await first.close()
+    refusing_once = FakeBuilder(
+        fail=ConfigRejected("Cluster a", "lb_policy", "no longer"), failures=1
+    )
+    listeners = FakeListeners()
+    again = Agent(
+        options(plane.address, tmp_path / "cache"), build_table=refusing_once, listeners=listeners
+    )
+    with capture_logs() as logs:
+        await again.start()
+    await again.close()
+    assert [e["error_detail"] for e in logs if e["event"] == "agent_cache_rejected"] == [
+        "Cluster a: lb_policy: no longer"
+    ]
+    assert complete(listeners)
+
+
+async def test_a_cached_listener_port_taken_fails_the_start(tmp_path: Path) -> None:
+    config = copy_example("bookinfo", tmp_path)
+    plane = await start_plane(config)
+    first = Agent(
+        options(plane.address, tmp_path / "cache"),
+        build_table=FakeBuilder(),
+        listeners=FakeListeners(),
+    )
+    try:
+        await first.start()
+    finally:
+        await first.close()
+        await plane.stop(0.1)
+    refusal = ConfigRejected("Listener l", "address", "cannot listen: [Errno 98] in use")
+    again = Agent(
+        options(f"127.0.0.1:{closed_port()}", tmp_path / "cache", connect_timeout=5.0),
+        build_table=FakeBuilder(),
+        listeners=FakeListeners(refuse=refusal),
+    )
+    with pytest.raises(AgentStartError) as caught:
+        await again.start()
+    assert str(caught.value) == "Listener l: address: cannot listen: [Errno 98] in use"
