@@ -19,6 +19,12 @@ from controlplane import cli as pilotfish_cli
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def keep_logging_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configured logging caches loggers for good, which later capture_logs would miss."""
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
