@@ -1,9 +1,11 @@
 """The ``pilotfish`` command line.
 
 Subcommands: ``validate`` (offline analysis of a config directory, like
-``istioctl analyze``), ``serve`` (the xDS control plane) and ``demo`` (backends,
+``istioctl analyze``), ``serve`` (the xDS control plane), ``demo`` (backends,
 the control plane and an Envoy gateway on one machine, see
-:mod:`controlplane.demo.run`). Exit codes follow
+:mod:`controlplane.demo.run`) and ``agent`` (a thin proxy agent: its flags and
+code live in :mod:`agents.cli`, imported only when the subcommand runs, since
+the control plane does not depend on the agents). Exit codes follow
 the usual convention: 0 fine, 1 the command ran and found errors, 2 the
 command was used wrongly.
 """
@@ -438,10 +440,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", choices=("debug", "info", "warning", "error"), default="warning"
     )
     demo.set_defaults(run=_demo)
+
+    commands.add_parser(
+        "agent",
+        help="run a thin proxy agent subscribed to a control plane (pilotfish agent --help)",
+        add_help=False,
+    )
     return parser
 
 
+def _agent(argv: Sequence[str]) -> int:
+    from agents.cli import main as agent_main
+
+    return agent_main(argv, prog="pilotfish agent")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:
+        return _agent(argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.run(args)
     return result
