@@ -744,7 +744,7 @@ class Exchange:
             if isinstance(prefix, str) and path.startswith(prefix.encode()):
                 path = action.prefix_rewrite.encode() + path[len(prefix) :]
             else:
-                path = action.prefix_rewrite.encode() + path.lstrip(b"/")
+                path = action.prefix_rewrite.encode() + path[1:]
         if head.query:
             path = path + b"?" + head.query
         return serialize_head(head.method + b" " + path + b" HTTP/1.1", out)

@@ -64,6 +64,7 @@ class _Upstream(asyncio.Protocol):
 class TcpClient(asyncio.Protocol):
     __slots__ = (
         "balancer",
+        "client_eof",
         "closed",
         "ctx",
         "endpoint",
@@ -75,6 +76,7 @@ class TcpClient(asyncio.Protocol):
         "timer",
         "transport",
         "upstream",
+        "upstream_eof_seen",
         "writing_paused",
     )
 
@@ -88,6 +90,8 @@ class TcpClient(asyncio.Protocol):
         self.pending = bytearray()
         self.writing_paused = False
         self.closed = False
+        self.client_eof = False
+        self.upstream_eof_seen = False
         self.started = 0.0
         self.last_active = 0.0
         self.idle: float | None = None
@@ -184,7 +188,12 @@ class TcpClient(asyncio.Protocol):
             up.transport.write(data)
 
     def eof_received(self) -> bool | None:
+        self.client_eof = True
         up = self.upstream
+        if self.upstream_eof_seen:
+            self._finished(200)
+            self._close_both()
+            return None
         if up is not None and up.transport is not None and up.transport.can_write_eof():
             up.transport.write_eof()
             return True
@@ -223,6 +232,11 @@ class TcpClient(asyncio.Protocol):
             self.transport.write(data)
 
     def upstream_eof(self) -> bool | None:
+        self.upstream_eof_seen = True
+        if self.client_eof:
+            self._finished(200)
+            self._close_both()
+            return None
         transport = self.transport
         if transport is not None and not transport.is_closing() and transport.can_write_eof():
             transport.write_eof()
