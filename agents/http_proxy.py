@@ -123,6 +123,7 @@ class ProxySettings:
 
 
 DEFAULT_SETTINGS = ProxySettings()
+LINGER_SECONDS = 1.0
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -185,12 +186,14 @@ class ClientConnection(asyncio.Protocol):
         "ctx",
         "current",
         "eof",
-        "idle_timer",
         "last_active",
+        "lingering",
         "paused",
         "peer",
         "queue",
         "reader",
+        "timer",
+        "timer_at",
         "transport",
         "tunnel",
         "tunnel_buf",
@@ -212,8 +215,10 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_buf: bytearray | None = None
         self.upgrade_token: bytes | None = None
         self.broken = False
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
         self.last_active = 0.0
+        self.lingering = False
 
     # asyncio.Protocol
 
@@ -223,9 +228,9 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         idle = self.ctx.settings.idle_timeout
+        self.last_active = self.ctx.loop.time()
         if idle is not None:
-            self.last_active = self.ctx.loop.time()
-            self.idle_timer = self.ctx.loop.call_later(idle, self._check_idle)
+            self.arm(self.last_active + idle)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -234,7 +239,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel_buf is not None:
             self.tunnel_buf += data
             return
-        if self.broken:
+        if self.broken or self.lingering:
             return
         try:
             offset = self.reader.feed(data)
@@ -257,9 +262,9 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.queue.clear()
         current = self.current
         self.current = None
@@ -298,18 +303,62 @@ class ClientConnection(asyncio.Protocol):
             if not self.paused and self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    def _check_idle(self) -> None:
-        self.idle_timer = None
-        idle = self.ctx.settings.idle_timeout
-        if idle is None or self.transport is None:
+    # One timer per connection serves the connection's idle timeout and the route
+    # and stream-idle timeouts of its exchange: a request only stores its deadlines,
+    # and the timer, when it fires early, re-arms itself for the nearest one.
+
+    def arm(self, when: float) -> None:
+        timer = self.timer
+        if timer is not None:
+            if self.timer_at <= when:
+                return
+            timer.cancel()
+        self.timer_at = when
+        self.timer = self.ctx.loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
         now = self.ctx.loop.time()
-        if self.current is None and self.tunnel is None and now - self.last_active >= idle:
-            self.transport.close()
+        cur = self.current
+        if cur is not None:
+            nxt = cur.check_deadlines(now)
+            if self.current is cur and nxt is not None:
+                self.arm(nxt)
+                return
+            if self.current is not None or transport.is_closing():
+                return
+        if self.tunnel is not None or self.lingering:
             return
-        self.idle_timer = self.ctx.loop.call_later(
-            max(idle - (now - self.last_active), 0.01), self._check_idle
-        )
+        idle = self.ctx.settings.idle_timeout
+        if idle is None:
+            return
+        if self.current is None and now - self.last_active >= idle:
+            transport.close()
+            return
+        self.arm(max(self.last_active + idle, now + 0.001))
+
+    def close_lingering(self) -> None:
+        """Closes after the response without cutting it off with a reset.
+
+        Closing a socket with unread request bytes makes the kernel send a reset that
+        can destroy the response in flight; so the write side is shut first and what
+        the client still sends is read and dropped for a moment before closing.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.lingering = True
+        self.queue.clear()
+        self.paused = 0
+        transport.resume_reading()
+        self.ctx.loop.call_later(LINGER_SECONDS, transport.close)
 
     # RequestSink
 
@@ -344,13 +393,19 @@ class ClientConnection(asyncio.Protocol):
         if self.current is not ex:
             return
         self.current = None
-        self.last_active = self.ctx.loop.time()
+        self.last_active = now = self.ctx.loop.time()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        idle = self.ctx.settings.idle_timeout
+        if idle is not None:
+            self.arm(now + idle)
         if close or (self.eof and not self.queue):
             self.queue.clear()
-            transport.close()
+            if ex.request_done:
+                transport.close()
+            else:
+                self.close_lingering()
             return
         queue = self.queue
         while queue:
@@ -410,7 +465,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._count_refusal(error)
         transport.write(error_response(error.status, error.reason, close=True))
-        transport.close()
+        self.close_lingering()
 
     def _count_refusal(self, error: HttpError) -> None:
         self.ctx.stats.errors[error.reason] += 1
@@ -538,11 +593,11 @@ class Exchange:
         "conn",
         "connecting",
         "ctx",
+        "deadline",
         "done",
         "endpoint",
         "forward",
         "head",
-        "idle_timer",
         "last_active",
         "mirror_pending",
         "pending",
@@ -554,7 +609,6 @@ class Exchange:
         "response_bytes_out",
         "response_started",
         "retry_timer",
-        "route_timer",
         "sent_once",
         "stale_retry_used",
         "started_at",
@@ -603,7 +657,7 @@ class Exchange:
         self.started_at = 0.0
         self.try_started = 0.0
         self.last_active = 0.0
-        self.route_timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self.try_timer: asyncio.TimerHandle | None = None
         self.retry_timer: asyncio.TimerHandle | None = None
         self.upstream_status = 0
@@ -612,7 +666,6 @@ class Exchange:
         self.tunneling = False
         self.sent_once = False
         self.mirror_pending = False
-        self.idle_timer: asyncio.TimerHandle | None = None
 
     # request side
 
@@ -690,9 +743,10 @@ class Exchange:
         self.attempts_left = retry.num_retries if retry is not None else 0
         self.started_at = self.last_active = loop.time()
         if action.timeout:
-            self.route_timer = loop.call_later(action.timeout, self.on_route_timeout)
+            self.deadline = self.started_at + action.timeout
+            self.conn.arm(self.deadline)
         if action.idle_timeout:
-            self.idle_timer = loop.call_later(action.idle_timeout, self.on_idle_timeout)
+            self.conn.arm(self.started_at + action.idle_timeout)
         if self.head.expect_continue and not self.request_done:
             transport = self.conn.transport
             if transport is not None:
@@ -898,21 +952,24 @@ class Exchange:
             return
         self.attempt_failed(None, "upstream_per_try_timeout", TIMEOUT_CONDITIONS, 504)
 
-    def on_route_timeout(self) -> None:
-        self.route_timer = None
-        self._timed_out("upstream_timeout")
-
-    def on_idle_timeout(self) -> None:
-        self.idle_timer = None
-        if self.done:
-            return
-        idle = self.forward.idle_timeout if self.forward is not None else None
-        assert idle is not None
-        quiet = self.ctx.loop.time() - self.last_active
-        if quiet < idle:
-            self.idle_timer = self.ctx.loop.call_later(idle - quiet, self.on_idle_timeout)
-            return
-        self._timed_out("stream_idle_timeout")
+    def check_deadlines(self, now: float) -> float | None:
+        """Acts on a passed route or stream-idle deadline; returns the next one, if any."""
+        if self.done or self.forward is None:
+            return None
+        nxt: float | None = None
+        if self.deadline:
+            if now >= self.deadline:
+                self._timed_out("upstream_timeout")
+                return None
+            nxt = self.deadline
+        idle = self.forward.idle_timeout
+        if idle:
+            at = self.last_active + idle
+            if now >= at:
+                self._timed_out("stream_idle_timeout")
+                return None
+            nxt = at if nxt is None else min(nxt, at)
+        return nxt
 
     def _timed_out(self, reason: str) -> None:
         if self.done:
@@ -1241,10 +1298,10 @@ class Exchange:
             self.ctx.pool.discard(up)
 
     def _cancel_timers(self) -> None:
-        for timer in (self.route_timer, self.try_timer, self.retry_timer, self.idle_timer):
+        for timer in (self.try_timer, self.retry_timer):
             if timer is not None:
                 timer.cancel()
-        self.route_timer = self.try_timer = self.retry_timer = self.idle_timer = None
+        self.try_timer = self.retry_timer = None
 
     # mirrors
 

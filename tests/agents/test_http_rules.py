@@ -826,3 +826,24 @@ def test_weighted_cluster_without_precomputed_weights_is_still_picked() -> None:
     fw = Forward(clusters=(WeightedCluster("a", 1), WeightedCluster("b", 3)))
     assert pick_cluster(fw, lambda: 0.0).name == "a"
     assert pick_cluster(fw, lambda: 0.26).name == "b"
+
+
+async def test_rule_23_idle_timeout_still_applies_after_a_request_with_a_route_timeout() -> None:
+    settings = ProxySettings(idle_timeout=0.3)
+    routes = [("/", forward(timeout=0.05))]
+    async with setup(settings=settings, routes=routes) as (port, _, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        # The connection timer fired for the route deadline mid-way; idle still closes.
+        assert await asyncio.wait_for(reader.read(-1), 5) == b""
+        writer.close()
+
+
+async def test_rule_22_refused_request_with_unread_body_still_delivers_the_answer() -> None:
+    async with setup() as (port, backend, _, _):
+        data = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
+        raw = await exchange(port, data + b"x" * 200_000)
+        r = parse_one(raw.replace(b"<reset>", b""))
+        assert (r.status, r.header("x-pilotfish-error")) == (400, "bad_content_length")
+        assert backend.requests == []
