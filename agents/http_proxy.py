@@ -35,11 +35,10 @@ import bisect
 import hashlib
 import random
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from agents.actions import (
     Action,
@@ -223,7 +222,7 @@ class ClientConnection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
@@ -561,6 +560,16 @@ def _hash_key(policies: Sequence[HashPolicy], head: RequestHead, peer: str) -> i
     return int.from_bytes(digest, "big")
 
 
+def request_id() -> bytes:
+    """A random (version 4) UUID, without the cost of building a uuid.UUID."""
+    h = b"%032x" % (random.getrandbits(128) & _UUID_MASK | _UUID_V4)
+    return b"%b-%b-%b-%b-%b" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
+_UUID_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID_V4 = (0x4000 << 64) | (0x8000 << 48)
+
+
 def pick_cluster(forward: Forward, rand: Callable[[], float] = random.random) -> WeightedCluster:
     clusters = forward.clusters
     if len(clusters) == 1:
@@ -598,6 +607,7 @@ class Exchange:
         "endpoint",
         "forward",
         "head",
+        "held",
         "last_active",
         "mirror_pending",
         "pending",
@@ -666,6 +676,7 @@ class Exchange:
         self.tunneling = False
         self.sent_once = False
         self.mirror_pending = False
+        self.held: bytes | None = None
 
     # request side
 
@@ -779,7 +790,7 @@ class Exchange:
         out.append((b"x-forwarded-for", xff))
         out.append((b"x-forwarded-proto", self.ctx.settings.scheme.encode()))
         if not have_id:
-            out.append((b"x-request-id", str(uuid.uuid4()).encode()))
+            out.append((b"x-request-id", request_id()))
         if head.chunked:
             out.append((b"transfer-encoding", b"chunked"))
         if self.tunnel_allowed and head.upgrade is not None:
@@ -1047,9 +1058,17 @@ class Exchange:
             out = _apply_edits(out, weighted.response_headers)
         if not reason or b"\r" in reason or b"\n" in reason:
             reason = reason_phrase(status)
-        transport = self.conn.transport
-        if transport is not None:
-            transport.write(serialize_head(b"HTTP/1.1 %d %b" % (status, reason), out))
+        # Held back so that a head and the body read with it leave in one write.
+        self.held = serialize_head(b"HTTP/1.1 %d %b" % (status, reason), out)
+
+    def flush(self) -> None:
+        """The end of one upstream read: whatever is held goes out."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            transport = self.conn.transport
+            if transport is not None:
+                transport.write(held)
 
     def on_response_body(self, data: bytes) -> None:
         if self.done:
@@ -1059,19 +1078,31 @@ class Exchange:
         if transport is None:
             return
         self.response_bytes_out += len(data)
-        transport.write(chunk(data) if self.client_chunked else data)
+        if self.client_chunked:
+            data = chunk(data)
+        held = self.held
+        if held is not None:
+            self.held = None
+            data = held + data
+        transport.write(data)
 
     def on_response_end(self, reusable: bool) -> None:
         if self.done:
             return
         if self.upstream_status == 101:
+            self.flush()
             self._start_tunnel()
             return
         up = self.upstream
         self.upstream = None
         transport = self.conn.transport
-        if self.client_chunked and transport is not None:
-            transport.write(LAST_CHUNK)
+        if transport is not None:
+            held = self.held
+            if held is not None:
+                self.held = None
+                transport.write(held + LAST_CHUNK if self.client_chunked else held)
+            elif self.client_chunked:
+                transport.write(LAST_CHUNK)
         if up is not None:
             if reusable and self.body_sent and self.upstream_framed:
                 self.ctx.pool.release(up)
@@ -1122,6 +1153,7 @@ class Exchange:
         if self.response_started:
             if not self.upstream_framed and exc is None and up is not None and not up.tunnel:
                 # Read until close: the close is the end of the body.
+                self.flush()
                 transport = self.conn.transport
                 if self.client_chunked and transport is not None:
                     transport.write(LAST_CHUNK)
@@ -1383,6 +1415,9 @@ class _MirrorRequest:
             self.ctx.mirrors -= 1
 
     def on_response_head(self, status: int, reason: bytes, headers: Headers, framed: bool) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
     def on_response_body(self, data: bytes) -> None:

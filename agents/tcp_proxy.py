@@ -13,7 +13,7 @@ pair. The balancer hears ``started`` at connect and ``finished`` at close.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from agents.actions import Forward
 from agents.endpoints import Endpoint
@@ -40,7 +40,7 @@ class _Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         self.transport = transport
         if self.client.writing_paused:
             transport.pause_reading()
@@ -98,7 +98,7 @@ class TcpClient(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         self.transport = transport
         transport.pause_reading()
         self.ctx.stats.requests += 1

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from agents.http1 import Headers, HttpError, ResponseReader
 
@@ -43,6 +43,7 @@ class UpstreamSink(Protocol):
     def on_upstream_error(self, error: HttpError) -> None: ...
     def on_upstream_lost(self, exc: Exception | None) -> None: ...
     def on_tunnel_data(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
 
@@ -111,7 +112,7 @@ class UpstreamConnection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -134,6 +135,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel = True
             if offset < len(data):
                 sink.on_tunnel_data(data[offset:])
+            return
+        sink.flush()
 
     def eof_received(self) -> bool | None:
         return None
