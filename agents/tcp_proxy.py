@@ -139,6 +139,12 @@ class TcpClient(asyncio.Protocol):
             return
         if self.idle:
             self.timer = self.loop.call_later(self.idle, self._check_idle)
+        up = self.upstream
+        if self.pending and up is not None and up.transport is not None:
+            up.transport.write(bytes(self.pending))
+            self.pending.clear()
+        if self.client_eof and up is not None and up.transport is not None:
+            up.transport.write_eof()
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -186,10 +192,17 @@ class TcpClient(asyncio.Protocol):
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.write(data)
+            return
+        # Not connected yet (uvloop may deliver bytes despite the pause in connection_made).
+        self.pending += data
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         self.client_eof = True
         up = self.upstream
+        if up is None:
+            return True  # passed on once connected
         if self.upstream_eof_seen:
             self._finished(200)
             self._close_both()

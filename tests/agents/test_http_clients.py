@@ -108,3 +108,46 @@ async def test_curl_chunked_upload_with_expect_100_continue(tmp_path: object) ->
         out, _ = await proc.communicate(b"".join(blocks(SIZE)))
         assert (proc.returncode, out) == (0, expected(SIZE))
         assert backend.requests[0].header("expect") is None
+
+
+async def _uvloop_scenario() -> list[object]:
+    from agents.actions import Forward, WeightedCluster
+    from agents.listeners import ListenerManager
+    from tests.agents.http_fakes import FakeListener, FakeTable, cluster, forward, parse
+
+    out: list[object] = []
+    async with setup(digest) as (port, _, _, _):
+        body = b"".join(blocks(1 << 20))
+        data = (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%b"
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % (len(body), body)
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        raw = await asyncio.wait_for(reader.read(-1), 10)
+        writer.close()
+        out.append([(r.status, r.body) for r in parse(raw)])
+    echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    echo_port = echo.sockets[0].getsockname()[1]
+    tcp = FakeListener("t", kind="tcp", route_config=None, tcp=Forward((WeightedCluster("e"),)))
+    manager = ListenerManager()
+    await manager.apply(FakeTable([("/", forward())], [cluster("e", echo_port)], (tcp,)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", manager.port("t"))
+    writer.write(b"ping")
+    out.append(await asyncio.wait_for(reader.readexactly(4), 5))
+    writer.close()
+    await manager.close()
+    echo.close()
+    return out
+
+
+async def _echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    while data := await r.read(1024):
+        w.write(data)
+    w.close()
+
+
+async def test_the_proxy_runs_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    out = await asyncio.to_thread(uvloop.run, _uvloop_scenario())
+    assert out == [[(200, expected(1 << 20)), (200, expected(0))], b"ping"]
