@@ -185,6 +185,8 @@ class ClientConnection(asyncio.Protocol):
         "ctx",
         "current",
         "eof",
+        "h2c_body",
+        "h2c_left",
         "last_active",
         "lingering",
         "paused",
@@ -213,6 +215,8 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_buf: bytearray | None = None
         self.upgrade_token: bytes | None = None
+        self.h2c_body = 0
+        self.h2c_left = 0
         self.broken = False
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -240,6 +244,16 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.broken or self.lingering:
             return
+        if self.h2c_left:
+            # The body of a request that offered h2c: llhttp took it for tunnel bytes.
+            part = data[: self.h2c_left]
+            self.h2c_left -= len(part)
+            self.on_request_body(part)
+            if not self.h2c_left:
+                self.on_request_end()
+            data = data[len(part) :]
+            if not data:
+                return
         try:
             offset = self.reader.feed(data)
         except HttpError as e:
@@ -363,6 +377,11 @@ class ClientConnection(asyncio.Protocol):
 
     def on_request_head(self, head: RequestHead) -> None:
         self.upgrade_token = head.upgrade
+        if head.upgrade == b"h2c" and head.has_body:
+            if head.chunked:
+                raise HttpError(501, "h2c_upgrade_with_chunked_body")
+            assert head.content_length is not None
+            self.h2c_body = head.content_length
         if self.current is not None or self.queue:
             self.queue.append((_HEAD, head))
             self.pause(_P_QUEUE)
@@ -376,6 +395,8 @@ class ClientConnection(asyncio.Protocol):
             self.current.request_body(data)
 
     def on_request_end(self) -> None:
+        if self.h2c_body:
+            return  # its body follows as what llhttp calls upgrade bytes
         if self.queue:
             self.queue.append((_END, None))
         elif self.current is not None:
@@ -482,6 +503,8 @@ class ClientConnection(asyncio.Protocol):
         if self.upgrade_token == b"h2c" and not self.broken:
             # Envoy ignores an h2c upgrade offer: the request went on as plain HTTP/1.1.
             self.reader = RequestReader(self, self.ctx.settings.limits)
+            self.h2c_left = self.h2c_body
+            self.h2c_body = 0
             if rest:
                 self.data_received(rest)
             return

@@ -847,3 +847,48 @@ async def test_rule_22_refused_request_with_unread_body_still_delivers_the_answe
         r = parse_one(raw.replace(b"<reset>", b""))
         assert (r.status, r.header("x-pilotfish-error")) == (400, "bad_content_length")
         assert backend.requests == []
+
+
+async def test_rule_14_client_disconnect_mid_response_closes_the_upstream_connection() -> None:
+    upstream_gone = asyncio.Event()
+
+    async def endless(req: Req, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                w.write(b"10000\r\n" + b"e" * 0x10000 + b"\r\n")
+                await w.drain()
+        except ConnectionError:
+            upstream_gone.set()
+        return False
+
+    async with setup(endless) as (port, _, table, manager):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await reader.readexactly(200_000)
+        writer.transport.abort()
+        await asyncio.wait_for(upstream_gone.wait(), 5)
+        balancer = table.clusters["backend"].balancer
+        assert balancer.outstanding == 0 and balancer.finished_calls == [
+            (balancer.endpoints[0], 499)
+        ]
+        assert manager.pool.idle_count() == 0 and not manager.pool._busy
+
+
+async def test_rule_25_h2c_offer_with_a_body_keeps_the_body() -> None:
+    async with setup() as (port, backend, _, _):
+        head = (
+            b"POST /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Length: 5\r\n\r\n"
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b"he")
+        await asyncio.sleep(0.05)
+        writer.write(b"llo" + b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        out = parse(await asyncio.wait_for(reader.read(-1), 5))
+        writer.close()
+        assert [(r.status, r.body) for r in out] == [(200, b"hello"), (200, b"")]
+        assert [r.body for r in backend.requests] == [b"hello", b""]
+        backend.requests.clear()
+        chunked = head.replace(b"Content-Length: 5", b"Transfer-Encoding: chunked")
+        await refused(port, chunked + b"0\r\n\r\n", backend, 501, "h2c_upgrade_with_chunked_body")
