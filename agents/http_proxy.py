@@ -828,11 +828,9 @@ class Exchange:
             pattern, sub = action.regex_rewrite
             path = pattern.sub(sub, path.decode("latin-1")).encode("latin-1")
         elif action.prefix_rewrite is not None:
-            prefix = getattr(action, "matched_prefix", None)
-            if isinstance(prefix, str) and path.startswith(prefix.encode()):
-                path = action.prefix_rewrite.encode() + path[len(prefix) :]
-            else:
-                path = action.prefix_rewrite.encode() + path[1:]
+            # The route matched, so the path starts with the prefix (in any case, for
+            # a case-insensitive route): replace as many characters.
+            path = action.prefix_rewrite.encode() + path[len(action.matched_prefix or "/") :]
         if head.query:
             path = path + b"?" + head.query
         return serialize_head(head.method + b" " + path + b" HTTP/1.1", out)
@@ -1248,11 +1246,7 @@ class Exchange:
             if new_query:
                 query = new_query
         elif action.prefix_rewrite is not None:
-            prefix = getattr(action, "matched_prefix", None)
-            if isinstance(prefix, str) and path.startswith(prefix):
-                path = action.prefix_rewrite + path[len(prefix) :]
-            else:
-                path = action.prefix_rewrite
+            path = action.prefix_rewrite + path[len(action.matched_prefix or "/") :]
         location = f"{scheme}://{host}{path}"
         if query and not action.strip_query:
             location += "?" + query

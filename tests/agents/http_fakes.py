@@ -101,7 +101,7 @@ class FakeTable:
     ) -> Action | None:
         self.seen.append(Seen(host, path, method, dict(headers), query))
         for prefix, action in self.routes:
-            if path.startswith(prefix):
+            if path.lower().startswith(prefix.lower()):  # as a case-insensitive route
                 return action
         return None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from dataclasses import dataclass
 
 from agents.actions import (
     DirectResponse,
@@ -70,9 +69,7 @@ async def test_direct_response_and_redirects() -> None:
         ("/direct", DirectResponse(418, b"teapot", HeaderEdits(add=(HeaderValue("x-d", "1"),)))),
         (
             "/old",
-            PrefixRedirect(
-                status=302, host="new.example", prefix_rewrite="/new", matched_prefix="/old"
-            ),
+            Redirect(status=302, host="new.example", prefix_rewrite="/new", matched_prefix="/old"),
         ),
         ("/moved", Redirect(path="/elsewhere", scheme="https", port=8443, strip_query=True)),
     ]
@@ -91,32 +88,26 @@ async def test_direct_response_and_redirects() -> None:
         assert backend.requests == []
 
 
-@dataclass(frozen=True, slots=True)
-class PrefixForward(Forward):
-    """A route action that knows the prefix it matched, as prefix_rewrite needs."""
-
-    matched_prefix: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PrefixRedirect(Redirect):
-    matched_prefix: str = ""
-
-
 async def test_prefix_and_regex_rewrite() -> None:
     routes = [
         ("/regex", forward(regex_rewrite=(re.compile(r"^/regex/(\d+)$"), r"/items/\1"))),
         (
             "/api",
-            PrefixForward(
+            Forward(
                 clusters=(WeightedCluster("backend"),), prefix_rewrite="/v2", matched_prefix="/api"
             ),
         ),
     ]
+    # A case-insensitive route matches /API too: the matched characters are replaced.
     async with setup(routes=routes) as (port, backend, _, _):
         await request(port, get("/regex/42?x=1"))
         await request(port, get("/api/things"))
-        assert [r.target for r in backend.requests] == ["/items/42?x=1", "/v2/things"]
+        await request(port, get("/API/Other"))
+        assert [r.target for r in backend.requests] == [
+            "/items/42?x=1",
+            "/v2/things",
+            "/v2/Other",
+        ]
 
 
 async def test_header_edits_on_request_and_response_route_then_weighted_cluster() -> None:
