@@ -18,7 +18,9 @@ fatal: the last table keeps serving.
 
 The table builder and the listener manager are parameters typed by the
 small protocols below; by default they are ``agents.table.build_table`` and
-``agents.listeners.ListenerManager``, imported when the agent is made.
+``agents.listeners.ListenerManager``, imported when the agent is made. A
+listener manager with a ``stats`` attribute (traffic counts shaped like
+:class:`~agents.metrics.TrafficCounts`) has it exported by :attr:`Agent.metrics`.
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ class Agent:
         """This agent's metrics; the data plane reports requests to it."""
         self._build_table: TableBuilder = build_table or _default_build_table()
         self._listeners: ListenerApplier = listeners or _default_listeners()
+        traffic = getattr(self._listeners, "stats", None)
+        if traffic is not None:  # the data plane's counters, exported as they are
+            self.metrics.watch(traffic)
         self._cache = (
             ConfigCache(options.cache_dir, options.node.fingerprint())
             if options.cache_dir is not None

@@ -18,6 +18,7 @@ from agents.node import NodeIdentity
 from agents.table import build_table
 from agents.xds_client import Resources
 from controlplane.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from tests.agents.test_metrics import ProxyStats
 from tests.agents.test_xds_client_admin import fetch, get
 from tests.agents.test_xds_client_agent import FakeBuilder, FakeListeners, complete
 from tests.agents.xds_support import (
@@ -245,14 +246,22 @@ async def test_a_page_that_fails_answers_500_and_the_admin_keeps_serving() -> No
         await server.close()
 
 
-async def test_an_agent_has_its_metrics_before_it_starts_and_reports_not_ready() -> None:
+class CountingListeners(FakeListeners):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats = ProxyStats()
+
+
+async def test_an_agent_exports_its_listeners_counts_and_reports_not_ready_before_start() -> None:
+    listeners = CountingListeners()
     metrics = Agent(
         AgentOptions("127.0.0.1:1", NodeIdentity("a"), backoff=fast_backoff),
         build_table=FakeBuilder(),
-        listeners=FakeListeners(),
+        listeners=listeners,
     ).metrics
+    listeners.stats.responses[("", 404)] += 1
     metrics.request_done("", 404)
     samples = parse(metrics.render().decode())
-    assert samples["pilotfish_agent_requests_total"] == {(("cluster", ""), ("code", "404")): 1.0}
+    assert samples["pilotfish_agent_requests_total"] == {(("cluster", ""), ("code", "404")): 2.0}
     assert samples["pilotfish_agent_ready"] == {(): 0.0}
     assert "pilotfish_agent_xds_version_info" not in samples  # nothing held yet

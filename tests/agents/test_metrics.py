@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY
@@ -176,3 +177,62 @@ def test_without_a_table_or_client_nothing_is_reported_and_nothing_fails() -> No
     assert samples(metrics, "pilotfish_agent_table_ignored") == {}
     assert samples(metrics, "pilotfish_agent_xds_acks_total") == {}
     assert samples(metrics, "pilotfish_agent_ready") == {}
+
+
+class ProxyStats:
+    """Shaped like the data plane's ``http_proxy.Stats``: Counters it updates itself."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.responses: Counter[tuple[str, int]] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.retries: Counter[str] = Counter()
+        self.upstream_connect_errors: Counter[str] = Counter()
+
+
+def test_watched_data_plane_counts_are_exported_and_summed_with_the_typed_calls() -> None:
+    metrics = AgentMetrics()
+    stats = ProxyStats()
+    metrics.watch(stats)
+    metrics.watch(stats)  # once only
+    stats.requests += 3
+    stats.responses[(REVIEWS, 200)] += 2
+    stats.responses[("", 404)] += 1
+    stats.errors["route_not_found"] += 1
+    stats.retries[REVIEWS] += 1
+    stats.upstream_connect_errors[REVIEWS] += 1
+    metrics.request_started()
+    metrics.request_done(REVIEWS, 200)
+    metrics.local_error("route_not_found")
+    metrics.local_error("no_healthy_upstream")
+    metrics.retry(DETAILS)
+    assert samples(metrics, "pilotfish_agent_downstream_requests_total") == {(): 4.0}
+    assert samples(metrics, "pilotfish_agent_requests_total") == {
+        (("cluster", ""), ("code", "404")): 1.0,
+        (("cluster", REVIEWS), ("code", "200")): 3.0,
+    }
+    assert samples(metrics, "pilotfish_agent_local_errors_total") == {
+        (("reason", "no_healthy_upstream"),): 1.0,
+        (("reason", "route_not_found"),): 2.0,
+    }
+    assert samples(metrics, "pilotfish_agent_retries_total") == {
+        (("cluster", DETAILS),): 1.0,
+        (("cluster", REVIEWS),): 1.0,
+    }
+    assert samples(metrics, "pilotfish_agent_upstream_connect_errors_total") == {
+        (("cluster", REVIEWS),): 1.0
+    }
+
+
+def test_applying_a_table_prunes_gone_clusters_in_watched_counts_too() -> None:
+    table = bookinfo_table(Clock())
+    metrics = AgentMetrics()
+    stats = ProxyStats()
+    metrics.watch(stats)
+    gone = "outbound|9080||gone.bookinfo.svc.cluster.local"
+    stats.responses[(gone, 200)] += 1
+    stats.responses[(REVIEWS, 200)] += 1
+    stats.upstream_connect_errors[gone] += 1
+    metrics.table_applied(table)
+    assert dict(stats.responses) == {(REVIEWS, 200): 1}
+    assert dict(stats.upstream_connect_errors) == {}
