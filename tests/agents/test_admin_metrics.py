@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -76,14 +77,19 @@ def versions(held: HeldConfig) -> dict[tuple[tuple[str, str], ...], float]:
     }
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_metrics_count_acks_by_type_then_a_nack_and_show_the_versions_in_force(
-    tmp_path: Path,
+    tmp_path: Path, delta: bool
 ) -> None:
     plane = await start_plane(copy_example("bookinfo", tmp_path))
     listeners = FakeListeners()
     agent = Agent(
         AgentOptions(
-            plane.address, NodeIdentity("a"), admin_address="127.0.0.1:0", backoff=fast_backoff
+            plane.address,
+            NodeIdentity("a"),
+            admin_address="127.0.0.1:0",
+            backoff=fast_backoff,
+            delta=delta,
         ),
         build_table=RefusingBuilder(),
         listeners=listeners,
