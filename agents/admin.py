@@ -7,6 +7,13 @@
     The applied resources and their versions as JSON: per type, the version
     (SotW ``version_info`` or delta ``system_version_info``), and each resource
     as Envoy's JSON mapping with its delta version where there is one.
+``GET /clusters``
+    The forwarding table in force, per cluster: its kind, load-balancing
+    policy, outlier detection, ejections and returns, what it still waits for,
+    and every endpoint as its balancer sees it (health, ejection, outstanding
+    requests, latency estimate), as JSON.
+``GET /metrics``
+    The agent's metrics (:mod:`agents.metrics`) in Prometheus text format.
 
 More pages are registered with :meth:`AdminServer.add_page`. It is built on
 asyncio streams, one short exchange per connection (``Connection: close``):
@@ -25,8 +32,10 @@ from typing import Any
 
 import structlog
 from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from agents.cache import HeldConfig
+from agents.metrics import AgentMetrics
 from controlplane.xds.types import push_rank, short_name
 
 log = structlog.get_logger(__name__)
@@ -36,15 +45,37 @@ Page = Callable[[], tuple[int, str, bytes]]
 
 MAX_REQUEST_HEAD = 8192
 READ_TIMEOUT = 5.0
-REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class AdminServer:
-    def __init__(self, address: str, ready: Callable[[], bool], held: Callable[[], HeldConfig]):
+    def __init__(
+        self,
+        address: str,
+        ready: Callable[[], bool],
+        held: Callable[[], HeldConfig],
+        *,
+        table: Callable[[], Any | None] = lambda: None,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
         self.address = address
         self._ready = ready
         self._held = held
-        self._pages: dict[str, Page] = {"/ready": self._ready_page, "/config_dump": self._dump}
+        self._table = table
+        self._metrics = metrics
+        self._pages: dict[str, Page] = {
+            "/ready": self._ready_page,
+            "/config_dump": self._dump,
+            "/clusters": self._clusters,
+        }
+        if metrics is not None:
+            self._pages["/metrics"] = self._metrics_page
         self._server: asyncio.Server | None = None
 
     def add_page(self, path: str, page: Page) -> None:
@@ -101,7 +132,11 @@ class AdminServer:
             return 404, "text/plain", b"not found\n"
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"GET only\n"
-        return page()
+        try:
+            return page()
+        except Exception:  # a page's bug must not leave the probe without an answer
+            log.exception("agent_admin_page_failed", path=path)
+            return 500, "text/plain", b"internal error, see the agent's log\n"
 
     def _ready_page(self) -> tuple[int, str, bytes]:
         if self._ready():
@@ -125,6 +160,35 @@ class AdminServer:
                 "resources": resources,
             }
         return 200, "application/json", json.dumps(dump, indent=1).encode() + b"\n"
+
+    def _clusters(self) -> tuple[int, str, bytes]:
+        return (
+            200,
+            "application/json",
+            json.dumps(clusters_view(self._table()), indent=1).encode() + b"\n",
+        )
+
+    def _metrics_page(self) -> tuple[int, str, bytes]:
+        assert self._metrics is not None
+        return 200, CONTENT_TYPE_LATEST, self._metrics.render()
+
+
+def clusters_view(table: Any | None) -> dict[str, Any]:
+    """What ``/clusters`` shows of ``table`` (None: nothing applied yet)."""
+    clusters: dict[str, Any] = {}
+    for name, entry in sorted((getattr(table, "clusters", None) or {}).items()):
+        balancer = entry.balancer
+        outlier = entry.outlier
+        clusters[name] = {
+            "kind": entry.kind,
+            "lb_policy": getattr(entry.lb, "kind", ""),
+            "outlier_detection": outlier is not None,
+            "ejections_total": getattr(balancer, "ejections_total", 0),
+            "returns_total": getattr(balancer, "returns_total", 0),
+            "pending": list(entry.pending),
+            "endpoints": balancer.snapshot(),
+        }
+    return {"version": getattr(table, "version", ""), "clusters": clusters}
 
 
 def _as_json(message: Any) -> Any:

@@ -18,7 +18,9 @@ fatal: the last table keeps serving.
 
 The table builder and the listener manager are parameters typed by the
 small protocols below; by default they are ``agents.table.build_table`` and
-``agents.listeners.ListenerManager``, imported when the agent is made.
+``agents.listeners.ListenerManager``, imported when the agent is made. A
+listener manager with a ``stats`` attribute (traffic counts shaped like
+:class:`~agents.metrics.TrafficCounts`) has it exported by :attr:`Agent.metrics`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import contextlib
 import importlib
 import inspect
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,7 @@ from agents.admin import AdminServer
 from agents.backoff import Backoff
 from agents.cache import ConfigCache, HeldConfig
 from agents.errors import ConfigRejected
+from agents.metrics import AgentMetrics
 from agents.node import NodeIdentity
 from agents.xds_client import Resources, XdsClient
 from controlplane.errors import PilotfishError
@@ -84,8 +88,13 @@ class Agent:
         listeners: ListenerApplier | None = None,
     ) -> None:
         self.options = options
+        self.metrics = AgentMetrics(table=lambda: self.table, xds=lambda: self.client)
+        """This agent's metrics; the data plane reports requests to it."""
         self._build_table: TableBuilder = build_table or _default_build_table()
         self._listeners: ListenerApplier = listeners or _default_listeners()
+        traffic = getattr(self._listeners, "stats", None)
+        if traffic is not None:  # the data plane's counters, exported as they are
+            self.metrics.watch(traffic)
         self._cache = (
             ConfigCache(options.cache_dir, options.node.fingerprint())
             if options.cache_dir is not None
@@ -103,7 +112,13 @@ class Agent:
         self._start_error: AgentStartError | None = None
         self._failed = asyncio.Event()
         self.admin = (
-            AdminServer(options.admin_address, self.client.ready.is_set, lambda: self.held)
+            AdminServer(
+                options.admin_address,
+                self.client.ready.is_set,
+                lambda: self.held,
+                table=lambda: self.table,
+                metrics=self.metrics,
+            )
             if options.admin_address is not None
             else None
         )
@@ -113,6 +128,7 @@ class Agent:
         return self.client.held
 
     def prepare(self, resources: Resources, versions: Mapping[str, str]) -> Any:
+        started = time.perf_counter()
         try:
             return self._build_table(resources, self.table, versions=versions)
         except ConfigRejected as exc:
@@ -121,6 +137,8 @@ class Agent:
         except Exception as exc:
             log.exception("agent_table_build_failed")
             raise ConfigRejected("agent", "table", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.metrics.table_built(time.perf_counter() - started)
 
     async def commit(self, prepared: Any | None, held: HeldConfig) -> None:
         if prepared is not None:
@@ -138,6 +156,7 @@ class Agent:
                     self._failed.set()
                 raise
             self.table = prepared
+            self.metrics.table_applied(prepared)
             log.info("agent_config_applied", version=getattr(prepared, "version", ""))
         if self._cache is not None:
             await asyncio.to_thread(self._cache.save, held)

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -92,6 +92,17 @@ class ClientStats:
     acks: int = 0
     nacks: int = 0
     applies: int = 0
+    acks_by_type: dict[str, int] = field(default_factory=dict)
+    nacks_by_type: dict[str, int] = field(default_factory=dict)
+    """By type URL, for the agent's metrics."""
+
+    def ack(self, type_url: str) -> None:
+        self.acks += 1
+        self.acks_by_type[type_url] = self.acks_by_type.get(type_url, 0) + 1
+
+    def nack(self, type_url: str) -> None:
+        self.nacks += 1
+        self.nacks_by_type[type_url] = self.nacks_by_type.get(type_url, 0) + 1
 
 
 class XdsClient:
@@ -313,7 +324,7 @@ class XdsClient:
         url = response.type_url
         reply = requests[0]
         if reply.HasField("error_detail"):
-            self.stats.nacks += 1
+            self.stats.nack(url)
             log.warning(
                 "xds_nack_sent",
                 type=short_name(url),
@@ -327,7 +338,7 @@ class XdsClient:
                 await self._sink.commit(self._prepared if self._changed else None, held)
             except Exception as exc:
                 log.error("agent_apply_failed", type=short_name(url), error=repr(exc))
-                self.stats.nacks += 1
+                self.stats.nack(url)
                 reply.version_info = self._committed_version(url)
                 reply.error_detail.code = 3
                 reply.error_detail.message = (
@@ -342,7 +353,7 @@ class XdsClient:
             self._committed = held
         self._prepared = None
         self._answered.add(url)
-        self.stats.acks += 1
+        self.stats.ack(url)
         log.debug("xds_ack_sent", type=short_name(url), nonce=response.nonce)
         if not self.ready.is_set() and self._initial_fetch_done():
             self.ready.set()
