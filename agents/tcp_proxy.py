@@ -120,16 +120,16 @@ class TcpClient(asyncio.Protocol):
         self.idle = forward.idle_timeout
         self.started = self.last_active = self.loop.time()
         cluster.balancer.started(ep)
-        self.loop.create_task(self._connect(ep, cluster.connect_timeout))
+        self.loop.create_task(self._connect(cluster.name, ep, cluster.connect_timeout))
 
-    async def _connect(self, ep: Endpoint, timeout: float) -> None:
+    async def _connect(self, cluster: str, ep: Endpoint, timeout: float) -> None:
         try:
             await asyncio.wait_for(
                 self.loop.create_connection(lambda: self._make_upstream(), ep.address, ep.port),
                 timeout,
             )
         except (OSError, TimeoutError):
-            self.ctx.stats.upstream_connect_errors[ep.address] += 1
+            self.ctx.stats.upstream_connect_errors[cluster] += 1
             self._finished(None)
             self._fail("upstream_connect_failure")
             return

@@ -107,6 +107,7 @@ async def test_tcp_proxy_closes_the_client_when_the_upstream_is_unreachable() ->
     assert await asyncio.wait_for(reader.read(-1), 5) == b""
     writer.close()
     assert manager.stats.errors["upstream_connect_failure"] == 1
+    assert dict(manager.stats.upstream_connect_errors) == {"x": 1}
     assert table.clusters["x"].balancer.finished_calls[0][1] is None
     await manager.close()
 
