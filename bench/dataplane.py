@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import pstats
@@ -177,6 +178,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float = 0.0
+    """CPU time (user + system, every thread) the measured process spent per request."""
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -322,6 +325,9 @@ class Processes:
             if child == name and process.poll() is not None:
                 tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise BenchError(f"{name} exited with {process.returncode}:\n{tail}")
+
+    def pid(self, name: str) -> int:
+        return next(process.pid for child, process in self.children if child == name)
 
     def stop(self, name: str, timeout: float = 15.0) -> None:
         for child, process in list(self.children):
@@ -542,6 +548,7 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> None:
             )
 
     loadgen = "wrk" if use_wrk else "python"
+    print(f"load average before: {load_average()}")
     print(
         f"load: {loadgen}, {args.connections} keep-alive connections, {args.duration:g} s "
         f"(+{args.warmup:g} s warm-up), GET / -> {len(BACKEND_BODY)}-byte body; "
@@ -550,11 +557,16 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> None:
 
     def measure(name: str, duration: float) -> Result:
         host, target_port = hosts[name]
+        pid = processes.pid("backend" if name == "direct" else name)
+        cpu_before = cpu_seconds(pid)
         if use_wrk:
-            return run_wrk(
-                f"http://{host}:{target_port}/", duration, args.connections, client_core or 0
-            )
-        return run_python_load(host, target_port, duration, args.connections)
+            url = f"http://{host}:{target_port}/"
+            result = run_wrk(url, duration, args.connections, client_core or 0)
+        else:
+            result = run_python_load(host, target_port, duration, args.connections)
+        spent = cpu_seconds(pid) - cpu_before
+        requests = result.rps * duration
+        return dataclasses.replace(result, cpu_us=spent / requests * 1e6 if requests else 0.0)
 
     order = [t for t in ("direct", "envoy", "agent") if t in args.targets]
     results: dict[str, list[Result]] = {name: [] for name in order}
@@ -568,7 +580,7 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> None:
             print(
                 f"round {round_ + 1} {name:>6}: {result.rps:>9,.0f} req/s  "
                 f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                f"errors {result.errors}",
+                f"cpu {result.cpu_us:5.1f} us/req  errors {result.errors}",
                 flush=True,
             )
             for other in hosts:
@@ -577,14 +589,15 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> None:
 
     summary = {name: _median(rs) for name, rs in results.items()}
     print()
-    print(f"{'target':>8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"median of {args.rounds} round(s), load average {load_average()}")
+    print(f"{'target':>8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11}")
     for name, r in summary.items():
-        print(f"{name:>8} {r.rps:>10,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f}")
+        print(f"{name:>8} {r.rps:>10,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.cpu_us:>11.1f}")
     if "envoy" in summary and "agent" in summary:
         e, a = summary["envoy"], summary["agent"]
         print(
             f"agent/envoy: throughput {a.rps / e.rps:.2f}x  p50 {a.p50_ms / e.p50_ms:.2f}x  "
-            f"p99 {a.p99_ms / e.p99_ms:.2f}x"
+            f"p99 {a.p99_ms / e.p99_ms:.2f}x  cpu per request {a.cpu_us / e.cpu_us:.2f}x"
         )
     if args.profile is not None and "agent" in hosts:
         profile_agent(args, processes, hosts, xds_port, proxy_core, env, measure)
@@ -653,7 +666,21 @@ def _median(results: list[Result]) -> Result:
         statistics.median(r.p50_ms for r in results),
         statistics.median(r.p99_ms for r in results),
         sum(r.errors for r in results),
+        statistics.median(r.cpu_us for r in results),
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its threads, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":
