@@ -19,8 +19,10 @@ the client core allows), Envoy, the agent, ``--rounds`` times in alternation.
 The load generator is ``wrk`` (Debian package ``wrk``) when it is on PATH,
 otherwise a bounded asyncio keep-alive client in this file (it saturates a
 core sooner than wrk, so its ceiling is lower: the direct figure shows it).
-Printed: requests/s, p50 and p99 per target and round, the medians over the
-rounds and the ratios agent/Envoy. Everything started is stopped by PID at
+Printed: requests/s, p50 and p99 per target and round, with the CPU time the
+proxy process (every thread, from ``/proc``) spent per request, which other
+work on the machine disturbs least; then the medians over the rounds and the
+ratios agent/Envoy. Everything started is stopped by PID at
 the end, on errors and on Ctrl-C too.
 
 ``--profile DIR`` also runs the agent under cProfile for one extra load
