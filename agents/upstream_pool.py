@@ -199,6 +199,16 @@ class UpstreamPool:
         self._closed = False
         self.connects = 0
         self.connect_failures = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        # Looked up once: on Python 3.11 get_running_loop() makes a getpid system call,
+        # and release() runs once per request.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def idle_count(self, key: Key | None = None) -> int:
         if key is not None:
@@ -222,11 +232,11 @@ class UpstreamPool:
                 callback(conn, "")
                 return None
         attempt = ConnectAttempt(callback)
-        asyncio.get_running_loop().create_task(self._connect(key, connect_timeout, attempt))
+        self.loop.create_task(self._connect(key, connect_timeout, attempt))
         return attempt
 
     async def _connect(self, key: Key, timeout: float, attempt: ConnectAttempt) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.connects += 1
         try:
             _, conn = await asyncio.wait_for(
@@ -270,7 +280,7 @@ class UpstreamPool:
         if len(stack) >= self.max_idle:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         conn.idle_since = loop.time()
         stack.append(conn)
         if self._sweep is None:
@@ -294,7 +304,7 @@ class UpstreamPool:
 
     def _do_sweep(self) -> None:
         self._sweep = None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = loop.time() - self.idle_timeout
         for key in list(self._idle):
             stack = self._idle[key]
