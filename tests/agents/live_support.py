@@ -1,0 +1,241 @@
+"""End-to-end helpers: named echo backends, a keep-alive client, a live control plane and agent.
+
+A backend answers every request with JSON naming itself and echoing the request's method, path,
+headers and body, so a test can tell exactly where a request went and what it looked like when
+it got there. Its behaviour (delay, failures) can be changed while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.agent import Agent, AgentOptions
+from agents.node import NodeIdentity
+from controlplane.server.control_plane import ControlPlane
+from tests.agents.xds_support import fast_backoff, start_plane
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Backend:
+    """An HTTP/1.1 keep-alive server answering with its name; ``fail`` 503s come first."""
+
+    name: str
+    delay: float = 0.0
+    fail: int = 0
+    status: int = 200
+    seen: list[Seen] = field(default_factory=list)
+    server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+                method, path, _ = line.split(" ", 2)
+                headers: dict[str, str] = {}
+                for header in lines:
+                    key, _, value = header.partition(":")
+                    key = key.strip().lower()
+                    value = value.strip()
+                    headers[key] = f"{headers[key]},{value}" if key in headers else value
+                body = await read_body(reader, headers)
+                self.seen.append(Seen(method, path, headers, body))
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                status = self.status
+                if self.fail > 0:
+                    self.fail -= 1
+                    status = 503
+                payload = json.dumps(
+                    {
+                        "backend": self.name,
+                        "method": method,
+                        "path": path,
+                        "headers": headers,
+                        "body": body.decode("latin-1"),
+                    }
+                ).encode()
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+                    f"x-backend: {self.name}\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
+                    + payload
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+async def read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":
+                    pass
+                return b"".join(chunks)
+            chunks.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+    length = int(headers.get("content-length", "0"))
+    return await reader.readexactly(length) if length else b""
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+    @property
+    def backend(self) -> str:
+        return self.headers.get("x-backend", "")
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection, reopened when the server closes it."""
+
+    def __init__(self, port: int, host: str) -> None:
+        self.port = port
+        self.host = host
+        self.connections = 0
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self,
+        path: str,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+    ) -> Response:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.connections += 1
+        assert self._reader is not None
+        lines = [f"{method} {path} HTTP/1.1", f"host: {self.host}"]
+        lines += [f"{key}: {value}" for key, value in (headers or {}).items()]
+        if body or method in ("POST", "PUT"):
+            lines.append(f"content-length: {len(body)}")
+        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")[:-2]
+        got: dict[str, str] = {}
+        for header in header_lines:
+            key, _, value = header.partition(":")
+            key = key.strip().lower()
+            got[key] = f"{got[key]},{value.strip()}" if key in got else value.strip()
+        status = int(status_line.split(" ")[1])
+        payload = b"" if method == "HEAD" else await read_body(self._reader, got)
+        if got.get("connection", "").lower() == "close":
+            await self.close()
+        return Response(status, got, payload)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Wait until ``check()`` (maybe a coroutine function's result) is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Live:
+    config: Path
+    plane: ControlPlane
+    agent: Agent
+    port: int
+
+    def client(self, host: str) -> Client:
+        return Client(self.port, host)
+
+
+@contextlib.asynccontextmanager
+async def live_agent(config: Path, port: int, node_id: str = "live") -> AsyncIterator[Live]:
+    """A control plane on ``config`` and a sidecar agent bound to 127.0.0.1, ready to serve."""
+    plane = await start_plane(config)
+    agent = Agent(
+        AgentOptions(
+            plane.address,
+            NodeIdentity(node_id, bind_address="127.0.0.1"),
+            connect_timeout=10.0,
+            backoff=fast_backoff,
+        )
+    )
+    try:
+        await agent.start()
+        yield Live(config, plane, agent, port)
+    finally:
+        await agent.close()
+        await plane.stop(0.1)
+
+
+@contextlib.asynccontextmanager
+async def backends(*names: str) -> AsyncIterator[dict[str, Backend]]:
+    started = {name: Backend(name) for name in names}
+    try:
+        for backend in started.values():
+            await backend.start()
+        yield started
+    finally:
+        for backend in started.values():
+            await backend.close()
