@@ -239,3 +239,53 @@ async def backends(*names: str) -> AsyncIterator[dict[str, Backend]]:
     finally:
         for backend in started.values():
             await backend.close()
+
+
+HOST = "hello.default.svc.cluster.local"
+
+
+def hello_mesh(port: int, running: dict[str, Backend]) -> str:
+    """Service ``hello`` on ``port``, one WorkloadEntry per backend, a subset per backend name."""
+    docs = [
+        "apiVersion: v1\nkind: Service\nmetadata: {name: hello, namespace: default}\n"
+        f"spec:\n  selector: {{app: hello}}\n  ports:\n  - {{name: http, port: {port}}}\n"
+    ]
+    for name, backend in running.items():
+        docs.append(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n"
+            f"metadata: {{name: {name}, namespace: default}}\n"
+            f"spec:\n  address: 127.0.0.1\n  labels: {{app: hello, name: {name}}}\n"
+            f"  ports: {{http: {backend.port}}}\n"
+        )
+    return "---\n".join(docs)
+
+
+def subsets_rule(names: list[str], policy: str = "", annotations: str = "") -> str:
+    """A DestinationRule for ``hello``: a subset per name, ``policy`` as its trafficPolicy body."""
+    subsets = "".join(f"  - name: {n}\n    labels: {{name: {n}}}\n" for n in names)
+    meta = f"  annotations:\n{annotations}" if annotations else ""
+    traffic = f"  trafficPolicy:\n{policy}" if policy else ""
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+        f"metadata:\n  name: hello\n  namespace: default\n{meta}"
+        f"spec:\n  host: hello\n{traffic}  subsets:\n{subsets}"
+    )
+
+
+def split_service(weights: dict[str, int], extra_rule: str = "") -> str:
+    """A VirtualService for ``hello`` splitting traffic between subsets by ``weights``."""
+    route = "".join(
+        f"    - destination: {{host: hello, subset: {n}}}\n      weight: {w}\n"
+        for n, w in weights.items()
+    )
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        "metadata: {name: hello, namespace: default}\n"
+        f"spec:\n  hosts: [hello]\n  http:\n{extra_rule}  - route:\n{route}"
+    )
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
