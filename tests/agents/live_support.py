@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -289,3 +293,75 @@ def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)
     temporary.replace(path)
+
+
+@dataclass
+class Served:
+    """A ``pilotfish serve`` subprocess."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+    log: Path
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(5)
+
+
+def serve(config: Path, workdir: Path, address: str | None = None) -> Served:
+    """Start ``pilotfish serve`` on ``config`` (quick reloads), on a free port unless given."""
+    address = address or f"127.0.0.1:{free_port()}"
+    log = workdir / f"serve-{address.rsplit(':', 1)[1]}-{time.monotonic_ns()}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "controlplane",
+        "serve",
+        "--config-dir",
+        str(config),
+        "--xds-address",
+        address,
+        "--debounce",
+        "20ms",
+        "--settle",
+        "10ms",
+        "--max-delay",
+        "100ms",
+        "--state-dir",
+        str(workdir / "state"),
+        "--log-format",
+        "json",
+        "--grace",
+        "100ms",
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + 20
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"pilotfish serve exited: {log.read_text()}")
+        try:
+            socket.create_connection((host, int(port)), 0.2).close()
+            return Served(process, address, log)
+        except OSError:
+            assert time.monotonic() < deadline, "pilotfish serve did not listen"
+            time.sleep(0.05)
+
+
+def sidecar(address: str, cache_dir: Path | None = None, node_id: str = "live") -> Agent:
+    return Agent(
+        AgentOptions(
+            address,
+            NodeIdentity(node_id, bind_address="127.0.0.1"),
+            cache_dir=cache_dir,
+            connect_timeout=15.0,
+            backoff=fast_backoff,
+        )
+    )
+
+
+def _env() -> dict[str, str]:
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}

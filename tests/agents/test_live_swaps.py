@@ -1,0 +1,103 @@
+"""Table swaps under load lose no request.
+
+``pilotfish serve`` runs as a subprocess (on the other core) while a live agent carries 10,000
+keep-alive requests over a few connections; every 100 ms the VirtualService is rewritten to flip
+between a 50/50 split of ``a`` and ``b`` and everything to ``c``. Every request must get a 200
+from one of them, and both configurations must have carried traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from tests.agents.live_support import (
+    HOST,
+    Client,
+    backends,
+    eventually,
+    free_port,
+    hello_mesh,
+    serve,
+    sidecar,
+    split_service,
+    subsets_rule,
+    write_atomically,
+)
+
+REQUESTS = 10_000
+CONNECTIONS = 4
+SPLIT = split_service({"a": 50, "b": 50})
+ALL_TO_C = split_service({"c": 100})
+
+
+async def test_live_edits_every_100ms_under_10000_requests_lose_none(tmp_path: Path) -> None:
+    port = free_port()
+    async with backends("a", "b", "c") as running:
+        config = tmp_path / "config"
+        config.mkdir()
+        (config / "mesh.yaml").write_text(hello_mesh(port, running))
+        (config / "rule.yaml").write_text(subsets_rule(["a", "b", "c"]))
+        routes = config / "routes.yaml"
+        routes.write_text(SPLIT)
+        served = serve(config, tmp_path)
+        agent = sidecar(served.address)
+        try:
+            await agent.start()
+            statuses: Counter[tuple[int, str]] = Counter()
+            sent = 0
+            done = asyncio.Event()
+
+            async def send(client: Client, n: int) -> None:
+                nonlocal sent
+                try:
+                    for i in range(n):
+                        response = await client.request(f"/r/{i}")
+                        statuses[response.status, response.backend] += 1
+                        sent += 1
+                finally:
+                    await client.close()
+
+            async def edit() -> int:
+                for edits, text in enumerate(itertools.cycle((ALL_TO_C, SPLIT))):
+                    if done.is_set():
+                        return edits
+                    write_atomically(routes, text)
+                    await asyncio.sleep(0.1)
+                raise AssertionError("unreachable")
+
+            with capture_logs() as logs:
+                editor = asyncio.create_task(edit())
+                clients = [Client(port, HOST) for _ in range(CONNECTIONS)]
+                try:
+                    await asyncio.gather(*(send(c, REQUESTS // CONNECTIONS) for c in clients))
+                finally:
+                    done.set()
+                    edits = await editor
+            applied = [e for e in logs if e["event"] == "agent_config_applied"]
+            assert sent == REQUESTS
+            assert set(statuses) <= {(200, "a"), (200, "b"), (200, "c")}, statuses
+            assert sum(statuses.values()) == REQUESTS
+            assert statuses[200, "c"] > 0 and statuses[200, "a"] + statuses[200, "b"] > 0
+            assert edits >= 10
+            assert len(applied) >= 4, "the tables did not swap during the load"
+            assert [c.connections for c in clients] == [1] * CONNECTIONS
+
+            write_atomically(routes, ALL_TO_C)
+            last = Client(port, HOST)
+            try:
+
+                async def settled() -> bool:
+                    return (await last.request("/")).backend == "c"
+
+                await eventually(settled)
+                assert {(await last.request("/")).backend for _ in range(20)} == {"c"}
+            finally:
+                await last.close()
+        finally:
+            await agent.close()
+            served.kill()
