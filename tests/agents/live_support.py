@@ -214,13 +214,15 @@ class Live:
 
 
 @contextlib.asynccontextmanager
-async def live_agent(config: Path, port: int, node_id: str = "live") -> AsyncIterator[Live]:
-    """A control plane on ``config`` and a sidecar agent bound to 127.0.0.1, ready to serve."""
+async def live_agent(
+    config: Path, port: int, node: NodeIdentity | None = None
+) -> AsyncIterator[Live]:
+    """A control plane on ``config`` and an agent (sidecar unless ``node`` says), ready."""
     plane = await start_plane(config)
     agent = Agent(
         AgentOptions(
             plane.address,
-            NodeIdentity(node_id, bind_address="127.0.0.1"),
+            node or NodeIdentity("live", bind_address="127.0.0.1"),
             connect_timeout=10.0,
             backoff=fast_backoff,
         )
