@@ -249,3 +249,44 @@ async def test_a_tcp_service_is_proxied_by_weight(tmp_path: Path) -> None:
     assert set(greetings) == {b"one:ping", b"two:ping"}
     # binomial(200, 0.75): 5 sigma is about 31
     assert abs(greetings[b"one:ping"] - 150) <= 31
+
+
+STICKY = """\
+    loadBalancer:
+      consistentHash:
+        httpCookie: {name: session, ttl: 60s}
+"""
+
+
+async def test_a_hash_cookie_with_a_ttl_is_made_up_once_and_keeps_the_client_on_one_backend(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with backends("a", "b", "c") as running:
+        config = tmp_path / "config"
+        config.mkdir()
+        (config / "mesh.yaml").write_text(hello_mesh(port, running))
+        (config / "rule.yaml").write_text(subsets_rule([], STICKY))
+        async with live_agent(config, port) as live:
+            client = live.client(HOST)
+            try:
+                first = await client.request("/")
+                assert first.status == 200
+                cookie = first.headers["set-cookie"]
+                name, _, rest = cookie.partition("=")
+                value, _, attributes = rest.partition(";")
+                assert name == "session"
+                assert value.startswith('"') and value.endswith('"') and len(value) == 18
+                assert attributes == " Max-Age=60; HttpOnly"
+                for sent in (value, value.strip('"')):  # Envoy reads it quoted or not
+                    for _ in range(10):
+                        again = await client.request("/", headers={"cookie": f"session={sent}"})
+                        assert again.backend == first.backend
+                        assert "set-cookie" not in again.headers
+                spread = {
+                    (await client.request("/", headers={"cookie": f"session=s{i}"})).backend
+                    for i in range(60)
+                }
+                assert spread == {"a", "b", "c"}
+            finally:
+                await client.close()
