@@ -52,6 +52,8 @@ class Backend:
     status: int = 200
     seen: list[Seen] = field(default_factory=list)
     server: asyncio.Server | None = None
+    connections: int = 0
+    """Connections open now."""
 
     @property
     def port(self) -> int:
@@ -69,6 +71,7 @@ class Backend:
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 try:
@@ -109,6 +112,7 @@ class Backend:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self.connections -= 1
             writer.close()
 
 
@@ -351,12 +355,15 @@ def serve(config: Path, workdir: Path, address: str | None = None) -> Served:
             time.sleep(0.05)
 
 
-def sidecar(address: str, cache_dir: Path | None = None, node_id: str = "live") -> Agent:
+def sidecar(
+    address: str, cache_dir: Path | None = None, node_id: str = "live", delta: bool = False
+) -> Agent:
     return Agent(
         AgentOptions(
             address,
             NodeIdentity(node_id, bind_address="127.0.0.1"),
             cache_dir=cache_dir,
+            delta=delta,
             connect_timeout=15.0,
             backoff=fast_backoff,
         )

@@ -13,6 +13,7 @@ import itertools
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from tests.agents.live_support import (
@@ -35,7 +36,10 @@ SPLIT = split_service({"a": 50, "b": 50})
 ALL_TO_C = split_service({"c": 100})
 
 
-async def test_live_edits_every_100ms_under_10000_requests_lose_none(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_live_edits_every_100ms_under_10000_requests_lose_none(
+    tmp_path: Path, delta: bool
+) -> None:
     port = free_port()
     async with backends("a", "b", "c") as running:
         config = tmp_path / "config"
@@ -45,7 +49,7 @@ async def test_live_edits_every_100ms_under_10000_requests_lose_none(tmp_path: P
         routes = config / "routes.yaml"
         routes.write_text(SPLIT)
         served = serve(config, tmp_path)
-        agent = sidecar(served.address)
+        agent = sidecar(served.address, delta=delta)
         try:
             await agent.start()
             statuses: Counter[tuple[int, str]] = Counter()
@@ -98,6 +102,49 @@ async def test_live_edits_every_100ms_under_10000_requests_lose_none(tmp_path: P
                 assert {(await last.request("/")).backend for _ in range(20)} == {"c"}
             finally:
                 await last.close()
+        finally:
+            await agent.close()
+            served.kill()
+
+
+async def test_endpoints_removed_and_added_under_load_lose_no_request_and_are_drained(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with backends("a", "b", "c") as running:
+        config = tmp_path / "config"
+        config.mkdir()
+        mesh = config / "mesh.yaml"
+        mesh.write_text(hello_mesh(port, {n: running[n] for n in ("a", "b")}))
+        served = serve(config, tmp_path)
+        agent = sidecar(served.address)
+        try:
+            await agent.start()
+            statuses: Counter[tuple[int, str]] = Counter()
+            done = asyncio.Event()
+
+            async def send(client: Client) -> None:
+                try:
+                    while not done.is_set():
+                        response = await client.request("/")
+                        statuses[response.status, response.backend] += 1
+                finally:
+                    await client.close()
+
+            senders = [asyncio.create_task(send(Client(port, HOST))) for _ in range(CONNECTIONS)]
+            try:
+                await eventually(lambda: statuses[200, "a"] >= 100)
+                assert running["a"].connections >= 1
+                write_atomically(mesh, hello_mesh(port, {n: running[n] for n in ("b", "c")}))
+                await eventually(lambda: statuses[200, "c"] >= 100)
+                seen_by_a = len(running["a"].seen)
+                await eventually(lambda: statuses[200, "c"] >= 1000)
+            finally:
+                done.set()
+                await asyncio.gather(*senders)
+            assert len(running["a"].seen) == seen_by_a  # a gets nothing once c gets traffic
+            await eventually(lambda: running["a"].connections == 0)  # drained, then closed
+            assert set(statuses) == {(200, "a"), (200, "b"), (200, "c")}, statuses
         finally:
             await agent.close()
             served.kill()
