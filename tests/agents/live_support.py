@@ -341,7 +341,7 @@ def serve(config: Path, workdir: Path, address: str | None = None) -> Served:
         "100ms",
     ]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child_env())
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + 20
     while True:
@@ -370,7 +370,7 @@ def sidecar(
     )
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}

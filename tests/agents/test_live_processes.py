@@ -1,0 +1,114 @@
+"""``pilotfish serve`` and ``pilotfish agent`` as real processes on the bookinfo example.
+
+The agent process runs as shipped (uvloop when installed); the test talks to it over its
+listeners and admin port only, kills the control plane with SIGKILL mid-traffic, stops the agent
+with SIGTERM and restarts it from its cache while the control plane is still down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tests.agents.live_support import Client, backends, child_env, eventually, free_port, serve
+from tests.agents.test_live_routing import WORKLOADS
+from tests.agents.xds_support import copy_example
+
+REVIEWS = "reviews.bookinfo.svc.cluster.local"
+RATINGS = "ratings.bookinfo.svc.cluster.local"
+
+
+def start_agent(xds: str, admin: int, cache: Path, log: Path) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "agents",
+        "--xds-server",
+        xds,
+        "--node-id",
+        "reviews-1",
+        "--admin-address",
+        f"127.0.0.1:{admin}",
+        "--cache-dir",
+        str(cache),
+        "--connect-timeout",
+        "15s",
+        "--log-format",
+        "json",
+    ]
+    with log.open("ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child_env())
+
+
+async def ready(admin: int) -> bool:
+    try:
+        client = Client(admin, "admin")
+        try:
+            return (await client.request("/ready")).status == 200
+        finally:
+            await client.close()
+    except OSError:
+        return False
+
+
+async def test_serve_and_agent_processes_route_bookinfo_and_survive_the_control_plane(
+    tmp_path: Path,
+) -> None:
+    async with backends(*WORKLOADS) as running:
+        config = copy_example("bookinfo", tmp_path)
+        port = free_port()
+        for name in ("services.yaml", "routing.yaml"):
+            path = config / name
+            text = path.read_text().replace("port: 9080", f"port: {port}")
+            path.write_text(text.replace("number: 9080", f"number: {port}"))
+        workloads = config / "workloads.yaml"
+        text = workloads.read_text()
+        for name, example_port in WORKLOADS.items():
+            text = text.replace(f"http: {example_port}", f"http: {running[name].port}")
+        workloads.write_text(text)
+
+        served = serve(config, tmp_path)
+        admin, cache, log = free_port(), tmp_path / "cache", tmp_path / "agent.log"
+        agent = start_agent(served.address, admin, cache, log)
+        try:
+            await eventually(lambda: ready(admin), timeout=20)
+            reviews, ratings = Client(port, REVIEWS), Client(port, RATINGS)
+            jason = await reviews.request("/reviews/1", headers={"end-user": "jason"})
+            assert (jason.status, jason.backend) == (200, "reviews-v2")
+            aborted = await ratings.request("/ratings/1", headers={"x-test-fault": "abort"})
+            assert (aborted.status, aborted.headers["x-pilotfish-error"]) == (503, "fault_abort")
+
+            answered: Counter[tuple[int, str]] = Counter()
+            for _ in range(100):
+                answered[(r := await reviews.request("/reviews/2")).status, r.backend] += 1
+            served.kill()
+            await asyncio.sleep(0.3)
+            for _ in range(100):
+                answered[(r := await reviews.request("/reviews/2")).status, r.backend] += 1
+            assert set(answered) == {(200, "reviews-v1"), (200, "reviews-v3")}
+            assert sum(answered.values()) == 200
+            await reviews.close()
+            await ratings.close()
+
+            os.kill(agent.pid, signal.SIGTERM)
+            assert await asyncio.to_thread(agent.wait, 10) == 0
+
+            agent = start_agent(served.address, admin, cache, log)  # no control plane now
+            await eventually(lambda: ready(admin), timeout=20)
+            again = Client(port, REVIEWS)
+            try:
+                jason = await again.request("/reviews/1", headers={"end-user": "jason"})
+                assert (jason.status, jason.backend) == (200, "reviews-v2")
+            finally:
+                await again.close()
+        finally:
+            if agent.poll() is None:
+                os.kill(agent.pid, signal.SIGKILL)
+                agent.wait(5)
+            if served.process.poll() is None:
+                served.kill()
