@@ -219,7 +219,7 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def live_agent(
-    config: Path, port: int, node: NodeIdentity | None = None
+    config: Path, port: int, node: NodeIdentity | None = None, delta: bool = False
 ) -> AsyncIterator[Live]:
     """A control plane on ``config`` and an agent (sidecar unless ``node`` says), ready."""
     plane = await start_plane(config)
@@ -227,6 +227,7 @@ async def live_agent(
         AgentOptions(
             plane.address,
             node or NodeIdentity("live", bind_address="127.0.0.1"),
+            delta=delta,
             connect_timeout=10.0,
             backoff=fast_backoff,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from controlplane.xds import ROUTE
@@ -26,8 +27,9 @@ from tests.agents.live_support import (
 POSSESSIVE = "  - match:\n    - uri: {regex: /a++}\n    route:\n    - destination: {host: hello}\n"
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_a_nacked_route_keeps_the_old_table_and_the_server_logs_the_nack(
-    tmp_path: Path,
+    tmp_path: Path, delta: bool
 ) -> None:
     port = free_port()
     async with backends("a", "b") as running:
@@ -37,7 +39,7 @@ async def test_a_nacked_route_keeps_the_old_table_and_the_server_logs_the_nack(
         (config / "rule.yaml").write_text(subsets_rule(["a", "b"]))
         routes = config / "routes.yaml"
         routes.write_text(split_service({"a": 100}))
-        async with live_agent(config, port) as live:
+        async with live_agent(config, port, delta=delta) as live:
             client = live.client(HOST)
             try:
                 assert (await client.request("/x")).backend == "a"
