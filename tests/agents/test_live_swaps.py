@@ -148,3 +148,37 @@ async def test_endpoints_removed_and_added_under_load_lose_no_request_and_are_dr
         finally:
             await agent.close()
             served.kill()
+
+
+async def test_a_request_in_flight_finishes_on_its_table_when_its_endpoint_is_removed(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with backends("a", "b") as running:
+        config = tmp_path / "config"
+        config.mkdir()
+        mesh = config / "mesh.yaml"
+        mesh.write_text(hello_mesh(port, {"a": running["a"]}))
+        served = serve(config, tmp_path)
+        agent = sidecar(served.address)
+        slow, fresh = Client(port, HOST), Client(port, HOST)
+        try:
+            await agent.start()
+            assert (await slow.request("/warm")).backend == "a"
+            running["a"].delay = 1.0
+            in_flight = asyncio.create_task(slow.request("/slow"))
+            await eventually(lambda: len(running["a"].seen) == 2)
+            table = agent.table
+            write_atomically(mesh, hello_mesh(port, {"b": running["b"]}))
+            await eventually(lambda: agent.table is not table)
+            assert (await fresh.request("/new")).backend == "b"
+            assert not in_flight.done()
+            answer = await in_flight
+            assert (answer.status, answer.backend, answer.json()["path"]) == (200, "a", "/slow")
+            await eventually(lambda: running["a"].connections == 0)
+            assert (await slow.request("/after")).backend == "b"  # same client connection
+        finally:
+            await slow.close()
+            await fresh.close()
+            await agent.close()
+            served.kill()
