@@ -610,6 +610,15 @@ def _set_cookie(name: bytes, value: bytes, ttl: float, path: str) -> bytes:
     return cookie + b"; HttpOnly"
 
 
+def shadow_host(host: bytes) -> bytes:
+    """Envoy's host for a mirrored request: ``-shadow`` after the name, before any port."""
+    if host.startswith(b"["):
+        end = host.find(b"]") + 1
+        return host[:end] + b"-shadow" + host[end:] if end else host + b"-shadow"
+    name, colon, port = host.partition(b":")
+    return name + b"-shadow" + colon + port
+
+
 def request_id() -> bytes:
     """A random (version 4) UUID, without the cost of building a uuid.UUID."""
     h = b"%032x" % (random.getrandbits(128) & _UUID_MASK | _UUID_V4)
@@ -1404,11 +1413,18 @@ class Exchange:
         cluster = self.table.cluster(mirror.cluster)
         if cluster is None:
             return
-        head = self.head
-        host = head.host.split(b":", 1)[0] + b"-shadow"
+        # The copy is of the request as sent upstream (rewrites and header edits applied).
+        host = self.head.host
         lines = self.upstream_head.split(b"\r\n")
-        headers = [line for line in lines[1:] if line and not line.lower().startswith(b"host:")]
-        mirror_head = b"\r\n".join([lines[0], b"host: " + host, *headers]) + b"\r\n\r\n"
+        headers = []
+        for line in lines[1:]:
+            if line[:5].lower() == b"host:":
+                host = line[5:].strip()
+            elif line:
+                headers.append(line)
+        mirror_head = (
+            b"\r\n".join([lines[0], b"host: " + shadow_host(host), *headers]) + b"\r\n\r\n"
+        )
         _MirrorRequest(ctx, cluster, mirror_head, self)
 
 

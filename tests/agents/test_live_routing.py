@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.http_proxy import shadow_host
 from tests.agents.live_support import Backend, Live, backends, free_port, live_agent
 from tests.agents.xds_support import copy_example
 
@@ -114,6 +115,13 @@ spec:
     timeout: 0.2s
     route:
     - destination: {host: details}
+  - name: mirror-rewritten
+    match:
+    - uri: {prefix: /mirror-rewritten}
+    rewrite: {uri: /copied, authority: internal.example}
+    mirror: {host: reviews, subset: v3}
+    route:
+    - destination: {host: productpage}
   - name: mirror
     match:
     - uri: {prefix: /mirror}
@@ -322,9 +330,40 @@ async def test_the_mirror_gets_a_copy_and_the_client_the_primary_answer(
         await client.close()
 
 
+async def test_a_mirror_copy_has_the_rewritten_request_and_envoys_shadow_host(
+    mesh: tuple[Live, dict[str, Backend]],
+) -> None:
+    live, running = mesh
+    shadow = running["reviews-v3"]
+    with_port = live.client(f"{productpage()}:{live.port}")
+    try:
+        response = await with_port.request("/mirror/2")
+        assert (response.status, response.backend) == (200, "productpage-v1")
+        rewritten = await with_port.request("/mirror-rewritten/3")
+        assert (rewritten.status, rewritten.json()["path"]) == (200, "/copied/3")
+        assert rewritten.json()["headers"]["host"] == "internal.example"
+        await _until(lambda: len(shadow.seen) == 2)
+        copies = sorted((s.path, s.headers["host"]) for s in shadow.seen)
+        assert copies == [
+            ("/copied/3", "internal.example-shadow"),
+            ("/mirror/2", f"{productpage()}-shadow:{live.port}"),
+        ]
+    finally:
+        await with_port.close()
+
+
 async def _until(check: object, timeout: float = 5.0) -> None:
     assert callable(check)
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
+
+
+def test_the_shadow_host_goes_before_the_port_as_in_envoy() -> None:
+    assert [shadow_host(h) for h in (b"a", b"a:80", b"[::1]:80", b"[::1]")] == [
+        b"a-shadow",
+        b"a-shadow:80",
+        b"[::1]-shadow:80",
+        b"[::1]-shadow",
+    ]
