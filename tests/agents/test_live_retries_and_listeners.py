@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.agents.live_support import (
     HOST,
     Client,
@@ -139,15 +141,16 @@ async def test_retries_per_try_timeouts_post_bodies_partial_faults_and_mirrors(
                 await client.close()
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_a_service_added_gets_a_listener_and_a_service_removed_loses_it(
-    tmp_path: Path,
+    tmp_path: Path, delta: bool
 ) -> None:
     port, second_port = free_port(), free_port()
     async with backends("a") as running:
         config = tmp_path / "config"
         config.mkdir()
         (config / "mesh.yaml").write_text(hello_mesh(port, running))
-        async with live_agent(config, port) as live:
+        async with live_agent(config, port, delta=delta) as live:
             second = config / "second.yaml"
             write_atomically(
                 second,

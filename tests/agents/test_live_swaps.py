@@ -113,8 +113,9 @@ async def test_live_edits_every_100ms_under_10000_requests_lose_none(
             served.kill()
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_endpoints_removed_and_added_under_load_lose_no_request_and_are_drained(
-    tmp_path: Path,
+    tmp_path: Path, delta: bool
 ) -> None:
     port = free_port()
     async with backends("a", "b", "c") as running:
@@ -123,7 +124,7 @@ async def test_endpoints_removed_and_added_under_load_lose_no_request_and_are_dr
         mesh = config / "mesh.yaml"
         mesh.write_text(hello_mesh(port, {n: running[n] for n in ("a", "b")}))
         served = serve(config, tmp_path)
-        agent = sidecar(served.address)
+        agent = sidecar(served.address, delta=delta)
         try:
             await agent.start()
             statuses: Counter[tuple[int, str]] = Counter()
@@ -156,8 +157,9 @@ async def test_endpoints_removed_and_added_under_load_lose_no_request_and_are_dr
             served.kill()
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_a_request_in_flight_finishes_on_its_table_when_its_endpoint_is_removed(
-    tmp_path: Path,
+    tmp_path: Path, delta: bool
 ) -> None:
     port = free_port()
     async with backends("a", "b") as running:
@@ -166,7 +168,7 @@ async def test_a_request_in_flight_finishes_on_its_table_when_its_endpoint_is_re
         mesh = config / "mesh.yaml"
         mesh.write_text(hello_mesh(port, {"a": running["a"]}))
         served = serve(config, tmp_path)
-        agent = sidecar(served.address)
+        agent = sidecar(served.address, delta=delta)
         slow, fresh = Client(port, HOST), Client(port, HOST)
         try:
             await agent.start()
