@@ -11,6 +11,8 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.agents.live_support import (
     HOST,
     Client,
@@ -59,8 +61,9 @@ class Traffic:
         return self.answers
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_killing_the_control_plane_interrupts_no_traffic_and_the_cache_restarts_it(
-    tmp_path: Path,
+    tmp_path: Path, delta: bool
 ) -> None:
     port = free_port()
     cache = tmp_path / "cache"
@@ -72,7 +75,7 @@ async def test_killing_the_control_plane_interrupts_no_traffic_and_the_cache_res
         routes = config / "routes.yaml"
         routes.write_text(split_service({"a": 100}))
         served = serve(config, tmp_path)
-        first = sidecar(served.address, cache)
+        first = sidecar(served.address, cache, delta=delta)
         try:
             await first.start()
             traffic = Traffic(port)
@@ -87,7 +90,7 @@ async def test_killing_the_control_plane_interrupts_no_traffic_and_the_cache_res
             if served.process.poll() is None:
                 served.kill()
 
-        second = sidecar(served.address, cache)  # the control plane is still down
+        second = sidecar(served.address, cache, delta=delta)  # the control plane is still down
         try:
             await second.start()
             traffic = Traffic(port)
