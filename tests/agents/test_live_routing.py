@@ -8,6 +8,7 @@ its name and echoes what it received.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -367,3 +368,31 @@ def test_the_shadow_host_goes_before_the_port_as_in_envoy() -> None:
         b"[::1]-shadow:80",
         b"[::1]-shadow",
     ]
+
+
+async def test_the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones(
+    mesh: tuple[Live, dict[str, Backend]],
+) -> None:
+    live, _ = mesh
+    client = live.client(productpage())
+    try:
+        response = await client.request(
+            "/",
+            headers={
+                "x-forwarded-for": "10.0.0.1",
+                "connection": "keep-alive, x-hop",
+                "x-hop": "1",
+            },
+        )
+        seen = response.json()["headers"]
+        assert seen["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+        assert seen["x-forwarded-proto"] == "http"
+        assert re.fullmatch(
+            "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+            seen["x-request-id"],
+        )
+        assert "x-hop" not in seen and "connection" not in seen
+        kept = await client.request("/", headers={"x-request-id": "given"})
+        assert kept.json()["headers"]["x-request-id"] == "given"
+    finally:
+        await client.close()
