@@ -24,7 +24,7 @@ from typing import Any
 from agents.agent import Agent, AgentOptions
 from agents.node import NodeIdentity
 from controlplane.server.control_plane import ControlPlane
-from tests.agents.xds_support import fast_backoff, start_plane
+from tests.agents.xds_support import copy_example, fast_backoff, start_plane
 
 
 def free_port() -> int:
@@ -375,3 +375,32 @@ def child_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
+
+
+BOOKINFO_WORKLOADS = {
+    "productpage-v1": 9201,
+    "details-v1": 9202,
+    "reviews-v1": 9211,
+    "reviews-v2": 9212,
+    "reviews-v3": 9213,
+    "ratings-v1": 9221,
+}
+"""The bookinfo example's workloads and the ports it gives them."""
+
+
+def bookinfo_config(
+    tmp_path: Path, running: dict[str, Backend], port: int, gateway_port: int = 8080
+) -> Path:
+    """The bookinfo example, its services on ``port``, its workloads on ``running``'s ports."""
+    config = copy_example("bookinfo", tmp_path)
+    for name in ("services.yaml", "routing.yaml"):
+        path = config / name
+        text = path.read_text().replace("port: 9080", f"port: {port}")
+        text = text.replace("number: 9080", f"number: {port}")
+        path.write_text(text.replace("number: 8080", f"number: {gateway_port}"))
+    workloads = config / "workloads.yaml"
+    text = workloads.read_text()
+    for name, example_port in BOOKINFO_WORKLOADS.items():
+        text = text.replace(f"http: {example_port}", f"http: {running[name].port}")
+    workloads.write_text(text)
+    return config

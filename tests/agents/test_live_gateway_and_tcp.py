@@ -15,15 +15,15 @@ from pathlib import Path
 
 from agents.node import NodeIdentity
 from tests.agents.live_support import (
+    BOOKINFO_WORKLOADS,
     HOST,
     backends,
+    bookinfo_config,
     free_port,
     hello_mesh,
     live_agent,
     subsets_rule,
 )
-from tests.agents.test_live_routing import WORKLOADS
-from tests.agents.xds_support import copy_example
 
 VARIANTS = """\
 apiVersion: networking.istio.io/v1
@@ -131,19 +131,9 @@ spec:
 
 
 async def test_a_gateway_agent_serves_the_bookinfo_ingress(tmp_path: Path) -> None:
-    async with backends(*WORKLOADS) as running:
-        config = copy_example("bookinfo", tmp_path)
+    async with backends(*BOOKINFO_WORKLOADS) as running:
         service_port, gateway_port = free_port(), free_port()
-        for name in ("services.yaml", "routing.yaml"):
-            path = config / name
-            text = path.read_text().replace("port: 9080", f"port: {service_port}")
-            text = text.replace("number: 9080", f"number: {service_port}")
-            path.write_text(text.replace("number: 8080", f"number: {gateway_port}"))
-        workloads = config / "workloads.yaml"
-        text = workloads.read_text()
-        for name, example_port in WORKLOADS.items():
-            text = text.replace(f"http: {example_port}", f"http: {running[name].port}")
-        workloads.write_text(text)
+        config = bookinfo_config(tmp_path, running, service_port, gateway_port)
         node = NodeIdentity(
             "ingress", role="gateway", labels={"istio": "ingressgateway"}, bind_address="127.0.0.1"
         )

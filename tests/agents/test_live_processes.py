@@ -15,9 +15,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tests.agents.live_support import Client, backends, child_env, eventually, free_port, serve
-from tests.agents.test_live_routing import WORKLOADS
-from tests.agents.xds_support import copy_example
+from tests.agents.live_support import (
+    BOOKINFO_WORKLOADS,
+    Client,
+    backends,
+    bookinfo_config,
+    child_env,
+    eventually,
+    free_port,
+    serve,
+)
 
 REVIEWS = "reviews.bookinfo.svc.cluster.local"
 RATINGS = "ratings.bookinfo.svc.cluster.local"
@@ -59,18 +66,9 @@ async def ready(admin: int) -> bool:
 async def test_serve_and_agent_processes_route_bookinfo_and_survive_the_control_plane(
     tmp_path: Path,
 ) -> None:
-    async with backends(*WORKLOADS) as running:
-        config = copy_example("bookinfo", tmp_path)
+    async with backends(*BOOKINFO_WORKLOADS) as running:
         port = free_port()
-        for name in ("services.yaml", "routing.yaml"):
-            path = config / name
-            text = path.read_text().replace("port: 9080", f"port: {port}")
-            path.write_text(text.replace("number: 9080", f"number: {port}"))
-        workloads = config / "workloads.yaml"
-        text = workloads.read_text()
-        for name, example_port in WORKLOADS.items():
-            text = text.replace(f"http: {example_port}", f"http: {running[name].port}")
-        workloads.write_text(text)
+        config = bookinfo_config(tmp_path, running, port)
 
         served = serve(config, tmp_path)
         admin, cache, log = free_port(), tmp_path / "cache", tmp_path / "agent.log"

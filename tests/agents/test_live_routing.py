@@ -16,17 +16,15 @@ from pathlib import Path
 import pytest
 
 from agents.http_proxy import shadow_host
-from tests.agents.live_support import Backend, Live, backends, free_port, live_agent
-from tests.agents.xds_support import copy_example
-
-WORKLOADS = {
-    "productpage-v1": 9201,
-    "details-v1": 9202,
-    "reviews-v1": 9211,
-    "reviews-v2": 9212,
-    "reviews-v3": 9213,
-    "ratings-v1": 9221,
-}
+from tests.agents.live_support import (
+    BOOKINFO_WORKLOADS,
+    Backend,
+    Live,
+    backends,
+    bookinfo_config,
+    free_port,
+    live_agent,
+)
 
 PRODUCTPAGE_ROUTES = """\
 apiVersion: networking.istio.io/v1
@@ -145,18 +143,9 @@ def productpage() -> str:
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[tuple[Live, dict[str, Backend]]]:
-    async with backends(*WORKLOADS) as running:
-        config = copy_example("bookinfo", tmp_path)
+    async with backends(*BOOKINFO_WORKLOADS) as running:
         port = free_port()
-        for name in ("services.yaml", "routing.yaml"):
-            path = config / name
-            text = path.read_text().replace("port: 9080", f"port: {port}")
-            path.write_text(text.replace("number: 9080", f"number: {port}"))
-        workloads = config / "workloads.yaml"
-        text = workloads.read_text()
-        for name, example_port in WORKLOADS.items():
-            text = text.replace(f"http: {example_port}", f"http: {running[name].port}")
-        workloads.write_text(text)
+        config = bookinfo_config(tmp_path, running, port)
         (config / "productpage-routes.yaml").write_text(PRODUCTPAGE_ROUTES)
         async with live_agent(config, port) as live:
             yield live, running
