@@ -8,6 +8,7 @@ with SIGTERM and restarts it from its cache while the control plane is still dow
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -17,14 +18,19 @@ from pathlib import Path
 
 from tests.agents.live_support import (
     BOOKINFO_WORKLOADS,
+    HOST,
     Client,
     backends,
     bookinfo_config,
     child_env,
     eventually,
     free_port,
+    hello_mesh,
     serve,
+    subsets_rule,
+    write_atomically,
 )
+from tests.agents.test_live_swaps import ALL_TO_C, CHUNK, CONNECTIONS, REQUESTS, SPLIT
 
 REVIEWS = "reviews.bookinfo.svc.cluster.local"
 RATINGS = "ratings.bookinfo.svc.cluster.local"
@@ -110,3 +116,65 @@ async def test_serve_and_agent_processes_route_bookinfo_and_survive_the_control_
                 agent.wait(5)
             if served.process.poll() is None:
                 served.kill()
+
+
+async def test_the_agent_process_loses_no_request_across_edits_every_100ms(
+    tmp_path: Path,
+) -> None:
+    """The swap test again with the agent as shipped (its own process and event loop)."""
+    port = free_port()
+    async with backends("a", "b", "c") as running:
+        config = tmp_path / "config"
+        config.mkdir()
+        (config / "mesh.yaml").write_text(hello_mesh(port, running))
+        (config / "rule.yaml").write_text(subsets_rule(["a", "b", "c"]))
+        routes = config / "routes.yaml"
+        routes.write_text(SPLIT)
+        served = serve(config, tmp_path)
+        admin, log = free_port(), tmp_path / "agent.log"
+        agent = start_agent(served.address, admin, tmp_path / "cache", log)
+        done = asyncio.Event()
+
+        def swaps() -> int:
+            return log.read_text().count('"agent_config_applied"')
+
+        async def edit() -> int:
+            for edits, text in enumerate(itertools.cycle((ALL_TO_C, SPLIT))):
+                if done.is_set():
+                    return edits
+                write_atomically(routes, text)
+                await asyncio.sleep(0.1)
+            raise AssertionError("unreachable")
+
+        statuses: Counter[tuple[int, str]] = Counter()
+
+        async def send(client: Client, n: int) -> None:
+            try:
+                for i in range(n):
+                    if i and i % CHUNK == 0:
+                        await eventually(lambda chunk=i // CHUNK: swaps() >= base + chunk)
+                    response = await client.request(f"/r/{i}")
+                    statuses[response.status, response.backend] += 1
+            finally:
+                await client.close()
+
+        try:
+            await eventually(lambda: ready(admin), timeout=20)
+            base = swaps()
+            editor = asyncio.create_task(edit())
+            try:
+                await asyncio.gather(
+                    *(send(Client(port, HOST), REQUESTS // CONNECTIONS) for _ in range(CONNECTIONS))
+                )
+            finally:
+                done.set()
+                edits = await editor
+            assert set(statuses) <= {(200, "a"), (200, "b"), (200, "c")}, statuses
+            assert sum(statuses.values()) == REQUESTS
+            assert statuses[200, "c"] > 0 and statuses[200, "a"] + statuses[200, "b"] > 0
+            assert edits >= REQUESTS // CONNECTIONS // CHUNK - 1
+        finally:
+            if agent.poll() is None:
+                os.kill(agent.pid, signal.SIGKILL)
+                agent.wait(5)
+            served.kill()
