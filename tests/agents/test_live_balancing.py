@@ -152,3 +152,27 @@ async def test_a_backend_answering_503_is_ejected_and_comes_back_after_the_eject
         assert back == {"fast-1": 10, "fast-2": 10, "slow": 10}
     finally:
         await client.close()
+
+
+async def test_latency_aware_gives_a_backend_that_recovered_its_share_back(
+    mesh: tuple[Live, dict[str, Backend], Path],
+) -> None:
+    live, running, rule = mesh
+    decay = "    pilotfish.io/latency-decay: 300ms\n"
+    write_atomically(rule, subsets_rule([], annotations=LATENCY_AWARE + decay))
+
+    def decay_applied() -> bool:
+        table = live.agent.table
+        entry = table.cluster(cluster_name(live)) if table is not None else None
+        return entry is not None and entry.lb.kind == "latency_aware" and entry.lb.decay == 0.3
+
+    await eventually(decay_applied)
+    total = CLIENTS * PER_CLIENT
+    running["slow"].delay = 0.05
+    assert (await spread(live))["slow"] < total * 0.10
+    running["slow"].delay = 0.0
+
+    async def recovered() -> bool:
+        return (await spread(live))["slow"] >= total * 0.2
+
+    await eventually(recovered, timeout=15)
