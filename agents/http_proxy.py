@@ -548,8 +548,16 @@ def _apply_edits(headers: Headers, edits: HeaderEdits) -> Headers:
     return headers
 
 
-def _hash_key(policies: Sequence[HashPolicy], head: RequestHead, peer: str) -> int | None:
+def _hash_key(
+    policies: Sequence[HashPolicy], head: RequestHead, peer: str
+) -> tuple[int | None, bytes | None]:
+    """The hash key of a request, and the ``set-cookie`` value of a cookie made up for it.
+
+    As Envoy: a cookie policy with a TTL whose cookie is absent makes up a value, hashes on it
+    and has it set on the response, so that the client sticks to the endpoint from then on.
+    """
     material: list[bytes] = []
+    set_cookie: bytes | None = None
     for p in policies:
         value: bytes | None = None
         if p.kind == "header":
@@ -564,8 +572,11 @@ def _hash_key(policies: Sequence[HashPolicy], head: RequestHead, peer: str) -> i
                     for part in v.split(b";"):
                         k, _, val = part.strip().partition(b"=")
                         if k == name:
-                            value = val
+                            value = _unquote(val)
                             break
+            if value is None and p.cookie_ttl is not None:
+                value = b"%016x" % random.getrandbits(64)
+                set_cookie = _set_cookie(name, value, p.cookie_ttl, p.cookie_path)
         elif p.kind == "query_parameter":
             name = p.name.encode()
             for part in head.query.split(b"&"):
@@ -578,9 +589,34 @@ def _hash_key(policies: Sequence[HashPolicy], head: RequestHead, peer: str) -> i
             if p.terminal:
                 break
     if not material:
-        return None
+        return None, set_cookie
     digest = hashlib.blake2b(b"\x00".join(material), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+    return int.from_bytes(digest, "big"), set_cookie
+
+
+def _unquote(value: bytes) -> bytes:
+    if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
+        return value[1:-1]
+    return value
+
+
+def _set_cookie(name: bytes, value: bytes, ttl: float, path: str) -> bytes:
+    """Envoy's ``makeSetCookieValue``: quoted value, Max-Age unless 0, Path, HttpOnly."""
+    cookie = b'%b="%b"' % (name, value)
+    if int(ttl):
+        cookie += b"; Max-Age=%d" % int(ttl)
+    if path:
+        cookie += b"; Path=" + path.encode()
+    return cookie + b"; HttpOnly"
+
+
+def shadow_host(host: bytes) -> bytes:
+    """Envoy's host for a mirrored request: ``-shadow`` after the name, before any port."""
+    if host.startswith(b"["):
+        end = host.find(b"]") + 1
+        return host[:end] + b"-shadow" + host[end:] if end else host + b"-shadow"
+    name, colon, port = host.partition(b":")
+    return name + b"-shadow" + colon + port
 
 
 def request_id() -> bytes:
@@ -629,6 +665,7 @@ class Exchange:
         "done",
         "endpoint",
         "forward",
+        "hash_key",
         "head",
         "held",
         "last_active",
@@ -643,6 +680,7 @@ class Exchange:
         "response_started",
         "retry_timer",
         "sent_once",
+        "set_cookie",
         "stale_retry_used",
         "started_at",
         "table",
@@ -698,6 +736,8 @@ class Exchange:
         self.tunnel_allowed = False
         self.tunneling = False
         self.sent_once = False
+        self.hash_key: int | None = None
+        self.set_cookie: bytes | None = None
         self.mirror_pending = False
         self.held: bytes | None = None
 
@@ -843,12 +883,11 @@ class Exchange:
         assert balancer is not None
         action = self.forward
         assert action is not None
-        hash_key = (
-            _hash_key(action.hash_policies, self.head, self.conn.peer)
-            if action.hash_policies
-            else None
-        )
-        ep = balancer.pick(hash_key)
+        if action.hash_policies and self.attempt == 0:
+            self.hash_key, self.set_cookie = _hash_key(
+                action.hash_policies, self.head, self.conn.peer
+            )
+        ep = balancer.pick(self.hash_key)
         if ep is None:
             self.local_error(503, "no_healthy_upstream")
             return
@@ -1070,6 +1109,8 @@ class Exchange:
             out.append((b"connection", b"close"))
         elif client_head.version == b"1.0":
             out.append((b"connection", b"keep-alive"))
+        if self.set_cookie is not None:
+            out.append((b"set-cookie", self.set_cookie))
         if action.response_headers.add or action.response_headers.remove:
             out = _apply_edits(out, action.response_headers)
         weighted = self.weighted
@@ -1372,11 +1413,18 @@ class Exchange:
         cluster = self.table.cluster(mirror.cluster)
         if cluster is None:
             return
-        head = self.head
-        host = head.host.split(b":", 1)[0] + b"-shadow"
+        # The copy is of the request as sent upstream (rewrites and header edits applied).
+        host = self.head.host
         lines = self.upstream_head.split(b"\r\n")
-        headers = [line for line in lines[1:] if line and not line.lower().startswith(b"host:")]
-        mirror_head = b"\r\n".join([lines[0], b"host: " + host, *headers]) + b"\r\n\r\n"
+        headers = []
+        for line in lines[1:]:
+            if line[:5].lower() == b"host:":
+                host = line[5:].strip()
+            elif line:
+                headers.append(line)
+        mirror_head = (
+            b"\r\n".join([lines[0], b"host: " + shadow_host(host), *headers]) + b"\r\n\r\n"
+        )
         _MirrorRequest(ctx, cluster, mirror_head, self)
 
 

@@ -23,7 +23,8 @@ ACKed is what is in force and a NACK leaves everything as it was:
    text as ``error_detail`` and keep the previous resources; nothing changed.
 2. The core accepted: :meth:`ConfigSink.commit` puts the prepared table in
    force (listeners, cache file) and only then is the ACK sent. A commit that
-   fails (a port taken) is NACKed with the last committed version instead.
+   fails (a port taken) is NACKed with the last committed version instead, and
+   the core is put back on what is in force, so later responses still apply.
 
 A candidate whose content equals what is in force is not prepared again: a
 server that resends the same resources after a reconnect costs a comparison,
@@ -339,14 +340,15 @@ class XdsClient:
             except Exception as exc:
                 log.error("agent_apply_failed", type=short_name(url), error=repr(exc))
                 self.stats.nack(url)
-                reply.version_info = self._committed_version(url)
+                if not isinstance(self.core, DeltaClient):  # a delta NACK has no version
+                    reply.version_info = self._committed_version(url)
                 reply.error_detail.code = 3
                 reply.error_detail.message = (
                     str(exc)
                     if isinstance(exc, ConfigRejected)
                     else f"cannot apply {short_name(url)}: {exc}"
                 )
-                return [reply]
+                return [reply, *self._restore(url, response.nonce)]
             if self._changed:
                 self._applied = self._core_resources()
                 self.stats.applies += 1
@@ -359,6 +361,31 @@ class XdsClient:
             self.ready.set()
         listeners = self._listeners_due()
         return requests if listeners is None else [*requests, listeners]
+
+    def _restore(self, url: str, nonce: str) -> list[Any]:
+        """Put the core back on what is in force after the commit of a ``url`` response failed.
+
+        The core accepted the response before the commit failed; left as it is, every later
+        candidate would be built on resources that are not in force (a listener whose port is
+        taken), and every later response of any type NACKed with the same error. Returns the
+        subscription changes the restored resources need.
+        """
+        follow_ups: list[Any] = []
+        self._seeding = True
+        try:
+            for restored in (url, DEPENDENT_TYPES.get(url)):
+                if restored is None or not self.core.subscription(restored):
+                    continue
+                committed = self._committed.types.get(restored, TypeConfig())
+                seed = self._seed_response(restored, committed)
+                seed.nonce = nonce if restored == url else self.core.nonce(restored)
+                if isinstance(self.core, DeltaClient):
+                    gone = set(self.core.resources(restored)) - set(committed.resources)
+                    seed.removed_resources.extend(sorted(gone))
+                follow_ups.extend(self.core.on_response(seed)[1:])
+        finally:
+            self._seeding = False
+        return follow_ups
 
     def _initial_fetch_done(self) -> bool:
         """Every type subscribed so far has been answered once, listeners included."""

@@ -178,7 +178,7 @@ async def test_mirror_sends_a_copy_with_shadow_host_and_ignores_its_answer() -> 
         assert (copy.method, copy.target, copy.header("host"), copy.body) == (
             "POST",
             "/m",
-            "svc-shadow",
+            "svc-shadow:80",  # Envoy keeps the port after the -shadow suffix
             b"body",
         )
         assert main.requests[0].header("host") == "svc:80"
