@@ -42,8 +42,14 @@ def regex_error(pattern: str) -> str | None:
     except KeyError:
         pass
     problem: str | None = None
+    unescaped = re.sub(r"\\\D", "", pattern)  # an escaped character is a literal
     if re.search(r"\(\?[=!<]|\\[1-9]", pattern):
         problem = "lookaround and backreferences are not supported by Envoy's RE2 engine"
+    elif re.search(r"\(\?>|\(\?\(|\(\?P=|[*+?}]\+", unescaped):
+        problem = (
+            "atomic groups, possessive quantifiers, conditionals and named backreferences "
+            "are not supported by Envoy's RE2 engine"
+        )
     else:
         try:
             re.compile(pattern)

@@ -1,17 +1,20 @@
 """A live agent NACKs what it cannot apply; the server reports it; traffic keeps the old routes.
 
-The control plane accepts a possessive quantifier (Python's ``re`` compiles ``a++`` since 3.11)
-but RE2, and so the agent and Envoy, do not: a natural NACK.
+The control plane's validation refuses every regex construct RE2 lacks, so nothing it serves is
+naturally refused by the agent's regex compiler: the route test teaches the agent to refuse one
+more construct (``/refused-by-the-agent``, a valid regex everywhere) to get a NACK.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from agents import matching
 from controlplane.xds import ROUTE
 from tests.agents.live_support import (
     HOST,
@@ -26,13 +29,18 @@ from tests.agents.live_support import (
     write_atomically,
 )
 
-POSSESSIVE = "  - match:\n    - uri: {regex: /a++}\n    route:\n    - destination: {host: hello}\n"
+REFUSED = (
+    "  - match:\n    - uri: {regex: /refused-by-the-agent}\n"
+    "    route:\n    - destination: {host: hello}\n"
+)
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_a_nacked_route_keeps_the_old_table_and_the_server_logs_the_nack(
-    tmp_path: Path, delta: bool
+    tmp_path: Path, delta: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    refused = (re.compile(r"/refused-by-the-agent"), "test constructs")
+    monkeypatch.setattr(matching, "_UNSUPPORTED_RE2", (*matching._UNSUPPORTED_RE2, refused))
     port = free_port()
     async with backends("a", "b") as running:
         config = tmp_path / "config"
@@ -48,15 +56,15 @@ async def test_a_nacked_route_keeps_the_old_table_and_the_server_logs_the_nack(
                 table = live.agent.table
                 kept = live.agent.held.types[ROUTE].version
                 with capture_logs() as logs:
-                    write_atomically(routes, split_service({"b": 100}, extra_rule=POSSESSIVE))
+                    write_atomically(routes, split_service({"b": 100}, extra_rule=REFUSED))
                     await eventually(lambda: any(e["event"] == "xds_nack" for e in logs))
                 (nack,) = [e for e in logs if e["event"] == "xds_nack"]
                 assert (nack["type"], nack["kept_version"]) == ("RDS", kept)
                 assert nack["rejected_version"] != kept
                 assert nack["error_detail"] == (
                     f"RouteConfiguration {port}: virtual_hosts[hello.default.svc.cluster.local:"
-                    f"{port}].routes[0].match.safe_regex: regex '/a++': "
-                    "RE2 has no possessive quantifiers"
+                    f"{port}].routes[0].match.safe_regex: regex '/refused-by-the-agent': "
+                    "RE2 has no test constructs"
                 )
                 assert live.agent.table is table
                 assert live.agent.held.types[ROUTE].version == kept

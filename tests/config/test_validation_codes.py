@@ -1158,6 +1158,35 @@ def test_pf115_lookaround_and_backreferences_are_rejected_for_re2(regex: str) ->
     ]
 
 
+@pytest.mark.parametrize("regex", ["/a++", "/a*+", "/a{2}+", "(?>a)b", "(?P<x>a)(?P=x)"])
+def test_pf115_possessive_quantifiers_and_atomic_groups_are_rejected_for_re2(regex: str) -> None:
+    text = doc(
+        "VirtualService",
+        f"hosts: [web]\nhttp:\n- match:\n  - uri: {{regex: '{regex}'}}\n"
+        "  route:\n  - destination: {host: web}\n",
+    )
+    assert [(d.code, d.field, d.message) for d in diagnose(text)] == [
+        (
+            "PF115",
+            "spec.http[0].match[0].uri.regex",
+            f"invalid regex {regex!r}: atomic groups, possessive quantifiers, conditionals and "
+            "named backreferences are not supported by Envoy's RE2 engine",
+        )
+    ]
+
+
+@pytest.mark.parametrize("regex", ["/a\\++", "/[+]+", "/a+b?"])
+def test_pf115_an_escaped_plus_or_a_class_before_a_quantifier_is_no_possessive(
+    regex: str,
+) -> None:
+    text = doc(
+        "VirtualService",
+        f"hosts: [web]\nhttp:\n- match:\n  - uri: {{regex: '{regex}'}}\n"
+        "  route:\n  - destination: {host: web}\n",
+    )
+    assert diagnose(text) == []
+
+
 @pytest.mark.parametrize(
     ("regex", "problem"),
     [
