@@ -75,6 +75,14 @@ def _load_balancer(value: dict[str, Any], path: Path, report: Reporter) -> LoadB
         ring = (hashing.get("ringHash") or {}).get("minimumRingSize") or hashing.get(
             "minimumRingSize"
         )
+        maglev = hashing.get("maglev")
+        table = (maglev or {}).get("tableSize")
+        if table is not None and not _is_prime(int(table)):
+            report.error(
+                "PF114",
+                (*path, "consistentHash", "maglev", "tableSize"),
+                f"the maglev table size must be a prime number, not {table} (65537 is the default)",
+            )
         return LoadBalancer(
             LoadBalancerKind.CONSISTENT_HASH,
             ConsistentHash(
@@ -85,6 +93,8 @@ def _load_balancer(value: dict[str, Any], path: Path, report: Reporter) -> LoadB
                 use_source_ip=bool(hashing.get("useSourceIp")),
                 http_query_parameter_name=hashing.get("httpQueryParameterName"),
                 minimum_ring_size=int(ring) if ring is not None else None,
+                maglev=maglev is not None,
+                maglev_table_size=int(table) if table is not None else None,
             ),
         )
     if simple is None or simple == "UNSPECIFIED":
@@ -269,3 +279,9 @@ def annotated_policy(
         )
     balancer = LoadBalancer(kind, latency_decay=decay)
     return replace(policy, traffic_policy=replace(policy.traffic_policy, load_balancer=balancer))
+
+
+def _is_prime(number: int) -> bool:
+    if number < 2:
+        return False
+    return all(number % divisor for divisor in range(2, int(number**0.5) + 1))

@@ -94,10 +94,12 @@ SUPPORTED: dict[str, frozenset[str]] = {
             "useSourceIp",
             "httpQueryParameterName",
             "ringHash",
+            "maglev",
             "minimumRingSize",
         }
     ),
     "LoadBalancerSettings.ConsistentHashLB.RingHash": frozenset({"minimumRingSize"}),
+    "LoadBalancerSettings.ConsistentHashLB.MagLev": frozenset({"tableSize"}),
     "LoadBalancerSettings.ConsistentHashLB.HTTPCookie": frozenset({"name", "path", "ttl"}),
     "ConnectionPoolSettings": frozenset({"tcp", "http"}),
     "ConnectionPoolSettings.TCPSettings": frozenset({"maxConnections", "connectTimeout"}),

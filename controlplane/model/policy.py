@@ -37,6 +37,9 @@ class ConsistentHash:
     use_source_ip: bool = False
     http_query_parameter_name: str | None = None
     minimum_ring_size: int | None = None
+    maglev: bool = False
+    """Maglev instead of a ring (``consistentHash.maglev``)."""
+    maglev_table_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ whose discovery type follows the service's resolution and whose settings
 follow its effective traffic policy:
 
 * load balancer: ``ROUND_ROBIN`` (also the default), ``RANDOM``,
-  ``LEAST_REQUEST``, ``RING_HASH`` for consistent hashing (the hash key
+  ``LEAST_REQUEST``, ``RING_HASH`` (or ``MAGLEV``) for consistent hashing (the hash key
   itself is a route setting, see :mod:`~controlplane.translate.routes`);
   ``PASSTHROUGH`` makes an ``ORIGINAL_DST`` cluster, which must use
   ``CLUSTER_PROVIDED``. Pilotfish's latency-aware balancer (a
@@ -138,6 +138,13 @@ def _set_load_balancer(cluster: Message, balancer: LoadBalancer) -> None:
     cluster.lb_policy = policy
     hashing = balancer.consistent_hash
     if balancer.kind is LoadBalancerKind.CONSISTENT_HASH:
+        if hashing is not None and hashing.maglev:
+            cluster.lb_policy = Cluster.MAGLEV
+            maglev = cluster.maglev_lb_config
+            maglev.SetInParent()
+            if hashing.maglev_table_size is not None:
+                maglev.table_size.value = hashing.maglev_table_size
+            return
         ring = cluster.ring_hash_lb_config
         ring.SetInParent()
         if hashing is not None and hashing.minimum_ring_size is not None:

@@ -147,6 +147,11 @@ def _adapt_load_balancer(cluster: Message) -> None:
         fallback = policies.add().typed_extension_config
         fallback.name = ROUND_ROBIN_POLICY
         fallback.typed_config.Pack(round_robin_pb2.RoundRobin())
+    if cluster.lb_policy == Cluster.MAGLEV:
+        # gRPC has no maglev: keep the requests' affinity with its ring hash.
+        cluster.lb_policy = Cluster.RING_HASH
+        cluster.ClearField("maglev_lb_config")
+        cluster.ring_hash_lb_config.SetInParent()
     if cluster.lb_policy not in GRPC_LB_POLICIES:
         cluster.lb_policy = Cluster.ROUND_ROBIN
     if cluster.HasField("ring_hash_lb_config"):

@@ -949,6 +949,11 @@ def test_unspecified_load_balancer_is_none() -> None:
             "useSourceIp: true\nringHash: {minimumRingSize: 1024}",
             ConsistentHash(use_source_ip=True, minimum_ring_size=1024),
         ),
+        (
+            "httpHeaderName: x-user\nmaglev: {tableSize: 1031}",
+            ConsistentHash(http_header_name="x-user", maglev=True, maglev_table_size=1031),
+        ),
+        ("useSourceIp: true\nmaglev: {}", ConsistentHash(use_source_ip=True, maglev=True)),
     ],
 )
 def test_consistent_hash_load_balancers(hashing: str, expected: ConsistentHash) -> None:

@@ -1661,3 +1661,18 @@ def test_real_world_bookinfo_yaml_with_extra_istio_fields_loads_with_warnings_on
         (WARNING, "PF111", 66, 3, "DestinationRule default/reviews", "spec.exportTo"),
         (WARNING, "PF111", 68, 5, "DestinationRule default/reviews", "spec.trafficPolicy.tls"),
     ]
+
+
+def test_pf114_a_maglev_table_size_that_is_not_prime() -> None:
+    text = doc(
+        "DestinationRule",
+        "host: web\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n"
+        "      useSourceIp: true\n      maglev: {tableSize: 1000}\n",
+    )
+    assert [(d.code, d.field, d.message) for d in diagnose(text)] == [
+        (
+            "PF114",
+            "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
+            "the maglev table size must be a prime number, not 1000 (65537 is the default)",
+        )
+    ]

@@ -254,6 +254,19 @@ def test_consistent_hash_without_ring_size_leaves_envoys_default() -> None:
     assert not cluster.ring_hash_lb_config.HasField("minimum_ring_size")
 
 
+def test_consistent_hash_with_maglev_is_a_maglev_cluster_of_the_table_size() -> None:
+    balancer = LoadBalancer(
+        LoadBalancerKind.CONSISTENT_HASH,
+        ConsistentHash(http_header_name="x-user", maglev=True, maglev_table_size=1031),
+    )
+    cluster = clusters_of(with_policy(TrafficPolicy(load_balancer=balancer)))[
+        f"outbound|9080||{REVIEWS}"
+    ]
+    assert cluster.lb_policy == Cluster.MAGLEV
+    assert cluster.maglev_lb_config.table_size.value == 1031
+    assert not cluster.HasField("ring_hash_lb_config")
+
+
 def test_passthrough_makes_an_original_destination_cluster_for_a_static_service() -> None:
     mesh = with_policy(TrafficPolicy(load_balancer=LoadBalancer(LoadBalancerKind.PASSTHROUGH)))
     cluster = clusters_of(mesh)[f"outbound|9080||{REVIEWS}"]

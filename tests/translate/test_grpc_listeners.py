@@ -381,6 +381,27 @@ def test_ring_sizes_and_ejection_percentages_stay_within_grpc_bounds() -> None:
     assert cluster.outlier_detection.max_ejection_percent.value == 100
 
 
+def test_maglev_becomes_grpcs_ring_hash_keeping_the_affinity() -> None:
+    policy = DestinationPolicy(
+        host="echo.default.svc.cluster.local",
+        namespace="default",
+        name="echo",
+        traffic_policy=TrafficPolicy(
+            load_balancer=LoadBalancer(
+                LoadBalancerKind.CONSISTENT_HASH,
+                ConsistentHash(http_header_name="x-user", maglev=True, maglev_table_size=1031),
+            ),
+        ),
+    )
+    mesh = mesh_of(http_service("echo"), destination_policies=(policy,))
+    cluster = named(translate(mesh, GRPC)[CLUSTER_TYPE])[
+        "outbound|9080||echo.default.svc.cluster.local"
+    ]
+    assert cluster.lb_policy == Cluster.RING_HASH
+    assert not cluster.HasField("maglev_lb_config")
+    assert cluster.HasField("ring_hash_lb_config")
+
+
 # -- load assignments ----------------------------------------------------------------
 
 
