@@ -370,6 +370,13 @@ class _Choices(BaseBalancer):
         index = bisect.bisect_right(self._cumulative, self._random() * self._total)
         return index if index < self._count else self._count - 1
 
+    def _uniform_pair(self, count: int) -> tuple[int, int]:
+        """Two different indexes below ``count``, each equally likely."""
+        draw = self._random
+        first = int(draw() * count)
+        second = int(draw() * (count - 1))
+        return first, second + 1 if second >= first else second
+
     def _weighted_pair(self, count: int) -> tuple[int, int]:
         cumulative, total, draw = self._cumulative, self._total, self._random
         first = bisect.bisect_right(cumulative, draw() * total)
@@ -405,11 +412,7 @@ class LeastRequest(_Choices):
             return self._live[0].endpoint if count else None
         live = self._live
         if self._pairs:
-            draw = self._random
-            first = int(draw() * count)
-            second = int(draw() * (count - 1))
-            if second >= first:
-                second += 1
+            first, second = self._uniform_pair(count)
             a, b = live[first], live[second]
             return b.endpoint if b.outstanding < a.outstanding else a.endpoint
         if self._two:
@@ -464,11 +467,7 @@ class LatencyAware(_Choices):
             return self._live[0].endpoint if count else None
         live = self._live
         if self._uniform:
-            draw = self._random
-            first = int(draw() * count)
-            second = int(draw() * (count - 1))
-            if second >= first:
-                second += 1
+            first, second = self._uniform_pair(count)
         else:
             first, second = self._weighted_pair(count)
         a, b = live[first], live[second]
