@@ -48,6 +48,7 @@ for ``pilotfish status`` and the logs.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -233,6 +234,10 @@ class ConfigStore:
         if self.state is not None:
             self.state.close()
 
+    def shown(self, diagnostic: Diagnostic) -> Diagnostic:
+        """``diagnostic`` with its file as ``pilotfish validate`` prints it: under the root."""
+        return replace(diagnostic, file=os.path.join(self.root, diagnostic.file))
+
     def _reload(self) -> ReloadResult:
         state = self._state
         if not self.root.is_dir():
@@ -325,11 +330,7 @@ class ConfigStore:
             if diagnostic not in already_reported:
                 (log.error if diagnostic.is_error else log.warning)(
                     "config_error" if diagnostic.is_error else "config_warning",
-                    message=diagnostic.render(),
-                    code=diagnostic.code,
-                    file=diagnostic.file,
-                    line=diagnostic.line,
-                    field=diagnostic.field,
+                    **self.shown(diagnostic).to_json(),
                 )
         for rel, findings in sorted(blocked.items()):
             for finding in findings:
@@ -417,7 +418,9 @@ class ConfigStore:
                 on_disk is not None and on_disk.digest == version.digest
             ):
                 continue
-            own = [d.render() for d in self._diagnostics if d.file == rel and d.is_error]
+            own = [
+                self.shown(d).render() for d in self._diagnostics if d.file == rel and d.is_error
+            ]
             others = [f"{f.file}: {f.message}" for f in blocked.get(rel, ())]
             if on_disk is not None:
                 reason = "; ".join(own or others) or "the version on disk was held back"
