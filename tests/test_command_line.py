@@ -229,11 +229,10 @@ def test_serve_logs_diagnostics_with_the_fields_and_paths_of_validate_json(
         process.wait(timeout=20)
         assert process.stderr is not None
         process.stderr.close()
-    logged = [
-        {key: event[key] for key in event if key not in ("event", "level", "timestamp")}
-        for event in events
-        if event["event"] == "config_error"
-    ]
+    errors = [event for event in events if event["event"] == "config_error"]
+    assert [(e["level"], len(str(e["config_version"]))) for e in errors] == [("error", 12)]
+    context = ("event", "level", "timestamp", "config_version")
+    logged = [{key: e[key] for key in e if key not in context} for e in errors]
     assert validated.returncode == 1
     assert (
         logged

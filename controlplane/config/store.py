@@ -99,6 +99,8 @@ class ReloadResult:
     """Files whose withdrawal waits out the grace period (neither applied nor rejected)."""
     recheck_at: float | None = None
     """When (``clock`` time) a held withdrawal is due: reload then, even without file events."""
+    version: str = ""
+    """The config version served after this reload (see :func:`config_version`)."""
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
@@ -300,6 +302,8 @@ class ConfigStore:
             sorted({*blocked, *(r for r in changed if r not in applicable and r not in held)})
         )
         state.accepted = accepted
+        served_version = config_version(accepted)
+        rlog = log.bind(config_version=served_version)
         self._build = build
         self._last_changed = [item for item in signature if item[0] not in applied]
         self._mesh = build.mesh
@@ -328,7 +332,7 @@ class ConfigStore:
         diagnostics_out = self._diagnostics
         for diagnostic in diagnostics_out:
             if diagnostic not in already_reported:
-                (log.error if diagnostic.is_error else log.warning)(
+                (rlog.error if diagnostic.is_error else rlog.warning)(
                     "config_error" if diagnostic.is_error else "config_warning",
                     **self.shown(diagnostic).to_json(),
                 )
@@ -345,7 +349,7 @@ class ConfigStore:
                         problem=finding.message,
                     )
         if applied or rejected or held:
-            log.info(
+            rlog.info(
                 "config_reloaded",
                 applied=len(applied),
                 rejected=list(rejected),
@@ -363,6 +367,7 @@ class ConfigStore:
             diagnostics_out,
             tuple(held),
             self._hold_until,
+            served_version,
         )
         return self._last
 
@@ -418,9 +423,7 @@ class ConfigStore:
                 on_disk is not None and on_disk.digest == version.digest
             ):
                 continue
-            own = [
-                self.shown(d).render() for d in self._diagnostics if d.file == rel and d.is_error
-            ]
+            own = [d.render() for d in self._diagnostics if d.file == rel and d.is_error]
             others = [f"{f.file}: {f.message}" for f in blocked.get(rel, ())]
             if on_disk is not None:
                 reason = "; ".join(own or others) or "the version on disk was held back"
@@ -606,6 +609,14 @@ def _apply(
 
 def _resources(files: dict[str, FileVersion]) -> dict[str, tuple[Resource, ...]]:
     return {path: version.result.resources for path, version in files.items()}
+
+
+def config_version(accepted: dict[str, FileVersion]) -> str:
+    """A short digest of the accepted files: the same files give the same version, anywhere."""
+    digest = hashlib.sha256()
+    for rel in sorted(accepted):
+        digest.update(f"{rel}\0{accepted[rel].digest}\0".encode())
+    return digest.hexdigest()[:12]
 
 
 def validate_directory(root: Path, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Diagnostic]:
