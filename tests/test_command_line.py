@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,6 +201,46 @@ def test_serve_with_nothing_to_drain_exits_0_at_once_on_sigterm_not_after_the_gr
         process.send_signal(signal.SIGTERM)
         # A wait for the 30 s grace would time out here.
         assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def test_serve_with_an_idle_stream_connected_ends_it_and_exits_0_without_waiting_the_grace(
+    tmp_path: Path,
+) -> None:
+    import grpc
+    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+    config = tmp_path / "config"
+    config.mkdir()
+    process = _start_serve(str(config), tmp_path / "state", "--grace", "30s")
+    try:
+        address = _serving_address(process)
+        with grpc.insecure_channel(address) as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            request = discovery_pb2.DiscoveryRequest(
+                type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster"
+            )
+            request.node.id = "sidecar-1"
+            stop = threading.Event()
+
+            def requests() -> Iterator[discovery_pb2.DiscoveryRequest]:
+                yield request
+                stop.wait(20)
+
+            responses = stub.StreamAggregatedResources(requests(), timeout=20)
+            next(responses)
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.RpcError) as ended:
+                next(responses)
+            stop.set()
+            assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+            # A wait for the 30 s grace would time out here.
+            assert process.wait(timeout=10) == 0
     finally:
         if process.poll() is None:
             process.kill()
