@@ -53,7 +53,16 @@ from controlplane.server.grpc_server import (
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
+        usage = self.format_usage().strip()
+        if usage.count("\n") > 1:
+            # A page of flags would bury the one line that matters.
+            positionals = "".join(
+                f" {action.metavar or action.dest}"
+                for action in self._actions
+                if not action.option_strings
+            )
+            usage = f"usage: {self.prog} [flags]{positionals}; '{self.prog} --help' lists them"
+        print(usage, file=sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 

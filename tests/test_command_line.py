@@ -154,10 +154,12 @@ def test_serve_with_a_port_and_no_host_is_a_usage_error_naming_host_port(
     tmp_path: Path,
 ) -> None:
     completed = _pilotfish("serve", "--config-dir", str(tmp_path), "--xds-address", "18734")
-    assert completed.returncode == 2
-    assert completed.stderr.splitlines()[-1] == (
+    assert (completed.returncode, completed.stdout, completed.stderr) == (
+        2,
+        "",
+        "usage: pilotfish serve [flags]; 'pilotfish serve --help' lists them\n"
         "pilotfish serve: error: argument --xds-address: '18734' is not HOST:PORT, "
-        "like 127.0.0.1:18000, 0.0.0.0:18000 or [::]:18000"
+        "like 127.0.0.1:18000, 0.0.0.0:18000 or [::]:18000\n",
     )
 
 

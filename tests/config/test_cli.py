@@ -277,10 +277,9 @@ def test_validate_without_a_directory_is_a_usage_error(
     with pytest.raises(SystemExit) as exit_info:
         main(["validate"])
     assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert lines[0].startswith("usage: pilotfish validate")
-    assert lines[-1] == (
-        "pilotfish validate: error: the following arguments are required: directory"
+    assert capsys.readouterr().err == (
+        "usage: pilotfish validate [flags] directory; 'pilotfish validate --help' lists them\n"
+        "pilotfish validate: error: the following arguments are required: directory\n"
     )
 
 
