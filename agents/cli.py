@@ -127,9 +127,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         default="auto",
         help="asyncio event loop: uvloop when installed (auto), or the one named",
     )
-    parser.add_argument("--log-format", choices=("console", "json"), default="console")
     parser.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default="info"
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="console: one readable line per event; json: one JSON object per line (console)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="least severe events logged (info)",
     )
     return parser
 

@@ -7,7 +7,8 @@ the control plane and an Envoy gateway on one machine, see
 code live in :mod:`agents.cli`, imported only when the subcommand runs, since
 the control plane does not depend on the agents). Exit codes follow
 the usual convention: 0 fine, 1 the command ran and found errors, 2 the
-command was used wrongly.
+command was used wrongly. ``pilotfish`` alone prints the full help on stdout and
+exits 2, like ``git`` with no command.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from controlplane import __version__
 from controlplane.config.diagnostics import render_json
 from controlplane.config.durations import parse_duration
+from controlplane.config.files import CONFIG_SUFFIXES, scan
 from controlplane.config.limits import KIB, MIB, ConfigLimits
 from controlplane.config.state import default_state_dir
 from controlplane.config.store import validate_directory
@@ -40,12 +42,27 @@ from controlplane.errors import PilotfishError
 from controlplane.logs import configure as configure_logging
 from controlplane.server import event_loop
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
-from controlplane.server.grpc_server import XdsServerOptions
+from controlplane.server.grpc_server import (
+    AddressInUseError,
+    ServerStartError,
+    XdsServerOptions,
+    check_address,
+    split_address,
+)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
+        usage = self.format_usage().strip()
+        if usage.count("\n") > 1:
+            # A page of flags would bury the one line that matters.
+            positionals = "".join(
+                f" {action.metavar or action.dest}"
+                for action in self._actions
+                if not action.option_strings
+            )
+            usage = f"usage: {self.prog} [flags]{positionals}; '{self.prog} --help' lists them"
+        print(usage, file=sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -56,9 +73,17 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"pilotfish validate: {root} is not a directory", file=sys.stderr)
         return 2
     diagnostics = [
-        replace(d, file=os.path.join(args.directory, d.file))
-        for d in validate_directory(root, _limits(args))
+        replace(d, file=os.path.join(root, d.file)) for d in validate_directory(root, _limits(args))
     ]
+    if not diagnostics and not scan(root, {}):
+        if args.output == "json":
+            print(render_json(diagnostics))
+        looked_for = " and ".join(f"*{suffix}" for suffix in CONFIG_SUFFIXES)
+        print(
+            f"pilotfish validate: no config files found in {root} (looked for {looked_for})",
+            file=sys.stderr,
+        )
+        return 1
     if args.output == "json":
         print(render_json(diagnostics))
     else:
@@ -68,6 +93,16 @@ def _validate(args: argparse.Namespace) -> int:
         warnings = len(diagnostics) - errors
         print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
     return 1 if any(d.is_error for d in diagnostics) else 0
+
+
+def _address(text: str) -> str:
+    try:
+        split_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT, like 127.0.0.1:18000, 0.0.0.0:18000 or [::]:18000"
+        ) from None
+    return text
 
 
 def _duration(text: str) -> float:
@@ -170,6 +205,10 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        check_address(args.xds_address)
+    except ServerStartError as exc:
+        return _cannot_listen(exc)
     configure_logging(args.log_format, args.log_level)
     options = ControlPlaneOptions(
         config_dir=root,
@@ -200,10 +239,19 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         event_loop.run(_run_until_signalled(options, args.grace), args.event_loop)
+    except ServerStartError as exc:  # taken since the check
+        return _cannot_listen(exc)
     except PilotfishError as exc:
         print(f"pilotfish serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cannot_listen(exc: ServerStartError) -> int:
+    hint = "pick another with --xds-address" if isinstance(exc, AddressInUseError) else ""
+    hint = hint or "check --xds-address"
+    print(f"pilotfish serve: {exc}; {hint}", file=sys.stderr)
+    return 2
 
 
 async def _run_until_signalled(options: ControlPlaneOptions, grace: float) -> None:
@@ -294,21 +342,48 @@ async def _demo_until_signalled(options: DemoOptions) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pilotfish", description="A file-driven xDS control plane.")
+    parser = _Parser(
+        prog="pilotfish",
+        description="A file-driven xDS control plane.",
+        epilog="Run 'pilotfish COMMAND --help' for a command's flags.",
+    )
     parser.add_argument("--version", action="version", version=f"pilotfish {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     validate = commands.add_parser(
-        "validate", help="check a config directory and report every problem"
+        "validate",
+        help="check a config directory and report every problem",
+        description="Check every *.yaml and *.yml file under DIRECTORY as serve would, and\n"
+        "print each problem with its file, line, column and code (docs/validation.md).",
+        epilog=_VALIDATE_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     validate.add_argument("directory", help="the config directory")
-    validate.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    validate.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text: one compiler-style line per problem and a count on stderr; "
+        'json: {"messages": [...]} with severity, code, file, line, column, resource, '
+        "field and message (text)",
+    )
     _add_limit_flags(validate)
     validate.set_defaults(run=_validate)
 
-    serve = commands.add_parser("serve", help="serve a config directory to proxies over xDS")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a config directory to proxies over xDS",
+        description="Serve the config directory to proxies over xDS (ADS and the single-type "
+        "services, SotW and delta) and apply every change to it. Exit codes: 0 stopped by "
+        "SIGTERM or SIGINT, 1 failed while serving, 2 bad flags or the address cannot be used.",
+    )
     serve.add_argument("--config-dir", required=True, help="the watched config directory")
     serve.add_argument(
-        "--xds-address", default="127.0.0.1:18000", help="host:port for the xDS gRPC server"
+        "--xds-address",
+        type=_address,
+        default="127.0.0.1:18000",
+        help="HOST:PORT the xDS gRPC server listens on; 0.0.0.0:PORT for every interface, "
+        "port 0 for any free one (127.0.0.1:18000)",
     )
     serve.add_argument(
         "--debounce", type=_duration, default=0.1, help="quiet time before a reload (100ms)"
@@ -331,14 +406,41 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--poll", action="store_true", help="poll the directory (filesystems without inotify)"
     )
-    serve.add_argument("--log-format", choices=("console", "json"), default="console")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    serve.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="console: one readable line per event; json: one JSON object per line (console)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="least severe events logged; debug adds one line per response and ACK (info)",
+    )
     serve.add_argument(
         "--grace", type=_duration, default=5.0, help="time to finish sends on shutdown (5s)"
     )
-    serve.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024)
-    serve.add_argument("--max-connection-age", type=_duration, default=None)
-    serve.add_argument("--max-connection-age-grace", type=_duration, default=None)
+    serve.add_argument(
+        "--max-message-bytes",
+        type=_byte_size,
+        default=16 * MIB,
+        help="largest response sent to a proxy; a change whose resources of one type do not "
+        "fit is held back (16MiB)",
+    )
+    serve.add_argument(
+        "--max-connection-age",
+        type=_duration,
+        default=None,
+        help="age after which a connection is asked to reconnect, so that proxies spread over "
+        "replicas started later (default: never)",
+    )
+    serve.add_argument(
+        "--max-connection-age-grace",
+        type=_duration,
+        default=None,
+        help="time a connection past its age has to finish in-flight calls (default: no limit)",
+    )
     serve.add_argument(
         "--proxy-class-grace",
         type=_duration,
@@ -437,7 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="ports of the three hello backends (9101,9102,9103)",
     )
     demo.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default="warning"
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="least severe control plane events logged (warning)",
     )
     demo.set_defaults(run=_demo)
 
@@ -447,6 +552,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return parser
+
+
+_VALIDATE_EXIT_CODES = """\
+exit codes:
+  0  no errors (warnings may have been printed)
+  1  at least one error, or no config files found in DIRECTORY
+  2  used wrongly: bad flags, or DIRECTORY is not a directory"""
 
 
 def _agent(argv: Sequence[str]) -> int:
@@ -459,7 +571,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["agent"]:
         return _agent(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 2
+    args = parser.parse_args(argv)
     result: int = args.run(args)
     return result
 

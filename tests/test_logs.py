@@ -216,3 +216,74 @@ def test_pilotfish_serve_with_stderr_on_dev_full_keeps_serving_and_applying_edit
     finally:
         server.terminate()
         assert server.wait(timeout=20) == 0
+
+
+def test_the_config_version_is_a_digest_of_the_accepted_files_and_their_paths(
+    tmp_path: Path,
+) -> None:
+    from controlplane.config.store import ConfigStore
+
+    (tmp_path / "a.yaml").write_text(SERVICE.format(name="alpha"))
+    first = ConfigStore(tmp_path).reload().version
+    again = ConfigStore(tmp_path).reload().version
+    (tmp_path / "a.yaml").rename(tmp_path / "b.yaml")
+    moved = ConfigStore(tmp_path).reload().version
+    assert len(first) == 12 and int(first, 16) >= 0
+    assert first == again
+    assert moved != first
+
+
+async def test_one_line_per_connect_nack_reload_and_close_with_node_peer_and_config_version(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.yaml").write_text(SERVICE.format(name="alpha"))
+    plane = ControlPlane(
+        ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0", debounce=0.05, settle=0.01)
+    )
+    with structlog.testing.capture_logs() as logged:
+        await plane.start()
+        try:
+            first_version = plane.cache.config_version
+            async with grpc.aio.insecure_channel(plane.address) as channel:
+                stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+                call = stub.StreamAggregatedResources()
+                await call.write(sidecar_request())
+                response = await asyncio.wait_for(call.read(), 5.0)
+                ack = sidecar_request()
+                ack.version_info, ack.response_nonce = response.version_info, response.nonce
+                await call.write(ack)
+                (tmp_path / "b.yaml").write_text(SERVICE.format(name="beta"))
+                pushed = await asyncio.wait_for(call.read(), 10.0)
+                nack = sidecar_request()
+                nack.version_info, nack.response_nonce = response.version_info, pushed.nonce
+                nack.error_detail.message = "cluster beta: refused on purpose"
+                await call.write(nack)
+                for _ in range(250):
+                    if any(e["event"] == "xds_nack" for e in logged):
+                        break
+                    await asyncio.sleep(0.02)
+                call.cancel()
+                for _ in range(250):
+                    if any(e["event"] == "xds_stream_closed" for e in logged):
+                        break
+                    await asyncio.sleep(0.02)
+        finally:
+            await plane.stop(grace=0.1)
+    second_version = plane.cache.config_version
+    assert second_version != first_version
+    [loaded] = [e for e in logged if e["event"] == "config_loaded"]
+    reloads = [e["config_version"] for e in logged if e["event"] == "config_reloaded"]
+    assert loaded["config_version"] == first_version
+    assert reloads == [first_version, second_version]
+    stream_events = [e for e in logged if "stream" in e and e["log_level"] != "debug"]
+    assert [(e["event"], e["log_level"]) for e in stream_events] == [
+        ("xds_stream_connected", "info"),
+        ("xds_nack", "warning"),
+        ("xds_stream_closed", "info"),
+    ]
+    assert {(e["node_id"], e["peer"].startswith("ipv4:127.0.0.1:")) for e in stream_events} == {
+        ("sidecar-1", True)
+    }
+    assert [e["config_version"] for e in stream_events[:2]] == [first_version, second_version]
+    assert stream_events[1]["error_detail"] == "cluster beta: refused on purpose"
+    assert [e["log_level"] for e in logged if e["event"] == "xds_ack"] == ["debug"]

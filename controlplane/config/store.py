@@ -48,6 +48,7 @@ for ``pilotfish status`` and the logs.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -98,6 +99,8 @@ class ReloadResult:
     """Files whose withdrawal waits out the grace period (neither applied nor rejected)."""
     recheck_at: float | None = None
     """When (``clock`` time) a held withdrawal is due: reload then, even without file events."""
+    version: str = ""
+    """The config version served after this reload (see :func:`config_version`)."""
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
@@ -233,6 +236,10 @@ class ConfigStore:
         if self.state is not None:
             self.state.close()
 
+    def shown(self, diagnostic: Diagnostic) -> Diagnostic:
+        """``diagnostic`` with its file as ``pilotfish validate`` prints it: under the root."""
+        return replace(diagnostic, file=os.path.join(self.root, diagnostic.file))
+
     def _reload(self) -> ReloadResult:
         state = self._state
         if not self.root.is_dir():
@@ -295,6 +302,8 @@ class ConfigStore:
             sorted({*blocked, *(r for r in changed if r not in applicable and r not in held)})
         )
         state.accepted = accepted
+        served_version = config_version(accepted)
+        rlog = log.bind(config_version=served_version)
         self._build = build
         self._last_changed = [item for item in signature if item[0] not in applied]
         self._mesh = build.mesh
@@ -323,13 +332,9 @@ class ConfigStore:
         diagnostics_out = self._diagnostics
         for diagnostic in diagnostics_out:
             if diagnostic not in already_reported:
-                (log.error if diagnostic.is_error else log.warning)(
+                (rlog.error if diagnostic.is_error else rlog.warning)(
                     "config_error" if diagnostic.is_error else "config_warning",
-                    message=diagnostic.render(),
-                    code=diagnostic.code,
-                    file=diagnostic.file,
-                    line=diagnostic.line,
-                    field=diagnostic.field,
+                    **self.shown(diagnostic).to_json(),
                 )
         for rel, findings in sorted(blocked.items()):
             for finding in findings:
@@ -344,7 +349,7 @@ class ConfigStore:
                         problem=finding.message,
                     )
         if applied or rejected or held:
-            log.info(
+            rlog.info(
                 "config_reloaded",
                 applied=len(applied),
                 rejected=list(rejected),
@@ -362,6 +367,7 @@ class ConfigStore:
             diagnostics_out,
             tuple(held),
             self._hold_until,
+            served_version,
         )
         return self._last
 
@@ -603,6 +609,14 @@ def _apply(
 
 def _resources(files: dict[str, FileVersion]) -> dict[str, tuple[Resource, ...]]:
     return {path: version.result.resources for path, version in files.items()}
+
+
+def config_version(accepted: dict[str, FileVersion]) -> str:
+    """A short digest of the accepted files: the same files give the same version, anywhere."""
+    digest = hashlib.sha256()
+    for rel in sorted(accepted):
+        digest.update(f"{rel}\0{accepted[rel].digest}\0".encode())
+    return digest.hexdigest()[:12]
 
 
 def validate_directory(root: Path, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Diagnostic]:

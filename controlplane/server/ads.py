@@ -154,7 +154,7 @@ class _Stream:
         self.log = self.log.bind(
             node_id=clip(node.id), node_cluster=clip(node.cluster), key=self.key
         )
-        self.log.info("xds_stream_connected")
+        self.log.info("xds_stream_connected", config_version=self.service.cache.config_version)
         return snapshot
 
     async def read(self, context: Any) -> None:
@@ -276,6 +276,7 @@ class _Stream:
         if new:
             self.log.warning(
                 "xds_nack",
+                config_version=self.service.cache.config_version,
                 type=short_name(event.type_url),
                 rejected_version=event.rejected_version,
                 kept_version=clip(event.kept_version),

@@ -224,7 +224,7 @@ class ControlPlane:
             result = self.store.reload()
             self.reloads += 1
             if result.changed:
-                self.cache.update(self._builder(result.mesh))
+                self.cache.update(self._builder(result.mesh), result.version)
         if result.changed and self._server is not None:
             # The new model is long-lived: have it frozen once things are quiet.
             self._server.ads.housekeeper.soon_threadsafe()
@@ -255,9 +255,10 @@ class ControlPlane:
         # The model is millions of long-lived immutable objects: keep the cyclic
         # collector from rescanning them (see controlplane.server.memory).
         gc.freeze()
-        self.cache.update(self._builder(result.mesh))
+        self.cache.update(self._builder(result.mesh), result.version)
         log.info(
             "config_loaded",
+            config_version=result.version,
             directory=str(self.options.config_dir),
             services=len(result.mesh.services),
             errors=len(result.errors),

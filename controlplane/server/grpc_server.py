@@ -30,10 +30,19 @@ Shutdown is graceful: :meth:`XdsServer.stop` first asks every stream to finish
 the responses it is writing and end with ``UNAVAILABLE`` (clients reconnect
 elsewhere at once), then stops the gRPC server, which refuses new calls and
 cancels whatever is still running when the grace period ends.
+
+Binding: gRPC sets ``SO_REUSEPORT`` by default, so a second server on a port
+already served would bind too and the kernel would split the proxies between
+the two; it is turned off. :func:`check_address` binds the address the way
+gRPC does (``SO_REUSEADDR``) and closes it again, so that a port in use or a
+host that does not resolve is one clear :class:`ServerStartError` rather than
+gRPC core's own log line followed by a generic failure.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -51,6 +60,52 @@ MiB = 1024 * 1024
 
 class ServerStartError(PilotfishError):
     """The xDS server could not bind its address."""
+
+
+class AddressInUseError(ServerStartError):
+    """Another process listens on the xDS port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(f"port {port} is already in use on {host}")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as host and port; ValueError when it is not one."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or ("[" in host or "]" in host):
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host, int(port_text)
+
+
+def check_address(address: str) -> None:
+    """Raise :class:`ServerStartError` unless some address ``address`` resolves to can be bound."""
+    try:
+        host, port = split_address(address)
+    except ValueError as exc:
+        raise ServerStartError(f"cannot listen on {address}: expected HOST:PORT") from exc
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServerStartError(f"cannot listen on {address}: {host}: {exc.strerror}") from exc
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+            return
+        except OSError as exc:
+            failures.append(exc)
+    if any(exc.errno == errno.EADDRINUSE for exc in failures):
+        raise AddressInUseError(host, port)
+    reason = failures[0].strerror if failures else "it resolves to no address"
+    raise ServerStartError(f"cannot listen on {address}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +158,7 @@ class XdsServerOptions:
                 _ms(self.min_client_ping_interval),
             ),
             ("grpc.http2.max_ping_strikes", self.max_ping_strikes),
+            ("grpc.so_reuseport", 0),
         ]
         if self.max_streams_per_connection:
             options.append(("grpc.max_concurrent_streams", self.max_streams_per_connection))
@@ -156,6 +212,7 @@ async def start_xds_server(
 ) -> XdsServer:
     """Serve ADS and the single-type services, SotW and delta, for ``cache`` on ``address``."""
     options = options or XdsServerOptions()
+    check_address(address)
     server = grpc.aio.server(options=options.channel_options())
     ads = AggregatedDiscoveryService(cache, limits=options.stream_limits())
     add_xds_services(server, ads)

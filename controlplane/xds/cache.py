@@ -85,6 +85,8 @@ class SnapshotCache:
         self._forget = forget
         self._clock = clock
         self._snapshots: dict[str, Snapshot] = {}
+        self.config_version = ""
+        """The config version (of the store) the current builder serves; for the logs."""
         self._listeners: list[Listener] = []
         self._lock = threading.RLock()
         # Holds and idle times have a lock of their own, never held for long: a
@@ -228,7 +230,9 @@ class SnapshotCache:
         with self._lock:
             return sorted(self._snapshots)
 
-    def update(self, build: Callable[[str], Snapshot]) -> dict[str, Snapshot]:
+    def update(
+        self, build: Callable[[str], Snapshot], config_version: str | None = None
+    ) -> dict[str, Snapshot]:
         """Swap in ``build``, drop expired idle classes, rebuild the others, publish what changed.
 
         Returns the snapshots that were published, by key.
@@ -236,6 +240,8 @@ class SnapshotCache:
         published: dict[str, Snapshot] = {}
         with self._lock:
             self._build = build
+            if config_version is not None:
+                self.config_version = config_version
             self._prune()
             for key, current in list(self._snapshots.items()):
                 try:

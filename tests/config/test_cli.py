@@ -151,7 +151,7 @@ def test_a_directory_that_cannot_be_listed_is_an_error_and_exits_1(
 
 
 @pytest.mark.parametrize("argument", ["config", "config/", "./config"])
-def test_paths_are_joined_to_the_directory_as_given(
+def test_paths_are_joined_to_the_directory_as_a_path(
     argument: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -160,9 +160,8 @@ def test_paths_are_joined_to_the_directory_as_given(
     make(tmp_path / "config", {"reviews.yaml": BROKEN})
     monkeypatch.chdir(tmp_path)
     assert main(["validate", argument]) == 1
-    expected = {"config": "config", "config/": "config", "./config": "./config"}[argument]
     assert capsys.readouterr().out == (
-        f"{expected}/reviews.yaml:8:3: error[PF110] {BROKEN_MESSAGE} "
+        f"config/reviews.yaml:8:3: error[PF110] {BROKEN_MESSAGE} "
         "(Service default/reviews, spec.prots)\n"
     )
 
@@ -212,15 +211,64 @@ def test_json_output_of_a_clean_directory_is_an_empty_list(
     assert json.loads(capsys.readouterr().out) == {"messages": []}
 
 
-def test_no_arguments_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main([])
-    assert exit_info.value.code == 2
+def test_no_arguments_prints_the_full_help_on_stdout_and_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.startswith("usage: pilotfish [-h] [--version] {validate,serve,demo,agent}")
+    assert "    validate            check a config directory and report every problem\n" in (
+        captured.out
+    )
+    assert captured.out.endswith("Run 'pilotfish COMMAND --help' for a command's flags.\n")
+
+
+def test_an_empty_directory_is_an_error_saying_nothing_was_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {"README.md": "not config", ".hidden/a.yaml": GOOD})
+    assert main(["validate", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    lines = captured.err.splitlines()
-    assert lines[0].startswith("usage: pilotfish")
-    assert lines[-1] == "pilotfish: error: the following arguments are required: command"
+    assert captured.err == (
+        f"pilotfish validate: no config files found in {tmp_path} (looked for *.yaml and *.yml)\n"
+    )
+
+
+def test_an_empty_directory_in_json_is_an_empty_list_and_the_warning_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "-o", "json", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"messages": []}
+    assert captured.err == (
+        f"pilotfish validate: no config files found in {tmp_path} (looked for *.yaml and *.yml)\n"
+    )
+
+
+def test_a_directory_with_only_a_yml_file_is_not_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {"details.yml": GOOD})
+    assert main(["validate", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == "0 error(s), 0 warning(s)\n"
+
+
+def test_validate_help_describes_output_and_lists_the_exit_codes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "  -o {text,json}, --output {text,json}\n                        text: one" in out
+    assert out.endswith(
+        "exit codes:\n"
+        "  0  no errors (warnings may have been printed)\n"
+        "  1  at least one error, or no config files found in DIRECTORY\n"
+        "  2  used wrongly: bad flags, or DIRECTORY is not a directory\n"
+    )
 
 
 def test_validate_without_a_directory_is_a_usage_error(
@@ -229,10 +277,9 @@ def test_validate_without_a_directory_is_a_usage_error(
     with pytest.raises(SystemExit) as exit_info:
         main(["validate"])
     assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert lines[0].startswith("usage: pilotfish validate")
-    assert lines[-1] == (
-        "pilotfish validate: error: the following arguments are required: directory"
+    assert capsys.readouterr().err == (
+        "usage: pilotfish validate [flags] directory; 'pilotfish validate --help' lists them\n"
+        "pilotfish validate: error: the following arguments are required: directory\n"
     )
 
 

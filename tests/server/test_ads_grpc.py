@@ -193,6 +193,7 @@ def test_server_options_become_grpc_channel_arguments():
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", 1_000),
         ("grpc.max_connection_age_ms", 1_800_000),
         ("grpc.max_connection_age_grace_ms", 30_000),
