@@ -21,8 +21,10 @@ reporters still alive.
 Memory is bounded whatever clients send: at most ``max_clusters`` clusters and
 ``max_localities`` localities per cluster are tracked (reports on more are
 counted in :attr:`LoadReports.ignored` and otherwise ignored), names are
-clipped, at most ``max_reporters`` streams are tracked, and a reporter silent
-for three intervals is dropped with its in-flight gauges.
+clipped, at most ``max_reporters`` streams are tracked (each with at most
+``max_clusters`` non-zero in-flight gauges), and a reporter silent
+for three intervals is dropped with its in-flight gauges (checked at most once
+an interval, so a report costs the same however many reporters there are).
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ class LoadReports:
         self._clusters: dict[str, _Cluster] = {}
         self._reporters: dict[str, _Reporter] = {}
         self._buckets = max(1, int(self.window / interval + 0.999999))
+        self._next_expiry = 0.0
         self.ignored = 0
         """Cluster or locality stats dropped because a cap was reached, or reporters refused."""
         self._response = self._make_response()
@@ -164,7 +167,8 @@ class LoadReports:
     ) -> bool:
         """Take one request of ``reporter``'s stream; False if refused (too many reporters)."""
         now = self._clock() if now is None else now
-        self.expire(now)
+        if now >= self._next_expiry:
+            self.expire(now)
         state = self._reporters.get(reporter)
         if state is None:
             if len(self._reporters) >= self.max_reporters:
@@ -215,7 +219,14 @@ class LoadReports:
             locality.add(*counts)
             cluster.total.add(*counts)
             recent.add(*counts)
-            reporter.in_progress[(name, key)] = upstream.total_requests_in_progress
+            gauge = (name, key)
+            active = upstream.total_requests_in_progress
+            if not active:
+                reporter.in_progress.pop(gauge, None)
+            elif gauge in reporter.in_progress or len(reporter.in_progress) < self.max_clusters:
+                reporter.in_progress[gauge] = active
+            else:
+                self.ignored += 1
 
     def close(self, reporter: str) -> None:
         """``reporter``'s stream ended: its in-flight requests no longer count."""
@@ -224,6 +235,7 @@ class LoadReports:
     def expire(self, now: float | None = None) -> None:
         """Drop reporters silent for three intervals."""
         now = self._clock() if now is None else now
+        self._next_expiry = now + self.interval
         limit = now - STALE_INTERVALS * self.interval
         stale = [key for key, state in self._reporters.items() if state.last_seen < limit]
         for key in stale:
@@ -258,7 +270,9 @@ class LoadReports:
         """Requests, errors and drops per second over the last ``window`` seconds, per cluster."""
         now = self._clock() if now is None else now
         self.expire(now)
-        gauges = self._in_progress()
+        in_progress: dict[str, int] = {}
+        for (name, _), value in self._in_progress().items():
+            in_progress[name] = in_progress.get(name, 0) + value
         oldest = int(now / self.interval) - self._buckets
         result: dict[str, ClusterRate] = {}
         for name, cluster in sorted(self._clusters.items()):
@@ -274,7 +288,7 @@ class LoadReports:
                 errors_per_second=recent.errors / span,
                 dropped_per_second=recent.dropped / span,
                 error_ratio=recent.errors / completed if completed else 0.0,
-                in_progress=sum(v for (c, _), v in gauges.items() if c == name),
+                in_progress=in_progress.get(name, 0),
             )
         return result
 

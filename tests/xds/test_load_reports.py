@@ -126,3 +126,20 @@ def test_long_names_are_clipped() -> None:
 def test_a_non_positive_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         LoadReports(0)
+
+
+def test_a_reporter_keeps_at_most_max_clusters_in_flight_gauges() -> None:
+    reports = LoadReports(1.0, max_clusters=2, max_localities=2)
+    reports.report(
+        "a",
+        request("e", ("c1", "z1", 1, 0, 0, 1), ("c1", "z2", 1, 0, 0, 1), ("c2", "z1", 1, 0, 0, 1)),
+        now=0.0,
+    )
+    assert sum(load.counts.in_progress for load in reports.totals(now=0.0).values()) == 2
+    assert reports.ignored == 1
+    # A gauge back to zero frees its place.
+    reports.report("a", request("e", ("c1", "z1", 0, 1, 0, 0), ("c2", "z1", 0, 0, 0, 1)), now=0.0)
+    assert {n: load.counts.in_progress for n, load in reports.totals(now=0.0).items()} == {
+        "c1": 1,
+        "c2": 1,
+    }
