@@ -15,8 +15,10 @@ stream) and :meth:`LoadReports.close` forgets it. Issued, successful, error
 and dropped counts are deltas and are added up, per cluster and locality,
 into cumulative totals and into time buckets one interval wide, of which the
 last ``window`` seconds give the rates (:meth:`LoadReports.rates`). Requests
-in progress are a gauge: each reporter's latest value counts, summed over the
-reporters still alive.
+in progress are a gauge: each reporter's latest report counts, summed over the
+reporters still alive; a cluster or locality missing from it has none (Envoy
+leaves out localities without traffic, and sends clusters without traffic
+empty: those are skipped before anything else, as a large mesh has many).
 
 Memory is bounded whatever clients send: at most ``max_clusters`` clusters and
 ``max_localities`` localities per cluster are tracked (reports on more are
@@ -178,12 +180,19 @@ class LoadReports:
             self._reporters[reporter] = state
         state.last_seen = now
         bucket = int(now / self.interval)
+        gauges: dict[tuple[str, str], int] = {}
         for stats in request.cluster_stats:
-            self._add_cluster(state, stats, bucket, now)
+            if stats.upstream_locality_stats or stats.total_dropped_requests:
+                self._add_cluster(gauges, stats, bucket, now)
+        state.in_progress = gauges
         return True
 
     def _add_cluster(
-        self, reporter: _Reporter, stats: lrs_pb2.ClusterStats, bucket: int, now: float
+        self,
+        gauges: dict[tuple[str, str], int],
+        stats: lrs_pb2.ClusterStats,
+        bucket: int,
+        now: float,
     ) -> None:
         name = _clip(stats.cluster_name)
         cluster = self._clusters.get(name)
@@ -219,14 +228,12 @@ class LoadReports:
             locality.add(*counts)
             cluster.total.add(*counts)
             recent.add(*counts)
-            gauge = (name, key)
             active = upstream.total_requests_in_progress
-            if not active:
-                reporter.in_progress.pop(gauge, None)
-            elif gauge in reporter.in_progress or len(reporter.in_progress) < self.max_clusters:
-                reporter.in_progress[gauge] = active
-            else:
-                self.ignored += 1
+            if active:
+                if len(gauges) < self.max_clusters:
+                    gauges[(name, key)] = active
+                else:
+                    self.ignored += 1
 
     def close(self, reporter: str) -> None:
         """``reporter``'s stream ended: its in-flight requests no longer count."""

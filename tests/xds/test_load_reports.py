@@ -58,6 +58,18 @@ def test_deltas_add_up_per_cluster_and_locality_and_in_progress_is_the_latest_ga
     }
 
 
+def test_a_report_leaving_a_locality_out_means_nothing_in_flight_there() -> None:
+    reports = LoadReports(1.0)
+    reports.report("a", request("envoy-1", ("reviews", "z1", 3, 0, 0, 3)), now=0.0)
+    assert reports.totals(now=0.0)["reviews"].counts.in_progress == 3
+    empty = lrs_pb2.LoadStatsRequest(node=base_pb2.Node(id="envoy-1"))
+    empty.cluster_stats.add(cluster_name="reviews")  # as Envoy sends a cluster without traffic
+    empty.cluster_stats.add(cluster_name="idle")
+    reports.report("a", empty, now=1.0)
+    assert list(reports.totals(now=1.0)) == ["reviews"]
+    assert reports.totals(now=1.0)["reviews"].counts == LoadCounts(3, 0, 0, 0, 0)
+
+
 def test_a_closed_reporter_no_longer_counts_in_flight_but_its_totals_stay() -> None:
     reports = LoadReports(1.0)
     reports.report("a", request("envoy-1", ("reviews", "", 4, 4, 0, 9)), now=0.0)
@@ -137,8 +149,8 @@ def test_a_reporter_keeps_at_most_max_clusters_in_flight_gauges() -> None:
     )
     assert sum(load.counts.in_progress for load in reports.totals(now=0.0).values()) == 2
     assert reports.ignored == 1
-    # A gauge back to zero frees its place.
-    reports.report("a", request("e", ("c1", "z1", 0, 1, 0, 0), ("c2", "z1", 0, 0, 0, 1)), now=0.0)
+    # Each report replaces the reporter's gauges: what it leaves out has nothing in flight.
+    reports.report("a", request("e", ("c1", "z1", 0, 1, 0, 1), ("c2", "z1", 0, 0, 0, 1)), now=0.0)
     assert {n: load.counts.in_progress for n, load in reports.totals(now=0.0).items()} == {
         "c1": 1,
         "c2": 1,
