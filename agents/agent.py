@@ -8,6 +8,10 @@ the response a NACK and nothing changes), and ``commit`` hands it to the
 listener manager, which swaps it in and opens or closes listeners, then
 writes the configuration to the cache directory; the ACK follows.
 
+The agent also reports its traffic per cluster to the control plane's Load
+Reporting Service (:mod:`~agents.load_reporter`), at the interval the server
+asks for, over a stream of its own.
+
 Start-up, in order: the cached configuration (if any, and written for this
 node's class) is put in force, so traffic flows before the control plane is
 reached; then the stream opens. Without a cache, :meth:`Agent.start` waits
@@ -42,6 +46,7 @@ from agents.admin import AdminServer
 from agents.backoff import Backoff
 from agents.cache import ConfigCache, HeldConfig
 from agents.errors import ConfigRejected
+from agents.load_reporter import LoadReportBuilder, run_load_reporter
 from agents.metrics import AgentMetrics
 from agents.node import NodeIdentity
 from agents.xds_client import Resources, XdsClient
@@ -109,6 +114,12 @@ class Agent:
             backoff=options.backoff(),
         )
         self._task: asyncio.Task[None] | None = None
+        self.load_reports = LoadReportBuilder(
+            options.node.to_node(),
+            self.metrics.cluster_outcomes,
+            self.metrics.cluster_in_progress,
+        )
+        self._reporting: asyncio.Task[None] | None = None
         self._start_error: AgentStartError | None = None
         self._failed = asyncio.Event()
         self.admin = (
@@ -190,6 +201,12 @@ class Agent:
             except ConfigRejected as exc:  # from the listeners: the table itself was accepted
                 raise AgentStartError(str(exc)) from None
         self._task = asyncio.create_task(self.client.run(), name="pilotfish-agent-xds")
+        self._reporting = asyncio.create_task(
+            run_load_reporter(
+                self.options.xds_server, self.load_reports, backoff=self.options.backoff()
+            ),
+            name="pilotfish-agent-lrs",
+        )
         if self.client.ready.is_set():
             return
         ready = asyncio.create_task(self.client.ready.wait())
@@ -213,6 +230,11 @@ class Agent:
             )
 
     async def close(self) -> None:
+        if self._reporting is not None:
+            self._reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporting
+            self._reporting = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

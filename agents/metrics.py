@@ -201,6 +201,28 @@ class AgentMetrics:
             for key in [k for k in responses if k[0] and k[0] not in clusters]:
                 del responses[key]
 
+    def cluster_outcomes(self) -> dict[str, tuple[int, int]]:
+        """Per cluster, the responses so far: (successful, errors); errors are 5xx."""
+        outcomes: dict[str, tuple[int, int]] = {}
+        for source in self._sources:
+            for (cluster, status), count in list(source.responses.items()):
+                if not cluster:
+                    continue
+                ok, failed = outcomes.get(cluster, (0, 0))
+                if status >= 500:
+                    failed += count
+                else:
+                    ok += count
+                outcomes[cluster] = (ok, failed)
+        return outcomes
+
+    def cluster_in_progress(self) -> dict[str, int]:
+        """Per cluster, the requests outstanding to its endpoints now."""
+        return {
+            name: sum(int(h.get("outstanding", 0)) for h in entry.balancer.snapshot())
+            for name, entry in _cluster_entries(self._table())
+        }
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)

@@ -112,6 +112,13 @@ def _duration(text: str) -> float:
     return parsed.total_seconds()
 
 
+def _interval(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
+    return seconds
+
+
 def _share(text: str) -> float:
     try:
         share = float(text)
@@ -232,6 +239,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_connections_per_peer=args.max_connections_per_peer,
             max_resource_names=args.max_resource_names,
             max_ping_strikes=args.max_ping_strikes,
+            load_report_interval=args.load_report_interval,
         ),
         proxy_class_grace=args.proxy_class_grace,
         max_proxy_classes=args.max_proxy_classes,
@@ -520,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_whole,
         default=2,
         help="pings more often than every 10s a proxy may send before it is sent away (2)",
+    )
+    serve.add_argument(
+        "--load-report-interval",
+        type=_interval,
+        default=10.0,
+        help="how often proxies report their traffic per cluster (10s)",
     )
     _add_limit_flags(serve)
     serve.set_defaults(run=_serve)

@@ -9,7 +9,8 @@ it (:func:`find_envoy`).
 :mod:`controlplane.translate.proxy`), one static cluster ``xds`` that points
 at the control plane over gRPC/HTTP2, and LDS and CDS over that one
 aggregated stream (routes and endpoints follow through RDS and EDS, which the
-control plane also sends over ADS). The ``xds`` cluster is ``STATIC`` when
+control plane also sends over ADS), and load reports (LRS,
+``cluster_manager.load_stats_config``) to the same cluster. The ``xds`` cluster is ``STATIC`` when
 the control plane's host is an IP address and ``STRICT_DNS`` otherwise, so
 that a container can name the control plane's service (``controlplane``).
 
@@ -135,6 +136,13 @@ def bootstrap(
             },
             "lds_config": ads_source,
             "cds_config": ads_source,
+        },
+        "cluster_manager": {
+            "load_stats_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            }
         },
         "static_resources": {"clusters": [xds_cluster]},
         "admin": {

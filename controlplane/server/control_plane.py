@@ -49,6 +49,7 @@ from controlplane.server.grpc_server import XdsServer, XdsServerOptions, start_x
 from controlplane.translate import ProxyClass, ProxyRole
 from controlplane.translate.translator import Translator
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.load_reports import LoadReports
 from controlplane.xds.snapshot import ResourceCache, Snapshot
 
 log = structlog.get_logger(__name__)
@@ -124,6 +125,12 @@ class ControlPlane:
     def address(self) -> str:
         assert self._server is not None, "start() first"
         return self._server.address
+
+    @property
+    def load_reports(self) -> LoadReports:
+        """Live traffic per cluster, as the proxies report it."""
+        assert self._server is not None, "start() first"
+        return self._server.load_reports
 
     def _classify(self, node: base_pb2.Node) -> str:
         proxy = ProxyClass.from_node(node)

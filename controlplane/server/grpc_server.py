@@ -26,6 +26,10 @@ a third of them without a word in the server's log (shed calls never reach
 Python). The queue is therefore sized from ``max_streams``, and calls the
 server does see beyond its own limits are refused and logged.
 
+The Load Reporting Service (:mod:`~controlplane.server.load_reporting`) shares
+the port: proxies report their traffic there, readable as
+:attr:`XdsServer.load_reports`.
+
 Shutdown is graceful: :meth:`XdsServer.stop` first asks every stream to finish
 the responses it is writing and end with ``UNAVAILABLE`` (clients reconnect
 elsewhere at once), then stops the gRPC server, which refuses new calls and
@@ -51,7 +55,9 @@ import structlog
 from controlplane.errors import PilotfishError
 from controlplane.server.admission import StreamLimits
 from controlplane.server.ads import AggregatedDiscoveryService, add_xds_services
+from controlplane.server.load_reporting import LoadReportingService, add_load_reporting_service
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.load_reports import LoadReports
 
 log = structlog.get_logger(__name__)
 
@@ -141,6 +147,8 @@ class XdsServerOptions:
     """Seconds after which a connection is asked to go away (``None``: never)."""
     max_connection_age_grace: float | None = None
     """Seconds a connection past its age may still finish in-flight calls."""
+    load_report_interval: float = 10.0
+    """Seconds between the load reports each proxy sends (LRS)."""
 
     def channel_options(self) -> list[tuple[str, int]]:
         pending = self.max_pending_calls or self.max_streams or 100_000
@@ -182,12 +190,24 @@ class XdsServer:
     """A running xDS server: its bound port and a graceful :meth:`stop`."""
 
     def __init__(
-        self, server: grpc.aio.Server, ads: AggregatedDiscoveryService, host: str, port: int
+        self,
+        server: grpc.aio.Server,
+        ads: AggregatedDiscoveryService,
+        host: str,
+        port: int,
+        *,
+        lrs: LoadReportingService | None = None,
     ) -> None:
         self._server = server
         self.ads = ads
         self.host = host
         self.port = port
+        self.lrs = lrs or LoadReportingService(LoadReports())
+
+    @property
+    def load_reports(self) -> LoadReports:
+        """The traffic the proxies report (the Load Reporting Service's aggregate)."""
+        return self.lrs.reports
 
     @property
     def address(self) -> str:
@@ -197,6 +217,7 @@ class XdsServer:
         """End every stream after its current writes; cancel what remains after ``grace``."""
         log.info("xds_server_stopping", address=self.address, grace=grace)
         self.ads.close()
+        self.lrs.close()
         await self._server.stop(grace)
         log.info("xds_server_stopped", address=self.address)
 
@@ -216,6 +237,8 @@ async def start_xds_server(
     server = grpc.aio.server(options=options.channel_options())
     ads = AggregatedDiscoveryService(cache, limits=options.stream_limits())
     add_xds_services(server, ads)
+    lrs = LoadReportingService(LoadReports(options.load_report_interval))
+    add_load_reporting_service(server, lrs)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
@@ -225,7 +248,7 @@ async def start_xds_server(
     await server.start()
     host = address.rsplit(":", 1)[0]
     log.info("xds_server_started", address=f"{host}:{port}")
-    return XdsServer(server, ads, host, port)
+    return XdsServer(server, ads, host, port, lrs=lrs)
 
 
 def _ms(seconds: float) -> int:

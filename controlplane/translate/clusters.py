@@ -26,6 +26,11 @@ follow its effective traffic policy:
   connection as ``HttpProtocolOptions``, which also carry explicit HTTP/2 for
   HTTP2 and GRPC ports.
 
+Every cluster but the black hole names the control plane itself as its
+``lrs_server`` (a ``self`` config source): proxyless gRPC then reports the
+cluster's load to the server it gets xDS from; Envoy ignores the field and
+reports to the bootstrap's ``cluster_manager.load_stats_config`` instead.
+
 The black hole cluster is a ``STATIC`` cluster without hosts; destinations
 that name no existing cluster are routed to it.
 """
@@ -94,6 +99,7 @@ def build_cluster(upstream: Upstream) -> Message:
     if pool.tcp is not None and pool.tcp.connect_timeout is not None:
         connect_timeout = pool.tcp.connect_timeout
     cluster = Cluster(name=upstream.name, connect_timeout=duration(connect_timeout))
+    cluster.lrs_server.self.SetInParent()
     _set_discovery(cluster, upstream)
     if upstream.discovery is not Discovery.ORIGINAL_DST and policy.load_balancer is not None:
         _set_load_balancer(cluster, policy.load_balancer)

@@ -502,3 +502,24 @@ def test_serve_passes_the_input_limits_on(tmp_path: Path, monkeypatch: pytest.Mo
         max_alias_nodes=1000,
         max_string_bytes=4096,
     )
+
+
+def test_serve_passes_the_load_report_interval_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make(tmp_path / "config", {})
+    argv = ["--config-dir", str(config), "--load-report-interval", "2500ms"]
+    options = serve_options(monkeypatch, argv)
+    assert options.server.load_report_interval == 2.5  # type: ignore[attr-defined]
+    default = serve_options(monkeypatch, ["--config-dir", str(config)])
+    assert default.server.load_report_interval == 10.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("interval", ["0s", "soon"])
+def test_serve_refuses_a_load_report_interval_that_is_not_a_positive_duration(
+    interval: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--config-dir", str(tmp_path), "--load-report-interval", interval])
+    assert exit_.value.code == 2
+    assert f"{interval!r} is not" in capsys.readouterr().err

@@ -17,25 +17,34 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
 
 from controlplane.demo.envoy import Envoy, find_envoy, wait_for
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
+from controlplane.server.grpc_server import XdsServerOptions
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 _node_ids = itertools.count(1)
 
+T = TypeVar("T")
+
 
 class ControlPlaneThread:
     """A :class:`ControlPlane` serving on ``127.0.0.1:0`` from its own thread and loop."""
 
-    def __init__(self, config_dir: Path, debounce: float = 0.05) -> None:
+    def __init__(
+        self, config_dir: Path, debounce: float = 0.05, *, load_report_interval: float = 10.0
+    ) -> None:
         options = ControlPlaneOptions(
-            config_dir, xds_address="127.0.0.1:0", debounce=debounce, max_delay=0.5
+            config_dir,
+            xds_address="127.0.0.1:0",
+            debounce=debounce,
+            max_delay=0.5,
+            server=XdsServerOptions(load_report_interval=load_report_interval),
         )
         self.plane = ControlPlane(options)
         self._loop = asyncio.new_event_loop()
@@ -46,6 +55,14 @@ class ControlPlaneThread:
     @property
     def port(self) -> int:
         return self.plane.port
+
+    def on_loop(self, call: Callable[[], T]) -> T:
+        """``call()`` run on the control plane's loop (its state is not thread-safe)."""
+
+        async def run() -> T:
+            return call()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
 
     def start(self) -> ControlPlaneThread:
         self._thread.start()

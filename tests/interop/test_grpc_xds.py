@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.demo.envoy import wait_for
 from controlplane.server.grpc_server import XdsServer, start_xds_server
 from controlplane.translate import (
     CLUSTER_TYPE,
@@ -378,3 +379,33 @@ def test_grpc_accepts_every_resource_translation_makes_of_the_kitchen_sink(tmp_p
         "ClusterLoadAssignment": eds,
     }
     assert {"BlackHoleCluster", "outbound|8080||legacy.shop.svc.cluster.local"} <= clusters
+
+
+# -- load reports ----------------------------------------------------------------------
+
+
+def test_a_grpc_client_reports_its_calls_to_the_control_plane(
+    config_file: Path, tmp_path: Path
+) -> None:
+    with (
+        ControlPlaneThread(config_file.parent, load_report_interval=1.0) as plane,
+        XdsClient(plane.port, TARGET, tmp_path) as client,
+    ):
+        reports = plane.plane.load_reports
+        assert client.call(1).errors == []
+
+        def issued() -> int:
+            totals = plane.on_loop(reports.totals)
+            return sum(load.counts.issued for load in totals.values())
+
+        first = wait_for(issued, 15, "the first call reported")
+        assert first == 1
+        result = client.call(40)
+        assert result.errors == []
+        wait_for(lambda: issued() >= 41, 15, "40 more calls reported")
+        time.sleep(2.0)
+        totals = plane.on_loop(reports.totals)
+        assert sum(load.counts.issued for load in totals.values()) == 41
+        assert sum(load.counts.successful for load in totals.values()) == 41
+        assert all(name.startswith("outbound|7070|") for name in totals)
+        assert client.nacks() == []

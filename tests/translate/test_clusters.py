@@ -430,3 +430,22 @@ def test_a_port_served_over_tcp_and_udp_gets_one_cluster_for_tcp_and_none_for_ud
         "outbound|53||dns.default.svc.cluster.local",
     ]
     assert dns.port(53) == ServicePort("dns-tcp", 53, Protocol.TCP)
+
+
+def test_every_cluster_but_the_black_hole_reports_load_to_the_control_plane(
+    bookinfo: Mesh,
+) -> None:
+    clusters = clusters_of(bookinfo)
+    self_source = config_source_pb2.ConfigSource(self=config_source_pb2.SelfConfigSource())
+    reporting = {name for name, c in clusters.items() if c.lrs_server == self_source}
+    assert reporting == set(clusters) - {BLACKHOLE_CLUSTER}
+    assert len(reporting) > 1
+
+
+def test_proxyless_grpc_clusters_report_load_to_the_server_they_get_xds_from(
+    bookinfo: Mesh,
+) -> None:
+    clusters, _ = grpc_clusters(bookinfo)
+    self_source = config_source_pb2.ConfigSource(self=config_source_pb2.SelfConfigSource())
+    named = {c.name: c for c in clusters}
+    assert named["outbound|9080|v2|reviews.default.svc.cluster.local"].lrs_server == self_source
