@@ -426,9 +426,13 @@ class _Builder:
         )
         limits = self.circuit_breakers(cluster, resource)
         idle, per_connection = self.protocol_options(cluster, resource)
+        # The agent's load reporter (agents.load_reporter) reports to the xDS server
+        # itself: an lrs_server of "self" is honoured, any other is not.
+        reports = {"lrs_server"} if cluster.lrs_server.HasField("self") else set()
         self.extra_fields(
             cluster,
             _LB_FIELDS
+            | reports
             | {
                 "name",
                 "type",
