@@ -34,6 +34,7 @@ cancels whatever is still running when the grace period ends.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -153,12 +154,17 @@ async def start_xds_server(
     address: str = "127.0.0.1:0",
     *,
     options: XdsServerOptions | None = None,
+    services: Sequence[Callable[[grpc.aio.Server, AggregatedDiscoveryService], None]] = (),
 ) -> XdsServer:
-    """Serve ADS and the single-type services, SotW and delta, for ``cache`` on ``address``."""
+    """Serve ADS and the single-type services, SotW and delta, for ``cache`` on ``address``.
+
+    Each of ``services`` registers more services on the same server (the admin ones)."""
     options = options or XdsServerOptions()
     server = grpc.aio.server(options=options.channel_options())
     ads = AggregatedDiscoveryService(cache, limits=options.stream_limits())
     add_xds_services(server, ads)
+    for register in services:
+        register(server, ads)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:

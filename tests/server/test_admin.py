@@ -1,0 +1,243 @@
+"""The admin services on the xDS port, against a live ControlPlane and real gRPC clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+from google.rpc import status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
+from controlplane.xds.types import CLUSTER, LISTENER
+from pilotfish.admin.v1 import admin_pb2, admin_pb2_grpc
+from tests.server.support import eventually, read
+
+HELLO = Path(__file__).parents[2] / "controlplane" / "demo" / "hello-world" / "hello.yaml"
+BROKEN = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: x
+spec:
+  hosts: [x]
+  bogus: 1
+"""
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    shutil.copy(HELLO, tmp_path / "hello.yaml")
+    (tmp_path / "broken.yaml").write_text(BROKEN)
+    cp = ControlPlane(ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0"))
+    await cp.start()
+    yield cp
+    await cp.stop(grace=0.1)
+
+
+@pytest.fixture
+async def channel(plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(plane.address) as ch:
+        yield ch
+
+
+def node(node_id: str = "sidecar-1") -> base_pb2.Node:
+    n = base_pb2.Node(id=node_id, cluster="hello")
+    n.metadata.fields["labels"].struct_value.fields["app"].string_value = "hello"
+    return n
+
+
+async def connect(channel: grpc.aio.Channel, node_id: str = "sidecar-1") -> Any:
+    """An ADS stream that holds CDS ACKed and LDS NACKed."""
+    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+    await call.write(discovery_pb2.DiscoveryRequest(node=node(node_id), type_url=CLUSTER))
+    clusters = await read(call)
+    await call.write(
+        discovery_pb2.DiscoveryRequest(
+            type_url=CLUSTER, version_info=clusters.version_info, response_nonce=clusters.nonce
+        )
+    )
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
+    listeners = await read(call)
+    while listeners.type_url != LISTENER:
+        listeners = await read(call)
+    await call.write(
+        discovery_pb2.DiscoveryRequest(
+            type_url=LISTENER,
+            response_nonce=listeners.nonce,
+            error_detail=status_pb2.Status(code=3, message="refused on purpose: bad filter"),
+        )
+    )
+    return call
+
+
+async def proxies(channel: grpc.aio.Channel) -> list[admin_pb2.ProxyStatus]:
+    stub = admin_pb2_grpc.AdminServiceStub(channel)
+    return list((await stub.ListProxies(admin_pb2.ListProxiesRequest())).proxies)
+
+
+def states(proxy: admin_pb2.ProxyStatus) -> dict[str, str]:
+    return {t.type_url.rsplit(".", 1)[-1]: t.state for t in proxy.types}
+
+
+async def nacked(channel: grpc.aio.Channel) -> admin_pb2.ProxyStatus:
+    found: list[admin_pb2.ProxyStatus] = []
+
+    async def poll() -> bool:
+        found[:] = await proxies(channel)
+        return bool(found) and states(found[0]).get("Listener") == "NACKED"
+
+    for _ in range(200):
+        if await poll():
+            return found[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no NACK seen: {found}")
+
+
+async def test_list_proxies_shows_acked_nacked_and_unsent_types_with_the_nack_reason(
+    channel: grpc.aio.Channel,
+) -> None:
+    call = await connect(channel)
+    proxy = await nacked(channel)
+    assert (proxy.node_id, proxy.cluster, proxy.role, proxy.protocol) == (
+        "sidecar-1",
+        "hello",
+        "sidecar",
+        "sotw",
+    )
+    assert dict(proxy.labels) == {"app": "hello"}
+    assert proxy.peer.startswith("ipv4:127.0.0.1:")
+    assert proxy.connected_since.endswith("Z")
+    assert states(proxy) == {
+        "Listener": "NACKED",
+        "Cluster": "SYNCED",
+        "RouteConfiguration": "NOT_SENT",
+        "ClusterLoadAssignment": "NOT_SENT",
+    }
+    by_type = {t.type_url: t for t in proxy.types}
+    assert by_type[LISTENER].last_nack.message == "refused on purpose: bad filter"
+    assert by_type[LISTENER].last_nack.version == by_type[LISTENER].version_sent
+    assert by_type[LISTENER].version_acked == ""
+    assert by_type[CLUSTER].version_acked == by_type[CLUSTER].version_sent != ""
+    assert by_type[CLUSTER].resources > 0
+    call.cancel()
+
+
+async def test_get_proxy_config_returns_the_resources_sent_as_json(
+    channel: grpc.aio.Channel,
+) -> None:
+    call = await connect(channel)
+    await nacked(channel)
+    stub = admin_pb2_grpc.AdminServiceStub(channel)
+    config = await stub.GetProxyConfig(admin_pb2.GetProxyConfigRequest(node_id="sidecar-1"))
+    clusters = next(t for t in config.types if t.type_url == CLUSTER)
+    assert clusters.version_acked == clusters.version_sent
+    names = [r.name for r in clusters.resources]
+    assert "outbound|8080||hello.default.svc.cluster.local" in names
+    body = json.loads(
+        clusters.resources[names.index("outbound|8080||hello.default.svc.cluster.local")].json
+    )
+    assert body["@type"] == CLUSTER
+    assert body["name"] == "outbound|8080||hello.default.svc.cluster.local"
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.GetProxyConfig(admin_pb2.GetProxyConfigRequest(node_id="nobody"))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    call.cancel()
+
+
+async def test_get_config_status_lists_files_in_effect_and_the_held_back_file(
+    channel: grpc.aio.Channel,
+) -> None:
+    stub = admin_pb2_grpc.AdminServiceStub(channel)
+    status = await stub.GetConfigStatus(admin_pb2.GetConfigStatusRequest())
+    assert status.loaded
+    assert [f.path for f in status.files] == ["hello.yaml"]
+    assert len(status.config_version) == 16
+    assert list(status.rejected_files) == ["broken.yaml"]
+    errors = [(d.file, d.line, d.column, d.code) for d in status.diagnostics]
+    assert errors == [("broken.yaml", 7, 3, "PF110")]
+
+
+async def test_csds_reports_the_proxy_acked_and_nacked_resources(channel: grpc.aio.Channel) -> None:
+    call = await connect(channel)
+    await nacked(channel)
+    stub = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+    response = await stub.FetchClientStatus(csds_pb2.ClientStatusRequest())
+    [config] = response.config
+    assert config.node.id == "sidecar-1"
+    by_type: dict[str, set[tuple[int, int]]] = {}
+    for entry in config.generic_xds_configs:
+        by_type.setdefault(entry.type_url, set()).add((entry.config_status, entry.client_status))
+    assert by_type[CLUSTER] == {(csds_pb2.SYNCED, 3)}  # ACKED
+    assert by_type[LISTENER] == {(csds_pb2.ERROR, 4)}  # NACKED
+    listener = next(e for e in config.generic_xds_configs if e.type_url == LISTENER)
+    assert listener.error_state.details == "refused on purpose: bad filter"
+    stream = stub.StreamClientStatus()
+    await stream.write(csds_pb2.ClientStatusRequest())
+    assert (await read(stream)).config[0].node.id == "sidecar-1"
+    stream.cancel()
+    call.cancel()
+
+
+async def test_health_is_serving_after_the_first_load(channel: grpc.aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = await stub.Check(health_pb2.HealthCheckRequest())
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    response = await read(call)
+    names = {s.name for s in response.list_services_response.service}
+    assert {
+        "pilotfish.admin.v1.AdminService",
+        "envoy.service.status.v3.ClientStatusDiscoveryService",
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        "envoy.service.cluster.v3.ClusterDiscoveryService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    await call.write(
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="pilotfish.admin.v1.AdminService"
+        )
+    )
+    assert (await read(call)).file_descriptor_response.file_descriptor_proto
+    call.cancel()
+
+
+async def test_watch_events_streams_connect_push_ack_nack_and_disconnect(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    stub = admin_pb2_grpc.AdminServiceStub(channel)
+    watch = stub.WatchEvents(admin_pb2.WatchEventsRequest())
+    assert plane._server is not None
+    await eventually(lambda: plane._server is not None and plane._server.ads.events.active)
+    call = await connect(channel)
+    await nacked(channel)
+    call.cancel()
+    kinds: list[tuple[str, str]] = []
+    while not kinds or kinds[-1][0] != "disconnect":
+        event = await read(watch)
+        kinds.append((event.kind, event.type_url.rsplit(".", 1)[-1]))
+        assert event.node_id == "sidecar-1"
+    assert kinds == [
+        ("connect", ""),
+        ("push", "Cluster"),
+        ("ack", "Cluster"),
+        ("push", "Listener"),
+        ("nack", "Listener"),
+        ("disconnect", ""),
+    ]
+    watch.cancel()
