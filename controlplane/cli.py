@@ -41,6 +41,7 @@ from controlplane.logs import configure as configure_logging
 from controlplane.server import event_loop
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
 from controlplane.server.grpc_server import XdsServerOptions
+from controlplane.status_cli import add_status_commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -440,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", choices=("debug", "info", "warning", "error"), default="warning"
     )
     demo.set_defaults(run=_demo)
+
+    add_status_commands(commands, _Parser)
 
     commands.add_parser(
         "agent",

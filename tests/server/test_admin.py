@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
@@ -18,6 +20,7 @@ from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from controlplane.cli import main
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
 from controlplane.xds.types import CLUSTER, LISTENER
 from pilotfish.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -241,3 +244,122 @@ async def test_watch_events_streams_connect_push_ack_nack_and_disconnect(
         ("disconnect", ""),
     ]
     watch.cancel()
+
+
+async def run_cli(argv: list[str]) -> int:
+    # The CLI's blocking gRPC client must not block the loop the server runs on.
+    return await asyncio.to_thread(main, argv)
+
+
+async def test_status_json_has_the_documented_shape_and_the_nack_reason(
+    plane: ControlPlane, channel: grpc.aio.Channel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    call = await connect(channel)
+    proxy = await nacked(channel)
+    capsys.readouterr()
+    assert await run_cli(["status", "--server", plane.address, "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    [entry] = data["proxies"]
+    sent = {t.type_url: t.version_sent for t in proxy.types}
+    nack_at = next(t.last_nack.at for t in proxy.types if t.type_url == LISTENER)
+    assert entry == {
+        "node_id": "sidecar-1",
+        "role": "sidecar",
+        "address": proxy.peer.removeprefix("ipv4:"),
+        "protocol": "sotw",
+        "types": {
+            "LDS": {
+                "state": "NACKED",
+                "sent": sent[LISTENER],
+                "acked": "",
+                "nack": {"message": "refused on purpose: bad filter", "at": nack_at},
+            },
+            "CDS": {"state": "SYNCED", "sent": sent[CLUSTER], "acked": sent[CLUSTER], "nack": None},
+            "RDS": {"state": "NOT_SENT", "sent": "", "acked": "", "nack": None},
+            "EDS": {"state": "NOT_SENT", "sent": "", "acked": "", "nack": None},
+        },
+    }
+    call.cancel()
+
+
+async def test_status_table_names_the_nack_reason(
+    plane: ControlPlane, channel: grpc.aio.Channel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    call = await connect(channel)
+    await nacked(channel)
+    capsys.readouterr()
+    assert await run_cli(["status", "--server", plane.address]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "NODE",
+        "ID",
+        "ROLE",
+        "ADDRESS",
+        "PROTOCOL",
+        "CDS",
+        "LDS",
+        "EDS",
+        "RDS",
+    ]
+    assert lines[1].split()[:4] == ["sidecar-1", "sidecar", lines[1].split()[2], "sotw"]
+    assert "SYNCED (" in lines[1] and "NACKED (" in lines[1] and lines[1].endswith("NOT SENT")
+    assert lines[2].startswith("sidecar-1 LDS NACKED at ")
+    assert lines[2].endswith(": refused on purpose: bad filter")
+    call.cancel()
+
+
+async def test_config_dump_prints_the_clusters_the_proxy_holds(
+    plane: ControlPlane, channel: grpc.aio.Channel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    call = await connect(channel)
+    await nacked(channel)
+    capsys.readouterr()
+    assert await run_cli(["config", "dump", "--proxy", "sidecar-1", "--server", plane.address]) == 0
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert data["node_id"] == "sidecar-1"
+    names = [r["name"] for r in data["types"]["CDS"]["resources"]]
+    assert "outbound|8080||hello.default.svc.cluster.local" in names
+    assert data["types"]["CDS"]["version_acked"] == data["types"]["CDS"]["version_sent"]
+    argv = ["config", "dump", "--proxy", "ghost", "--server", plane.address, "-o", "json"]
+    assert await run_cli(argv) == 1
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == (
+        "",
+        "pilotfish config dump: no connected proxy has node id 'ghost'\n",
+    )
+    call.cancel()
+
+
+def test_status_on_an_unreachable_server_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["status", "--server", "127.0.0.1:1"]) == 1
+    assert capsys.readouterr().err == (
+        "pilotfish status: cannot reach the control plane at 127.0.0.1:1 "
+        "(is `pilotfish serve` running there?)\n"
+    )
+
+
+def test_status_with_a_malformed_server_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["status", "--server", "18000"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "pilotfish status: error: argument --server: expected HOST:PORT, got '18000'"
+    )
+
+
+async def test_a_sent_version_not_acked_is_pending_then_stale_after_5_seconds(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+    await call.write(discovery_pb2.DiscoveryRequest(node=node(), type_url=CLUSTER))
+    await read(call)
+    [proxy] = await proxies(channel)
+    assert states(proxy)["Cluster"] == "PENDING"
+    assert plane.admin is not None
+    now = time.time()
+    plane.admin.clock = lambda: now + 6.0
+    [proxy] = await proxies(channel)
+    assert states(proxy)["Cluster"] == "STALE"
+    call.cancel()
