@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from structlog.testing import capture_logs
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
@@ -247,8 +248,10 @@ async def test_watch_events_streams_connect_push_ack_nack_and_disconnect(
 
 
 async def run_cli(argv: list[str]) -> int:
-    # The CLI's blocking gRPC client must not block the loop the server runs on.
-    return await asyncio.to_thread(main, argv)
+    # The CLI's blocking gRPC client must not block the loop the server runs on; the
+    # server's logs (on the same stdout) are captured away meanwhile.
+    with capture_logs():
+        return await asyncio.to_thread(main, argv)
 
 
 async def test_status_json_has_the_documented_shape_and_the_nack_reason(
