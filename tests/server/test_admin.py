@@ -13,13 +13,13 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from structlog.testing import capture_logs
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from structlog.testing import capture_logs
 
 from controlplane.cli import main
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
