@@ -43,7 +43,12 @@ from grpc_reflection.v1alpha import reflection
 
 import controlplane.translate  # noqa: F401  (registers the resource types for JSON)
 from controlplane.config.diagnostics import Diagnostic
-from controlplane.server.ads import AggregatedDiscoveryService, _Stream
+from controlplane.server.ads import (
+    _SINGLE_TYPE_SERVICES,
+    ADS_SERVICE,
+    AggregatedDiscoveryService,
+    _Stream,
+)
 from controlplane.xds.snapshot import Resource
 from controlplane.xds.stream import TypeStatus
 from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, push_rank
@@ -137,10 +142,17 @@ class AdminServices:
             ClientStatusService(self), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        # The descriptor modules are imported for their services' descriptors; only the
+        # services served are listed (rds_pb2 also holds VHDS, which is not).
+        assert all(module.DESCRIPTOR for module in _SERVICE_DESCRIPTORS)
         names = [
-            service.full_name
-            for module in (*_SERVICE_DESCRIPTORS, admin_pb2, csds_pb2, health_pb2)
-            for service in module.DESCRIPTOR.services_by_name.values()
+            ADS_SERVICE,
+            *(service for service, _ in _SINGLE_TYPE_SERVICES.values()),
+            *(
+                service.full_name
+                for module in (admin_pb2, csds_pb2, health_pb2)
+                for service in module.DESCRIPTOR.services_by_name.values()
+            ),
         ]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
 

@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from controlplane.cli import main
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
-from controlplane.xds.types import CLUSTER, LISTENER
+from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from pilotfish.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.server.support import eventually, read
 
@@ -203,15 +203,18 @@ async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None
     call = stub.ServerReflectionInfo()
     await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
     response = await read(call)
-    names = {s.name for s in response.list_services_response.service}
-    assert {
-        "pilotfish.admin.v1.AdminService",
-        "envoy.service.status.v3.ClientStatusDiscoveryService",
-        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+    names = sorted(s.name for s in response.list_services_response.service)
+    assert names == [
         "envoy.service.cluster.v3.ClusterDiscoveryService",
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        "envoy.service.endpoint.v3.EndpointDiscoveryService",
+        "envoy.service.listener.v3.ListenerDiscoveryService",
+        "envoy.service.route.v3.RouteDiscoveryService",
+        "envoy.service.status.v3.ClientStatusDiscoveryService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
-    } <= names
+        "pilotfish.admin.v1.AdminService",
+    ]
     await call.write(
         reflection_pb2.ServerReflectionRequest(
             file_containing_symbol="pilotfish.admin.v1.AdminService"
@@ -365,4 +368,35 @@ async def test_a_sent_version_not_acked_is_pending_then_stale_after_5_seconds(
     plane.admin.clock = lambda: now + 6.0
     [proxy] = await proxies(channel)
     assert states(proxy)["Cluster"] == "STALE"
+    call.cancel()
+
+
+async def test_a_reload_is_an_event_carrying_the_new_config_version(
+    plane: ControlPlane, channel: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    stub = admin_pb2_grpc.AdminServiceStub(channel)
+    watch = stub.WatchEvents(admin_pb2.WatchEventsRequest())
+    await eventually(lambda: plane._server is not None and plane._server.ads.events.active)
+    (tmp_path / "broken.yaml").unlink()
+    event = await read(watch, timeout=10.0)
+    status = await stub.GetConfigStatus(admin_pb2.GetConfigStatusRequest())
+    assert (event.kind, event.version, event.message) == (
+        "reload",
+        status.config_version,
+        "0 error(s), 0 file(s) held back",
+    )
+    assert (status.reloads, list(status.rejected_files)) == (2, [])
+    watch.cancel()
+
+
+async def test_get_status_counts_the_streams_of_each_proxy_class(
+    channel: grpc.aio.Channel,
+) -> None:
+    call = await connect(channel)
+    await nacked(channel)
+    status = await admin_pb2_grpc.AdminServiceStub(channel).GetStatus(admin_pb2.GetStatusRequest())
+    [proxy_class] = status.proxy_classes
+    assert (proxy_class.key, proxy_class.streams) == ("sidecar|0.0.0.0|{}", 1)
+    assert set(proxy_class.versions) == {CLUSTER, LISTENER, ROUTE, ENDPOINT}
+    assert list(status.rejected_files) == ["broken.yaml"]
     call.cancel()
