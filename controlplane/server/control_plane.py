@@ -318,6 +318,8 @@ class ControlPlane:
             watcher, self._watcher = self._watcher, None
             await loop.run_in_executor(None, watcher.stop)
         self._schedule_recheck(None)
+        if self.admin is not None:
+            await self.admin.health.enter_graceful_shutdown()
         await loop.run_in_executor(None, self.store.close)
         if self._server is not None:
             server, self._server = self._server, None
