@@ -400,3 +400,33 @@ async def test_get_status_counts_the_streams_of_each_proxy_class(
     assert set(proxy_class.versions) == {CLUSTER, LISTENER, ROUTE, ENDPOINT}
     assert list(status.rejected_files) == ["broken.yaml"]
     call.cancel()
+
+
+async def test_a_delta_proxy_is_listed_and_its_clusters_dumped(
+    channel: grpc.aio.Channel,
+) -> None:
+    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node("delta-1"), type_url=CLUSTER))
+    clusters = await read(call)
+    await call.write(
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=clusters.nonce)
+    )
+    stub = admin_pb2_grpc.AdminServiceStub(channel)
+
+    async def acked() -> admin_pb2.ProxyStatus | None:
+        [proxy] = await proxies(channel)
+        return proxy if states(proxy)["Cluster"] == "SYNCED" else None
+
+    proxy = None
+    for _ in range(200):
+        proxy = await acked()
+        if proxy is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert proxy is not None
+    assert (proxy.node_id, proxy.protocol) == ("delta-1", "delta")
+    config = await stub.GetProxyConfig(admin_pb2.GetProxyConfigRequest(node_id="delta-1"))
+    [typed] = [t for t in config.types if t.type_url == CLUSTER]
+    assert sorted(r.name for r in typed.resources) == sorted(r.name for r in clusters.resources)
+    assert typed.version_acked == typed.version_sent == clusters.system_version_info
+    call.cancel()
