@@ -193,11 +193,9 @@ class AdminServices:
                 sync.version_sent = status.version
                 sync.version_acked = status.acked_version
             if url in nacks:
-                nack, at = nacks[url]
+                version, message, at = nacks[url]
                 sync.last_nack.CopyFrom(
-                    admin_pb2.Nack(
-                        version=nack.rejected_version, message=nack.message, at=rfc3339(at)
-                    )
+                    admin_pb2.Nack(version=version, message=message, at=rfc3339(at))
                 )
         return proxy
 

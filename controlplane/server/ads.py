@@ -135,8 +135,9 @@ class _Stream:
         self.nacks: RepeatedNacks | None = None
         """Created by the stream's first NACK (see :mod:`~controlplane.server.untrusted`)."""
         self.connected_at = time.time()
-        self.last_nacks: dict[str, tuple[Nack, float]] | None = None
-        """Per type, the last NACK and when (Unix time) it came, for the admin service."""
+        self.last_nacks: dict[str, tuple[str, str, float]] | None = None
+        """Per type, the last NACK's rejected version, message (clipped: the client's to
+        choose) and time (Unix), for the admin services."""
         self.log: Any = log.bind(stream=stream_id)
 
     def wake(self, *, dirty: bool = False, closing: bool = False) -> None:
@@ -161,7 +162,7 @@ class _Stream:
         )
         self.log.info("xds_stream_connected")
         if self.service.events.active:
-            self.service.events.publish("connect", node_id=node.id, stream_id=self.stream_id)
+            self._event("connect", "", "")
         return snapshot
 
     async def read(self, context: Any) -> None:
@@ -283,7 +284,7 @@ class _Stream:
         node = self.core.node
         self.service.events.publish(
             kind,
-            node_id=node.id if node is not None else "",
+            node_id=clip(node.id) if node is not None else "",
             stream_id=self.stream_id,
             type_url=type_url,
             version=version,
@@ -293,9 +294,10 @@ class _Stream:
     def _log_nack(self, event: Nack) -> None:
         if self.last_nacks is None:
             self.last_nacks = {}
-        self.last_nacks[event.type_url] = (event, time.time())
+        message = clip(event.message)
+        self.last_nacks[event.type_url] = (event.rejected_version, message, time.time())
         if self.service.events.active:
-            self._event("nack", event.type_url, event.rejected_version, clip(event.message))
+            self._event("nack", event.type_url, event.rejected_version, message)
         if self.nacks is None:
             self.nacks = RepeatedNacks()
         new, ended = self.nacks.nack(event.type_url, event.rejected_version, event.message)
