@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from controlplane.cli import main
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
+from controlplane.server.events import EventHub
 from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from pilotfish.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.server.support import eventually, read
@@ -429,4 +430,17 @@ async def test_a_delta_proxy_is_listed_and_its_clusters_dumped(
     [typed] = [t for t in config.types if t.type_url == CLUSTER]
     assert sorted(r.name for r in typed.resources) == sorted(r.name for r in clusters.resources)
     assert typed.version_acked == typed.version_sent == clusters.system_version_info
+    call.cancel()
+
+
+async def test_no_event_is_built_while_nobody_watches(
+    channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an event was built with no watcher")
+
+    monkeypatch.setattr(EventHub, "publish", refuse)
+    call = await connect(channel)
+    proxy = await nacked(channel)
+    assert states(proxy)["Cluster"] == "SYNCED"
     call.cancel()
