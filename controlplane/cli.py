@@ -49,6 +49,7 @@ from controlplane.server.grpc_server import (
     check_address,
     split_address,
 )
+from controlplane.status_cli import add_status_commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -559,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="least severe control plane events logged (warning)",
     )
     demo.set_defaults(run=_demo)
+
+    add_status_commands(commands, _Parser)
 
     commands.add_parser(
         "agent",

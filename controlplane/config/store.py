@@ -221,6 +221,11 @@ class ConfigStore:
     def diagnostics(self) -> tuple[Diagnostic, ...]:
         return self._diagnostics
 
+    @property
+    def files_in_effect(self) -> dict[str, str]:
+        """``{path: content digest}`` of the accepted file versions being served."""
+        return {path: version.digest for path, version in self._state.accepted.items()}
+
     def reload(self) -> ReloadResult:
         # A large reload creates millions of small immutable objects (no cycles);
         # with the collector on, each full collection rescans the growing heap

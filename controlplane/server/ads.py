@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -75,6 +76,7 @@ from controlplane import collector
 from controlplane.errors import InconsistentSnapshotError, ProtocolError
 from controlplane.server import memory
 from controlplane.server.admission import Admission, Refusals, StreamLimits, peer_host
+from controlplane.server.events import EventHub
 from controlplane.server.untrusted import EndedRun, RepeatedNacks, clip
 from controlplane.xds.cache import ProxyClassLimitError, SnapshotCache
 from controlplane.xds.delta import DeltaStream
@@ -132,6 +134,10 @@ class _Stream:
         self.closing = False
         self.nacks: RepeatedNacks | None = None
         """Created by the stream's first NACK (see :mod:`~controlplane.server.untrusted`)."""
+        self.connected_at = time.time()
+        self.last_nacks: dict[str, tuple[str, str, float]] | None = None
+        """Per type, the last NACK's rejected version, message (clipped: the client's to
+        choose) and time (Unix), for the admin services."""
         self.log: Any = log.bind(stream=stream_id)
 
     def wake(self, *, dirty: bool = False, closing: bool = False) -> None:
@@ -155,6 +161,8 @@ class _Stream:
             node_id=clip(node.id), node_cluster=clip(node.cluster), key=self.key
         )
         self.log.info("xds_stream_connected", config_version=self.service.cache.config_version)
+        if self.service.events.active:
+            self._event("connect", "", "")
         return snapshot
 
     async def read(self, context: Any) -> None:
@@ -229,6 +237,8 @@ class _Stream:
                 self._withhold(response, len(data))
                 continue
             await context.write(data)
+            if self.service.events.active:
+                self._event("push", response.type_url, response.version)
             if len(data) > LARGE_RESPONSE:
                 self.service.housekeeper.soon()
             self.log.debug(
@@ -251,6 +261,8 @@ class _Stream:
             if isinstance(event, Ack):
                 if self.nacks is not None:
                     self._log_repeats(self.nacks.ack(event.type_url))
+                if self.service.events.active:
+                    self._event("ack", event.type_url, event.version)
                 # Debug: one line per stream per push is 10,000 lines per edit at scale.
                 self.log.debug(
                     "xds_ack",
@@ -268,7 +280,24 @@ class _Stream:
                     expected_nonce=event.expected_nonce,
                 )
 
+    def _event(self, kind: str, type_url: str, version: str, message: str = "") -> None:
+        node = self.core.node
+        self.service.events.publish(
+            kind,
+            node_id=clip(node.id) if node is not None else "",
+            stream_id=self.stream_id,
+            type_url=type_url,
+            version=version,
+            message=message,
+        )
+
     def _log_nack(self, event: Nack) -> None:
+        if self.last_nacks is None:
+            self.last_nacks = {}
+        message = clip(event.message)
+        self.last_nacks[event.type_url] = (event.rejected_version, message, time.time())
+        if self.service.events.active:
+            self._event("nack", event.type_url, event.rejected_version, message)
         if self.nacks is None:
             self.nacks = RepeatedNacks()
         new, ended = self.nacks.nack(event.type_url, event.rejected_version, event.message)
@@ -335,6 +364,9 @@ class AggregatedDiscoveryService:
         # second, not less: the ACKs of the wave's last pushes arrive after it ends,
         # and the buffers they leave should be among those handed back.
         self.housekeeper = memory.Housekeeper(self._loop, delay=1.0, busy=lambda: self.pushing)
+        self.events = EventHub(self._loop)
+        self.published_at: dict[str, float] = {}
+        """Per proxy class, when (Unix time) its latest snapshot was published."""
         self._remove_listener = cache.add_listener(self._on_publish)
 
     @property
@@ -401,6 +433,10 @@ class AggregatedDiscoveryService:
     def stream_count(self) -> int:
         return len(self._all)
 
+    def streams(self) -> list[_Stream]:
+        """The live streams, oldest first (for the admin services; not for the push path)."""
+        return sorted(self._all, key=lambda stream: stream.stream_id)
+
     def register(self, key: str, stream: _Stream) -> None:
         self._streams.setdefault(key, set()).add(stream)
 
@@ -413,6 +449,7 @@ class AggregatedDiscoveryService:
         if self._prune_timer is not None:
             self._prune_timer.cancel()
         self._remove_listener()
+        self.events.close()
         for stream in self._all:
             stream.wake(closing=True)
 
@@ -482,6 +519,8 @@ class AggregatedDiscoveryService:
                         del self._streams[stream.key]
                 self._release(stream.key)
             stream.log.info("xds_stream_closed", reason=reason)
+            if self.events.active:
+                stream._event("disconnect", "", "", reason)
             await asyncio.gather(reader, return_exceptions=True)
 
     def _release(self, key: str) -> None:
@@ -564,6 +603,9 @@ class AggregatedDiscoveryService:
         )
 
     def _on_publish(self, key: str, snapshot: Snapshot) -> None:
+        if len(self.published_at) > 10_000:
+            self.published_at.clear()  # classes come and go; this is only a hint for STALE
+        self.published_at[key] = time.time()
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake, key)
 

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
 
@@ -45,6 +46,8 @@ from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.config.watcher import DirectoryWatcher
 from controlplane.model import Mesh
 from controlplane.server import memory
+from controlplane.server.admin import AdminServices, ConfigView
+from controlplane.server.ads import AggregatedDiscoveryService
 from controlplane.server.grpc_server import XdsServer, XdsServerOptions, start_xds_server
 from controlplane.translate import ProxyClass, ProxyRole
 from controlplane.translate.translator import Translator
@@ -115,6 +118,8 @@ class ControlPlane:
         self._watcher: DirectoryWatcher | None = None
         self._server: XdsServer | None = None
         self.reloads = 0
+        self.admin: AdminServices | None = None
+        self._config_view = ConfigView()
 
     @property
     def port(self) -> int:
@@ -232,11 +237,33 @@ class ControlPlane:
             self.reloads += 1
             if result.changed:
                 self.cache.update(self._builder(result.mesh), result.version)
+        self._reloaded(result)
         if result.changed and self._server is not None:
             # The new model is long-lived: have it frozen once things are quiet.
             self._server.ads.housekeeper.soon_threadsafe()
         self._schedule_recheck(result.recheck_at)
         return result
+
+    def _reloaded(self, result: ReloadResult) -> None:
+        view = self._config_view = ConfigView(
+            loaded=True,
+            files=self.store.files_in_effect,
+            diagnostics=result.diagnostics,
+            rejected=result.rejected,
+            reloaded_at=time.time(),
+            reloads=self._config_view.reloads + 1,
+            version=result.version,
+        )
+        if self._server is not None:
+            self._server.ads.events.publish_threadsafe(
+                "reload",
+                version=view.version,
+                message=f"{len(result.errors)} error(s), {len(result.rejected)} file(s) held back",
+            )
+
+    def _add_admin(self, server: grpc.aio.Server, ads: AggregatedDiscoveryService) -> None:
+        self.admin = AdminServices(ads, lambda: self._config_view)
+        self.admin.register(server)
 
     def _schedule_recheck(self, at: float | None) -> None:
         """Have the watcher reload at ``at`` (monotonic), when a held withdrawal is due."""
@@ -263,6 +290,7 @@ class ControlPlane:
         # collector from rescanning them (see controlplane.server.memory).
         gc.freeze()
         self.cache.update(self._builder(result.mesh), result.version)
+        self._reloaded(result)
         log.info(
             "config_loaded",
             config_version=result.version,
@@ -271,8 +299,13 @@ class ControlPlane:
             errors=len(result.errors),
         )
         self._server = await start_xds_server(
-            self.cache, self.options.xds_address, options=self.options.server
+            self.cache,
+            self.options.xds_address,
+            options=self.options.server,
+            services=[self._add_admin],
         )
+        assert self.admin is not None
+        await self.admin.loaded()
         self._watcher = DirectoryWatcher(
             self.options.config_dir,
             self._on_change,
@@ -294,6 +327,8 @@ class ControlPlane:
             watcher, self._watcher = self._watcher, None
             await loop.run_in_executor(None, watcher.stop)
         self._schedule_recheck(None)
+        if self.admin is not None:
+            await self.admin.health.enter_graceful_shutdown()
         await loop.run_in_executor(None, self.store.close)
         if self._server is not None:
             server, self._server = self._server, None

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -230,8 +231,11 @@ async def start_xds_server(
     address: str = "127.0.0.1:0",
     *,
     options: XdsServerOptions | None = None,
+    services: Sequence[Callable[[grpc.aio.Server, AggregatedDiscoveryService], None]] = (),
 ) -> XdsServer:
-    """Serve ADS and the single-type services, SotW and delta, for ``cache`` on ``address``."""
+    """Serve ADS and the single-type services, SotW and delta, for ``cache`` on ``address``.
+
+    Each of ``services`` registers more services on the same server (the admin ones)."""
     options = options or XdsServerOptions()
     check_address(address)
     server = grpc.aio.server(options=options.channel_options())
@@ -239,6 +243,8 @@ async def start_xds_server(
     add_xds_services(server, ads)
     lrs = LoadReportingService(LoadReports(options.load_report_interval))
     add_load_reporting_service(server, lrs)
+    for register in services:
+        register(server, ads)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:

@@ -171,6 +171,19 @@ class DeltaStream(StreamCore):
         state = self._types.get(type_url)
         return dict(state.sent) if state else {}
 
+    def held(self, type_url: str) -> Mapping[str, Resource]:
+        """``{name: resource}`` last sent of ``type_url`` (for admin pages)."""
+        state = self._types.get(type_url)
+        snapshot = self._snapshot
+        if state is None or snapshot is None or type_url not in snapshot.versions:
+            return {}
+        current = snapshot.resources(type_url)
+        return {
+            name: current[name]
+            for name, digest in state.sent.items()
+            if name in current and current[name].hash == digest
+        }
+
     def on_request(self, request: Any) -> list[Any]:
         """Consume one ``DeltaDiscoveryRequest``; return the responses to send, in order.
 

@@ -56,7 +56,7 @@ A stream is not thread-safe: exactly one driver owns it and calls it in order.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +125,13 @@ class SotwStream(StreamCore):
             acked_version=state.acked_version,
             nacked_version=state.nacked_version,
         )
+
+    def held(self, type_url: str) -> Mapping[str, Resource]:
+        """``{name: resource}`` last sent of ``type_url`` (for admin pages)."""
+        state = self._types.get(type_url)
+        if state is None or state.held is None:
+            return {}
+        return state.held.resources
 
     def on_request(self, request: Any) -> list[Any]:
         """Consume one ``DiscoveryRequest``; return the responses to send, in order.

@@ -217,7 +217,9 @@ def test_no_arguments_prints_the_full_help_on_stdout_and_exits_2(
     assert main([]) == 2
     captured = capsys.readouterr()
     assert captured.err == ""
-    assert captured.out.startswith("usage: pilotfish [-h] [--version] {validate,serve,demo,agent}")
+    assert captured.out.startswith(
+        "usage: pilotfish [-h] [--version]\n                 {validate,serve,demo,status,config,agent}"
+    )
     assert "    validate            check a config directory and report every problem\n" in (
         captured.out
     )

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epilotfish/admin/v1/admin.proto\x12\x12pilotfish.admin.v1\"\xf1\x01\n\nDiagnostic\x12\x39\n\x08severity\x18\x01 \x01(\x0e\x32\'.pilotfish.admin.v1.Diagnostic.Severity\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0c\n\x04\x66ile\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x05 \x01(\r\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\r\n\x05\x66ield\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\"<\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\t\n\x05\x45RROR\x10\x01\x12\x0b\n\x07WARNING\x10\x02\"\xa7\x01\n\x10ProxyClassStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x44\n\x08versions\x18\x02 \x03(\x0b\x32\x32.pilotfish.admin.v1.ProxyClassStatus.VersionsEntry\x12\x0f\n\x07streams\x18\x03 \x01(\r\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10GetStatusRequest\"\xaf\x01\n\x11GetStatusResponse\x12\x16\n\x0erejected_files\x18\x01 \x03(\t\x12\x33\n\x0b\x64iagnostics\x18\x02 \x03(\x0b\x32\x1e.pilotfish.admin.v1.Diagnostic\x12;\n\rproxy_classes\x18\x03 \x03(\x0b\x32$.pilotfish.admin.v1.ProxyClassStatus\x12\x10\n\x08services\x18\x04 \x01(\r2h\n\x0c\x41\x64minService\x12X\n\tGetStatus\x12$.pilotfish.admin.v1.GetStatusRequest\x1a%.pilotfish.admin.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epilotfish/admin/v1/admin.proto\x12\x12pilotfish.admin.v1\"\xf1\x01\n\nDiagnostic\x12\x39\n\x08severity\x18\x01 \x01(\x0e\x32\'.pilotfish.admin.v1.Diagnostic.Severity\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0c\n\x04\x66ile\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x05 \x01(\r\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\r\n\x05\x66ield\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\"<\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\t\n\x05\x45RROR\x10\x01\x12\x0b\n\x07WARNING\x10\x02\"\xa7\x01\n\x10ProxyClassStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x44\n\x08versions\x18\x02 \x03(\x0b\x32\x32.pilotfish.admin.v1.ProxyClassStatus.VersionsEntry\x12\x0f\n\x07streams\x18\x03 \x01(\r\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10GetStatusRequest\"\xaf\x01\n\x11GetStatusResponse\x12\x16\n\x0erejected_files\x18\x01 \x03(\t\x12\x33\n\x0b\x64iagnostics\x18\x02 \x03(\x0b\x32\x1e.pilotfish.admin.v1.Diagnostic\x12;\n\rproxy_classes\x18\x03 \x03(\x0b\x32$.pilotfish.admin.v1.ProxyClassStatus\x12\x10\n\x08services\x18\x04 \x01(\r\"4\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\n\n\x02\x61t\x18\x03 \x01(\t\"\xae\x01\n\x08TypeSync\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0cversion_sent\x18\x03 \x01(\t\x12\x15\n\rversion_acked\x18\x04 \x01(\t\x12+\n\tlast_nack\x18\x05 \x01(\x0b\x32\x18.pilotfish.admin.v1.Nack\x12\x14\n\x0cpush_pending\x18\x06 \x01(\x08\x12\x11\n\tresources\x18\x07 \x01(\r\"\xb7\x02\n\x0bProxyStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12;\n\x06labels\x18\x04 \x03(\x0b\x32+.pilotfish.admin.v1.ProxyStatus.LabelsEntry\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x10\n\x08protocol\x18\x06 \x01(\t\x12\x17\n\x0f\x63onnected_since\x18\x07 \x01(\t\x12\x13\n\x0bproxy_class\x18\x08 \x01(\t\x12\x11\n\tstream_id\x18\t \x01(\x04\x12+\n\x05types\x18\n \x03(\x0b\x32\x1c.pilotfish.admin.v1.TypeSync\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x12ListProxiesRequest\"G\n\x13ListProxiesResponse\x12\x30\n\x07proxies\x18\x01 \x03(\x0b\x32\x1f.pilotfish.admin.v1.ProxyStatus\"(\n\x15GetProxyConfigRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"=\n\x0eResourceConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04json\x18\x03 \x01(\t\"\x83\x01\n\x0bTypedConfig\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_sent\x18\x02 \x01(\t\x12\x15\n\rversion_acked\x18\x03 \x01(\t\x12\x35\n\tresources\x18\x04 \x03(\x0b\x32\".pilotfish.admin.v1.ResourceConfig\"x\n\x16GetProxyConfigResponse\x12.\n\x05proxy\x18\x01 \x01(\x0b\x32\x1f.pilotfish.admin.v1.ProxyStatus\x12.\n\x05types\x18\x02 \x03(\x0b\x32\x1f.pilotfish.admin.v1.TypedConfig\"\x18\n\x16GetConfigStatusRequest\"*\n\nConfigFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\xe3\x01\n\x17GetConfigStatusResponse\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\t\x12-\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x1e.pilotfish.admin.v1.ConfigFile\x12\x33\n\x0b\x64iagnostics\x18\x03 \x03(\x0b\x32\x1e.pilotfish.admin.v1.Diagnostic\x12\x16\n\x0erejected_files\x18\x04 \x03(\t\x12\x13\n\x0breloaded_at\x18\x05 \x01(\t\x12\x0f\n\x07reloads\x18\x06 \x01(\x04\x12\x0e\n\x06loaded\x18\x07 \x01(\x08\"\x14\n\x12WatchEventsRequest\"\x8a\x01\n\x05\x45vent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x11\n\tstream_id\x18\x04 \x01(\x04\x12\x10\n\x08type_url\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0f\n\x07\x64ropped\x18\x08 \x01(\x04\x32\xf1\x03\n\x0c\x41\x64minService\x12X\n\tGetStatus\x12$.pilotfish.admin.v1.GetStatusRequest\x1a%.pilotfish.admin.v1.GetStatusResponse\x12^\n\x0bListProxies\x12&.pilotfish.admin.v1.ListProxiesRequest\x1a\'.pilotfish.admin.v1.ListProxiesResponse\x12g\n\x0eGetProxyConfig\x12).pilotfish.admin.v1.GetProxyConfigRequest\x1a*.pilotfish.admin.v1.GetProxyConfigResponse\x12j\n\x0fGetConfigStatus\x12*.pilotfish.admin.v1.GetConfigStatusRequest\x1a+.pilotfish.admin.v1.GetConfigStatusResponse\x12R\n\x0bWatchEvents\x12&.pilotfish.admin.v1.WatchEventsRequest\x1a\x19.pilotfish.admin.v1.Event0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROXYCLASSSTATUS_VERSIONSENTRY']._loaded_options = None
   _globals['_PROXYCLASSSTATUS_VERSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_PROXYSTATUS_LABELSENTRY']._loaded_options = None
+  _globals['_PROXYSTATUS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DIAGNOSTIC']._serialized_start=55
   _globals['_DIAGNOSTIC']._serialized_end=296
   _globals['_DIAGNOSTIC_SEVERITY']._serialized_start=236
@@ -45,6 +47,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_end=486
   _globals['_GETSTATUSRESPONSE']._serialized_start=489
   _globals['_GETSTATUSRESPONSE']._serialized_end=664
-  _globals['_ADMINSERVICE']._serialized_start=666
-  _globals['_ADMINSERVICE']._serialized_end=770
+  _globals['_NACK']._serialized_start=666
+  _globals['_NACK']._serialized_end=718
+  _globals['_TYPESYNC']._serialized_start=721
+  _globals['_TYPESYNC']._serialized_end=895
+  _globals['_PROXYSTATUS']._serialized_start=898
+  _globals['_PROXYSTATUS']._serialized_end=1209
+  _globals['_PROXYSTATUS_LABELSENTRY']._serialized_start=1164
+  _globals['_PROXYSTATUS_LABELSENTRY']._serialized_end=1209
+  _globals['_LISTPROXIESREQUEST']._serialized_start=1211
+  _globals['_LISTPROXIESREQUEST']._serialized_end=1231
+  _globals['_LISTPROXIESRESPONSE']._serialized_start=1233
+  _globals['_LISTPROXIESRESPONSE']._serialized_end=1304
+  _globals['_GETPROXYCONFIGREQUEST']._serialized_start=1306
+  _globals['_GETPROXYCONFIGREQUEST']._serialized_end=1346
+  _globals['_RESOURCECONFIG']._serialized_start=1348
+  _globals['_RESOURCECONFIG']._serialized_end=1409
+  _globals['_TYPEDCONFIG']._serialized_start=1412
+  _globals['_TYPEDCONFIG']._serialized_end=1543
+  _globals['_GETPROXYCONFIGRESPONSE']._serialized_start=1545
+  _globals['_GETPROXYCONFIGRESPONSE']._serialized_end=1665
+  _globals['_GETCONFIGSTATUSREQUEST']._serialized_start=1667
+  _globals['_GETCONFIGSTATUSREQUEST']._serialized_end=1691
+  _globals['_CONFIGFILE']._serialized_start=1693
+  _globals['_CONFIGFILE']._serialized_end=1735
+  _globals['_GETCONFIGSTATUSRESPONSE']._serialized_start=1738
+  _globals['_GETCONFIGSTATUSRESPONSE']._serialized_end=1965
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1967
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1987
+  _globals['_EVENT']._serialized_start=1990
+  _globals['_EVENT']._serialized_end=2128
+  _globals['_ADMINSERVICE']._serialized_start=2131
+  _globals['_ADMINSERVICE']._serialized_end=2628
 # @@protoc_insertion_point(module_scope)

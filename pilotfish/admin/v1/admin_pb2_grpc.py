@@ -39,12 +39,56 @@ class AdminServiceStub:
                 request_serializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.ListProxies = channel.unary_unary(
+                '/pilotfish.admin.v1.AdminService/ListProxies',
+                request_serializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.ListProxiesRequest.SerializeToString,
+                response_deserializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.ListProxiesResponse.FromString,
+                _registered_method=True)
+        self.GetProxyConfig = channel.unary_unary(
+                '/pilotfish.admin.v1.AdminService/GetProxyConfig',
+                request_serializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetProxyConfigRequest.SerializeToString,
+                response_deserializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetProxyConfigResponse.FromString,
+                _registered_method=True)
+        self.GetConfigStatus = channel.unary_unary(
+                '/pilotfish.admin.v1.AdminService/GetConfigStatus',
+                request_serializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetConfigStatusRequest.SerializeToString,
+                response_deserializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetConfigStatusResponse.FromString,
+                _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/pilotfish.admin.v1.AdminService/WatchEvents',
+                request_serializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.Event.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProxies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProxyConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfigStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +101,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'ListProxies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProxies,
+                    request_deserializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.ListProxiesRequest.FromString,
+                    response_serializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.ListProxiesResponse.SerializeToString,
+            ),
+            'GetProxyConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProxyConfig,
+                    request_deserializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetProxyConfigRequest.FromString,
+                    response_serializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetProxyConfigResponse.SerializeToString,
+            ),
+            'GetConfigStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfigStatus,
+                    request_deserializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetConfigStatusRequest.FromString,
+                    response_serializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetConfigStatusResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.WatchEventsRequest.FromString,
+                    response_serializer=pilotfish_dot_admin_dot_v1_dot_admin__pb2.Event.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +150,114 @@ class AdminService:
             '/pilotfish.admin.v1.AdminService/GetStatus',
             pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProxies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilotfish.admin.v1.AdminService/ListProxies',
+            pilotfish_dot_admin_dot_v1_dot_admin__pb2.ListProxiesRequest.SerializeToString,
+            pilotfish_dot_admin_dot_v1_dot_admin__pb2.ListProxiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProxyConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilotfish.admin.v1.AdminService/GetProxyConfig',
+            pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetProxyConfigRequest.SerializeToString,
+            pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetProxyConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfigStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilotfish.admin.v1.AdminService/GetConfigStatus',
+            pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetConfigStatusRequest.SerializeToString,
+            pilotfish_dot_admin_dot_v1_dot_admin__pb2.GetConfigStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pilotfish.admin.v1.AdminService/WatchEvents',
+            pilotfish_dot_admin_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
+            pilotfish_dot_admin_dot_v1_dot_admin__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,
