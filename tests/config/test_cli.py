@@ -218,7 +218,8 @@ def test_no_arguments_prints_the_full_help_on_stdout_and_exits_2(
     captured = capsys.readouterr()
     assert captured.err == ""
     assert captured.out.startswith(
-        "usage: pilotfish [-h] [--version]\n                 {validate,serve,demo,status,config,agent}"
+        "usage: pilotfish [-h] [--version]\n"
+        "                 {validate,serve,demo,status,config,agent}"
     )
     assert "    validate            check a config directory and report every problem\n" in (
         captured.out
