@@ -57,7 +57,7 @@ def _validate(args: argparse.Namespace) -> int:
         return 2
     diagnostics = [
         replace(d, file=os.path.join(args.directory, d.file))
-        for d in validate_directory(root, _limits(args))
+        for d in validate_directory(root, _limits(args), strict=args.strict)
     ]
     if args.output == "json":
         print(render_json(diagnostics))
@@ -302,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("directory", help="the config directory")
     validate.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    validate.add_argument(
+        "--strict",
+        action="store_true",
+        help="report documents of kinds Pilotfish does not read (PF122) as errors, not warnings",
+    )
     _add_limit_flags(validate)
     validate.set_defaults(run=_validate)
 

@@ -41,7 +41,7 @@ E, W = Severity.ERROR, Severity.WARNING
 CODES: dict[str, Code] = _codes(
     Code("PF100", "yaml-syntax", E, "The file is not valid YAML."),
     Code("PF101", "not-a-resource", E, "A document is not a mapping with apiVersion and kind."),
-    Code("PF102", "unknown-kind", E, "The kind is not one Pilotfish reads."),
+    Code("PF102", "unknown-kind", E, "The kind looks like a misspelling of one Pilotfish reads."),
     Code("PF103", "unknown-api-version", E, "The apiVersion is not one of the kind's."),
     Code("PF104", "invalid-name", E, "metadata.name or namespace is missing or not a DNS label."),
     Code("PF105", "file-unreadable", E, "The file could not be read or is not UTF-8."),
@@ -65,6 +65,7 @@ CODES: dict[str, Code] = _codes(
     Code("PF119", "duplicate-subset", E, "Two subsets of a DestinationRule share a name."),
     Code("PF120", "conflicting-fields", E, "Fields that exclude each other are both set."),
     Code("PF121", "string-too-long", E, "A string is longer than --max-string-bytes."),
+    Code("PF122", "kind-not-read", W, "A document of a kind Pilotfish does not read is skipped."),
     Code("PF200", "host-not-found", E, "A destination host is no Service or ServiceEntry."),
     Code("PF201", "subset-not-found", E, "No DestinationRule for the host defines the subset."),
     Code("PF202", "port-required", E, "The host has several ports: the destination must name one."),

@@ -155,19 +155,123 @@ def test_pf102_an_unknown_kind_with_a_suggestion() -> None:
     )
 
 
-def test_pf102_an_unknown_kind_without_a_close_match_lists_the_kinds() -> None:
+def test_pf102_a_kind_close_to_ours_in_lowercase_is_still_an_error() -> None:
     check(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+        "apiVersion: v1\nkind: service\nmetadata: {name: web}\n",
         error(
             "PF102",
             2,
             1,
             "",
             "kind",
-            "unknown kind 'Deployment'; Pilotfish reads DestinationRule, Gateway, Service, "
-            "ServiceEntry, VirtualService, WorkloadEntry",
+            "unknown kind 'service'; Pilotfish reads DestinationRule, Gateway, Service, "
+            "ServiceEntry, VirtualService, WorkloadEntry; did you mean 'Service'?",
         ),
-        "Pilotfish reads DestinationRule, Gateway, Service",
+        "did you mean 'Service'?",
+    )
+
+
+# --- PF122: kinds Pilotfish does not read -----------------------------------------------------
+
+SERVICE = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80}]\n"
+
+
+def test_pf122_a_kind_pilotfish_does_not_read_is_skipped_and_the_rest_of_the_file_is_used() -> None:
+    text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n" + SERVICE
+    result = read_text(FILE, text)
+    assert result.ok is True
+    assert [r.meta.kind for r in result.resources] == ["Service"]
+    assert diagnose(text) == [
+        warning(
+            "PF122",
+            2,
+            1,
+            "Deployment",
+            "kind",
+            "kind 'Deployment' (apps/v1) is not one Pilotfish reads; the document is skipped "
+            "and the rest of the file is used",
+        )
+    ]
+
+
+def test_pf122_a_kind_close_to_ours_but_known_elsewhere_is_skipped_without_a_hint() -> None:
+    text = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web}\n---\n" + SERVICE
+    (diagnostic,) = diagnose(text)
+    assert (diagnostic.severity, diagnostic.code, diagnostic.message) == (
+        WARNING,
+        "PF122",
+        "kind 'ServiceAccount' (v1) is not one Pilotfish reads; the document is skipped "
+        "and the rest of the file is used",
+    )
+
+
+def test_pf122_one_warning_per_kind_and_file_counting_its_documents() -> None:
+    text = (
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\n---\n"
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n"
+        "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: b}\n---\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: c}\n"
+    )
+    assert [(d.code, d.line, d.resource, d.message) for d in diagnose(text)] == [
+        (
+            "PF122",
+            2,
+            "Deployment",
+            "kind 'Deployment' (apps/v1) is not one Pilotfish reads; the document is skipped "
+            "and the rest of the file is used (3 documents)",
+        ),
+        (
+            "PF122",
+            6,
+            "AuthorizationPolicy",
+            "kind 'AuthorizationPolicy' (security.istio.io/v1) is not one Pilotfish reads; "
+            "the document is skipped and the rest of the file is used",
+        ),
+    ]
+
+
+def test_pf122_a_kind_unknown_everywhere_and_far_from_ours_is_skipped() -> None:
+    (diagnostic,) = diagnose("apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {}\n")
+    assert (diagnostic.severity, diagnostic.code, diagnostic.line) == (WARNING, "PF122", 2)
+
+
+@pytest.mark.parametrize("kind", ["Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant"])
+def test_pf122_gateway_api_objects_are_skipped_with_a_message_that_says_so(kind: str) -> None:
+    text = (
+        f"apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: web}}\n"
+        "spec: {}\n"
+    )
+    assert read_text(FILE, text).ok is True
+    assert diagnose(text) == [
+        warning(
+            "PF122",
+            2,
+            1,
+            kind,
+            "kind",
+            f"{kind} is a Kubernetes Gateway API object (gateway.networking.k8s.io); "
+            "Pilotfish does not read the Gateway API, only Istio's networking.istio.io "
+            "Gateway and VirtualService: the document is skipped",
+        )
+    ]
+
+
+def test_pf122_is_an_error_with_validate_strict(tmp_path: Path) -> None:
+    (tmp_path / "app.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n" + SERVICE
+    )
+    (lenient,) = validate_directory(tmp_path)
+    (strict,) = validate_directory(tmp_path, strict=True)
+    assert (lenient.severity, lenient.code) == (WARNING, "PF122")
+    assert strict == Diagnostic(
+        ERROR,
+        "PF122",
+        "app.yaml",
+        2,
+        1,
+        "Deployment",
+        "kind",
+        lenient.message,
     )
 
 
@@ -1558,6 +1662,7 @@ def test_every_per_resource_code_is_covered_by_these_tests() -> None:
         "PF119",
         "PF120",
         "PF121",
+        "PF122",
     ]
 
 
