@@ -60,7 +60,9 @@ CODES: dict[str, Code] = _codes(
     Code(
         "PF116", "invalid-duration", E, "The duration is not an Istio duration like 1.5s or 100ms."
     ),
-    Code("PF117", "weights-not-100", E, "Route weights do not sum to 100."),
+    Code(
+        "PF117", "weights-sum-to-zero", E, "Several route destinations have weights summing to 0."
+    ),
     Code("PF118", "unknown-load-balancer", E, "The load balancer is not one Istio defines."),
     Code("PF119", "duplicate-subset", E, "Two subsets of a DestinationRule share a name."),
     Code("PF120", "conflicting-fields", E, "Fields that exclude each other are both set."),

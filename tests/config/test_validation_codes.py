@@ -1368,12 +1368,12 @@ def test_pf116_retry_per_try_timeout() -> None:
     ]
 
 
-def test_pf117_route_weights_that_do_not_sum_to_100() -> None:
+def test_pf117_several_destinations_whose_weights_sum_to_zero() -> None:
     check(
         doc(
             "VirtualService",
             "hosts: [web]\nhttp:\n- route:\n  - destination: {host: web, subset: v1}\n"
-            "    weight: 80\n  - destination: {host: web, subset: v2}\n    weight: 10\n",
+            "    weight: 0\n  - destination: {host: web, subset: v2}\n",
             name="web",
         ),
         error(
@@ -1382,17 +1382,19 @@ def test_pf117_route_weights_that_do_not_sum_to_100() -> None:
             5,
             "VirtualService default/web",
             "spec.http[0].route",
-            "route weights sum to 90 (80, 10); make them sum to 100",
+            "route weights sum to 0 (0, unset); weights are relative, "
+            "give at least one destination a weight above 0",
         ),
-        "make them sum to 100",
+        "give at least one destination a weight above 0",
     )
 
 
-def test_pf117_an_unset_weight_among_several_counts_as_zero() -> None:
+def test_pf117_weights_summing_past_what_envoy_can_add_up() -> None:
     text = doc(
         "VirtualService",
-        "hosts: [db]\ntcp:\n- route:\n  - destination: {host: db, subset: a}\n    weight: 50\n"
-        "  - destination: {host: db, subset: b}\n",
+        "hosts: [db]\ntcp:\n- route:\n  - destination: {host: db, subset: a}\n"
+        "    weight: 2147483647\n  - destination: {host: db, subset: b}\n    weight: 2147483647\n"
+        "  - destination: {host: db, subset: c}\n    weight: 2\n",
     )
     assert [(d.code, d.line, d.column, d.field, d.message) for d in diagnose(text)] == [
         (
@@ -1400,9 +1402,45 @@ def test_pf117_an_unset_weight_among_several_counts_as_zero() -> None:
             8,
             5,
             "spec.tcp[0].route",
-            "route weights sum to 50 (50, unset); make them sum to 100",
+            "route weights sum to 4294967296 (2147483647, 2147483647, 2); weights are "
+            "relative, keep the sum at most 4294967295",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        # relative weights: 1/4 and 3/4
+        "  - destination: {host: web, subset: v1}\n    weight: 1\n"
+        "  - destination: {host: web, subset: v2}\n    weight: 3\n",
+        # an unset weight among several is 0; the other gets everything
+        "  - destination: {host: web, subset: v1}\n    weight: 50\n"
+        "  - destination: {host: web, subset: v2}\n",
+        # a single destination gets everything whatever its weight
+        "  - destination: {host: web}\n    weight: 0\n",
+        "  - destination: {host: web}\n    weight: 30\n",
+    ],
+)
+def test_weights_are_relative_and_need_not_sum_to_100(route: str) -> None:
+    text = doc("VirtualService", "hosts: [web]\nhttp:\n- route:\n" + route, name="web")
+    assert diagnose(text) == []
+
+
+def test_relative_weights_are_kept_as_written_in_the_model() -> None:
+    result = read_text(
+        FILE,
+        doc(
+            "VirtualService",
+            "hosts: [web]\nhttp:\n- route:\n  - destination: {host: web, subset: v1}\n"
+            "    weight: 1\n  - destination: {host: web, subset: v2}\n    weight: 3\n"
+            "  - destination: {host: web, subset: v3}\n",
+            name="web",
+        ),
+    )
+    (resource,) = result.resources
+    (rule,) = resource.spec.http  # type: ignore[union-attr]
+    assert [(d.subset, d.weight) for d in rule.destinations] == [("v1", 1), ("v2", 3), ("v3", 0)]
 
 
 def test_an_empty_entry_in_a_route_list_is_reported_not_a_crash() -> None:
@@ -1413,8 +1451,7 @@ def test_an_empty_entry_in_a_route_list_is_reported_not_a_crash() -> None:
         name="web",
     )
     codes = [(d.code, d.field) for d in diagnose(text)]
-    assert ("PF117", "spec.http[0].route") in codes
-    assert all(d.is_error for d in diagnose(text))
+    assert codes == [("PF113", "spec.http[0].route[1].destination.host")]
     assert read_text(FILE, text).ok is False
 
 
