@@ -872,7 +872,16 @@ def _check_destination(
     meta: Meta,
     hosts: _Hosts,
     policies: Mapping[str, DestinationPolicy],
+    listener_ports: frozenset[int] | None,
 ) -> list[Finding]:
+    """Problems of one destination; ``listener_ports`` are the ports its route applies on.
+
+    A destination may leave out the port of a service with several: on a
+    sidecar the route applies per listener port, each going to the service's
+    port of the same number, so it is enough that one of them exists.
+    ``listener_ports`` is None when the route is bound to a gateway, whose
+    port says nothing about the service's.
+    """
     service = hosts.services.get(dest.host)
     if service is None:
         if hosts.known(dest.host):
@@ -901,18 +910,29 @@ def _check_destination(
                 )
             )
     numbers = [p.port for p in service.ports]
-    if dest.port is None:
-        if len(numbers) > 1:
+    if dest.port is None and len(numbers) > 1:
+        if listener_ports is None:
             found.append(
                 _finding(
                     "PF202",
                     meta,
                     (*path, "port"),
-                    f"{dest.host} has ports {', '.join(map(str, numbers))}: "
-                    "set destination.port.number",
+                    f"{dest.host} has ports {', '.join(map(str, numbers))} and a gateway "
+                    "cannot take the port from its listener: set destination.port.number",
                 )
             )
-    elif dest.port not in numbers:
+        elif listener_ports.isdisjoint(numbers):
+            applies_on = ", ".join(map(str, sorted(listener_ports))) or "none known"
+            found.append(
+                _finding(
+                    "PF202",
+                    meta,
+                    (*path, "port"),
+                    f"{dest.host} has ports {', '.join(map(str, numbers))}, none of them a "
+                    f"port the route applies on ({applies_on}): set destination.port.number",
+                )
+            )
+    elif dest.port is not None and dest.port not in numbers:
         found.append(
             _finding(
                 "PF203",
@@ -925,6 +945,18 @@ def _check_destination(
     return found
 
 
+def _listener_ports(vs: VirtualService, hosts: _Hosts) -> frozenset[int] | None:
+    """The sidecar listener ports ``vs`` applies on; None when it is bound to a gateway."""
+    if any(gateway != "mesh" for gateway in vs.gateways):
+        return None
+    return frozenset(
+        port.port
+        for host in vs.hosts
+        if (service := hosts.services.get(host)) is not None
+        for port in service.ports
+    )
+
+
 def _check_routes(
     vs: VirtualService,
     meta: Meta,
@@ -933,6 +965,7 @@ def _check_routes(
 ) -> list[Finding]:
     found: list[Finding] = []
     catch_all: int | None = None
+    ports = _listener_ports(vs, hosts)
     for index, route in enumerate(vs.http):
         here: Path = ("spec", "http", index)
         if catch_all is not None:
@@ -951,11 +984,13 @@ def _check_routes(
         for d_index, dest in enumerate(route.destinations):
             found.extend(
                 _check_destination(
-                    dest, (*here, "route", d_index, "destination"), meta, hosts, policies
+                    dest, (*here, "route", d_index, "destination"), meta, hosts, policies, ports
                 )
             )
         if route.mirror is not None:
-            found.extend(_check_destination(route.mirror, (*here, "mirror"), meta, hosts, policies))
+            found.extend(
+                _check_destination(route.mirror, (*here, "mirror"), meta, hosts, policies, ports)
+            )
     for index, tcp in enumerate(vs.tcp):
         for d_index, dest in enumerate(tcp.destinations):
             found.extend(
@@ -965,6 +1000,7 @@ def _check_routes(
                     meta,
                     hosts,
                     policies,
+                    ports,
                 )
             )
     return found

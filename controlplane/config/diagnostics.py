@@ -70,7 +70,12 @@ CODES: dict[str, Code] = _codes(
     Code("PF122", "kind-not-read", W, "A document of a kind Pilotfish does not read is skipped."),
     Code("PF200", "host-not-found", E, "A destination host is no Service or ServiceEntry."),
     Code("PF201", "subset-not-found", E, "No DestinationRule for the host defines the subset."),
-    Code("PF202", "port-required", E, "The host has several ports: the destination must name one."),
+    Code(
+        "PF202",
+        "port-required",
+        E,
+        "The host has several ports and the route cannot take one from its listener.",
+    ),
     Code("PF203", "port-not-exposed", E, "The host does not expose the destination port."),
     Code("PF204", "gateway-not-found", E, "A Gateway named by a VirtualService does not exist."),
     Code("PF205", "subset-selects-nothing", W, "A subset's labels select no workload."),

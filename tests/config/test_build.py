@@ -923,55 +923,105 @@ def test_pf201_a_subset_must_be_defined_by_a_destination_rule_of_the_host(
     ]
 
 
-def test_pf202_a_destination_must_name_the_port_of_a_service_with_several(
+MULTI_PORT_API = """
+apiVersion: v1
+kind: Service
+metadata:
+  name: api
+spec:
+  ports:
+  - name: http
+    port: 80
+  - name: grpc
+    port: 90
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  ports:
+  - name: http
+    port: 8080
+"""
+
+
+def _route_to_api(host: str, gateways: str = "") -> str:
+    return f"""
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata:
+      name: api
+    spec:
+      hosts:
+      - {host}{gateways}
+      http:
+      - route:
+        - destination:
+            host: api
+    """
+
+
+def test_a_sidecar_route_may_leave_out_the_port_of_a_service_with_several(
     tmp_path: Path,
 ) -> None:
     diagnostics = validate(
+        tmp_path, {"services.yaml": MULTI_PORT_API, "routing.yaml": _route_to_api("api")}
+    )
+    assert diagnostics == []
+
+
+def test_pf202_a_sidecar_route_without_a_port_needs_a_listener_port_the_service_has(
+    tmp_path: Path,
+) -> None:
+    diagnostics = validate(
+        tmp_path, {"services.yaml": MULTI_PORT_API, "routing.yaml": _route_to_api("web")}
+    )
+    assert diagnostics == [
+        error(
+            "PF202",
+            "routing.yaml",
+            10,
+            7,
+            "VirtualService default/api",
+            "spec.http[0].route[0].destination.port",
+            "api.default.svc.cluster.local has ports 80, 90, none of them a port the route "
+            "applies on (8080): set destination.port.number",
+        )
+    ]
+
+
+def test_pf202_a_gateway_route_must_name_the_port_of_a_service_with_several(
+    tmp_path: Path,
+) -> None:
+    gateway = """
+    apiVersion: networking.istio.io/v1
+    kind: Gateway
+    metadata:
+      name: edge
+    spec:
+      servers:
+      - port: {number: 80, name: http, protocol: HTTP}
+        hosts: ["*"]
+    """
+    diagnostics = validate(
         tmp_path,
         {
-            "services.yaml": """
-            apiVersion: v1
-            kind: Service
-            metadata:
-              name: api
-            spec:
-              ports:
-              - name: http
-                port: 80
-              - name: grpc
-                port: 90
-            """,
-            "routing.yaml": """
-            apiVersion: networking.istio.io/v1
-            kind: VirtualService
-            metadata:
-              name: api
-            spec:
-              hosts:
-              - api
-              http:
-              - match:
-                - uri: {prefix: /grpc}
-                route:
-                - destination:
-                    host: api
-                    port:
-                      number: 90
-              - route:
-                - destination:
-                    host: api
-            """,
+            "services.yaml": MULTI_PORT_API,
+            "gateway.yaml": gateway,
+            "routing.yaml": _route_to_api("api.example.com", "\n      gateways: [edge]"),
         },
     )
     assert diagnostics == [
         error(
             "PF202",
             "routing.yaml",
-            17,
+            11,
             7,
             "VirtualService default/api",
-            "spec.http[1].route[0].destination.port",
-            "api.default.svc.cluster.local has ports 80, 90: set destination.port.number",
+            "spec.http[0].route[0].destination.port",
+            "api.default.svc.cluster.local has ports 80, 90 and a gateway cannot take the "
+            "port from its listener: set destination.port.number",
         )
     ]
 

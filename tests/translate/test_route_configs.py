@@ -168,6 +168,26 @@ def test_rules_for_another_port_fall_back_to_the_default_route() -> None:
     assert [r.name for r in configs["8080"].virtual_hosts[0].routes] == ["admin-only"]
 
 
+def test_a_route_without_a_port_applies_per_listener_port_of_a_multi_port_service() -> None:
+    service = Service(
+        host="web.default.svc.cluster.local",
+        namespace="default",
+        name="web",
+        ports=(ServicePort("http", 80, Protocol.HTTP), ServicePort("admin", 8080, Protocol.HTTP)),
+        endpoints=(),
+    )
+    rule = HttpRoute(name="all", destinations=(RouteDestination(service.host),))
+    vs = VirtualService("default", "web", (service.host,), http=(rule,))
+    configs = named(sidecar_route_configs(mesh_of(service, virtual_services=(vs,))))
+    assert {
+        port: [(r.name, r.route.cluster) for r in configs[port].virtual_hosts[0].routes]
+        for port in ("80", "8080")
+    } == {
+        "80": [("all", "outbound|80||web.default.svc.cluster.local")],
+        "8080": [("all", "outbound|8080||web.default.svc.cluster.local")],
+    }
+
+
 def test_several_virtual_services_for_one_host_merge_in_mesh_order() -> None:
     service = http_service("web")
 
