@@ -68,6 +68,7 @@ CODES: dict[str, Code] = _codes(
     Code("PF120", "conflicting-fields", E, "Fields that exclude each other are both set."),
     Code("PF121", "string-too-long", E, "A string is longer than --max-string-bytes."),
     Code("PF122", "kind-not-read", W, "A document of a kind Pilotfish does not read is skipped."),
+    Code("PF123", "tls-not-supported", E, "The resource asks for TLS, not supported yet."),
     Code("PF200", "host-not-found", E, "A destination host is no Service or ServiceEntry."),
     Code("PF201", "subset-not-found", E, "No DestinationRule for the host defines the subset."),
     Code(

@@ -16,7 +16,10 @@ with one virtual host per host of the VirtualServices bound to a Gateway
 serving that port, narrowed to the server's hosts (a ``*`` VirtualService on
 a ``shop.example.com`` server serves ``shop.example.com``); several
 VirtualServices for one host are merged in mesh order. Domains are the host
-bare and with ``:port`` (``*`` stays ``*``).
+bare and with ``:port`` (``*`` stays ``*``). A host of a server with
+``tls.httpsRedirect`` gets ``require_tls: ALL``, so Envoy answers every
+request with a 301 to ``https``, as Istio does; the server's hosts get such a
+virtual host even when no VirtualService is bound to them.
 
 Envoy rejects a route configuration in which two virtual hosts claim the
 same domain, so a domain already claimed by a virtual host earlier in name
@@ -26,12 +29,18 @@ order is not repeated.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 from controlplane.model import Labels, Mesh, Service, host_aliases
-from controlplane.translate.binding import MESH_GATEWAY, gateway_bindings, mesh_virtual_services
+from controlplane.translate.binding import (
+    MESH_GATEWAY,
+    gateway_bindings,
+    host_matches,
+    mesh_virtual_services,
+    server_host,
+)
 from controlplane.translate.names import (
     gateway_route_config_name,
     route_config_name,
@@ -66,6 +75,12 @@ def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:
     for port in gateway_ports(mesh, labels):
         if not port.is_http:
             continue
+        redirected = [
+            server_host(h)
+            for _, server in port.servers
+            if server.https_redirect
+            for h in server.hosts
+        ]
         hosts = []
         for host, bindings in gateway_bindings(mesh, port.servers):
             routes = [
@@ -76,11 +91,27 @@ def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:
                     RouteContext(mesh, port.port, binding.gateways, infer_port=False), rule
                 )
             ]
-            if routes:
-                domains = [host] if host == "*" else [host, f"{host}:{port.port}"]
-                hosts.append((virtual_host_name(host, port.port), domains, routes))
-        configs.append(_route_configuration(gateway_route_config_name(port.port), hosts))
+            if routes or any(host_matches(p, host) for p in redirected):
+                hosts.append(
+                    (virtual_host_name(host, port.port), _domains(host, port.port), routes)
+                )
+        served = {name for name, _, _ in hosts}
+        for pattern in redirected:
+            name = virtual_host_name(pattern, port.port)
+            if name not in served:
+                served.add(name)
+                hosts.append((name, _domains(pattern, port.port), []))
+        secure = {
+            name
+            for name, _, _ in hosts
+            if any(host_matches(p, name.rsplit(":", 1)[0]) for p in redirected)
+        }
+        configs.append(_route_configuration(gateway_route_config_name(port.port), hosts, secure))
     return configs
+
+
+def _domains(host: str, port: int) -> list[str]:
+    return [host] if host == "*" else [host, f"{host}:{port}"]
 
 
 def _service_routes(context: RouteContext, service: Service) -> list[Message]:
@@ -108,8 +139,11 @@ def _ambiguous_short_names(mesh: Mesh) -> set[str]:
 
 
 def _route_configuration(
-    name: str, hosts: Iterable[tuple[str, list[str], list[Message]]]
+    name: str,
+    hosts: Iterable[tuple[str, list[str], list[Message]]],
+    secure: Collection[str] = (),
 ) -> Message:
+    """The configuration of ``hosts``; those named in ``secure`` redirect to ``https``."""
     config = route_pb2.RouteConfiguration(name=name)
     claimed: set[str] = set()
     for host_name, domains, routes in sorted(hosts, key=lambda h: h[0]):
@@ -117,7 +151,8 @@ def _route_configuration(
         if not fresh:
             continue
         claimed.update(fresh)
-        config.virtual_hosts.append(
-            route_components_pb2.VirtualHost(name=host_name, domains=fresh, routes=routes)
-        )
+        vhost = route_components_pb2.VirtualHost(name=host_name, domains=fresh, routes=routes)
+        if host_name in secure:
+            vhost.require_tls = route_components_pb2.VirtualHost.ALL
+        config.virtual_hosts.append(vhost)
     return config

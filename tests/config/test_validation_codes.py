@@ -564,14 +564,13 @@ def test_pf111_valid_istio_fields_pilotfish_ignores_are_warnings_and_their_child
     [
         (
             "DestinationRule",
-            "host: web\ntrafficPolicy:\n  tls: {mode: ISTIO_MUTUAL}\n",
+            "host: web\ntrafficPolicy:\n  tls: {mode: DISABLE}\n",
             "spec.trafficPolicy.tls",
         ),
         (
             "Gateway",
-            "servers:\n- port: {number: 443, protocol: HTTPS}\n  hosts: ['*']\n"
-            "  tls: {mode: SIMPLE, credentialName: cert}\n",
-            "spec.servers[0].tls",
+            "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: ['*']\n  bind: 0.0.0.0\n",
+            "spec.servers[0].bind",
         ),
         ("DestinationRule", "host: web\nexportTo: ['*']\n", "spec.exportTo"),
         ("ServiceEntry", "hosts: [a.example.com]\nsubjectAltNames: [x]\n", "spec.subjectAltNames"),
@@ -1700,6 +1699,139 @@ def test_every_per_resource_code_is_covered_by_these_tests() -> None:
         "PF120",
         "PF121",
         "PF122",
+        "PF123",
+    ]
+
+
+# --- PF123: TLS is asked for but not supported yet -------------------------------------------
+
+UPSTREAM_TLS = (
+    "TLS to the upstream (mode {}) is not supported yet; the policy is refused rather than "
+    "its traffic sent as plaintext (set mode: DISABLE only if plaintext is intended)"
+)
+
+
+def test_pf123_a_gateway_server_with_tls_settings_is_refused_not_served_as_plaintext() -> None:
+    check(
+        doc(
+            "Gateway",
+            "servers:\n- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: ['*']\n"
+            "  tls: {mode: SIMPLE, credentialName: cert}\n",
+            name="edge",
+        ),
+        error(
+            "PF123",
+            9,
+            5,
+            "Gateway default/edge",
+            "spec.servers[0].tls",
+            "TLS on a gateway server (credentialName, mode) is not supported yet; the server "
+            "is refused rather than served as plaintext (only tls.httpsRedirect is supported)",
+        ),
+        "is refused rather than served as plaintext",
+    )
+
+
+@pytest.mark.parametrize("protocol", ["HTTPS", "TLS"])
+def test_pf123_an_https_or_tls_server_without_tls_settings_is_refused(protocol: str) -> None:
+    check(
+        doc(
+            "Gateway",
+            f"servers:\n- port: {{number: 443, protocol: {protocol}}}\n  hosts: ['*']\n",
+            name="edge",
+        ),
+        error(
+            "PF123",
+            7,
+            25,
+            "Gateway default/edge",
+            "spec.servers[0].port.protocol",
+            f"a {protocol} server needs TLS, which is not supported yet; the server is "
+            "refused rather than served as plaintext",
+        ),
+        "not supported yet",
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "mode"),
+    [
+        ("trafficPolicy:\n  tls: {mode: ISTIO_MUTUAL}\n", "spec.trafficPolicy.tls", "ISTIO_MUTUAL"),
+        (
+            "trafficPolicy:\n  portLevelSettings:\n  - port: {number: 80}\n"
+            "    tls: {mode: SIMPLE, sni: web.example.com}\n",
+            "spec.trafficPolicy.portLevelSettings[0].tls",
+            "SIMPLE",
+        ),
+        (
+            "subsets:\n- name: v1\n  labels: {version: v1}\n  trafficPolicy:\n"
+            "    tls: {mode: MUTUAL}\n",
+            "spec.subsets[0].trafficPolicy.tls",
+            "MUTUAL",
+        ),
+    ],
+)
+def test_pf123_a_destination_rule_asking_for_upstream_tls_is_refused(
+    spec: str, field: str, mode: str
+) -> None:
+    text = doc("DestinationRule", "host: web\n" + spec, name="web")
+    assert read_text(FILE, text).ok is False
+    assert [(d.severity, d.code, d.field, d.message) for d in diagnose(text)] == [
+        (ERROR, "PF123", field, UPSTREAM_TLS.format(mode))
+    ]
+
+
+def test_pf123_tls_mode_disable_is_plaintext_as_asked_and_only_a_warning() -> None:
+    text = doc("DestinationRule", "host: web\ntrafficPolicy:\n  tls: {mode: DISABLE}\n")
+    assert read_text(FILE, text).ok is True
+    assert [(d.code, d.field) for d in diagnose(text)] == [("PF111", "spec.trafficPolicy.tls")]
+
+
+def test_pf123_virtual_service_tls_routes_are_refused() -> None:
+    text = doc(
+        "VirtualService",
+        "hosts: [web]\ntls:\n- match:\n  - sniHosts: [web]\n  route:\n"
+        "  - destination: {host: web}\n",
+        name="web",
+    )
+    assert read_text(FILE, text).ok is False
+    assert diagnose(text) == [
+        error(
+            "PF123",
+            7,
+            3,
+            "VirtualService default/web",
+            "spec.tls",
+            "tls routes (routing TLS connections by SNI) are not supported yet; the "
+            "VirtualService is refused rather than its TLS traffic routed another way",
+        )
+    ]
+
+
+def test_https_redirect_on_an_http_server_is_read_without_a_finding() -> None:
+    text = doc(
+        "Gateway",
+        "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: [shop.example.com]\n"
+        "  tls: {httpsRedirect: true}\n",
+    )
+    result = read_text(FILE, text)
+    assert result.findings == ()
+    (resource,) = result.resources
+    assert [s.https_redirect for s in resource.spec.servers] == [True]  # type: ignore[union-attr]
+
+
+def test_https_redirect_on_a_tcp_server_is_an_error() -> None:
+    text = doc(
+        "Gateway",
+        "servers:\n- port: {number: 80, protocol: TCP}\n  hosts: ['*']\n"
+        "  tls: {httpsRedirect: true}\n",
+    )
+    assert [(d.code, d.field, d.message) for d in diagnose(text)] == [
+        (
+            "PF114",
+            "spec.servers[0].tls.httpsRedirect",
+            "httpsRedirect applies to HTTP servers, not TCP; remove it",
+        )
     ]
 
 
@@ -1774,7 +1906,7 @@ spec:
   exportTo: ["."]
   trafficPolicy:
     tls:
-      mode: ISTIO_MUTUAL
+      mode: DISABLE
   subsets:
   - name: v1
     labels:
@@ -1798,7 +1930,6 @@ def test_real_world_bookinfo_yaml_with_extra_istio_fields_loads_with_warnings_on
     assert [
         (d.severity, d.code, d.line, d.column, d.resource, d.field) for d in diagnose(text)
     ] == [
-        (WARNING, "PF111", 29, 5, "Gateway default/bookinfo-gateway", "spec.servers[0].tls"),
         (WARNING, "PF111", 54, 5, "VirtualService default/bookinfo", "spec.http[0].corsPolicy"),
         (WARNING, "PF111", 66, 3, "DestinationRule default/reviews", "spec.exportTo"),
         (WARNING, "PF111", 68, 5, "DestinationRule default/reviews", "spec.trafficPolicy.tls"),

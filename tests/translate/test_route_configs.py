@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from envoy.config.route.v3 import route_components_pb2
+
 from controlplane.model import (
     Endpoint,
     Gateway,
@@ -355,3 +357,35 @@ def test_a_gateway_port_with_nothing_bound_has_an_empty_route_config() -> None:
     configs = named(gateway_route_configs(edge_mesh(), (("app", "edge"),)))
     assert sorted(configs) == ["http.80", "http.8443"]
     assert list(configs["http.80"].virtual_hosts) == []
+
+
+def test_an_https_redirect_server_makes_its_hosts_require_tls_with_or_without_routes() -> None:
+    web = http_service("web", (Endpoint("10.0.0.1", 9080),))
+    gateway = Gateway(
+        "edge",
+        "public",
+        (("app", "edge"),),
+        (
+            GatewayServer(80, "http", Protocol.HTTP, ("shop.example.com",), https_redirect=True),
+            GatewayServer(80, "http-plain", Protocol.HTTP, ("*.example.org",)),
+            GatewayServer(81, "http-empty", Protocol.HTTP, ("*",), https_redirect=True),
+        ),
+    )
+    vs = web_vs("web", ("shop.example.com", "api.example.org"), ("edge/public",))
+    mesh = mesh_of(web, virtual_services=(vs,), gateways=(gateway,))
+    configs = named(gateway_route_configs(mesh, (("app", "edge"),)))
+    require = route_components_pb2.VirtualHost.ALL
+    assert {
+        name: [(v.name, list(v.domains), len(v.routes), v.require_tls) for v in c.virtual_hosts]
+        for name, c in configs.items()
+    } == {
+        "http.80": [
+            ("api.example.org:80", ["api.example.org", "api.example.org:80"], 1, 0),
+            ("shop.example.com:80", ["shop.example.com", "shop.example.com:80"], 1, require),
+        ],
+        "http.81": [
+            ("*:81", ["*"], 0, require),
+            ("api.example.org:81", ["api.example.org", "api.example.org:81"], 1, require),
+            ("shop.example.com:81", ["shop.example.com", "shop.example.com:81"], 1, require),
+        ],
+    }
