@@ -598,6 +598,32 @@ class MeshBuilder:
             ordered = sorted(candidates, key=lambda k: _position(self._effective[k]))
             holder = ordered[0]
             found: list[Finding] = []
+            if _combinable([self._effective[k].meta for k in ordered]):
+                service = _combined([(self._effective[k], candidates[k]) for k in ordered])
+                first = self._effective[holder]
+                ignored = [
+                    _finding(
+                        "PF210",
+                        self._effective[key].meta,
+                        ("spec", "hosts"),
+                        f"host {host} is also defined by {first.meta.label} at "
+                        f"{_where(first.meta)} with another resolution, labels or "
+                        "workloadSelector; as in Istio, this ServiceEntry is ignored for it",
+                        warning=True,
+                    )
+                    for key in ordered[1:]
+                    if not _mergeable(first, self._effective[key])
+                ]
+                if ignored:
+                    self._host_conflicts[host] = ignored
+                else:
+                    self._host_conflicts.pop(host, None)
+                if service != old:
+                    self._services[host] = service
+                    changed_hosts.add(host)
+                    if old is None:
+                        membership.add(host)
+                continue
             for key in ordered[1:]:
                 held, new = self._effective[holder].meta, self._effective[key].meta
                 blamed, other = _blame(held, new, changed)
@@ -815,6 +841,56 @@ class MeshBuilder:
             if gateways
             else mesh.gateways,
         )
+
+
+def _combinable(metas: Sequence[Meta]) -> bool:
+    """True when several ServiceEntries of one namespace define a host: Istio combines them."""
+    return len(metas) > 1 and all(
+        m.kind == "ServiceEntry" and m.namespace == metas[0].namespace for m in metas
+    )
+
+
+def _combined(entries: Sequence[tuple[Resource, Service]]) -> Service:
+    """One host of several ServiceEntries of a namespace, combined by Istio's rules.
+
+    The service is the oldest one's (here the first in file order). A later
+    one that agrees with it on resolution, labels and workload selector is
+    merged into it, as Istio's sidecar scope merges them: it adds the port
+    numbers the first does not have, and its endpoints join (Istio indexes
+    endpoints by host and namespace). One that does not agree is ignored, as
+    Istio ignores it: its endpoints might not even fit the resolution.
+    """
+    (first_resource, first), *rest = entries
+    merged = [
+        first,
+        *(service for resource, service in rest if _mergeable(first_resource, resource)),
+    ]
+    ports = list(first.ports)
+    for service in merged[1:]:
+        known = {p.port for p in ports}
+        ports.extend(p for p in service.ports if p.port not in known)
+    endpoints = []
+    for port in dict.fromkeys(p.port for p in ports):
+        joined: dict[Endpoint, None] = {}
+        for service in merged:
+            joined.update(dict.fromkeys(service.endpoints_for(port)))
+        endpoints.append((port, tuple(sorted(joined, key=lambda e: (e.address, e.port)))))
+    return replace(
+        first,
+        ports=tuple(ports),
+        endpoints=tuple(endpoints),
+        source=", ".join(dict.fromkeys(s.source for s in merged)),
+    )
+
+
+def _mergeable(first: Resource, other: Resource) -> bool:
+    a, b = first.spec, other.spec
+    assert isinstance(a, ServiceEntrySpec) and isinstance(b, ServiceEntrySpec)
+    return (
+        a.resolution is b.resolution
+        and a.workload_selector == b.workload_selector
+        and first.meta.labels == other.meta.labels
+    )
 
 
 def _position(resource: Resource) -> tuple[str, int]:

@@ -84,7 +84,12 @@ CODES: dict[str, Code] = _codes(
     Code("PF207", "unreachable-rule", W, "A rule follows a catch-all rule and never matches."),
     Code("PF208", "duplicate-resource", E, "The same kind/namespace/name is defined twice."),
     Code("PF209", "rule-host-not-found", W, "A DestinationRule names a host no service has."),
-    Code("PF210", "duplicate-host", E, "Two services define the same host."),
+    Code(
+        "PF210",
+        "duplicate-host",
+        E,
+        "A Service and a ServiceEntry, or two namespaces, define one host.",
+    ),
     Code("PF211", "policy-conflict", E, "Two DestinationRules name the same host."),
     Code("PF212", "translation-failed", E, "The file's resources cannot be translated."),
 )

@@ -6,7 +6,7 @@ import random
 import textwrap
 from pathlib import Path
 
-from controlplane.config.build import BuildResult, build_mesh
+from controlplane.config.build import BuildResult, MeshBuilder, build_mesh
 from controlplane.config.diagnostics import Diagnostic, Severity
 from controlplane.config.document import read_text
 from controlplane.config.resources import Resource
@@ -1445,26 +1445,111 @@ def test_pf210_is_blamed_on_the_later_file_whatever_the_kinds(tmp_path: Path) ->
     ]
 
 
-def test_pf210_two_service_entries_for_one_host_keep_the_first(tmp_path: Path) -> None:
-    entry = yaml(SERVICE_ENTRY_FOR_REVIEWS).replace("  - reviews.default.svc.cluster.local\n", "")
-    diagnostics = validate(
-        tmp_path,
-        {"a.yaml": entry, "b.yaml": entry.replace("reviews-entry", "another-entry")},
-    )
-    assert diagnostics == [
+def _static_entry(name: str, ports: str, endpoints: str, namespace: str = "default") -> str:
+    return f"""
+    apiVersion: networking.istio.io/v1
+    kind: ServiceEntry
+    metadata:
+      name: {name}
+      namespace: {namespace}
+    spec:
+      hosts: [db.example.com]
+      ports: {ports}
+      resolution: STATIC
+      endpoints: {endpoints}
+    """
+
+
+def test_service_entries_for_one_host_are_combined_the_first_definition_with_all_endpoints(
+    tmp_path: Path,
+) -> None:
+    files = {
+        "a.yaml": _static_entry(
+            "primary", "[{number: 5432, name: tcp}]", "[{address: 10.0.0.2}, {address: 10.0.0.1}]"
+        ),
+        "b.yaml": _static_entry(
+            "replicas",
+            "[{number: 5432, name: tcp-pg}, {number: 6432, name: tcp-pool}]",
+            "[{address: 10.0.0.3}, {address: 10.0.0.1}]",
+        ),
+    }
+    assert validate(tmp_path, files) == []
+    (service,) = build(files).mesh.services
+    assert service.source == "ServiceEntry default/primary, ServiceEntry default/replicas"
+    assert [(p.name, p.port) for p in service.ports] == [("tcp", 5432), ("tcp-pool", 6432)]
+    assert [(n, [e.address for e in eps]) for n, eps in service.endpoints] == [
+        (5432, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+        (6432, ["10.0.0.1", "10.0.0.3"]),
+    ]
+
+
+def test_a_later_service_entry_with_another_resolution_is_ignored_as_in_istio(
+    tmp_path: Path,
+) -> None:
+    files = {
+        "a.yaml": _static_entry("one", "[{number: 80, name: http}]", "[{address: 10.0.0.1}]"),
+        "b.yaml": _static_entry(
+            "two", "[{number: 80, name: http}, {number: 81, name: http-alt}]", "[{address: b.test}]"
+        ).replace("resolution: STATIC", "resolution: DNS"),
+    }
+    (service,) = build(files).mesh.services
+    assert (service.source, service.resolution) == ("ServiceEntry default/one", Resolution.STATIC)
+    assert [p.port for p in service.ports] == [80]
+    assert [(n, [e.address for e in eps]) for n, eps in service.endpoints] == [(80, ["10.0.0.1"])]
+    assert validate(tmp_path, files) == [
+        warning(
+            "PF210",
+            "b.yaml",
+            7,
+            3,
+            "ServiceEntry default/two",
+            "spec.hosts",
+            "host db.example.com is also defined by ServiceEntry default/one at a.yaml:1 with "
+            "another resolution, labels or workloadSelector; as in Istio, this ServiceEntry is "
+            "ignored for it",
+        )
+    ]
+
+
+def test_combining_service_entries_does_not_depend_on_which_file_changed() -> None:
+    files = {
+        "a.yaml": _static_entry("one", "[{number: 80, name: http}]", "[{address: 10.0.0.1}]"),
+        "b.yaml": _static_entry("two", "[{number: 80, name: http}]", "[{address: 10.0.0.2}]"),
+    }
+    builder = MeshBuilder()
+    first = builder.build({k: resources({k: v}) for k, v in files.items()}, None)
+    files["b.yaml"] = files["b.yaml"].replace("10.0.0.2", "10.0.0.9")
+    second = builder.build({k: resources({k: v}) for k, v in files.items()}, frozenset({"b.yaml"}))
+    assert [[e.address for e in s.endpoints[0][1]] for s in first.mesh.services] == [
+        ["10.0.0.1", "10.0.0.2"]
+    ]
+    assert [[e.address for e in s.endpoints[0][1]] for s in second.mesh.services] == [
+        ["10.0.0.1", "10.0.0.9"]
+    ]
+    assert second.findings == ()
+
+
+def test_pf210_service_entries_of_different_namespaces_for_one_host_keep_the_first(
+    tmp_path: Path,
+) -> None:
+    files = {
+        "a.yaml": _static_entry("db", "[{number: 80, name: http}]", "[{address: 10.0.0.1}]"),
+        "b.yaml": _static_entry(
+            "db", "[{number: 80, name: http}]", "[{address: 10.0.0.2}]", namespace="other"
+        ),
+    }
+    assert validate(tmp_path, files) == [
         error(
             "PF210",
             "b.yaml",
-            6,
+            7,
             3,
-            "ServiceEntry default/another-entry",
+            "ServiceEntry other/db",
             "spec.hosts",
-            "host reviews.example.com is already defined by ServiceEntry "
-            "default/reviews-entry at a.yaml:1",
+            "host db.example.com is already defined by ServiceEntry default/db at a.yaml:1",
         )
     ]
-    mesh = build({"a.yaml": entry, "b.yaml": entry.replace("reviews-entry", "another")}).mesh
-    assert [s.source for s in mesh.services] == ["ServiceEntry default/reviews-entry"]
+    assert [s.source for s in build(files).mesh.services] == ["ServiceEntry default/db"]
 
 
 def test_pf211_two_destination_rules_for_one_host(tmp_path: Path) -> None:
