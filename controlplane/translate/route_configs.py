@@ -17,9 +17,10 @@ serving that port, narrowed to the server's hosts (a ``*`` VirtualService on
 a ``shop.example.com`` server serves ``shop.example.com``); several
 VirtualServices for one host are merged in mesh order. Domains are the host
 bare and with ``:port`` (``*`` stays ``*``). A host of a server with
-``tls.httpsRedirect`` gets ``require_tls: ALL``, so Envoy answers every
-request with a 301 to ``https``, as Istio does; the server's hosts get such a
-virtual host even when no VirtualService is bound to them.
+``tls.httpsRedirect`` gets a single route that answers every request with a
+301 to the same URL over ``https`` (Istio sets ``require_tls: ALL``, which
+does the same; a route redirect is also understood by Pilotfish's agent),
+and the server's hosts get it even when no VirtualService is bound to them.
 
 Envoy rejects a route configuration in which two virtual hosts claim the
 same domain, so a domain already claimed by a virtual host earlier in name
@@ -29,7 +30,7 @@ order is not repeated.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
@@ -83,31 +84,37 @@ def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:
         ]
         hosts = []
         for host, bindings in gateway_bindings(mesh, port.servers):
-            routes = [
-                route
-                for binding in bindings
-                for rule in binding.virtual_service.http
-                for route in build_routes(
-                    RouteContext(mesh, port.port, binding.gateways, infer_port=False), rule
-                )
-            ]
-            if routes or any(host_matches(p, host) for p in redirected):
+            if any(host_matches(p, host) for p in redirected):
+                routes = [_https_redirect()]
+            else:
+                routes = [
+                    route
+                    for binding in bindings
+                    for rule in binding.virtual_service.http
+                    for route in build_routes(
+                        RouteContext(mesh, port.port, binding.gateways, infer_port=False), rule
+                    )
+                ]
+            if routes:
                 hosts.append(
                     (virtual_host_name(host, port.port), _domains(host, port.port), routes)
                 )
         served = {name for name, _, _ in hosts}
-        for pattern in redirected:
+        for pattern in dict.fromkeys(redirected):
             name = virtual_host_name(pattern, port.port)
             if name not in served:
-                served.add(name)
-                hosts.append((name, _domains(pattern, port.port), []))
-        secure = {
-            name
-            for name, _, _ in hosts
-            if any(host_matches(p, name.rsplit(":", 1)[0]) for p in redirected)
-        }
-        configs.append(_route_configuration(gateway_route_config_name(port.port), hosts, secure))
+                hosts.append((name, _domains(pattern, port.port), [_https_redirect()]))
+        configs.append(_route_configuration(gateway_route_config_name(port.port), hosts))
     return configs
+
+
+def _https_redirect() -> Message:
+    """Every request answered with a 301 to the same URL over ``https``."""
+    return route_components_pb2.Route(
+        name="https-redirect",
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        redirect=route_components_pb2.RedirectAction(https_redirect=True),
+    )
 
 
 def _domains(host: str, port: int) -> list[str]:
@@ -139,11 +146,8 @@ def _ambiguous_short_names(mesh: Mesh) -> set[str]:
 
 
 def _route_configuration(
-    name: str,
-    hosts: Iterable[tuple[str, list[str], list[Message]]],
-    secure: Collection[str] = (),
+    name: str, hosts: Iterable[tuple[str, list[str], list[Message]]]
 ) -> Message:
-    """The configuration of ``hosts``; those named in ``secure`` redirect to ``https``."""
     config = route_pb2.RouteConfiguration(name=name)
     claimed: set[str] = set()
     for host_name, domains, routes in sorted(hosts, key=lambda h: h[0]):
@@ -151,8 +155,7 @@ def _route_configuration(
         if not fresh:
             continue
         claimed.update(fresh)
-        vhost = route_components_pb2.VirtualHost(name=host_name, domains=fresh, routes=routes)
-        if host_name in secure:
-            vhost.require_tls = route_components_pb2.VirtualHost.ALL
-        config.virtual_hosts.append(vhost)
+        config.virtual_hosts.append(
+            route_components_pb2.VirtualHost(name=host_name, domains=fresh, routes=routes)
+        )
     return config

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from envoy.config.route.v3 import route_components_pb2
+from typing import Any
 
 from controlplane.model import (
     Endpoint,
@@ -359,7 +359,9 @@ def test_a_gateway_port_with_nothing_bound_has_an_empty_route_config() -> None:
     assert list(configs["http.80"].virtual_hosts) == []
 
 
-def test_an_https_redirect_server_makes_its_hosts_require_tls_with_or_without_routes() -> None:
+def test_an_https_redirect_server_redirects_every_request_of_its_hosts_with_or_without_routes() -> (
+    None
+):
     web = http_service("web", (Endpoint("10.0.0.1", 9080),))
     gateway = Gateway(
         "edge",
@@ -374,18 +376,23 @@ def test_an_https_redirect_server_makes_its_hosts_require_tls_with_or_without_ro
     vs = web_vs("web", ("shop.example.com", "api.example.org"), ("edge/public",))
     mesh = mesh_of(web, virtual_services=(vs,), gateways=(gateway,))
     configs = named(gateway_route_configs(mesh, (("app", "edge"),)))
-    require = route_components_pb2.VirtualHost.ALL
+
+    def summary(route: Any) -> tuple[str, str, bool, str]:
+        return (route.name, route.match.prefix, route.redirect.https_redirect, route.route.cluster)
+
     assert {
-        name: [(v.name, list(v.domains), len(v.routes), v.require_tls) for v in c.virtual_hosts]
+        name: {v.name: [summary(r) for r in v.routes] for v in c.virtual_hosts}
         for name, c in configs.items()
     } == {
-        "http.80": [
-            ("api.example.org:80", ["api.example.org", "api.example.org:80"], 1, 0),
-            ("shop.example.com:80", ["shop.example.com", "shop.example.com:80"], 1, require),
-        ],
-        "http.81": [
-            ("*:81", ["*"], 0, require),
-            ("api.example.org:81", ["api.example.org", "api.example.org:81"], 1, require),
-            ("shop.example.com:81", ["shop.example.com", "shop.example.com:81"], 1, require),
-        ],
+        "http.80": {
+            "api.example.org:80": [
+                ("web", "/", False, "outbound|9080||web.default.svc.cluster.local")
+            ],
+            "shop.example.com:80": [("https-redirect", "/", True, "")],
+        },
+        "http.81": {
+            "*:81": [("https-redirect", "/", True, "")],
+            "api.example.org:81": [("https-redirect", "/", True, "")],
+            "shop.example.com:81": [("https-redirect", "/", True, "")],
+        },
     }
