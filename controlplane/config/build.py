@@ -794,6 +794,11 @@ class MeshBuilder:
                 self._claim_conflicts.pop(claim, None)
                 continue
             host, gateway = claim
+            if gateway != "mesh":
+                # As Istio does, the VirtualServices of one gateway host are merged; file
+                # order stands in for creation order (see Mesh.virtual_services).
+                self._claim_conflicts.pop(claim, None)
+                continue
             ordered = sorted(holders, key=lambda k: _position(self._vs[k][0]))
             holder = ordered[0]
             found: list[Finding] = []
@@ -830,10 +835,7 @@ class MeshBuilder:
             if policies
             else mesh.destination_policies,
             virtual_services=tuple(
-                vs
-                for _, vs in sorted(
-                    self._vs.values(), key=lambda item: (item[1].namespace, item[1].name)
-                )
+                vs for _, vs in sorted(self._vs.values(), key=lambda item: _position(item[0]))
             )
             if virtual_services
             else mesh.virtual_services,

@@ -22,6 +22,7 @@ from controlplane.model import (
     Service,
     ServicePort,
 )
+from controlplane.translate.route_configs import gateway_route_configs
 
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
 REVIEWS_HOST = "reviews.default.svc.cluster.local"
@@ -1273,6 +1274,45 @@ def test_pf206_blames_the_changed_file_even_when_it_comes_first() -> None:
     assert [(f.code, f.file, f.path, f.resource) for f in built.findings if f.code == "PF206"] == [
         ("PF206", "a.yaml", ("spec", "hosts", 1), "VirtualService default/reviews-b")
     ]
+
+
+def _bound_to_edge(name: str, prefix: str) -> str:
+    return f"""
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {{name: {name}}}
+    spec:
+      hosts: [shop.example.com]
+      gateways: [edge]
+      http:
+      - match: [{{uri: {{prefix: {prefix}}}}}]
+        route: [{{destination: {{host: reviews}}}}]
+    """
+
+
+GATEWAY_EDGE = """
+    apiVersion: networking.istio.io/v1
+    kind: Gateway
+    metadata: {name: edge}
+    spec:
+      selector: {app: edge}
+      servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+    """
+
+
+def test_gateway_virtual_services_for_one_host_are_merged_in_file_order(tmp_path: Path) -> None:
+    files = {
+        "services.yaml": REVIEWS,
+        "gateway.yaml": GATEWAY_EDGE,
+        "routes/b.yaml": _bound_to_edge("aa", "/b"),
+        "routes/a.yaml": _bound_to_edge("zz", "/a") + "---" + _bound_to_edge("mm", "/m"),
+    }
+    assert validate(tmp_path, files) == []
+    mesh = build(files).mesh
+    assert [vs.name for vs in mesh.virtual_services] == ["zz", "mm", "aa"]
+    (config,) = gateway_route_configs(mesh, (("app", "edge"),))
+    (vhost,) = config.virtual_hosts
+    assert [r.match.prefix for r in vhost.routes] == ["/a", "/m", "/b"]
 
 
 def test_pf207_rules_after_a_catch_all_rule_are_unreachable(tmp_path: Path) -> None:
