@@ -74,7 +74,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"pilotfish validate: {root} is not a directory", file=sys.stderr)
         return 2
     diagnostics = [
-        replace(d, file=os.path.join(root, d.file)) for d in validate_directory(root, _limits(args))
+        replace(d, file=os.path.join(root, d.file))
+        for d in validate_directory(root, _limits(args), strict=args.strict)
     ]
     if not diagnostics and not scan(root, {}):
         if args.output == "json":
@@ -375,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="text: one compiler-style line per problem and a count on stderr; "
         'json: {"messages": [...]} with severity, code, file, line, column, resource, '
         "field and message (text)",
+    )
+    validate.add_argument(
+        "--strict",
+        action="store_true",
+        help="report documents of kinds Pilotfish does not read (PF122) as errors, not warnings",
     )
     _add_limit_flags(validate)
     validate.set_defaults(run=_validate)

@@ -598,6 +598,32 @@ class MeshBuilder:
             ordered = sorted(candidates, key=lambda k: _position(self._effective[k]))
             holder = ordered[0]
             found: list[Finding] = []
+            if _combinable([self._effective[k].meta for k in ordered]):
+                service = _combined([(self._effective[k], candidates[k]) for k in ordered])
+                first = self._effective[holder]
+                ignored = [
+                    _finding(
+                        "PF210",
+                        self._effective[key].meta,
+                        ("spec", "hosts"),
+                        f"host {host} is also defined by {first.meta.label} at "
+                        f"{_where(first.meta)} with another resolution, labels or "
+                        "workloadSelector; as in Istio, this ServiceEntry is ignored for it",
+                        warning=True,
+                    )
+                    for key in ordered[1:]
+                    if not _mergeable(first, self._effective[key])
+                ]
+                if ignored:
+                    self._host_conflicts[host] = ignored
+                else:
+                    self._host_conflicts.pop(host, None)
+                if service != old:
+                    self._services[host] = service
+                    changed_hosts.add(host)
+                    if old is None:
+                        membership.add(host)
+                continue
             for key in ordered[1:]:
                 held, new = self._effective[holder].meta, self._effective[key].meta
                 blamed, other = _blame(held, new, changed)
@@ -768,6 +794,11 @@ class MeshBuilder:
                 self._claim_conflicts.pop(claim, None)
                 continue
             host, gateway = claim
+            if gateway != "mesh":
+                # As Istio does, the VirtualServices of one gateway host are merged; file
+                # order stands in for creation order (see Mesh.virtual_services).
+                self._claim_conflicts.pop(claim, None)
+                continue
             ordered = sorted(holders, key=lambda k: _position(self._vs[k][0]))
             holder = ordered[0]
             found: list[Finding] = []
@@ -804,10 +835,7 @@ class MeshBuilder:
             if policies
             else mesh.destination_policies,
             virtual_services=tuple(
-                vs
-                for _, vs in sorted(
-                    self._vs.values(), key=lambda item: (item[1].namespace, item[1].name)
-                )
+                vs for _, vs in sorted(self._vs.values(), key=lambda item: _position(item[0]))
             )
             if virtual_services
             else mesh.virtual_services,
@@ -815,6 +843,56 @@ class MeshBuilder:
             if gateways
             else mesh.gateways,
         )
+
+
+def _combinable(metas: Sequence[Meta]) -> bool:
+    """True when several ServiceEntries of one namespace define a host: Istio combines them."""
+    return len(metas) > 1 and all(
+        m.kind == "ServiceEntry" and m.namespace == metas[0].namespace for m in metas
+    )
+
+
+def _combined(entries: Sequence[tuple[Resource, Service]]) -> Service:
+    """One host of several ServiceEntries of a namespace, combined by Istio's rules.
+
+    The service is the oldest one's (here the first in file order). A later
+    one that agrees with it on resolution, labels and workload selector is
+    merged into it, as Istio's sidecar scope merges them: it adds the port
+    numbers the first does not have, and its endpoints join (Istio indexes
+    endpoints by host and namespace). One that does not agree is ignored, as
+    Istio ignores it: its endpoints might not even fit the resolution.
+    """
+    (first_resource, first), *rest = entries
+    merged = [
+        first,
+        *(service for resource, service in rest if _mergeable(first_resource, resource)),
+    ]
+    ports = list(first.ports)
+    for service in merged[1:]:
+        known = {p.port for p in ports}
+        ports.extend(p for p in service.ports if p.port not in known)
+    endpoints = []
+    for port in dict.fromkeys(p.port for p in ports):
+        joined: dict[Endpoint, None] = {}
+        for service in merged:
+            joined.update(dict.fromkeys(service.endpoints_for(port)))
+        endpoints.append((port, tuple(sorted(joined, key=lambda e: (e.address, e.port)))))
+    return replace(
+        first,
+        ports=tuple(ports),
+        endpoints=tuple(endpoints),
+        source=", ".join(dict.fromkeys(s.source for s in merged)),
+    )
+
+
+def _mergeable(first: Resource, other: Resource) -> bool:
+    a, b = first.spec, other.spec
+    assert isinstance(a, ServiceEntrySpec) and isinstance(b, ServiceEntrySpec)
+    return (
+        a.resolution is b.resolution
+        and a.workload_selector == b.workload_selector
+        and first.meta.labels == other.meta.labels
+    )
 
 
 def _position(resource: Resource) -> tuple[str, int]:
@@ -872,7 +950,16 @@ def _check_destination(
     meta: Meta,
     hosts: _Hosts,
     policies: Mapping[str, DestinationPolicy],
+    listener_ports: frozenset[int] | None,
 ) -> list[Finding]:
+    """Problems of one destination; ``listener_ports`` are the ports its route applies on.
+
+    A destination may leave out the port of a service with several: on a
+    sidecar the route applies per listener port, each going to the service's
+    port of the same number, so it is enough that one of them exists.
+    ``listener_ports`` is None when the route is bound to a gateway, whose
+    port says nothing about the service's.
+    """
     service = hosts.services.get(dest.host)
     if service is None:
         if hosts.known(dest.host):
@@ -901,18 +988,29 @@ def _check_destination(
                 )
             )
     numbers = [p.port for p in service.ports]
-    if dest.port is None:
-        if len(numbers) > 1:
+    if dest.port is None and len(numbers) > 1:
+        if listener_ports is None:
             found.append(
                 _finding(
                     "PF202",
                     meta,
                     (*path, "port"),
-                    f"{dest.host} has ports {', '.join(map(str, numbers))}: "
-                    "set destination.port.number",
+                    f"{dest.host} has ports {', '.join(map(str, numbers))} and a gateway "
+                    "cannot take the port from its listener: set destination.port.number",
                 )
             )
-    elif dest.port not in numbers:
+        elif listener_ports.isdisjoint(numbers):
+            applies_on = ", ".join(map(str, sorted(listener_ports))) or "none known"
+            found.append(
+                _finding(
+                    "PF202",
+                    meta,
+                    (*path, "port"),
+                    f"{dest.host} has ports {', '.join(map(str, numbers))}, none of them a "
+                    f"port the route applies on ({applies_on}): set destination.port.number",
+                )
+            )
+    elif dest.port is not None and dest.port not in numbers:
         found.append(
             _finding(
                 "PF203",
@@ -925,6 +1023,18 @@ def _check_destination(
     return found
 
 
+def _listener_ports(vs: VirtualService, hosts: _Hosts) -> frozenset[int] | None:
+    """The sidecar listener ports ``vs`` applies on; None when it is bound to a gateway."""
+    if any(gateway != "mesh" for gateway in vs.gateways):
+        return None
+    return frozenset(
+        port.port
+        for host in vs.hosts
+        if (service := hosts.services.get(host)) is not None
+        for port in service.ports
+    )
+
+
 def _check_routes(
     vs: VirtualService,
     meta: Meta,
@@ -933,6 +1043,7 @@ def _check_routes(
 ) -> list[Finding]:
     found: list[Finding] = []
     catch_all: int | None = None
+    ports = _listener_ports(vs, hosts)
     for index, route in enumerate(vs.http):
         here: Path = ("spec", "http", index)
         if catch_all is not None:
@@ -951,11 +1062,13 @@ def _check_routes(
         for d_index, dest in enumerate(route.destinations):
             found.extend(
                 _check_destination(
-                    dest, (*here, "route", d_index, "destination"), meta, hosts, policies
+                    dest, (*here, "route", d_index, "destination"), meta, hosts, policies, ports
                 )
             )
         if route.mirror is not None:
-            found.extend(_check_destination(route.mirror, (*here, "mirror"), meta, hosts, policies))
+            found.extend(
+                _check_destination(route.mirror, (*here, "mirror"), meta, hosts, policies, ports)
+            )
     for index, tcp in enumerate(vs.tcp):
         for d_index, dest in enumerate(tcp.destinations):
             found.extend(
@@ -965,6 +1078,7 @@ def _check_routes(
                     meta,
                     hosts,
                     policies,
+                    ports,
                 )
             )
     return found

@@ -41,7 +41,7 @@ E, W = Severity.ERROR, Severity.WARNING
 CODES: dict[str, Code] = _codes(
     Code("PF100", "yaml-syntax", E, "The file is not valid YAML."),
     Code("PF101", "not-a-resource", E, "A document is not a mapping with apiVersion and kind."),
-    Code("PF102", "unknown-kind", E, "The kind is not one Pilotfish reads."),
+    Code("PF102", "unknown-kind", E, "The kind looks like a misspelling of one Pilotfish reads."),
     Code("PF103", "unknown-api-version", E, "The apiVersion is not one of the kind's."),
     Code("PF104", "invalid-name", E, "metadata.name or namespace is missing or not a DNS label."),
     Code("PF105", "file-unreadable", E, "The file could not be read or is not UTF-8."),
@@ -60,22 +60,36 @@ CODES: dict[str, Code] = _codes(
     Code(
         "PF116", "invalid-duration", E, "The duration is not an Istio duration like 1.5s or 100ms."
     ),
-    Code("PF117", "weights-not-100", E, "Route weights do not sum to 100."),
+    Code(
+        "PF117", "weights-sum-to-zero", E, "Several route destinations have weights summing to 0."
+    ),
     Code("PF118", "unknown-load-balancer", E, "The load balancer is not one Istio defines."),
     Code("PF119", "duplicate-subset", E, "Two subsets of a DestinationRule share a name."),
     Code("PF120", "conflicting-fields", E, "Fields that exclude each other are both set."),
     Code("PF121", "string-too-long", E, "A string is longer than --max-string-bytes."),
+    Code("PF122", "kind-not-read", W, "A document of a kind Pilotfish does not read is skipped."),
+    Code("PF123", "tls-not-supported", E, "The resource asks for TLS, not supported yet."),
     Code("PF200", "host-not-found", E, "A destination host is no Service or ServiceEntry."),
     Code("PF201", "subset-not-found", E, "No DestinationRule for the host defines the subset."),
-    Code("PF202", "port-required", E, "The host has several ports: the destination must name one."),
+    Code(
+        "PF202",
+        "port-required",
+        E,
+        "The host has several ports and the route cannot take one from its listener.",
+    ),
     Code("PF203", "port-not-exposed", E, "The host does not expose the destination port."),
     Code("PF204", "gateway-not-found", E, "A Gateway named by a VirtualService does not exist."),
     Code("PF205", "subset-selects-nothing", W, "A subset's labels select no workload."),
-    Code("PF206", "host-conflict", E, "Two VirtualServices claim the same host and gateway."),
+    Code("PF206", "host-conflict", E, "Two VirtualServices claim the same host for sidecars."),
     Code("PF207", "unreachable-rule", W, "A rule follows a catch-all rule and never matches."),
     Code("PF208", "duplicate-resource", E, "The same kind/namespace/name is defined twice."),
     Code("PF209", "rule-host-not-found", W, "A DestinationRule names a host no service has."),
-    Code("PF210", "duplicate-host", E, "Two services define the same host."),
+    Code(
+        "PF210",
+        "duplicate-host",
+        E,
+        "A Service and a ServiceEntry, or two namespaces, define one host.",
+    ),
     Code("PF211", "policy-conflict", E, "Two DestinationRules name the same host."),
     Code("PF212", "translation-failed", E, "The file's resources cannot be translated."),
 )

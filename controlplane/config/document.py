@@ -11,13 +11,20 @@ so results are cached by content and can be computed in worker processes.
 The input limits (:class:`~controlplane.config.limits.ConfigLimits`) come
 first: a file, document or string over them is reported and goes no further,
 so no validator ever sees it.
+
+Real directories hold whole manifests, so a document of a kind Pilotfish does
+not read (a ``Deployment``, an ``AuthorizationPolicy``, a Kubernetes Gateway
+API ``HTTPRoute``) is skipped with a ``PF122`` warning, one per kind and file,
+and the rest of the file is used. Only a kind that looks like a misspelling of
+one of ours (``VirtualSevice``) and is no kind known elsewhere stays a
+``PF102`` error, as it would otherwise vanish without effect.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from controlplane.config import gateways, policies, routing, services
@@ -32,6 +39,59 @@ from controlplane.config.yamlsource import Document, YamlLimitError, YamlSyntaxE
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DEFAULT_NAMESPACE = "default"
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+# Kinds that sit next to Istio networking config in real manifests. They are
+# skipped even when their name is close to one of ours (ServiceAccount, WorkloadGroup).
+OTHER_KINDS = frozenset(
+    {
+        # Kubernetes
+        "APIService",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "CronJob",
+        "CustomResourceDefinition",
+        "DaemonSet",
+        "Deployment",
+        "EndpointSlice",
+        "Endpoints",
+        "HorizontalPodAutoscaler",
+        "Ingress",
+        "IngressClass",
+        "Job",
+        "LimitRange",
+        "List",
+        "MutatingWebhookConfiguration",
+        "Namespace",
+        "NetworkPolicy",
+        "PersistentVolume",
+        "PersistentVolumeClaim",
+        "Pod",
+        "PodDisruptionBudget",
+        "PriorityClass",
+        "ReplicaSet",
+        "ResourceQuota",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "ServiceAccount",
+        "StatefulSet",
+        "StorageClass",
+        "ValidatingWebhookConfiguration",
+        # Istio kinds Pilotfish does not read
+        "AuthorizationPolicy",
+        "EnvoyFilter",
+        "IstioOperator",
+        "PeerAuthentication",
+        "ProxyConfig",
+        "RequestAuthentication",
+        "Sidecar",
+        "Telemetry",
+        "WasmPlugin",
+        "WorkloadGroup",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +150,43 @@ def read_text(file: str, text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> Fi
         resource = read_document(file, document, findings, limits)
         if resource is not None:
             resources.append(resource)
-    return FileResult(file, tuple(resources), tuple(findings))
+    return FileResult(file, tuple(resources), _one_skip_per_kind(findings))
+
+
+def _one_skip_per_kind(findings: list[Finding]) -> tuple[Finding, ...]:
+    """Keep the first ``PF122`` of each kind, counting the documents it stands for."""
+    counts: dict[str, int] = {}
+    for finding in findings:
+        if finding.code == "PF122":
+            counts[finding.message] = counts.get(finding.message, 0) + 1
+    if not counts:
+        return tuple(findings)
+    out: list[Finding] = []
+    for finding in findings:
+        if finding.code != "PF122":
+            out.append(finding)
+        elif (count := counts.pop(finding.message, 0)) > 0:
+            suffix = f" ({count} documents)" if count > 1 else ""
+            out.append(replace(finding, message=finding.message + suffix))
+    return tuple(out)
+
+
+def _skip(kind: str, api_version: object, report: Reporter) -> None:
+    group = api_version.rpartition("/")[0] if isinstance(api_version, str) else ""
+    report.resource = kind
+    if group == GATEWAY_API_GROUP:
+        message = (
+            f"{kind} is a Kubernetes Gateway API object ({GATEWAY_API_GROUP}); Pilotfish "
+            "does not read the Gateway API, only Istio's networking.istio.io Gateway and "
+            "VirtualService: the document is skipped"
+        )
+    else:
+        where = f" ({api_version})" if isinstance(api_version, str) and api_version else ""
+        message = (
+            f"kind {kind!r}{where} is not one Pilotfish reads; the document is skipped "
+            "and the rest of the file is used"
+        )
+    report.warn("PF122", ("kind",), message)
 
 
 def file_too_large(file: str, size: int, limits: ConfigLimits) -> FileResult:
@@ -190,6 +286,12 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
         report.error(
             "PF101", ("kind",), "the document has no kind; add one, for example kind: Service"
         )
+        return None
+    if isinstance(api_version, str) and api_version.startswith(GATEWAY_API_GROUP + "/"):
+        _skip(kind, api_version, report)
+        return None
+    if kind not in KINDS and (kind in OTHER_KINDS or not suggest(kind, list(KINDS))):
+        _skip(kind, api_version, report)
         return None
     if kind not in KINDS:
         report.error(

@@ -1,4 +1,11 @@
-"""Gateway documents -> :class:`controlplane.model.Gateway`."""
+"""Gateway documents -> :class:`controlplane.model.Gateway`.
+
+TLS is not implemented yet, so a server that asks for it (an ``HTTPS`` or
+``TLS`` port, or ``tls`` settings: see :mod:`controlplane.config.schema`) is
+an error (``PF123``), never served as plaintext. ``tls.httpsRedirect`` on an
+HTTP server needs no TLS of its own: it answers every request with a
+redirect to ``https``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from controlplane.config.report import Path, Reporter
 from controlplane.model import Gateway, GatewayServer, Protocol
 
 GATEWAY_PROTOCOLS = ("HTTP", "HTTPS", "GRPC", "HTTP2", "MONGO", "TCP", "TLS")
+_TLS_PROTOCOLS = ("HTTPS", "TLS")
 
 
 def gateway(spec: dict[str, Any], namespace: str, name: str, report: Reporter) -> Gateway:
@@ -39,6 +47,21 @@ def gateway(spec: dict[str, Any], namespace: str, name: str, report: Reporter) -
                 f"protocol {protocol!r} is not one of {', '.join(GATEWAY_PROTOCOLS)}",
             )
             continue
+        if protocol.upper() in _TLS_PROTOCOLS:
+            report.error(
+                "PF123",
+                (*here, "port", "protocol"),
+                f"a {protocol.upper()} server needs TLS, which is not supported yet; the "
+                "server is refused rather than served as plaintext",
+            )
+            continue
+        redirect = bool((server.get("tls") or {}).get("httpsRedirect"))
+        if redirect and not Protocol(protocol.upper()).is_http:
+            report.error(
+                "PF114",
+                (*here, "tls", "httpsRedirect"),
+                f"httpsRedirect applies to HTTP servers, not {protocol.upper()}; remove it",
+            )
         hosts = server.get("hosts") or []
         if not hosts:
             report.error("PF113", (*here, "hosts"), "a server needs at least one host")
@@ -48,6 +71,7 @@ def gateway(spec: dict[str, Any], namespace: str, name: str, report: Reporter) -
                 port_name=port.get("name") or "",
                 protocol=Protocol(protocol.upper()),
                 hosts=tuple(hosts),
+                https_redirect=redirect,
             )
         )
     return Gateway(

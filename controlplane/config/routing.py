@@ -1,8 +1,14 @@
 """VirtualService documents -> :class:`controlplane.model.VirtualService`.
 
 The schema check has already vetted field names and types; this module
-checks what a schema cannot (regexes compile, weights sum to 100, a rule has
-exactly one action) and expands hosts to FQDNs in the resource's namespace.
+checks what a schema cannot (regexes compile, weights do not sum to 0, a rule
+has exactly one action) and expands hosts to FQDNs in the resource's namespace.
+
+Weights are relative, as in Istio: a destination gets its weight divided by
+the sum of the rule's weights, an unset weight is 0, and a rule with a single
+destination sends it everything whatever its weight. Only several
+destinations whose weights sum to 0 (nothing could be sent anywhere) or to
+more than Envoy's total allows are an error (``PF117``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from controlplane.model import (
 )
 
 REDIRECT_CODES = (301, 302, 303, 307, 308)
+MAX_TOTAL_WEIGHT = 2**32 - 1  # Envoy sums weighted clusters into a uint32
 _regex_ok: dict[str, str | None] = {}
 
 
@@ -157,12 +164,17 @@ def _weighted(
                 response_headers=header_operations(headers.get("response")),
             )
         )
-    if routes and total != 100:
+    if len(routes) > 1 and not 0 < total <= MAX_TOTAL_WEIGHT:
         weights = ", ".join(str((r or {}).get("weight", "unset")) for r in routes)
+        fix = (
+            "give at least one destination a weight above 0"
+            if total <= 0
+            else f"keep the sum at most {MAX_TOTAL_WEIGHT}"
+        )
         report.error(
             "PF117",
             path,
-            f"route weights sum to {total} ({weights}); make them sum to 100",
+            f"route weights sum to {total} ({weights}); weights are relative, {fix}",
         )
     return tuple(out)
 

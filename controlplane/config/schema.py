@@ -8,7 +8,10 @@ in :mod:`controlplane.config.istio_schema` and reports
 * fields Istio has but Pilotfish does not act on (``PF111``, a warning that
   names them, so real Istio YAML still loads),
 * wrong types (``PF112``), bad enum values (``PF114``; ``PF118`` for load
-  balancers), malformed durations (``PF116``) and oneof conflicts (``PF120``).
+  balancers), malformed durations (``PF116``) and oneof conflicts (``PF120``),
+* fields that ask for TLS, which Pilotfish does not implement yet
+  (``PF123``, an error, never a warning: ignoring them would carry as
+  plaintext what was meant to be encrypted).
 
 ``SUPPORTED`` lists, per message, the fields Pilotfish acts on. Below a field
 that is not acted on, types are still checked but no further warnings are
@@ -122,7 +125,8 @@ SUPPORTED: dict[str, frozenset[str]] = {
         }
     ),
     "Gateway": frozenset({"selector", "servers"}),
-    "Server": frozenset({"port", "hosts"}),
+    "Server": frozenset({"port", "hosts", "tls"}),
+    "ServerTLSSettings": frozenset({"httpsRedirect"}),
     "Port": frozenset({"number", "name", "protocol"}),
     "ServiceEntry": frozenset(
         {"hosts", "addresses", "ports", "location", "resolution", "endpoints", "workloadSelector"}
@@ -199,6 +203,37 @@ def suggest(name: str, choices: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _tls_request(message: str, name: str, value: Any) -> str | None:
+    """Why ``message.name`` set to ``value`` asks for TLS, or None when it does not."""
+    if name != "tls":
+        return None
+    if message == "VirtualService":
+        return (
+            "tls routes (routing TLS connections by SNI) are not supported yet; the "
+            "VirtualService is refused rather than its TLS traffic routed another way"
+            if value
+            else None
+        )
+    if message in ("TrafficPolicy", "TrafficPolicy.PortTrafficPolicy") and isinstance(value, dict):
+        mode = value.get("mode") or "DISABLE"
+        return (
+            f"TLS to the upstream (mode {mode}) is not supported yet; the policy is refused "
+            "rather than its traffic sent as plaintext (set mode: DISABLE only if plaintext "
+            "is intended)"
+            if mode != "DISABLE"
+            else None
+        )
+    if message == "Server" and isinstance(value, dict):
+        asked = sorted(k for k, v in value.items() if k != "httpsRedirect" and v is not None)
+        return (
+            f"TLS on a gateway server ({', '.join(asked)}) is not supported yet; the server "
+            "is refused rather than served as plaintext (only tls.httpsRedirect is supported)"
+            if asked
+            else None
+        )
+    return None
+
+
 def check_message(
     value: Any, message: str, path: Path, report: Reporter, *, warn: bool = True
 ) -> None:
@@ -230,7 +265,10 @@ def check_message(
                 )
             oneofs[spec.oneof] = name
         acted_on = supported is _ALL or name in supported
-        if warn and not acted_on:
+        if (tls := _tls_request(message, name, item)) is not None:
+            report.error("PF123", here, tls)
+            acted_on = False
+        elif warn and not acted_on:
             report.warn(
                 "PF111",
                 here,

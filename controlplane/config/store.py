@@ -624,12 +624,15 @@ def config_version(accepted: dict[str, FileVersion]) -> str:
     return digest.hexdigest()[:12]
 
 
-def validate_directory(root: Path, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Diagnostic]:
+def validate_directory(
+    root: Path, limits: ConfigLimits = DEFAULT_LIMITS, *, strict: bool = False
+) -> list[Diagnostic]:
     """Every problem in ``root``: each file's own, and those across all files.
 
     Unlike :meth:`ConfigStore.reload`, nothing is held back: the valid
     documents of every file take part in the cross-resource checks, so one bad
-    document does not hide or cause problems elsewhere.
+    document does not hide or cause problems elsewhere. ``strict`` makes the
+    skipped documents of kinds Pilotfish does not read (``PF122``) errors.
     """
     unlisted: dict[str, OSError] = {}
     versions = [v for rel in scan(root, unlisted) if (v := _read(root, rel, limits)) is not None]
@@ -648,4 +651,8 @@ def validate_directory(root: Path, limits: ConfigLimits = DEFAULT_LIMITS) -> lis
             diagnostics.extend(resolve_positions(result.findings, texts))
     build = build_mesh(r for v in versions for r in v.result.resources)
     diagnostics.extend(resolve_positions(build.findings, texts))
+    if strict:
+        diagnostics = [
+            replace(d, severity=Severity.ERROR) if d.code == "PF122" else d for d in diagnostics
+        ]
     return sorted(set(diagnostics), key=Diagnostic.sort_key)

@@ -13,6 +13,7 @@ class GatewayServer:
     port_name: str
     protocol: Protocol
     hosts: tuple[str, ...]
+    https_redirect: bool = False
 
 
 @dataclass(frozen=True, slots=True)

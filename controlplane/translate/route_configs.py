@@ -16,7 +16,11 @@ with one virtual host per host of the VirtualServices bound to a Gateway
 serving that port, narrowed to the server's hosts (a ``*`` VirtualService on
 a ``shop.example.com`` server serves ``shop.example.com``); several
 VirtualServices for one host are merged in mesh order. Domains are the host
-bare and with ``:port`` (``*`` stays ``*``).
+bare and with ``:port`` (``*`` stays ``*``). A host of a server with
+``tls.httpsRedirect`` gets a single route that answers every request with a
+301 to the same URL over ``https`` (Istio sets ``require_tls: ALL``, which
+does the same; a route redirect is also understood by Pilotfish's agent),
+and the server's hosts get it even when no VirtualService is bound to them.
 
 Envoy rejects a route configuration in which two virtual hosts claim the
 same domain, so a domain already claimed by a virtual host earlier in name
@@ -31,7 +35,13 @@ from collections.abc import Iterable
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 from controlplane.model import Labels, Mesh, Service, host_aliases
-from controlplane.translate.binding import MESH_GATEWAY, gateway_bindings, mesh_virtual_services
+from controlplane.translate.binding import (
+    MESH_GATEWAY,
+    gateway_bindings,
+    host_matches,
+    mesh_virtual_services,
+    server_host,
+)
 from controlplane.translate.names import (
     gateway_route_config_name,
     route_config_name,
@@ -66,21 +76,49 @@ def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:
     for port in gateway_ports(mesh, labels):
         if not port.is_http:
             continue
+        redirected = [
+            server_host(h)
+            for _, server in port.servers
+            if server.https_redirect
+            for h in server.hosts
+        ]
         hosts = []
         for host, bindings in gateway_bindings(mesh, port.servers):
-            routes = [
-                route
-                for binding in bindings
-                for rule in binding.virtual_service.http
-                for route in build_routes(
-                    RouteContext(mesh, port.port, binding.gateways, infer_port=False), rule
-                )
-            ]
+            if any(host_matches(p, host) for p in redirected):
+                routes = [_https_redirect()]
+            else:
+                routes = [
+                    route
+                    for binding in bindings
+                    for rule in binding.virtual_service.http
+                    for route in build_routes(
+                        RouteContext(mesh, port.port, binding.gateways, infer_port=False), rule
+                    )
+                ]
             if routes:
-                domains = [host] if host == "*" else [host, f"{host}:{port.port}"]
-                hosts.append((virtual_host_name(host, port.port), domains, routes))
+                hosts.append(
+                    (virtual_host_name(host, port.port), _domains(host, port.port), routes)
+                )
+        served = {name for name, _, _ in hosts}
+        for pattern in dict.fromkeys(redirected):
+            name = virtual_host_name(pattern, port.port)
+            if name not in served:
+                hosts.append((name, _domains(pattern, port.port), [_https_redirect()]))
         configs.append(_route_configuration(gateway_route_config_name(port.port), hosts))
     return configs
+
+
+def _https_redirect() -> Message:
+    """Every request answered with a 301 to the same URL over ``https``."""
+    return route_components_pb2.Route(
+        name="https-redirect",
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        redirect=route_components_pb2.RedirectAction(https_redirect=True),
+    )
+
+
+def _domains(host: str, port: int) -> list[str]:
+    return [host] if host == "*" else [host, f"{host}:{port}"]
 
 
 def _service_routes(context: RouteContext, service: Service) -> list[Message]:

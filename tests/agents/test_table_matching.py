@@ -264,5 +264,13 @@ def test_the_gateway_serves_its_hosts_by_wildcard_server_names() -> None:
     assert [entry.name for entry in gateway.listeners] == [
         "0.0.0.0_443",
         "0.0.0.0_80",
+        "0.0.0.0_8081",
         "0.0.0.0_9000",
     ]
+
+
+def test_an_https_redirect_gateway_server_redirects_to_https() -> None:
+    gateway = table_of(resources_of(kitchen_sink_mesh(), "gateway", (("app", "edge"),)))
+    action = gateway.route("0.0.0.0_8081", "secure.example.com", "/a?b=c", "GET", {}, "")
+    assert action == Redirect(status=301, scheme="https")
+    assert gateway.route("0.0.0.0_8081", "other.example.com", "/", "GET", {}, "") is None

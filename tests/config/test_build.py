@@ -6,7 +6,7 @@ import random
 import textwrap
 from pathlib import Path
 
-from controlplane.config.build import BuildResult, build_mesh
+from controlplane.config.build import BuildResult, MeshBuilder, build_mesh
 from controlplane.config.diagnostics import Diagnostic, Severity
 from controlplane.config.document import read_text
 from controlplane.config.resources import Resource
@@ -22,6 +22,7 @@ from controlplane.model import (
     Service,
     ServicePort,
 )
+from controlplane.translate.route_configs import gateway_route_configs
 
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
 REVIEWS_HOST = "reviews.default.svc.cluster.local"
@@ -923,55 +924,105 @@ def test_pf201_a_subset_must_be_defined_by_a_destination_rule_of_the_host(
     ]
 
 
-def test_pf202_a_destination_must_name_the_port_of_a_service_with_several(
+MULTI_PORT_API = """
+apiVersion: v1
+kind: Service
+metadata:
+  name: api
+spec:
+  ports:
+  - name: http
+    port: 80
+  - name: grpc
+    port: 90
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  ports:
+  - name: http
+    port: 8080
+"""
+
+
+def _route_to_api(host: str, gateways: str = "") -> str:
+    return f"""
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata:
+      name: api
+    spec:
+      hosts:
+      - {host}{gateways}
+      http:
+      - route:
+        - destination:
+            host: api
+    """
+
+
+def test_a_sidecar_route_may_leave_out_the_port_of_a_service_with_several(
     tmp_path: Path,
 ) -> None:
     diagnostics = validate(
+        tmp_path, {"services.yaml": MULTI_PORT_API, "routing.yaml": _route_to_api("api")}
+    )
+    assert diagnostics == []
+
+
+def test_pf202_a_sidecar_route_without_a_port_needs_a_listener_port_the_service_has(
+    tmp_path: Path,
+) -> None:
+    diagnostics = validate(
+        tmp_path, {"services.yaml": MULTI_PORT_API, "routing.yaml": _route_to_api("web")}
+    )
+    assert diagnostics == [
+        error(
+            "PF202",
+            "routing.yaml",
+            10,
+            7,
+            "VirtualService default/api",
+            "spec.http[0].route[0].destination.port",
+            "api.default.svc.cluster.local has ports 80, 90, none of them a port the route "
+            "applies on (8080): set destination.port.number",
+        )
+    ]
+
+
+def test_pf202_a_gateway_route_must_name_the_port_of_a_service_with_several(
+    tmp_path: Path,
+) -> None:
+    gateway = """
+    apiVersion: networking.istio.io/v1
+    kind: Gateway
+    metadata:
+      name: edge
+    spec:
+      servers:
+      - port: {number: 80, name: http, protocol: HTTP}
+        hosts: ["*"]
+    """
+    diagnostics = validate(
         tmp_path,
         {
-            "services.yaml": """
-            apiVersion: v1
-            kind: Service
-            metadata:
-              name: api
-            spec:
-              ports:
-              - name: http
-                port: 80
-              - name: grpc
-                port: 90
-            """,
-            "routing.yaml": """
-            apiVersion: networking.istio.io/v1
-            kind: VirtualService
-            metadata:
-              name: api
-            spec:
-              hosts:
-              - api
-              http:
-              - match:
-                - uri: {prefix: /grpc}
-                route:
-                - destination:
-                    host: api
-                    port:
-                      number: 90
-              - route:
-                - destination:
-                    host: api
-            """,
+            "services.yaml": MULTI_PORT_API,
+            "gateway.yaml": gateway,
+            "routing.yaml": _route_to_api("api.example.com", "\n      gateways: [edge]"),
         },
     )
     assert diagnostics == [
         error(
             "PF202",
             "routing.yaml",
-            17,
+            11,
             7,
             "VirtualService default/api",
-            "spec.http[1].route[0].destination.port",
-            "api.default.svc.cluster.local has ports 80, 90: set destination.port.number",
+            "spec.http[0].route[0].destination.port",
+            "api.default.svc.cluster.local has ports 80, 90 and a gateway cannot take the "
+            "port from its listener: set destination.port.number",
         )
     ]
 
@@ -1225,6 +1276,45 @@ def test_pf206_blames_the_changed_file_even_when_it_comes_first() -> None:
     ]
 
 
+def _bound_to_edge(name: str, prefix: str) -> str:
+    return f"""
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {{name: {name}}}
+    spec:
+      hosts: [shop.example.com]
+      gateways: [edge]
+      http:
+      - match: [{{uri: {{prefix: {prefix}}}}}]
+        route: [{{destination: {{host: reviews}}}}]
+    """
+
+
+GATEWAY_EDGE = """
+    apiVersion: networking.istio.io/v1
+    kind: Gateway
+    metadata: {name: edge}
+    spec:
+      selector: {app: edge}
+      servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+    """
+
+
+def test_gateway_virtual_services_for_one_host_are_merged_in_file_order(tmp_path: Path) -> None:
+    files = {
+        "services.yaml": REVIEWS,
+        "gateway.yaml": GATEWAY_EDGE,
+        "routes/b.yaml": _bound_to_edge("aa", "/b"),
+        "routes/a.yaml": _bound_to_edge("zz", "/a") + "---" + _bound_to_edge("mm", "/m"),
+    }
+    assert validate(tmp_path, files) == []
+    mesh = build(files).mesh
+    assert [vs.name for vs in mesh.virtual_services] == ["zz", "mm", "aa"]
+    (config,) = gateway_route_configs(mesh, (("app", "edge"),))
+    (vhost,) = config.virtual_hosts
+    assert [r.match.prefix for r in vhost.routes] == ["/a", "/m", "/b"]
+
+
 def test_pf207_rules_after_a_catch_all_rule_are_unreachable(tmp_path: Path) -> None:
     diagnostics = validate(
         tmp_path,
@@ -1395,26 +1485,111 @@ def test_pf210_is_blamed_on_the_later_file_whatever_the_kinds(tmp_path: Path) ->
     ]
 
 
-def test_pf210_two_service_entries_for_one_host_keep_the_first(tmp_path: Path) -> None:
-    entry = yaml(SERVICE_ENTRY_FOR_REVIEWS).replace("  - reviews.default.svc.cluster.local\n", "")
-    diagnostics = validate(
-        tmp_path,
-        {"a.yaml": entry, "b.yaml": entry.replace("reviews-entry", "another-entry")},
-    )
-    assert diagnostics == [
+def _static_entry(name: str, ports: str, endpoints: str, namespace: str = "default") -> str:
+    return f"""
+    apiVersion: networking.istio.io/v1
+    kind: ServiceEntry
+    metadata:
+      name: {name}
+      namespace: {namespace}
+    spec:
+      hosts: [db.example.com]
+      ports: {ports}
+      resolution: STATIC
+      endpoints: {endpoints}
+    """
+
+
+def test_service_entries_for_one_host_are_combined_the_first_definition_with_all_endpoints(
+    tmp_path: Path,
+) -> None:
+    files = {
+        "a.yaml": _static_entry(
+            "primary", "[{number: 5432, name: tcp}]", "[{address: 10.0.0.2}, {address: 10.0.0.1}]"
+        ),
+        "b.yaml": _static_entry(
+            "replicas",
+            "[{number: 5432, name: tcp-pg}, {number: 6432, name: tcp-pool}]",
+            "[{address: 10.0.0.3}, {address: 10.0.0.1}]",
+        ),
+    }
+    assert validate(tmp_path, files) == []
+    (service,) = build(files).mesh.services
+    assert service.source == "ServiceEntry default/primary, ServiceEntry default/replicas"
+    assert [(p.name, p.port) for p in service.ports] == [("tcp", 5432), ("tcp-pool", 6432)]
+    assert [(n, [e.address for e in eps]) for n, eps in service.endpoints] == [
+        (5432, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+        (6432, ["10.0.0.1", "10.0.0.3"]),
+    ]
+
+
+def test_a_later_service_entry_with_another_resolution_is_ignored_as_in_istio(
+    tmp_path: Path,
+) -> None:
+    files = {
+        "a.yaml": _static_entry("one", "[{number: 80, name: http}]", "[{address: 10.0.0.1}]"),
+        "b.yaml": _static_entry(
+            "two", "[{number: 80, name: http}, {number: 81, name: http-alt}]", "[{address: b.test}]"
+        ).replace("resolution: STATIC", "resolution: DNS"),
+    }
+    (service,) = build(files).mesh.services
+    assert (service.source, service.resolution) == ("ServiceEntry default/one", Resolution.STATIC)
+    assert [p.port for p in service.ports] == [80]
+    assert [(n, [e.address for e in eps]) for n, eps in service.endpoints] == [(80, ["10.0.0.1"])]
+    assert validate(tmp_path, files) == [
+        warning(
+            "PF210",
+            "b.yaml",
+            7,
+            3,
+            "ServiceEntry default/two",
+            "spec.hosts",
+            "host db.example.com is also defined by ServiceEntry default/one at a.yaml:1 with "
+            "another resolution, labels or workloadSelector; as in Istio, this ServiceEntry is "
+            "ignored for it",
+        )
+    ]
+
+
+def test_combining_service_entries_does_not_depend_on_which_file_changed() -> None:
+    files = {
+        "a.yaml": _static_entry("one", "[{number: 80, name: http}]", "[{address: 10.0.0.1}]"),
+        "b.yaml": _static_entry("two", "[{number: 80, name: http}]", "[{address: 10.0.0.2}]"),
+    }
+    builder = MeshBuilder()
+    first = builder.build({k: resources({k: v}) for k, v in files.items()}, None)
+    files["b.yaml"] = files["b.yaml"].replace("10.0.0.2", "10.0.0.9")
+    second = builder.build({k: resources({k: v}) for k, v in files.items()}, frozenset({"b.yaml"}))
+    assert [[e.address for e in s.endpoints[0][1]] for s in first.mesh.services] == [
+        ["10.0.0.1", "10.0.0.2"]
+    ]
+    assert [[e.address for e in s.endpoints[0][1]] for s in second.mesh.services] == [
+        ["10.0.0.1", "10.0.0.9"]
+    ]
+    assert second.findings == ()
+
+
+def test_pf210_service_entries_of_different_namespaces_for_one_host_keep_the_first(
+    tmp_path: Path,
+) -> None:
+    files = {
+        "a.yaml": _static_entry("db", "[{number: 80, name: http}]", "[{address: 10.0.0.1}]"),
+        "b.yaml": _static_entry(
+            "db", "[{number: 80, name: http}]", "[{address: 10.0.0.2}]", namespace="other"
+        ),
+    }
+    assert validate(tmp_path, files) == [
         error(
             "PF210",
             "b.yaml",
-            6,
+            7,
             3,
-            "ServiceEntry default/another-entry",
+            "ServiceEntry other/db",
             "spec.hosts",
-            "host reviews.example.com is already defined by ServiceEntry "
-            "default/reviews-entry at a.yaml:1",
+            "host db.example.com is already defined by ServiceEntry default/db at a.yaml:1",
         )
     ]
-    mesh = build({"a.yaml": entry, "b.yaml": entry.replace("reviews-entry", "another")}).mesh
-    assert [s.source for s in mesh.services] == ["ServiceEntry default/reviews-entry"]
+    assert [s.source for s in build(files).mesh.services] == ["ServiceEntry default/db"]
 
 
 def test_pf211_two_destination_rules_for_one_host(tmp_path: Path) -> None:

@@ -526,3 +526,20 @@ def test_serve_refuses_a_load_report_interval_that_is_not_a_positive_duration(
         main(["serve", "--config-dir", str(tmp_path), "--load-report-interval", interval])
     assert exit_.value.code == 2
     assert f"{interval!r} is not" in capsys.readouterr().err
+
+
+def test_validate_strict_makes_skipped_kinds_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {"app.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"})
+    assert main(["validate", str(tmp_path)]) == 0
+    assert main(["validate", "--strict", str(tmp_path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    message = (
+        "kind 'ConfigMap' (v1) is not one Pilotfish reads; the document is skipped "
+        "and the rest of the file is used (ConfigMap, kind)"
+    )
+    assert lines == [
+        f"{tmp_path}/app.yaml:2:1: warning[PF122] {message}",
+        f"{tmp_path}/app.yaml:2:1: error[PF122] {message}",
+    ]

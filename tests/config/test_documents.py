@@ -1155,7 +1155,7 @@ def test_gateway_selector_and_servers_convert() -> None:
             servers:
             - port: {number: 80, name: http, protocol: HTTP}
               hosts: ["*"]
-            - port: {number: 443, name: https-shop, protocol: HTTPS}
+            - port: {number: 8443, name: tcp-shop, protocol: TCP}
               hosts: [shop/www.example.com, "*.example.com"]
             - port: {number: 9000, protocol: grpc}
               hosts: [api.example.com]
@@ -1171,9 +1171,9 @@ def test_gateway_selector_and_servers_convert() -> None:
         servers=(
             GatewayServer(port=80, port_name="http", protocol=Protocol.HTTP, hosts=("*",)),
             GatewayServer(
-                port=443,
-                port_name="https-shop",
-                protocol=Protocol.HTTPS,
+                port=8443,
+                port_name="tcp-shop",
+                protocol=Protocol.TCP,
                 hosts=("shop/www.example.com", "*.example.com"),
             ),
             GatewayServer(
@@ -1188,12 +1188,10 @@ def test_gateway_selector_and_servers_convert() -> None:
     ("protocol", "expected"),
     [
         ("HTTP", Protocol.HTTP),
-        ("HTTPS", Protocol.HTTPS),
         ("GRPC", Protocol.GRPC),
         ("HTTP2", Protocol.HTTP2),
         ("MONGO", Protocol.MONGO),
         ("TCP", Protocol.TCP),
-        ("TLS", Protocol.TLS),
         ("tcp", Protocol.TCP),
     ],
 )

@@ -155,19 +155,123 @@ def test_pf102_an_unknown_kind_with_a_suggestion() -> None:
     )
 
 
-def test_pf102_an_unknown_kind_without_a_close_match_lists_the_kinds() -> None:
+def test_pf102_a_kind_close_to_ours_in_lowercase_is_still_an_error() -> None:
     check(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+        "apiVersion: v1\nkind: service\nmetadata: {name: web}\n",
         error(
             "PF102",
             2,
             1,
             "",
             "kind",
-            "unknown kind 'Deployment'; Pilotfish reads DestinationRule, Gateway, Service, "
-            "ServiceEntry, VirtualService, WorkloadEntry",
+            "unknown kind 'service'; Pilotfish reads DestinationRule, Gateway, Service, "
+            "ServiceEntry, VirtualService, WorkloadEntry; did you mean 'Service'?",
         ),
-        "Pilotfish reads DestinationRule, Gateway, Service",
+        "did you mean 'Service'?",
+    )
+
+
+# --- PF122: kinds Pilotfish does not read -----------------------------------------------------
+
+SERVICE = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80}]\n"
+
+
+def test_pf122_a_kind_pilotfish_does_not_read_is_skipped_and_the_rest_of_the_file_is_used() -> None:
+    text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n" + SERVICE
+    result = read_text(FILE, text)
+    assert result.ok is True
+    assert [r.meta.kind for r in result.resources] == ["Service"]
+    assert diagnose(text) == [
+        warning(
+            "PF122",
+            2,
+            1,
+            "Deployment",
+            "kind",
+            "kind 'Deployment' (apps/v1) is not one Pilotfish reads; the document is skipped "
+            "and the rest of the file is used",
+        )
+    ]
+
+
+def test_pf122_a_kind_close_to_ours_but_known_elsewhere_is_skipped_without_a_hint() -> None:
+    text = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web}\n---\n" + SERVICE
+    (diagnostic,) = diagnose(text)
+    assert (diagnostic.severity, diagnostic.code, diagnostic.message) == (
+        WARNING,
+        "PF122",
+        "kind 'ServiceAccount' (v1) is not one Pilotfish reads; the document is skipped "
+        "and the rest of the file is used",
+    )
+
+
+def test_pf122_one_warning_per_kind_and_file_counting_its_documents() -> None:
+    text = (
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\n---\n"
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n"
+        "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: b}\n---\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: c}\n"
+    )
+    assert [(d.code, d.line, d.resource, d.message) for d in diagnose(text)] == [
+        (
+            "PF122",
+            2,
+            "Deployment",
+            "kind 'Deployment' (apps/v1) is not one Pilotfish reads; the document is skipped "
+            "and the rest of the file is used (3 documents)",
+        ),
+        (
+            "PF122",
+            6,
+            "AuthorizationPolicy",
+            "kind 'AuthorizationPolicy' (security.istio.io/v1) is not one Pilotfish reads; "
+            "the document is skipped and the rest of the file is used",
+        ),
+    ]
+
+
+def test_pf122_a_kind_unknown_everywhere_and_far_from_ours_is_skipped() -> None:
+    (diagnostic,) = diagnose("apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {}\n")
+    assert (diagnostic.severity, diagnostic.code, diagnostic.line) == (WARNING, "PF122", 2)
+
+
+@pytest.mark.parametrize("kind", ["Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant"])
+def test_pf122_gateway_api_objects_are_skipped_with_a_message_that_says_so(kind: str) -> None:
+    text = (
+        f"apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: web}}\n"
+        "spec: {}\n"
+    )
+    assert read_text(FILE, text).ok is True
+    assert diagnose(text) == [
+        warning(
+            "PF122",
+            2,
+            1,
+            kind,
+            "kind",
+            f"{kind} is a Kubernetes Gateway API object (gateway.networking.k8s.io); "
+            "Pilotfish does not read the Gateway API, only Istio's networking.istio.io "
+            "Gateway and VirtualService: the document is skipped",
+        )
+    ]
+
+
+def test_pf122_is_an_error_with_validate_strict(tmp_path: Path) -> None:
+    (tmp_path / "app.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n" + SERVICE
+    )
+    (lenient,) = validate_directory(tmp_path)
+    (strict,) = validate_directory(tmp_path, strict=True)
+    assert (lenient.severity, lenient.code) == (WARNING, "PF122")
+    assert strict == Diagnostic(
+        ERROR,
+        "PF122",
+        "app.yaml",
+        2,
+        1,
+        "Deployment",
+        "kind",
+        lenient.message,
     )
 
 
@@ -460,14 +564,13 @@ def test_pf111_valid_istio_fields_pilotfish_ignores_are_warnings_and_their_child
     [
         (
             "DestinationRule",
-            "host: web\ntrafficPolicy:\n  tls: {mode: ISTIO_MUTUAL}\n",
+            "host: web\ntrafficPolicy:\n  tls: {mode: DISABLE}\n",
             "spec.trafficPolicy.tls",
         ),
         (
             "Gateway",
-            "servers:\n- port: {number: 443, protocol: HTTPS}\n  hosts: ['*']\n"
-            "  tls: {mode: SIMPLE, credentialName: cert}\n",
-            "spec.servers[0].tls",
+            "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: ['*']\n  bind: 0.0.0.0\n",
+            "spec.servers[0].bind",
         ),
         ("DestinationRule", "host: web\nexportTo: ['*']\n", "spec.exportTo"),
         ("ServiceEntry", "hosts: [a.example.com]\nsubjectAltNames: [x]\n", "spec.subjectAltNames"),
@@ -1264,12 +1367,12 @@ def test_pf116_retry_per_try_timeout() -> None:
     ]
 
 
-def test_pf117_route_weights_that_do_not_sum_to_100() -> None:
+def test_pf117_several_destinations_whose_weights_sum_to_zero() -> None:
     check(
         doc(
             "VirtualService",
             "hosts: [web]\nhttp:\n- route:\n  - destination: {host: web, subset: v1}\n"
-            "    weight: 80\n  - destination: {host: web, subset: v2}\n    weight: 10\n",
+            "    weight: 0\n  - destination: {host: web, subset: v2}\n",
             name="web",
         ),
         error(
@@ -1278,17 +1381,19 @@ def test_pf117_route_weights_that_do_not_sum_to_100() -> None:
             5,
             "VirtualService default/web",
             "spec.http[0].route",
-            "route weights sum to 90 (80, 10); make them sum to 100",
+            "route weights sum to 0 (0, unset); weights are relative, "
+            "give at least one destination a weight above 0",
         ),
-        "make them sum to 100",
+        "give at least one destination a weight above 0",
     )
 
 
-def test_pf117_an_unset_weight_among_several_counts_as_zero() -> None:
+def test_pf117_weights_summing_past_what_envoy_can_add_up() -> None:
     text = doc(
         "VirtualService",
-        "hosts: [db]\ntcp:\n- route:\n  - destination: {host: db, subset: a}\n    weight: 50\n"
-        "  - destination: {host: db, subset: b}\n",
+        "hosts: [db]\ntcp:\n- route:\n  - destination: {host: db, subset: a}\n"
+        "    weight: 2147483647\n  - destination: {host: db, subset: b}\n    weight: 2147483647\n"
+        "  - destination: {host: db, subset: c}\n    weight: 2\n",
     )
     assert [(d.code, d.line, d.column, d.field, d.message) for d in diagnose(text)] == [
         (
@@ -1296,9 +1401,45 @@ def test_pf117_an_unset_weight_among_several_counts_as_zero() -> None:
             8,
             5,
             "spec.tcp[0].route",
-            "route weights sum to 50 (50, unset); make them sum to 100",
+            "route weights sum to 4294967296 (2147483647, 2147483647, 2); weights are "
+            "relative, keep the sum at most 4294967295",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        # relative weights: 1/4 and 3/4
+        "  - destination: {host: web, subset: v1}\n    weight: 1\n"
+        "  - destination: {host: web, subset: v2}\n    weight: 3\n",
+        # an unset weight among several is 0; the other gets everything
+        "  - destination: {host: web, subset: v1}\n    weight: 50\n"
+        "  - destination: {host: web, subset: v2}\n",
+        # a single destination gets everything whatever its weight
+        "  - destination: {host: web}\n    weight: 0\n",
+        "  - destination: {host: web}\n    weight: 30\n",
+    ],
+)
+def test_weights_are_relative_and_need_not_sum_to_100(route: str) -> None:
+    text = doc("VirtualService", "hosts: [web]\nhttp:\n- route:\n" + route, name="web")
+    assert diagnose(text) == []
+
+
+def test_relative_weights_are_kept_as_written_in_the_model() -> None:
+    result = read_text(
+        FILE,
+        doc(
+            "VirtualService",
+            "hosts: [web]\nhttp:\n- route:\n  - destination: {host: web, subset: v1}\n"
+            "    weight: 1\n  - destination: {host: web, subset: v2}\n    weight: 3\n"
+            "  - destination: {host: web, subset: v3}\n",
+            name="web",
+        ),
+    )
+    (resource,) = result.resources
+    (rule,) = resource.spec.http  # type: ignore[union-attr]
+    assert [(d.subset, d.weight) for d in rule.destinations] == [("v1", 1), ("v2", 3), ("v3", 0)]
 
 
 def test_an_empty_entry_in_a_route_list_is_reported_not_a_crash() -> None:
@@ -1309,8 +1450,7 @@ def test_an_empty_entry_in_a_route_list_is_reported_not_a_crash() -> None:
         name="web",
     )
     codes = [(d.code, d.field) for d in diagnose(text)]
-    assert ("PF117", "spec.http[0].route") in codes
-    assert all(d.is_error for d in diagnose(text))
+    assert codes == [("PF113", "spec.http[0].route[1].destination.host")]
     assert read_text(FILE, text).ok is False
 
 
@@ -1558,6 +1698,140 @@ def test_every_per_resource_code_is_covered_by_these_tests() -> None:
         "PF119",
         "PF120",
         "PF121",
+        "PF122",
+        "PF123",
+    ]
+
+
+# --- PF123: TLS is asked for but not supported yet -------------------------------------------
+
+UPSTREAM_TLS = (
+    "TLS to the upstream (mode {}) is not supported yet; the policy is refused rather than "
+    "its traffic sent as plaintext (set mode: DISABLE only if plaintext is intended)"
+)
+
+
+def test_pf123_a_gateway_server_with_tls_settings_is_refused_not_served_as_plaintext() -> None:
+    check(
+        doc(
+            "Gateway",
+            "servers:\n- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: ['*']\n"
+            "  tls: {mode: SIMPLE, credentialName: cert}\n",
+            name="edge",
+        ),
+        error(
+            "PF123",
+            9,
+            5,
+            "Gateway default/edge",
+            "spec.servers[0].tls",
+            "TLS on a gateway server (credentialName, mode) is not supported yet; the server "
+            "is refused rather than served as plaintext (only tls.httpsRedirect is supported)",
+        ),
+        "is refused rather than served as plaintext",
+    )
+
+
+@pytest.mark.parametrize("protocol", ["HTTPS", "TLS"])
+def test_pf123_an_https_or_tls_server_without_tls_settings_is_refused(protocol: str) -> None:
+    check(
+        doc(
+            "Gateway",
+            f"servers:\n- port: {{number: 443, protocol: {protocol}}}\n  hosts: ['*']\n",
+            name="edge",
+        ),
+        error(
+            "PF123",
+            7,
+            25,
+            "Gateway default/edge",
+            "spec.servers[0].port.protocol",
+            f"a {protocol} server needs TLS, which is not supported yet; the server is "
+            "refused rather than served as plaintext",
+        ),
+        "not supported yet",
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "mode"),
+    [
+        ("trafficPolicy:\n  tls: {mode: ISTIO_MUTUAL}\n", "spec.trafficPolicy.tls", "ISTIO_MUTUAL"),
+        (
+            "trafficPolicy:\n  portLevelSettings:\n  - port: {number: 80}\n"
+            "    tls: {mode: SIMPLE, sni: web.example.com}\n",
+            "spec.trafficPolicy.portLevelSettings[0].tls",
+            "SIMPLE",
+        ),
+        (
+            "subsets:\n- name: v1\n  labels: {version: v1}\n  trafficPolicy:\n"
+            "    tls: {mode: MUTUAL}\n",
+            "spec.subsets[0].trafficPolicy.tls",
+            "MUTUAL",
+        ),
+    ],
+)
+def test_pf123_a_destination_rule_asking_for_upstream_tls_is_refused(
+    spec: str, field: str, mode: str
+) -> None:
+    text = doc("DestinationRule", "host: web\n" + spec, name="web")
+    assert read_text(FILE, text).ok is False
+    assert [(d.severity, d.code, d.field, d.message) for d in diagnose(text)] == [
+        (ERROR, "PF123", field, UPSTREAM_TLS.format(mode))
+    ]
+
+
+def test_pf123_tls_mode_disable_is_plaintext_as_asked_and_only_a_warning() -> None:
+    text = doc("DestinationRule", "host: web\ntrafficPolicy:\n  tls: {mode: DISABLE}\n")
+    assert read_text(FILE, text).ok is True
+    assert [(d.code, d.field) for d in diagnose(text)] == [("PF111", "spec.trafficPolicy.tls")]
+
+
+def test_pf123_virtual_service_tls_routes_are_refused() -> None:
+    text = doc(
+        "VirtualService",
+        "hosts: [web]\ntls:\n- match:\n  - sniHosts: [web]\n  route:\n"
+        "  - destination: {host: web}\n",
+        name="web",
+    )
+    assert read_text(FILE, text).ok is False
+    assert diagnose(text) == [
+        error(
+            "PF123",
+            7,
+            3,
+            "VirtualService default/web",
+            "spec.tls",
+            "tls routes (routing TLS connections by SNI) are not supported yet; the "
+            "VirtualService is refused rather than its TLS traffic routed another way",
+        )
+    ]
+
+
+def test_https_redirect_on_an_http_server_is_read_without_a_finding() -> None:
+    text = doc(
+        "Gateway",
+        "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: [shop.example.com]\n"
+        "  tls: {httpsRedirect: true}\n",
+    )
+    result = read_text(FILE, text)
+    assert result.findings == ()
+    (resource,) = result.resources
+    assert [s.https_redirect for s in resource.spec.servers] == [True]  # type: ignore[union-attr]
+
+
+def test_https_redirect_on_a_tcp_server_is_an_error() -> None:
+    text = doc(
+        "Gateway",
+        "servers:\n- port: {number: 80, protocol: TCP}\n  hosts: ['*']\n"
+        "  tls: {httpsRedirect: true}\n",
+    )
+    assert [(d.code, d.field, d.message) for d in diagnose(text)] == [
+        (
+            "PF114",
+            "spec.servers[0].tls.httpsRedirect",
+            "httpsRedirect applies to HTTP servers, not TCP; remove it",
+        )
     ]
 
 
@@ -1632,7 +1906,7 @@ spec:
   exportTo: ["."]
   trafficPolicy:
     tls:
-      mode: ISTIO_MUTUAL
+      mode: DISABLE
   subsets:
   - name: v1
     labels:
@@ -1656,7 +1930,6 @@ def test_real_world_bookinfo_yaml_with_extra_istio_fields_loads_with_warnings_on
     assert [
         (d.severity, d.code, d.line, d.column, d.resource, d.field) for d in diagnose(text)
     ] == [
-        (WARNING, "PF111", 29, 5, "Gateway default/bookinfo-gateway", "spec.servers[0].tls"),
         (WARNING, "PF111", 54, 5, "VirtualService default/bookinfo", "spec.http[0].corsPolicy"),
         (WARNING, "PF111", 66, 3, "DestinationRule default/reviews", "spec.exportTo"),
         (WARNING, "PF111", 68, 5, "DestinationRule default/reviews", "spec.trafficPolicy.tls"),

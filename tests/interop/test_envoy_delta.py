@@ -298,7 +298,7 @@ def test_delta_bad_edit_leaves_envoy_serving_the_last_good_routes(bookinfo: Depl
     sidecar, port = bookinfo.sidecar, bookinfo.ports.bookinfo
     before = route_config_version(sidecar, str(port))
 
-    edit_docs(bookinfo.routing_file, "VirtualService", "reviews", reviews_split(81, 20))
+    edit_docs(bookinfo.routing_file, "VirtualService", "reviews", reviews_split(0, 0))
 
     wait_for(
         lambda: "PF117" in bookinfo.errors_in("routing.yaml"),

@@ -433,9 +433,9 @@ def test_editing_the_split_to_0_100_moves_all_traffic_to_v3_without_a_restart(
     ("bad_edit", "code"),
     [
         pytest.param(
-            lambda path: edit_docs(path, "VirtualService", "reviews", reviews_split(81, 20)),
+            lambda path: edit_docs(path, "VirtualService", "reviews", reviews_split(0, 0)),
             "PF117",
-            id="weights-sum-to-101",
+            id="weights-sum-to-0",
         ),
         pytest.param(
             lambda path: write_text(path, path.read_text() + "\n  broken: [unclosed\n"),
@@ -466,7 +466,7 @@ def test_a_bad_edit_leaves_envoy_serving_the_last_good_routes(
 
 def test_fixing_a_rejected_edit_applies_the_fixed_file(bookinfo: Deployment) -> None:
     client = Client(bookinfo.ports.bookinfo)
-    edit_docs(bookinfo.routing_file, "VirtualService", "reviews", reviews_split(81, 20))
+    edit_docs(bookinfo.routing_file, "VirtualService", "reviews", reviews_split(0, 0))
     wait_for(
         lambda: "PF117" in bookinfo.errors_in("routing.yaml"),
         EDIT_TIMEOUT,

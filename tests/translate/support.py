@@ -523,6 +523,13 @@ def kitchen_sink_mesh() -> Mesh:
                 GatewayServer(443, "tls", Protocol.TLS, ("*",)),
                 GatewayServer(9000, "tcp", Protocol.TCP, ("*",)),
                 GatewayServer(9001, "tcp-unrouted", Protocol.TCP, ("*",)),
+                GatewayServer(
+                    8081,
+                    "http-redirect",
+                    Protocol.HTTP,
+                    ("secure.example.com",),
+                    https_redirect=True,
+                ),
             ),
         ),
     )

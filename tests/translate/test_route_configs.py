@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from controlplane.model import (
     Endpoint,
     Gateway,
@@ -166,6 +168,26 @@ def test_rules_for_another_port_fall_back_to_the_default_route() -> None:
         "outbound|80||web.default.svc.cluster.local"
     )
     assert [r.name for r in configs["8080"].virtual_hosts[0].routes] == ["admin-only"]
+
+
+def test_a_route_without_a_port_applies_per_listener_port_of_a_multi_port_service() -> None:
+    service = Service(
+        host="web.default.svc.cluster.local",
+        namespace="default",
+        name="web",
+        ports=(ServicePort("http", 80, Protocol.HTTP), ServicePort("admin", 8080, Protocol.HTTP)),
+        endpoints=(),
+    )
+    rule = HttpRoute(name="all", destinations=(RouteDestination(service.host),))
+    vs = VirtualService("default", "web", (service.host,), http=(rule,))
+    configs = named(sidecar_route_configs(mesh_of(service, virtual_services=(vs,))))
+    assert {
+        port: [(r.name, r.route.cluster) for r in configs[port].virtual_hosts[0].routes]
+        for port in ("80", "8080")
+    } == {
+        "80": [("all", "outbound|80||web.default.svc.cluster.local")],
+        "8080": [("all", "outbound|8080||web.default.svc.cluster.local")],
+    }
 
 
 def test_several_virtual_services_for_one_host_merge_in_mesh_order() -> None:
@@ -335,3 +357,42 @@ def test_a_gateway_port_with_nothing_bound_has_an_empty_route_config() -> None:
     configs = named(gateway_route_configs(edge_mesh(), (("app", "edge"),)))
     assert sorted(configs) == ["http.80", "http.8443"]
     assert list(configs["http.80"].virtual_hosts) == []
+
+
+def test_an_https_redirect_server_redirects_every_request_of_its_hosts_with_or_without_routes() -> (
+    None
+):
+    web = http_service("web", (Endpoint("10.0.0.1", 9080),))
+    gateway = Gateway(
+        "edge",
+        "public",
+        (("app", "edge"),),
+        (
+            GatewayServer(80, "http", Protocol.HTTP, ("shop.example.com",), https_redirect=True),
+            GatewayServer(80, "http-plain", Protocol.HTTP, ("*.example.org",)),
+            GatewayServer(81, "http-empty", Protocol.HTTP, ("*",), https_redirect=True),
+        ),
+    )
+    vs = web_vs("web", ("shop.example.com", "api.example.org"), ("edge/public",))
+    mesh = mesh_of(web, virtual_services=(vs,), gateways=(gateway,))
+    configs = named(gateway_route_configs(mesh, (("app", "edge"),)))
+
+    def summary(route: Any) -> tuple[str, str, bool, str]:
+        return (route.name, route.match.prefix, route.redirect.https_redirect, route.route.cluster)
+
+    assert {
+        name: {v.name: [summary(r) for r in v.routes] for v in c.virtual_hosts}
+        for name, c in configs.items()
+    } == {
+        "http.80": {
+            "api.example.org:80": [
+                ("web", "/", False, "outbound|9080||web.default.svc.cluster.local")
+            ],
+            "shop.example.com:80": [("https-redirect", "/", True, "")],
+        },
+        "http.81": {
+            "*:81": [("https-redirect", "/", True, "")],
+            "api.example.org:81": [("https-redirect", "/", True, "")],
+            "shop.example.com:81": [("https-redirect", "/", True, "")],
+        },
+    }

@@ -271,6 +271,22 @@ def test_several_destinations_are_weighted_clusters_with_the_weights_given() -> 
     ]
 
 
+def test_relative_weights_are_given_as_written_and_envoy_sums_them() -> None:
+    rule = HttpRoute(
+        destinations=(
+            RouteDestination(REVIEWS, subset="v1", weight=1),
+            RouteDestination(REVIEWS, subset="v2", weight=3),
+            RouteDestination(REVIEWS, subset="v3", weight=0),
+        )
+    )
+    weighted = only(rule).route.weighted_clusters
+    assert [(c.name, c.weight.value) for c in weighted.clusters] == [
+        (f"outbound|9080|v1|{REVIEWS}", 1),
+        (f"outbound|9080|v2|{REVIEWS}", 3),
+    ]
+    assert not weighted.HasField("total_weight")
+
+
 def test_zero_weight_destinations_are_dropped_and_one_left_is_a_plain_cluster() -> None:
     rule = HttpRoute(
         destinations=(
