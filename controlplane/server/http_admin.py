@@ -4,7 +4,7 @@
 server runs on (``pilotfish serve --admin-address``):
 
 * ``/healthz``: 200 while the process serves;
-* ``/readyz``: 200 once the first configuration is loaded, 503 before;
+* ``/readyz``: 200 once the first configuration is loaded and xDS is served, 503 before;
 * ``/debug/config``: the model served now (:class:`~controlplane.model.Mesh`),
   its dataclasses walked into JSON;
 * ``/metrics``: Prometheus text from a registry of its own (one per control
@@ -306,7 +306,7 @@ class HttpAdmin:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        if self.source.config_view.loaded:
+        if self.source.config_view.loaded and self.source.ads is not None:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="loading the config directory\n")
 

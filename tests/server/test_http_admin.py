@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.server.admin import ConfigView
@@ -21,7 +21,7 @@ from controlplane.server.http_admin import HttpAdmin
 from controlplane.xds.types import CLUSTER
 from tests.config.test_cli import serve_options
 from tests.server.support import eventually, read
-from tests.server.test_admin import HELLO, connect, nacked
+from tests.server.test_admin import HELLO, connect, nacked, node
 
 SMALL = """\
 apiVersion: v1
@@ -357,3 +357,32 @@ def test_serve_has_the_admin_endpoint_on_15000_by_default_and_off_disables_it(
     options = serve_options(monkeypatch, [*base, "--admin-address", ""])
     assert options.admin_address is None
     assert ControlPlaneOptions(tmp_path).admin_address is None
+
+
+async def test_a_delta_proxy_counts_by_protocol_and_its_ack_of_an_edit_converges(
+    plane: ControlPlane, channel: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node("delta-1"), type_url=CLUSTER))
+    clusters = await read(call)
+    await call.write(
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=clusters.nonce)
+    )
+    staged = tmp_path.parent / f"{tmp_path.name}-web.yaml"
+    staged.write_text(SMALL)
+    staged.rename(tmp_path / "web.yaml")
+    clusters = await read(call)
+    await call.write(
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=clusters.nonce)
+    )
+    found: dict[Any, float] = {}
+    for _ in range(300):
+        found = await samples(plane)
+        if pick(found, "pilotfish_xds_acks_total").get((("type", "CDS"),)) == 2.0:
+            break
+        await asyncio.sleep(0.01)
+    assert pick(found, "pilotfish_proxies_connected") == {
+        (("protocol", "delta"), ("role", "sidecar"), ("type", "ADS")): 1.0
+    }
+    assert pick(found, "pilotfish_convergence_seconds_count") == {(("type", "CDS"),): 1.0}
+    call.cancel()
