@@ -515,6 +515,7 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> None:
     (config_dir / "bench.yaml").write_text(CONFIG.format(port=port, backend_port=backend_port))
     serve = [python, "-m", "controlplane", "serve", "--config-dir", str(config_dir)]
     serve += ["--xds-address", "127.0.0.1:0", "--state-dir", str(workdir / "state")]
+    serve += ["--admin-address", "127.0.0.1:0"]
     serve_log = processes.start("serve", pinned(client_core, serve), env)
 
     def announced() -> int | None:

@@ -270,6 +270,8 @@ class Server:
             str(config_dir),
             "--xds-address",
             f"127.0.0.1:{self.port}",
+            "--admin-address",
+            "127.0.0.1:0",
             "--debounce",
             args.debounce,
             "--settle",

@@ -49,6 +49,7 @@ from controlplane.server.grpc_server import (
     check_address,
     split_address,
 )
+from controlplane.server.http_admin import AdminStartError
 from controlplane.status_cli import add_status_commands
 
 
@@ -103,6 +104,18 @@ def _address(text: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not HOST:PORT, like 127.0.0.1:18000, 0.0.0.0:18000 or [::]:18000"
+        ) from None
+    return text
+
+
+def _admin_address(text: str) -> str | None:
+    if text in ("", "off"):
+        return None
+    try:
+        split_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT (like 127.0.0.1:15000) or off"
         ) from None
     return text
 
@@ -218,6 +231,11 @@ def _serve(args: argparse.Namespace) -> int:
         check_address(args.xds_address)
     except ServerStartError as exc:
         return _cannot_listen(exc)
+    if args.admin_address is not None:
+        try:
+            check_address(args.admin_address)
+        except ServerStartError as exc:
+            return _cannot_listen(exc, "--admin-address")
     configure_logging(args.log_format, args.log_level)
     options = ControlPlaneOptions(
         config_dir=root,
@@ -246,10 +264,13 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_class_grace=args.proxy_class_grace,
         max_proxy_classes=args.max_proxy_classes,
         limits=_limits(args),
+        admin_address=args.admin_address,
     )
     try:
         event_loop.run(_run_until_signalled(options, args.grace), args.event_loop)
-    except ServerStartError as exc:  # taken since the check
+    except AdminStartError as exc:  # taken since the check
+        return _cannot_listen(exc, "--admin-address")
+    except ServerStartError as exc:
         return _cannot_listen(exc)
     except PilotfishError as exc:
         print(f"pilotfish serve: {exc}", file=sys.stderr)
@@ -257,9 +278,9 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cannot_listen(exc: ServerStartError) -> int:
-    hint = "pick another with --xds-address" if isinstance(exc, AddressInUseError) else ""
-    hint = hint or "check --xds-address"
+def _cannot_listen(exc: ServerStartError, flag: str = "--xds-address") -> int:
+    in_use = exc.in_use if isinstance(exc, AdminStartError) else isinstance(exc, AddressInUseError)
+    hint = f"pick another with {flag}" if in_use else f"check {flag}"
     print(f"pilotfish serve: {exc}; {hint}", file=sys.stderr)
     return 2
 
@@ -272,6 +293,8 @@ async def _run_until_signalled(options: ControlPlaneOptions, grace: float) -> No
     plane = ControlPlane(options)
     await plane.start()
     _tell(f"pilotfish: serving xDS on {plane.address}")
+    if plane.http_admin is not None:
+        _tell(f"pilotfish: HTTP admin on http://{plane.http_admin.address}/metrics")
     try:
         await stop.wait()
     finally:
@@ -399,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1:18000",
         help="HOST:PORT the xDS gRPC server listens on; 0.0.0.0:PORT for every interface, "
         "port 0 for any free one (127.0.0.1:18000)",
+    )
+    serve.add_argument(
+        "--admin-address",
+        type=_admin_address,
+        default="127.0.0.1:15000",
+        help="HOST:PORT of the HTTP admin endpoint (/metrics, /healthz, /readyz, "
+        "/debug/config); off to serve none (127.0.0.1:15000)",
     )
     serve.add_argument(
         "--debounce", type=_duration, default=0.1, help="quiet time before a reload (100ms)"

@@ -19,6 +19,8 @@ import pytest
 from controlplane.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
+# Servers started here never take the default admin port, which another may hold.
+ADMIN = ("--admin-address", "127.0.0.1:0")
 
 # Line 8 has a misspelt field.
 BROKEN = """\
@@ -81,7 +83,7 @@ def _pilotfish(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]
 def _start_serve(config: str, state: Path, *flags: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "controlplane", "serve", "--config-dir", config]
     return subprocess.Popen(
-        [*command, "--state-dir", str(state), "--xds-address", "127.0.0.1:0", *flags],
+        [*command, "--state-dir", str(state), "--xds-address", "127.0.0.1:0", *ADMIN, *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -117,6 +119,39 @@ def test_serve_on_a_busy_port_says_so_in_one_line_and_exits_2(
         "",
         f"pilotfish serve: port {busy_port} is already in use on 127.0.0.1; "
         "pick another with --xds-address\n",
+    )
+
+
+def test_serve_on_a_busy_admin_port_says_so_in_one_line_and_exits_2(
+    tmp_path: Path, busy_port: int
+) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    completed = _pilotfish(
+        "serve",
+        "--config-dir",
+        str(config),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--xds-address",
+        "127.0.0.1:0",
+        "--admin-address",
+        f"127.0.0.1:{busy_port}",
+    )
+    assert (completed.returncode, completed.stdout, completed.stderr) == (
+        2,
+        "",
+        f"pilotfish serve: port {busy_port} is already in use on 127.0.0.1; "
+        "pick another with --admin-address\n",
+    )
+
+
+def test_serve_admin_address_must_be_host_port_or_off(tmp_path: Path) -> None:
+    completed = _pilotfish("serve", "--config-dir", str(tmp_path), "--admin-address", "15000")
+    assert (completed.returncode, completed.stderr.splitlines()[-1]) == (
+        2,
+        "pilotfish serve: error: argument --admin-address: '15000' is not HOST:PORT "
+        "(like 127.0.0.1:15000) or off",
     )
 
 

@@ -197,7 +197,7 @@ def test_pilotfish_serve_with_stderr_on_dev_full_keeps_serving_and_applying_edit
     command = [sys.executable, "-m", "controlplane", "serve", "--config-dir", str(tmp_path)]
     with open("/dev/full", "w") as dev_full:
         server = subprocess.Popen(
-            [*command, "--xds-address", address, "--debounce", "20ms"],
+            [*command, "--xds-address", address, "--admin-address", "off", "--debounce", "20ms"],
             stdout=subprocess.DEVNULL,
             stderr=dev_full,
         )

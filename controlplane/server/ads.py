@@ -77,6 +77,7 @@ from controlplane.errors import InconsistentSnapshotError, ProtocolError
 from controlplane.server import memory
 from controlplane.server.admission import Admission, Refusals, StreamLimits, peer_host
 from controlplane.server.events import EventHub
+from controlplane.server.stats import XdsStats
 from controlplane.server.untrusted import EndedRun, RepeatedNacks, clip
 from controlplane.xds.cache import ProxyClassLimitError, SnapshotCache
 from controlplane.xds.delta import DeltaStream
@@ -115,6 +116,8 @@ class _Stream:
         self.service = service
         self.stream_id = stream_id
         self.protocol = protocol
+        self.type_url = type_url
+        """The single-type service's type, or None for ADS."""
         self.connection = connection
         """The client's address as gRPC reports it: one per connection."""
         self.core: SotwStream | DeltaStream = (
@@ -138,6 +141,8 @@ class _Stream:
         self.last_nacks: dict[str, tuple[str, str, float]] | None = None
         """Per type, the last NACK's rejected version, message (clipped: the client's to
         choose) and time (Unix), for the admin services."""
+        self.converged: dict[str, str] | None = None
+        """Per type, the version whose ACK last counted towards convergence time."""
         self.log: Any = log.bind(stream=stream_id)
 
     def wake(self, *, dirty: bool = False, closing: bool = False) -> None:
@@ -237,6 +242,8 @@ class _Stream:
                 self._withhold(response, len(data))
                 continue
             await context.write(data)
+            pushes = self.service.stats.pushes
+            pushes[response.type_url] = pushes.get(response.type_url, 0) + 1
             if self.service.events.active:
                 self._event("push", response.type_url, response.version)
             if len(data) > LARGE_RESPONSE:
@@ -259,6 +266,7 @@ class _Stream:
     def _log_events(self) -> None:
         for event in self.core.pop_events():
             if isinstance(event, Ack):
+                self._count_ack(event)
                 if self.nacks is not None:
                     self._log_repeats(self.nacks.ack(event.type_url))
                 if self.service.events.active:
@@ -280,6 +288,24 @@ class _Stream:
                     expected_nonce=event.expected_nonce,
                 )
 
+    def _count_ack(self, event: Ack) -> None:
+        stats = self.service.stats
+        stats.acks[event.type_url] = stats.acks.get(event.type_url, 0) + 1
+        # Convergence: from the publication of the stream's current snapshot to the
+        # first ACK of its version of this type, for snapshots published while connected.
+        published = self.service.published_at.get(self.key or "", 0.0)
+        snapshot = self.core.snapshot
+        if (
+            published > self.connected_at
+            and snapshot is not None
+            and snapshot.versions.get(event.type_url) == event.version
+        ):
+            if self.converged is None:
+                self.converged = {}
+            if self.converged.get(event.type_url) != event.version:
+                self.converged[event.type_url] = event.version
+                stats.converged(event.type_url, max(0.0, time.time() - published))
+
     def _event(self, kind: str, type_url: str, version: str, message: str = "") -> None:
         node = self.core.node
         self.service.events.publish(
@@ -292,6 +318,8 @@ class _Stream:
         )
 
     def _log_nack(self, event: Nack) -> None:
+        nacks = self.service.stats.nacks
+        nacks[event.type_url] = nacks.get(event.type_url, 0) + 1
         if self.last_nacks is None:
             self.last_nacks = {}
         message = clip(event.message)
@@ -365,6 +393,7 @@ class AggregatedDiscoveryService:
         # and the buffers they leave should be among those handed back.
         self.housekeeper = memory.Housekeeper(self._loop, delay=1.0, busy=lambda: self.pushing)
         self.events = EventHub(self._loop)
+        self.stats = XdsStats()
         self.published_at: dict[str, float] = {}
         """Per proxy class, when (Unix time) its latest snapshot was published."""
         self._remove_listener = cache.add_listener(self._on_publish)

@@ -49,6 +49,8 @@ from controlplane.server import memory
 from controlplane.server.admin import AdminServices, ConfigView
 from controlplane.server.ads import AggregatedDiscoveryService
 from controlplane.server.grpc_server import XdsServer, XdsServerOptions, start_xds_server
+from controlplane.server.http_admin import HttpAdmin
+from controlplane.server.stats import RELOAD_BUCKETS, Histogram
 from controlplane.translate import ProxyClass, ProxyRole
 from controlplane.translate.translator import Translator
 from controlplane.xds.cache import SnapshotCache
@@ -76,6 +78,8 @@ class ControlPlaneOptions:
     withdraw_grace: float = 30.0
     max_withdraw_share: float = 0.5
     limits: ConfigLimits = DEFAULT_LIMITS
+    admin_address: str | None = None
+    """HOST:PORT of the HTTP admin endpoint (/metrics, /readyz...); None: not served."""
 
 
 # Verified while no proxy of their kind has connected, so that the first to connect
@@ -120,6 +124,8 @@ class ControlPlane:
         self.reloads = 0
         self.admin: AdminServices | None = None
         self._config_view = ConfigView()
+        self.reload_seconds = Histogram(RELOAD_BUCKETS)
+        self.http_admin: HttpAdmin | None = None
 
     @property
     def port(self) -> int:
@@ -130,6 +136,29 @@ class ControlPlane:
     def address(self) -> str:
         assert self._server is not None, "start() first"
         return self._server.address
+
+    @property
+    def admin_port(self) -> int:
+        """The HTTP admin port (0 when not served)."""
+        return self.http_admin.port if self.http_admin is not None else 0
+
+    # -- what the HTTP admin endpoint reads (controlplane.server.http_admin.Source) --
+
+    @property
+    def ads(self) -> AggregatedDiscoveryService | None:
+        return self._server.ads if self._server is not None else None
+
+    @property
+    def mesh(self) -> Mesh:
+        return self.store.mesh
+
+    @property
+    def config_view(self) -> ConfigView:
+        return self._config_view
+
+    @property
+    def traffic(self) -> LoadReports | None:
+        return self._server.load_reports if self._server is not None else None
 
     @property
     def load_reports(self) -> LoadReports:
@@ -232,11 +261,13 @@ class ControlPlane:
 
     def reload(self) -> ReloadResult:
         """Re-read the directory and publish the new model if it changed."""
+        started = time.monotonic()
         with collector.paused():
             result = self.store.reload()
             self.reloads += 1
             if result.changed:
                 self.cache.update(self._builder(result.mesh), result.version)
+        self.reload_seconds.observe(time.monotonic() - started)
         self._reloaded(result)
         if result.changed and self._server is not None:
             # The new model is long-lived: have it frozen once things are quiet.
@@ -285,11 +316,31 @@ class ControlPlane:
     async def start(self) -> None:
         memory.tune()
         loop = asyncio.get_running_loop()
+        if self.options.admin_address is not None:
+            # Before the first load, so that /healthz answers and /readyz says 503 meanwhile.
+            http_admin = HttpAdmin(self)
+            await http_admin.start(self.options.admin_address)
+            self.http_admin = http_admin
+            log.info("http_admin_started", address=http_admin.address)
+        try:
+            await self._start(loop)
+        except BaseException:
+            await self._stop_http_admin()
+            raise
+
+    async def _stop_http_admin(self) -> None:
+        if self.http_admin is not None:
+            http_admin, self.http_admin = self.http_admin, None
+            await http_admin.stop()
+
+    async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        started = time.monotonic()
         result = await loop.run_in_executor(None, self.store.reload)
         # The model is millions of long-lived immutable objects: keep the cyclic
         # collector from rescanning them (see controlplane.server.memory).
         gc.freeze()
         self.cache.update(self._builder(result.mesh), result.version)
+        self.reload_seconds.observe(time.monotonic() - started)
         self._reloaded(result)
         log.info(
             "config_loaded",
@@ -333,3 +384,4 @@ class ControlPlane:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
+        await self._stop_http_admin()

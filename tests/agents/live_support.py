@@ -328,6 +328,8 @@ def serve(config: Path, workdir: Path, address: str | None = None) -> Served:
         str(config),
         "--xds-address",
         address,
+        "--admin-address",
+        "127.0.0.1:0",
         "--debounce",
         "20ms",
         "--settle",

@@ -110,6 +110,7 @@ class ServeProcess:
     def start(self, timeout: float = 30.0) -> ServeProcess:
         command = [sys.executable, "-m", "controlplane", "serve", "--config-dir"]
         command += [str(self.config_dir), "--xds-address", "127.0.0.1:0", "--debounce", "50ms"]
+        command += ["--admin-address", "127.0.0.1:0"]
         command += ["--state-dir", str(self.log_path.parent / "pilotfish-state")]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(

@@ -1,0 +1,331 @@
+"""The HTTP admin endpoint: health, readiness, the model as JSON and Prometheus metrics.
+
+:class:`HttpAdmin` serves an aiohttp application on the event loop the gRPC
+server runs on (``pilotfish serve --admin-address``):
+
+* ``/healthz``: 200 while the process serves;
+* ``/readyz``: 200 once the first configuration is loaded and xDS is served, 503 before;
+* ``/debug/config``: the model served now (:class:`~controlplane.model.Mesh`),
+  its dataclasses walked into JSON;
+* ``/metrics``: Prometheus text from a registry of its own (one per control
+  plane, so that several in one process never share counters).
+
+Metrics cost the push path nothing but integer adds: :class:`MeshCollector`
+reads everything when scraped, from the live streams, the counters and
+histograms of :class:`~controlplane.server.stats.XdsStats`, the snapshot cache,
+the config view and the load reports. A scrape walks the live streams once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from pathlib import PurePath
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from controlplane.model import Mesh
+from controlplane.server.admin import ConfigView
+from controlplane.server.ads import AggregatedDiscoveryService
+from controlplane.server.grpc_server import (
+    AddressInUseError,
+    ServerStartError,
+    check_address,
+    split_address,
+)
+from controlplane.server.stats import Histogram
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.load_reports import LoadReports
+from controlplane.xds.types import short_name
+
+
+class AdminStartError(ServerStartError):
+    """The HTTP admin address cannot be used."""
+
+    def __init__(self, cause: ServerStartError) -> None:
+        super().__init__(str(cause))
+        self.in_use = isinstance(cause, AddressInUseError)
+
+
+class Source(Protocol):
+    """What the admin endpoint reads from the running control plane."""
+
+    @property
+    def ads(self) -> AggregatedDiscoveryService | None: ...
+
+    @property
+    def cache(self) -> SnapshotCache: ...
+
+    @property
+    def mesh(self) -> Mesh: ...
+
+    @property
+    def config_view(self) -> ConfigView: ...
+
+    @property
+    def reload_seconds(self) -> Histogram: ...
+
+    @property
+    def traffic(self) -> LoadReports | None: ...
+
+
+def to_json(value: Any) -> Any:
+    """A plain JSON value for a model object: dataclasses by field, enums by value."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return to_json(value.value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Mapping):
+        return {str(key): to_json(item) for key, item in value.items()}
+    if isinstance(value, frozenset | set):
+        items = [to_json(item) for item in value]
+        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
+    if isinstance(value, tuple | list):
+        return [to_json(item) for item in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    return str(value)
+
+
+def _histogram(
+    name: str, documentation: str, histograms: Mapping[str, Histogram], label: str | None
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=[label] if label else [])
+    for key, histogram in sorted(histograms.items()):
+        family.add_metric(
+            [key] if label else [],
+            histogram.cumulative(),
+            histogram.total,  # type: ignore[arg-type]
+        )
+    return family
+
+
+class MeshCollector(Collector):
+    """Every Pilotfish metric, read from ``source`` at scrape time."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._config()
+        yield from self._resources()
+        ads = self.source.ads
+        if ads is not None:
+            yield from self._xds(ads)
+        traffic = self.source.traffic
+        if traffic is not None:
+            yield from self._traffic(traffic)
+
+    def _config(self) -> Iterator[Metric]:
+        view = self.source.config_view
+        yield CounterMetricFamily(
+            "pilotfish_config_reloads", "Reloads of the config directory.", value=view.reloads
+        )
+        yield _histogram(
+            "pilotfish_config_reload_duration_seconds",
+            "Seconds a reload took (read, validate, translate, publish).",
+            {"": self.source.reload_seconds},
+            None,
+        )
+        yield GaugeMetricFamily(
+            "pilotfish_config_errors",
+            "Validation errors in the last reload.",
+            value=sum(1 for d in view.diagnostics if d.is_error),
+        )
+        yield GaugeMetricFamily(
+            "pilotfish_config_files_held_back",
+            "Files whose latest version is held back for errors (the last good one is served).",
+            value=len(view.rejected),
+        )
+        info = GaugeMetricFamily(
+            "pilotfish_config_version", "The config version served (always 1).", labels=["version"]
+        )
+        info.add_metric([view.version], 1)
+        yield info
+
+    def _resources(self) -> Iterator[Metric]:
+        cache = self.source.cache
+        most: dict[str, int] = {}
+        keys = cache.keys()
+        for key in keys:
+            snapshot = cache.get(key)
+            if snapshot is None:
+                continue
+            for url in snapshot.type_urls:
+                most[url] = max(most.get(url, 0), len(snapshot.resources(url)))
+        yield GaugeMetricFamily(
+            "pilotfish_proxy_classes",
+            "Proxy classes with a snapshot (proxies that get the same config share one).",
+            value=len(keys),
+        )
+        resources = GaugeMetricFamily(
+            "pilotfish_resources",
+            "Resources of each type in the largest snapshot of any proxy class.",
+            labels=["type"],
+        )
+        for url, count in sorted(most.items()):
+            resources.add_metric([short_name(url)], count)
+        yield resources
+
+    def _xds(self, ads: AggregatedDiscoveryService) -> Iterator[Metric]:
+        connected: dict[tuple[str, str, str], int] = {}
+        for stream in ads.streams():
+            role = (stream.key or "").split("|", 1)[0] or "unknown"
+            kind = short_name(stream.type_url) if stream.type_url else "ADS"
+            key = (role, stream.protocol, kind)
+            connected[key] = connected.get(key, 0) + 1
+        proxies = GaugeMetricFamily(
+            "pilotfish_proxies_connected",
+            "Live xDS streams by proxy role, protocol (sotw, delta) and service (ADS or a type).",
+            labels=["role", "protocol", "type"],
+        )
+        for labels, count in sorted(connected.items()):
+            proxies.add_metric(list(labels), count)
+        yield proxies
+        stats = ads.stats
+        for name, documentation, counts in (
+            ("pilotfish_xds_pushes", "xDS responses sent, by type.", stats.pushes),
+            ("pilotfish_xds_acks", "xDS ACKs received, by type.", stats.acks),
+            ("pilotfish_xds_nacks", "xDS NACKs received (config refused), by type.", stats.nacks),
+        ):
+            family = CounterMetricFamily(name, documentation, labels=["type"])
+            for url, count in sorted(counts.items()):
+                family.add_metric([short_name(url)], count)
+            yield family
+        yield _histogram(
+            "pilotfish_convergence_seconds",
+            "Seconds from a config change being published to each proxy's ACK of it, by type.",
+            {short_name(url): h for url, h in stats.convergence.items()},
+            "type",
+        )
+
+    def _traffic(self, traffic: LoadReports) -> Iterator[Metric]:
+        totals = traffic.totals()
+        rates = traffic.rates()
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+            "requests": CounterMetricFamily(
+                "pilotfish_cluster_requests",
+                "Requests the proxies reported issuing, by cluster (load reports).",
+                labels=["cluster"],
+            ),
+            "errors": CounterMetricFamily(
+                "pilotfish_cluster_errors",
+                "Requests the proxies reported as failed, by cluster.",
+                labels=["cluster"],
+            ),
+            "rps": GaugeMetricFamily(
+                "pilotfish_cluster_requests_per_second",
+                "Requests per second over the recent window, by cluster.",
+                labels=["cluster"],
+            ),
+            "eps": GaugeMetricFamily(
+                "pilotfish_cluster_errors_per_second",
+                "Failed requests per second over the recent window, by cluster.",
+                labels=["cluster"],
+            ),
+            "in_progress": GaugeMetricFamily(
+                "pilotfish_cluster_requests_in_progress",
+                "Requests in flight at the last report, by cluster.",
+                labels=["cluster"],
+            ),
+        }
+        for name, load in totals.items():
+            families["requests"].add_metric([name], load.counts.issued)
+            families["errors"].add_metric([name], load.counts.errors)
+            families["in_progress"].add_metric([name], load.counts.in_progress)
+        for name, rate in rates.items():
+            families["rps"].add_metric([name], rate.requests_per_second)
+            families["eps"].add_metric([name], rate.errors_per_second)
+        yield from families.values()
+
+
+class HttpAdmin:
+    """The admin HTTP server of one control plane; :meth:`start` it on the running loop."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(MeshCollector(source))
+        self._runner: web.AppRunner | None = None
+        self.host = ""
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/debug/config", self._config)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self, address: str) -> None:
+        """Listen on ``address`` (HOST:PORT, port 0 for any); :class:`AdminStartError` if not."""
+        try:
+            check_address(address)
+        except ServerStartError as exc:
+            raise AdminStartError(exc) from exc
+        host, port = split_address(address)
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise AdminStartError(ServerStartError(f"cannot listen on {address}: {exc}")) from exc
+        self._runner = runner
+        self.host = host
+        self.port = _bound_port(runner) or port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.source.config_view.loaded and self.source.ads is not None:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="loading the config directory\n")
+
+    async def _config(self, request: web.Request) -> web.Response:
+        body = {"version": self.source.config_view.version, **to_json(self.source.mesh)}
+        return web.json_response(body, dumps=_dumps)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(self.registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2) + "\n"
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return 0
