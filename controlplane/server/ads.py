@@ -96,8 +96,6 @@ LARGE_RESPONSE = 1024 * 1024
 MAX_PUSH_PRIORITY = 5.0
 """Seconds a push wave may hold back the handling of requests (see the module docstring)."""
 
-"""Characters of a refused node's id that are logged (the id is the client's to choose)."""
-
 SOTW = "sotw"
 DELTA = "delta"
 
