@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import yaml
 
+from controlplane.server.grpc_server import split_address
 from controlplane.xds.types import short_name
 from pilotfish.admin.v1 import admin_pb2, admin_pb2_grpc
 
@@ -69,8 +70,11 @@ def _server_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _address(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        port = split_address(text)[1]
+    except ValueError:
+        port = 0  # a client cannot dial port 0 either
+    if port == 0:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return text
 
