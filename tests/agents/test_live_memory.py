@@ -44,7 +44,10 @@ async def read_chunked(reader: asyncio.StreamReader) -> int:
             return total
         remaining = size
         while remaining:
-            remaining -= len(await reader.read(min(remaining, BLOCK)))
+            block = await reader.read(min(remaining, BLOCK))
+            if not block:  # the agent hung up mid-chunk: end, not a busy loop on EOF
+                raise asyncio.IncompleteReadError(b"", remaining)
+            remaining -= len(block)
         await reader.readexactly(2)
         total += size
 
