@@ -8,7 +8,10 @@ server runs on (``pilotfish serve --admin-address``):
 * ``/debug/config``: the model served now (:class:`~controlplane.model.Mesh`),
   its dataclasses walked into JSON;
 * ``/metrics``: Prometheus text from a registry of its own (one per control
-  plane, so that several in one process never share counters).
+  plane, so that several in one process never share counters);
+* ``/``: the live dashboard, fed by server-sent events at ``/dashboard/stream``
+  and also readable as one JSON document at ``/dashboard/state``
+  (:mod:`~controlplane.server.dashboard`).
 
 Metrics cost the push path nothing but integer adds: :class:`MeshCollector`
 reads everything when scraped, from the live streams, the counters and
@@ -18,11 +21,15 @@ the config view and the load reports. A scrape walks the live streams once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import enum
 import json
+import secrets
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
+from importlib import resources
 from pathlib import PurePath
 from typing import Any, Protocol
 
@@ -39,6 +46,7 @@ from prometheus_client.registry import Collector
 from controlplane.model import Mesh
 from controlplane.server.admin import ConfigView
 from controlplane.server.ads import AggregatedDiscoveryService
+from controlplane.server.dashboard import DashboardFeed, Parts
 from controlplane.server.grpc_server import (
     AddressInUseError,
     ServerStartError,
@@ -49,6 +57,11 @@ from controlplane.server.stats import Histogram
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.load_reports import LoadReports
 from controlplane.xds.types import short_name
+
+KEEPALIVE = 15.0
+"""Seconds between comments on an idle event stream (proxies close silent connections)."""
+_CLOSED_CHECK = 1.0
+"""Seconds between checks that an event stream's browser is still there."""
 
 
 class AdminStartError(ServerStartError):
@@ -265,6 +278,18 @@ class HttpAdmin:
         self._runner: web.AppRunner | None = None
         self.host = ""
         self.port = 0
+        self.parts = Parts(source)
+        self._feed: DashboardFeed | None = None
+        self._page = (
+            resources.files("controlplane.server").joinpath("dashboard.html").read_text("utf-8")
+        )
+
+    @property
+    def feed(self) -> DashboardFeed:
+        """The dashboard's feed (made on the serving loop at first use)."""
+        if self._feed is None:
+            self._feed = DashboardFeed(self.parts)
+        return self._feed
 
     @property
     def address(self) -> str:
@@ -276,6 +301,9 @@ class HttpAdmin:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/debug/config", self._config)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/", self._dashboard)
+        app.router.add_get("/dashboard/state", self._dashboard_state)
+        app.router.add_get("/dashboard/stream", self._dashboard_stream)
         return app
 
     async def start(self, address: str) -> None:
@@ -298,6 +326,8 @@ class HttpAdmin:
         self.port = _bound_port(runner) or port
 
     async def stop(self) -> None:
+        if self._feed is not None:
+            await self._feed.close()  # ends the event streams, so cleanup does not wait on them
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -317,6 +347,65 @@ class HttpAdmin:
     async def _metrics(self, request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(self.registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        # Scripts and styles run only with this response's nonce: even markup that got
+        # into the page some other way could not run a script or load anything.
+        nonce = secrets.token_urlsafe(16)
+        response = web.Response(
+            text=self._page.replace("{{nonce}}", nonce), content_type="text/html", charset="utf-8"
+        )
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'"
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def _dashboard_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.parts.document(), dumps=_dumps)
+
+    async def _dashboard_stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: each dashboard part as it changes, the newest only."""
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        feed = self.feed
+        subscriber = feed.subscribe()
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        try:
+            await response.write(b"retry: 2000\n\n")
+            while True:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                try:
+                    parts = await asyncio.wait_for(subscriber.take(), _CLOSED_CHECK)
+                except TimeoutError:
+                    if loop.time() - quiet_since >= KEEPALIVE:
+                        await response.write(b": keep-alive\n\n")
+                        quiet_since = loop.time()
+                    continue
+                if parts is None:
+                    break
+                for part, text in parts:
+                    await response.write(f"event: {part}\ndata: {text}\n\n".encode())
+                quiet_since = loop.time()
+        except ConnectionError:
+            pass  # the browser went away
+        finally:
+            feed.unsubscribe(subscriber)
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
         return response
 
 
