@@ -1,10 +1,14 @@
 """The Load Reporting Service on the xDS port: a thin grpc.aio shell around :class:`LoadReports`.
 
 Each ``StreamLoadStats`` call is one reporter: every request it sends goes to
-the core, the first one is answered with the core's response (report every
-cluster at the configured interval), and when the stream ends its in-flight
-requests stop counting. :meth:`LoadReportingService.close` ends the
-streams still open with ``UNAVAILABLE``, so that a shutdown does not wait out its grace period on
+the core as the bytes that came off the wire (no request deserializer: the
+core decodes only the clusters with traffic, see
+:meth:`~controlplane.xds.load_reports.LoadReports.report_wire`; a malformed
+one ends the stream with ``INVALID_ARGUMENT``), the first one is answered with
+the core's response (report every cluster at the configured interval), and
+when the stream ends its in-flight requests stop counting.
+:meth:`LoadReportingService.close` ends the streams still open with
+``UNAVAILABLE``, so that a shutdown does not wait out its grace period on
 reporters that never end their streams themselves.
 """
 
@@ -15,10 +19,12 @@ import itertools
 
 import grpc
 import structlog
-from envoy.service.load_stats.v3 import lrs_pb2_grpc
+from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
 
 from controlplane.server.untrusted import clip
-from controlplane.xds.load_reports import LoadReports
+from controlplane.xds.load_reports import LoadReports, MalformedReport, request_node_id
+
+LRS_SERVICE = "envoy.service.load_stats.v3.LoadReportingService"
 
 log = structlog.get_logger(__name__)
 
@@ -52,16 +58,19 @@ class LoadReportingService(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: 
                 request = read.result()
                 if request is grpc.aio.EOF:
                     return
-                if not self.reports.report(key, request):
-                    log.warning(
-                        "lrs_stream_refused", peer=context.peer(), node=clip(request.node.id)
-                    )
+                try:
+                    taken = self.reports.report_wire(key, request)
+                except MalformedReport as exc:
+                    log.warning("lrs_stream_malformed", peer=context.peer(), error=str(exc))
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                if not taken:
+                    log.warning("lrs_stream_refused", peer=context.peer(), node=_node(request))
                     await context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED, "too many load reporters"
                     )
                 if not answered:
                     answered = True
-                    log.debug("lrs_stream_started", peer=context.peer(), node=clip(request.node.id))
+                    log.debug("lrs_stream_started", peer=context.peer(), node=_node(request))
                     await context.write(self.reports.response())
         finally:
             self.reports.close(key)
@@ -77,5 +86,18 @@ class LoadReportingService(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: 
             closing.set_result(None)
 
 
+def _node(request: bytes) -> str:
+    return clip(request_node_id(request))
+
+
 def add_load_reporting_service(server: grpc.aio.Server, service: LoadReportingService) -> None:
-    lrs_pb2_grpc.add_LoadReportingServiceServicer_to_server(service, server)
+    """Serve ``service`` with requests left as bytes (the generated helper would decode them)."""
+    handlers = {
+        "StreamLoadStats": grpc.stream_stream_rpc_method_handler(
+            service.StreamLoadStats,
+            request_deserializer=None,
+            response_serializer=lrs_pb2.LoadStatsResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(LRS_SERVICE, handlers),))
+    server.add_registered_method_handlers(LRS_SERVICE, handlers)

@@ -20,6 +20,21 @@ reporters still alive; a cluster or locality missing from it has none (Envoy
 leaves out localities without traffic, and sends clusters without traffic
 empty: those are skipped before anything else, as a large mesh has many).
 
+The server hands the core each request as it came off the wire
+(:meth:`LoadReports.report_wire`), because of what Envoy sends: every cluster
+it holds, in every report, those without traffic too. Decoding the whole
+request and looking at each cluster from Python costs about 1.7 µs a cluster,
+which at tens of thousands of clusters is tens of milliseconds of the event
+loop per report. So the request is first read as a message of its own (the
+node, and the clusters as raw bytes: one pass of the C parser, no Python
+object per field), and a cluster is decoded only if its bytes contain the tag
+of the locality stats (field 2) or of the total dropped count (field 3). A
+cluster without traffic has neither field, so none of those bytes in its tags;
+one byte can also occur in a name's length or in the interval's varints, and
+such a cluster is simply decoded and skipped as before. Same result as
+:meth:`LoadReports.report` on the decoded request, at a fifth of the cost for
+empty clusters (``bench/lrs_decode.py``).
+
 Memory is bounded whatever clients send: at most ``max_clusters`` clusters and
 ``max_localities`` localities per cluster are tracked (reports on more are
 counted in :attr:`LoadReports.ignored` and otherwise ignored), names are
@@ -33,15 +48,52 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import load_report_pb2
 from envoy.service.load_stats.v3 import lrs_pb2
-from google.protobuf import duration_pb2
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    duration_pb2,
+    message,
+    message_factory,
+)
 
 MAX_NAME_CHARS = 256
 STALE_INTERVALS = 3.0
+_TRAFFIC_TAGS = (0x12, 0x18)
+"""Tags of ``ClusterStats.upstream_locality_stats`` (2, length-delimited) and
+``total_dropped_requests`` (3, varint): a cluster with neither has no traffic."""
+
+
+class MalformedReport(ValueError):
+    """A load report that is not a valid ``LoadStatsRequest``."""
+
+
+def _skim_type() -> type[message.Message]:
+    """``LoadStatsRequest`` with its node and each cluster left as bytes."""
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="pilotfish/lrs_skim.proto", package="pilotfish.lrs_skim", syntax="proto3"
+    )
+    request = proto.message_type.add(name="LoadStatsRequest")
+    request.field.add(name="node", number=1, type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL)
+    request.field.add(
+        name="cluster_stats", number=2, type=field.TYPE_BYTES, label=field.LABEL_REPEATED
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    skim: type[message.Message] = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("pilotfish.lrs_skim.LoadStatsRequest")
+    )
+    return skim
+
+
+_SkimRequest = _skim_type()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +164,24 @@ class _Reporter:
         self.in_progress: dict[tuple[str, str], int] = {}
 
 
+def node_id(data: bytes) -> str:
+    """The id of a serialized ``Node`` ("" if it cannot be read)."""
+    try:
+        node_id: str = base_pb2.Node.FromString(data).id
+    except message.DecodeError:
+        return ""
+    return node_id
+
+
+def request_node_id(data: bytes) -> str:
+    """The node id of a serialized ``LoadStatsRequest`` ("" if it cannot be read)."""
+    try:
+        skim: Any = _SkimRequest.FromString(data)
+    except message.DecodeError:
+        return ""
+    return node_id(skim.node)
+
+
 def locality_key(locality: base_pb2.Locality) -> str:
     """``region/zone/sub_zone`` ("" for a report without locality)."""
     if not (locality.region or locality.zone or locality.sub_zone):
@@ -167,7 +237,45 @@ class LoadReports:
     def report(
         self, reporter: str, request: lrs_pb2.LoadStatsRequest, now: float | None = None
     ) -> bool:
-        """Take one request of ``reporter``'s stream; False if refused (too many reporters)."""
+        """Take one decoded request of ``reporter``'s stream; False if refused (too many
+        reporters)."""
+        state = self._reporter(reporter, lambda: request.node.id, now)
+        if state is None:
+            return False
+        clusters = (
+            stats
+            for stats in request.cluster_stats
+            if stats.upstream_locality_stats or stats.total_dropped_requests
+        )
+        self._take(state, clusters)
+        return True
+
+    def report_wire(self, reporter: str, data: bytes, now: float | None = None) -> bool:
+        """:meth:`report` for a request as serialized, decoding only the clusters with
+        traffic; :class:`MalformedReport` if it is not a ``LoadStatsRequest``."""
+        try:
+            skim: Any = _SkimRequest.FromString(data)
+            wanted = [
+                load_report_pb2.ClusterStats.FromString(cluster)
+                for cluster in skim.cluster_stats
+                if _TRAFFIC_TAGS[0] in cluster or _TRAFFIC_TAGS[1] in cluster
+            ]
+        except message.DecodeError as exc:
+            raise MalformedReport(f"malformed load report: {exc}") from None
+        state = self._reporter(reporter, lambda: node_id(skim.node), now)
+        if state is None:
+            return False
+        clusters = (
+            stats
+            for stats in wanted
+            if stats.upstream_locality_stats or stats.total_dropped_requests
+        )
+        self._take(state, clusters)
+        return True
+
+    def _reporter(
+        self, reporter: str, node: Callable[[], str], now: float | None
+    ) -> _Reporter | None:
         now = self._clock() if now is None else now
         if now >= self._next_expiry:
             self.expire(now)
@@ -175,22 +283,24 @@ class LoadReports:
         if state is None:
             if len(self._reporters) >= self.max_reporters:
                 self.ignored += 1
-                return False
-            state = _Reporter(_clip(request.node.id), now)
+                return None
+            state = _Reporter(_clip(node()), now)
             self._reporters[reporter] = state
         state.last_seen = now
+        return state
+
+    def _take(self, state: _Reporter, clusters: Iterable[load_report_pb2.ClusterStats]) -> None:
+        now = state.last_seen
         bucket = int(now / self.interval)
         gauges: dict[tuple[str, str], int] = {}
-        for stats in request.cluster_stats:
-            if stats.upstream_locality_stats or stats.total_dropped_requests:
-                self._add_cluster(gauges, stats, bucket, now)
+        for stats in clusters:
+            self._add_cluster(gauges, stats, bucket, now)
         state.in_progress = gauges
-        return True
 
     def _add_cluster(
         self,
         gauges: dict[tuple[str, str], int],
-        stats: lrs_pb2.ClusterStats,
+        stats: load_report_pb2.ClusterStats,
         bucket: int,
         now: float,
     ) -> None:
