@@ -25,17 +25,22 @@ comes and stops it when the last leaves. The producer builds every part once
 per tick, for all subscribers, and offers each part that changed to each
 subscriber's mailbox, which holds only the newest text per part: a slow
 browser skips intermediate states, and a subscriber holds at most one
-document per part whatever it reads. The tick stretches so that building
-takes at most a twentieth of the event loop (a mesh or a fleet large enough
-to make a build slow is shown less often, never slows xDS). Lists are cut to
-:data:`MAX_ROWS` rows (the problem proxies first), and the counts say how
-many there are.
+document per part whatever it reads.
+
+A build must not hold the event loop that serves xDS: it reads the streams
+:data:`CHUNK` at a time and yields to the loop between chunks, reads of each
+only its state per type (a full row is made only for the :data:`MAX_ROWS`
+proxies shown, the problem ones first), and the tick stretches so that
+building takes at most a twentieth of the loop's time (a fleet large enough
+to make a build slow is shown less often, never slows a push). Every list is
+cut to :data:`MAX_ROWS` rows, and the counts say how many there are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +51,7 @@ from controlplane.model.routing import HttpMatch, HttpRoute, RouteDestination, S
 from controlplane.model.service import Labels, Service, labels_match
 from controlplane.server.admin import NACKED, NOT_SENT, PENDING, STALE, SYNCED, rfc3339, type_state
 from controlplane.xds.load_reports import ClusterRate, LoadReports
+from controlplane.xds.stream import TypeStatus
 from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, push_rank, short_name
 
 if TYPE_CHECKING:
@@ -63,7 +69,10 @@ LOOP_SHARE = 0.05
 """The largest share of the event loop's time building may take."""
 
 _CORE_TYPES = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
-_STATE_RANK = {NACKED: 0, STALE: 1, PENDING: 2, NOT_SENT: 3, SYNCED: 4}
+_STATES = (NACKED, STALE, PENDING, NOT_SENT, SYNCED)
+_STATE_RANK = {state: rank for rank, state in enumerate(_STATES)}
+CHUNK = 200
+"""Streams read between two yields to the event loop, in a build."""
 
 
 def _labels(labels: Labels) -> dict[str, str]:
@@ -209,26 +218,60 @@ def mesh_part(mesh: Mesh) -> dict[str, Any]:
 # -- proxies -------------------------------------------------------------------
 
 
-def _stream_types(stream: _Stream) -> list[str]:
-    snapshot = stream.core.snapshot
-    urls = set(_CORE_TYPES) | (set(snapshot.type_urls) if snapshot is not None else set())
-    return sorted(urls, key=lambda url: (push_rank(url), url))
+class _Proxy:
+    """One stream's states, read in the cheap pass over every stream."""
+
+    __slots__ = ("rank", "sort_key", "stream", "types")
+
+    def __init__(
+        self, stream: _Stream, types: list[tuple[str, str, TypeStatus | None]], rank: int
+    ) -> None:
+        self.stream = stream
+        self.types = types
+        """``(type URL, state, status)`` per type."""
+        self.rank = rank
+        node = stream.core.node
+        self.sort_key = (rank, node.id if node is not None else "", stream.connection)
 
 
-def _proxy(ads: AggregatedDiscoveryService, stream: _Stream, now: float) -> dict[str, Any]:
-    node = stream.core.node
-    assert node is not None
-    sent_at = max(ads.published_at.get(stream.key or "", 0.0), stream.connected_at)
+class ProxyReader:
+    """Reads each stream's state per type; per proxy class, its types are worked out once."""
+
+    def __init__(self, ads: AggregatedDiscoveryService, now: float) -> None:
+        self.ads = ads
+        self.now = now
+        self._types: dict[int, tuple[object, list[str]]] = {}
+
+    def _type_urls(self, stream: _Stream) -> list[str]:
+        snapshot = stream.core.snapshot
+        known = self._types.get(id(snapshot))
+        if known is not None and known[0] is snapshot:
+            return known[1]
+        urls = set(_CORE_TYPES) | (set(snapshot.type_urls) if snapshot is not None else set())
+        ordered = sorted(urls, key=lambda url: (push_rank(url), url))
+        self._types[id(snapshot)] = (snapshot, ordered)
+        return ordered
+
+    def read(self, stream: _Stream) -> _Proxy:
+        sent_at = max(self.ads.published_at.get(stream.key or "", 0.0), stream.connected_at)
+        core = stream.core
+        types: list[tuple[str, str, TypeStatus | None]] = []
+        rank = _STATE_RANK[SYNCED]
+        for url in self._type_urls(stream):
+            status = core.status(url)
+            if status is None and url not in _CORE_TYPES:
+                continue
+            state = type_state(status, stream.dirty, sent_at, self.now)
+            rank = min(rank, _STATE_RANK[state])
+            types.append((url, state, status))
+        return _Proxy(stream, types, rank)
+
+
+def _proxy_row(proxy: _Proxy) -> dict[str, Any]:
+    stream = proxy.stream
     nacks = stream.last_nacks or {}
     types: dict[str, Any] = {}
-    worst = SYNCED
-    for url in _stream_types(stream):
-        status = stream.core.status(url)
-        if status is None and url not in _CORE_TYPES:
-            continue
-        state = type_state(status, stream.dirty, sent_at, now)
-        if _STATE_RANK[state] < _STATE_RANK[worst]:
-            worst = state
+    for url, state, status in proxy.types:
         nack = None
         if url in nacks:
             version, message, at = nacks[url]
@@ -240,26 +283,36 @@ def _proxy(ads: AggregatedDiscoveryService, stream: _Stream, now: float) -> dict
             "nack": nack,
         }
     return {
-        "node_id": node.id,
+        "node_id": proxy.sort_key[1],
         "role": (stream.key or "").split("|", 1)[0],
         "address": stream.connection,
         "protocol": stream.protocol,
         "connected_since": rfc3339(stream.connected_at),
-        "state": worst,
+        "state": _STATES[proxy.rank],
         "types": types,
     }
 
 
-def proxies_part(ads: AggregatedDiscoveryService | None, now: float) -> dict[str, Any]:
-    """Each connected proxy's state per type, the NACKed and stale ones first."""
-    proxies = []
-    if ads is not None:
-        proxies = [_proxy(ads, s, now) for s in ads.streams() if s.core.node is not None]
+def _proxies_summary(proxies: list[_Proxy]) -> dict[str, Any]:
     states: dict[str, int] = {}
     for proxy in proxies:
-        states[proxy["state"]] = states.get(proxy["state"], 0) + 1
-    proxies.sort(key=lambda p: (_STATE_RANK[p["state"]], p["node_id"], p["address"]))
-    return {"total": len(proxies), "states": states, "proxies": proxies[:MAX_ROWS]}
+        state = _STATES[proxy.rank]
+        states[state] = states.get(state, 0) + 1
+    shown = heapq.nsmallest(MAX_ROWS, proxies, key=lambda p: p.sort_key)
+    return {"total": len(proxies), "states": states, "proxies": [_proxy_row(p) for p in shown]}
+
+
+def _streams(ads: AggregatedDiscoveryService | None) -> list[_Stream]:
+    return [s for s in ads.streams() if s.core.node is not None] if ads is not None else []
+
+
+def proxies_part(ads: AggregatedDiscoveryService | None, now: float) -> dict[str, Any]:
+    """Each connected proxy's state per type, the NACKed and stale ones first."""
+    streams = _streams(ads)
+    if ads is None or not streams:
+        return _proxies_summary([])
+    reader = ProxyReader(ads, now)
+    return _proxies_summary([reader.read(s) for s in streams])
 
 
 # -- traffic -------------------------------------------------------------------
@@ -369,7 +422,7 @@ class Parts:
         self.clock = clock
         self._mesh: tuple[Mesh, str] | None = None
 
-    def build(self) -> dict[str, str]:
+    def _others(self) -> dict[str, str]:
         source = self.source
         mesh = source.mesh
         if self._mesh is None or self._mesh[0] is not mesh:
@@ -377,9 +430,34 @@ class Parts:
         return {
             "config": _dumps(config_part(source)),
             "mesh": self._mesh[1],
-            "proxies": _dumps(proxies_part(source.ads, self.clock())),
             "traffic": _dumps(traffic_part(source.traffic, mesh)),
         }
+
+    def build(self) -> dict[str, str]:
+        """Every part, at once."""
+        return {**self._others(), "proxies": _dumps(proxies_part(self.source.ads, self.clock()))}
+
+    async def build_async(self) -> tuple[dict[str, str], float]:
+        """Every part, yielding to the event loop every :data:`CHUNK` streams, and the
+        seconds spent building (waits left out)."""
+        clock = time.perf_counter
+        started = clock()
+        parts = self._others()
+        ads = self.source.ads
+        streams = _streams(ads)
+        proxies: list[_Proxy] = []
+        spent = clock() - started
+        if ads is not None:
+            reader = ProxyReader(ads, self.clock())
+            for first in range(0, len(streams), CHUNK):
+                if first:
+                    await asyncio.sleep(0)
+                started = clock()
+                proxies.extend(reader.read(stream) for stream in streams[first : first + CHUNK])
+                spent += clock() - started
+        started = clock()
+        parts["proxies"] = _dumps(_proxies_summary(proxies))
+        return parts, spent + clock() - started
 
     def document(self) -> dict[str, Any]:
         """Every part as one JSON value (``/dashboard/state``)."""
@@ -429,11 +507,9 @@ class DashboardFeed:
         parts: Parts,
         *,
         tick: float = TICK,
-        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.parts = parts
         self.tick = tick
-        self.clock = clock
         self.builds = 0
         """Builds done (the tests check that none happen while no one watches)."""
         self._subscribers: set[Subscriber] = set()
@@ -490,10 +566,8 @@ class DashboardFeed:
 
     async def _run(self) -> None:
         while self._subscribers:
-            started = self.clock()
-            built = self.parts.build()
+            built, cost = await self.parts.build_async()
             self.builds += 1
-            cost = self.clock() - started
             for part, text in built.items():
                 if self._latest.get(part) != text:
                     self._latest[part] = text

@@ -20,6 +20,7 @@ from google.rpc import status_pb2
 
 from controlplane.config.store import ConfigStore
 from controlplane.model import Mesh
+from controlplane.server import dashboard
 from controlplane.server.control_plane import ControlPlane
 from controlplane.server.dashboard import DashboardFeed, mesh_part, traffic_part
 from controlplane.xds.load_reports import LoadReports
@@ -262,9 +263,9 @@ class CountingParts:
     def __init__(self) -> None:
         self.count = 0
 
-    def build(self) -> dict[str, str]:
+    async def build_async(self) -> tuple[dict[str, str], float]:
         self.count += 1
-        return {"mesh": "same", "traffic": str(self.count)}
+        return {"mesh": "same", "traffic": str(self.count)}, 0.0
 
 
 async def test_a_slow_watcher_holds_only_the_newest_text_of_each_part() -> None:
@@ -357,3 +358,40 @@ def test_traffic_is_summed_per_service_with_each_cluster_and_foreign_clusters_ap
     ]
     assert [c["cluster"] for c in part["other"]] == [gone]
     assert traffic_part(None, mesh) is None
+
+
+async def test_a_build_yields_to_the_loop_between_chunks_and_shows_problem_proxies_first(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboard, "CHUNK", 1)
+    monkeypatch.setattr(dashboard, "MAX_ROWS", 1)
+    async with grpc.aio.insecure_channel(plane.address) as channel:
+        quiet = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await quiet.write(
+            discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="a-quiet"), type_url=CLUSTER)
+        )
+        clusters = await read(quiet)
+        await quiet.write(
+            discovery_pb2.DiscoveryRequest(
+                type_url=CLUSTER, version_info=clusters.version_info, response_nonce=clusters.nonce
+            )
+        )
+        nacking = await nacking_proxy(channel, "z-nacking", "no")
+        assert plane.http_admin is not None
+        parts = plane.http_admin.parts
+
+        def proxies() -> Any:
+            return json.loads(parts.build()["proxies"])
+
+        await eventually(lambda: proxies()["states"] == {"NACKED": 1, "NOT_SENT": 1})
+        order: list[str] = []
+        asyncio.get_running_loop().call_soon(order.append, "other work")
+        built, spent = await parts.build_async()
+        order.append("built")
+        assert order == ["other work", "built"]
+        assert spent > 0
+        assert json.loads(built["proxies"]) == proxies()
+        shown = proxies()
+        assert (shown["total"], [p["node_id"] for p in shown["proxies"]]) == (2, ["z-nacking"])
+        quiet.cancel()
+        nacking.cancel()
