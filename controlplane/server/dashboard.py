@@ -459,10 +459,6 @@ class Parts:
         parts["proxies"] = _dumps(_proxies_summary(proxies))
         return parts, spent + clock() - started
 
-    def document(self) -> dict[str, Any]:
-        """Every part as one JSON value (``/dashboard/state``)."""
-        return {name: json.loads(text) for name, text in self.build().items()}
-
 
 # -- the feed ------------------------------------------------------------------
 

@@ -366,7 +366,9 @@ class HttpAdmin:
         return response
 
     async def _dashboard_state(self, request: web.Request) -> web.Response:
-        return web.json_response(self.parts.document(), dumps=_dumps)
+        built, _ = await self.parts.build_async()  # in slices, like the stream's builds
+        document = {name: json.loads(text) for name, text in built.items()}
+        return web.json_response(document, dumps=_dumps)
 
     async def _dashboard_stream(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: each dashboard part as it changes, the newest only."""
