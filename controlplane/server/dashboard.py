@@ -28,9 +28,9 @@ browser skips intermediate states, and a subscriber holds at most one
 document per part whatever it reads.
 
 A build must not hold the event loop that serves xDS: it reads the streams
-:data:`CHUNK` at a time and yields to the loop between chunks, reads of each
-only its state per type (a full row is made only for the :data:`MAX_ROWS`
-proxies shown, the problem ones first), and the tick stretches so that
+:data:`CHUNK` at a time and yields to the loop between chunks, reads only
+each stream's state per type (a full row is made only for the
+:data:`MAX_ROWS` proxies shown, the problem ones first), and the tick stretches so that
 building takes at most a twentieth of the loop's time (a fleet large enough
 to make a build slow is shown less often, never slows a push). Every list is
 cut to :data:`MAX_ROWS` rows, and the counts say how many there are.
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     from controlplane.server.ads import AggregatedDiscoveryService, _Stream
     from controlplane.server.http_admin import Source
 
-PARTS = ("config", "mesh", "proxies", "traffic")
 MAX_ROWS = 500
 """Services, routes, gateways, proxies and clusters shown at most, each."""
 MAX_ENDPOINTS = 8
@@ -542,10 +541,6 @@ class DashboardFeed:
         subscriber.close()
         if not self._subscribers:
             self._wake.set()
-
-    def refresh(self) -> None:
-        """Build now rather than at the next tick (after a change a watcher should see)."""
-        self._wake.set()
 
     async def close(self) -> None:
         """End every subscription and the producer (the server is stopping)."""
