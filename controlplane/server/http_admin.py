@@ -313,7 +313,11 @@ class HttpAdmin:
         except ServerStartError as exc:
             raise AdminStartError(exc) from exc
         host, port = split_address(address)
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # A browser that stopped reading its event stream must not hold a shutdown for
+        # aiohttp's default minute.
+        runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_port=False)
         try:
