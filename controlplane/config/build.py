@@ -468,7 +468,7 @@ class MeshBuilder:
         for name in gateway_names_changed:
             vs_keys |= self._vs_by_gateway.get(name, set())
         claims_touched = self._update_virtual_services(vs_keys, hosts)
-        self._resolve_claims(claims_touched, changed)
+        self._resolve_claims(claims_touched)
 
         findings = list(dup_findings)
         for group in (
@@ -783,9 +783,7 @@ class MeshBuilder:
                     touched.add((host, gateway))
         return touched
 
-    def _resolve_claims(
-        self, touched: set[tuple[str, str]], changed: frozenset[str] | None
-    ) -> None:
+    def _resolve_claims(self, touched: set[tuple[str, str]]) -> None:
         for claim in touched | set(self._claim_conflicts):
             holders = self._claims.get(claim)
             if not holders or len(holders) == 1:
@@ -799,24 +797,25 @@ class MeshBuilder:
                 # order stands in for creation order (see Mesh.virtual_services).
                 self._claim_conflicts.pop(claim, None)
                 continue
+            # As Istio does for sidecars, the first VirtualService for a host wins and the
+            # others are ignored for it. File order stands in for creation time, so the
+            # outcome is the same whichever file changed and after a restart.
             ordered = sorted(holders, key=lambda k: _position(self._vs[k][0]))
-            holder = ordered[0]
+            first = self._vs[ordered[0]][0].meta
             found: list[Finding] = []
             for key in ordered[1:]:
-                held, new = self._vs[holder][0].meta, self._vs[key][0].meta
-                blamed, other = _blame(held, new, changed)
-                index = holders[key] if blamed is new else holders[holder]
+                later = self._vs[key][0].meta
                 found.append(
                     _finding(
                         "PF206",
-                        blamed,
-                        ("spec", "hosts", index),
-                        f"host {host} on gateway {gateway} is already routed by "
-                        f"{other.label} at {_where(other)}; merge the two VirtualServices",
+                        later,
+                        ("spec", "hosts", holders[key]),
+                        f"host {host} is already routed for sidecars by {first.label} at "
+                        f"{_where(first)}, which comes first in file order and wins; this "
+                        "VirtualService's rules are ignored for the host (merge the two)",
+                        warning=True,
                     )
                 )
-                if blamed is held:
-                    holder = key
             self._claim_conflicts[claim] = found
 
     # -- the mesh ------------------------------------------------------------------------

@@ -80,7 +80,12 @@ CODES: dict[str, Code] = _codes(
     Code("PF203", "port-not-exposed", E, "The host does not expose the destination port."),
     Code("PF204", "gateway-not-found", E, "A Gateway named by a VirtualService does not exist."),
     Code("PF205", "subset-selects-nothing", W, "A subset's labels select no workload."),
-    Code("PF206", "host-conflict", E, "Two VirtualServices claim the same host for sidecars."),
+    Code(
+        "PF206",
+        "host-conflict",
+        W,
+        "Two VirtualServices claim one host for sidecars; the first in file order wins.",
+    ),
     Code("PF207", "unreachable-rule", W, "A rule follows a catch-all rule and never matches."),
     Code("PF208", "duplicate-resource", E, "The same kind/namespace/name is defined twice."),
     Code("PF209", "rule-host-not-found", W, "A DestinationRule names a host no service has."),
