@@ -195,6 +195,8 @@ def _kube_service(resource: Resource, selected: Sequence[Resource]) -> Service:
         for workload in selected:
             w = workload.spec
             assert isinstance(w, WorkloadSpec)
+            if not w.address:
+                continue  # on another network (PF124)
             number = _endpoint_port(w, port.name, port.target_port, port.port)
             if number is not None:
                 eps.append(Endpoint(w.address, number, w.labels, w.weight, w.locality))
@@ -219,6 +221,8 @@ def _entry_services(resource: Resource, selected: Sequence[Resource]) -> tuple[S
     for port in spec.ports:
         eps = []
         for w in workloads:
+            if not w.address:
+                continue  # on another network (PF124)
             number = w.port_named(port.name)
             if number is None:
                 number = port.target_port if isinstance(port.target_port, int) else port.port

@@ -69,6 +69,12 @@ CODES: dict[str, Code] = _codes(
     Code("PF121", "string-too-long", E, "A string is longer than --max-string-bytes."),
     Code("PF122", "kind-not-read", W, "A document of a kind Pilotfish does not read is skipped."),
     Code("PF123", "tls-not-supported", E, "The resource asks for TLS, not supported yet."),
+    Code(
+        "PF124",
+        "workload-not-routable",
+        W,
+        "A workload without address is on another network and receives no traffic.",
+    ),
     Code("PF200", "host-not-found", E, "A destination host is no Service or ServiceEntry."),
     Code("PF201", "subset-not-found", E, "No DestinationRule for the host defines the subset."),
     Code(

@@ -119,7 +119,18 @@ def workload(
     spec: dict[str, Any], path: Path, report: Reporter, *, need_address: bool = True
 ) -> WorkloadSpec:
     address = spec.get("address") or ""
-    if not address and need_address:
+    network = spec.get("network") or ""
+    if not address and need_address and network:
+        # As in Istio: a workload on another network is reached through that network's
+        # gateway, never at an address of its own. Pilotfish has one network.
+        report.warn(
+            "PF124",
+            (*path, "network"),
+            f"the workload has no address: it is on network {network!r}, reachable only "
+            "through that network's gateway, which Pilotfish does not route to; "
+            "it receives no traffic",
+        )
+    elif not address and need_address:
         report.error("PF113", (*path, "address"), "a workload needs an address")
     elif address and not is_valid_address(address):
         report.error("PF114", (*path, "address"), f"{address!r} is not an IP address or host name")

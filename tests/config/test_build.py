@@ -1699,3 +1699,66 @@ def test_conflicts_are_blamed_on_the_later_file_even_when_its_names_sort_first(
             pf206("VirtualService default/zz", "a.yaml:12"),
         ),
     ]
+
+
+def test_a_workload_on_another_network_without_address_is_valid_but_gets_no_traffic(
+    tmp_path: Path,
+) -> None:
+    files = {
+        "services.yaml": """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web}
+            spec:
+              selector: {app: web}
+              ports: [{name: http, port: 80}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: db}
+            spec:
+              hosts: [db.example.com]
+              ports: [{number: 5432, name: tcp}]
+              resolution: STATIC
+              endpoints:
+              - {address: 10.0.0.9}
+              - {network: west}
+            """,
+        "workloads.yaml": """
+            apiVersion: networking.istio.io/v1
+            kind: WorkloadEntry
+            metadata: {name: web-east}
+            spec: {address: 10.0.0.1, labels: {app: web}}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: WorkloadEntry
+            metadata: {name: web-west}
+            spec: {network: west, labels: {app: web}}
+            """,
+    }
+    diagnostics = validate(tmp_path, files)
+    assert [(d.severity, d.code, d.file, d.line, d.field) for d in diagnostics] == [
+        (WARNING, "PF111", "services.yaml", 17, "spec.endpoints[1].network"),
+        (WARNING, "PF124", "services.yaml", 17, "spec.endpoints[1].network"),
+        (WARNING, "PF111", "workloads.yaml", 9, "spec.network"),
+        (WARNING, "PF124", "workloads.yaml", 9, "spec.network"),
+    ]
+    assert "it is on network 'west'" in diagnostics[1].message
+    mesh = build_mesh(
+        r for name, text in files.items() for r in read_text(name, yaml(text)).resources
+    ).mesh
+    assert targets(mesh, "web.default.svc.cluster.local", 80) == [("10.0.0.1", 80)]
+    assert targets(mesh, "db.example.com", 5432) == [("10.0.0.9", 5432)]
+
+
+def test_a_workload_without_address_or_network_is_still_an_error() -> None:
+    result = read_text(
+        "w.yaml",
+        yaml("""
+        apiVersion: networking.istio.io/v1
+        kind: WorkloadEntry
+        metadata: {name: w}
+        spec: {labels: {app: web}}
+        """),
+    )
+    assert [(f.code, f.path) for f in result.findings] == [("PF113", ("spec", "address"))]
