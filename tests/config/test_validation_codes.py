@@ -1700,6 +1700,29 @@ def test_every_per_resource_code_is_covered_by_these_tests() -> None:
         "PF121",
         "PF122",
         "PF123",
+        "PF124",
+    ]
+
+
+def test_pf124_a_workload_without_address_on_another_network_is_a_warning() -> None:
+    assert diagnose(doc("WorkloadEntry", "network: west\nlabels: {app: web}\n")) == [
+        warning(
+            "PF111",
+            6,
+            3,
+            "WorkloadEntry default/x",
+            "spec.network",
+            "field 'network' is valid Istio but Pilotfish does not act on it yet; it is ignored",
+        ),
+        warning(
+            "PF124",
+            6,
+            3,
+            "WorkloadEntry default/x",
+            "spec.network",
+            "the workload has no address: it is on network 'west', reachable only through "
+            "that network's gateway, which Pilotfish does not route to; it receives no traffic",
+        ),
     ]
 
 
