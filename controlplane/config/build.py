@@ -49,6 +49,7 @@ from controlplane.model import (
     VirtualService,
     canonical_host,
     labels_match,
+    overlap,
 )
 
 Path = tuple[str | int, ...]
@@ -209,6 +210,7 @@ def _kube_service(resource: Resource, selected: Sequence[Resource]) -> Service:
         ports=tuple(ports),
         endpoints=tuple(endpoints),
         source=meta.label,
+        export_to=spec.export_to,
     )
 
 
@@ -240,6 +242,7 @@ def _entry_services(resource: Resource, selected: Sequence[Resource]) -> tuple[S
             addresses=spec.addresses,
             mesh_external=spec.mesh_external,
             source=meta.label,
+            export_to=spec.export_to,
         )
         for host in spec.hosts
     )
@@ -805,17 +808,27 @@ class MeshBuilder:
             # others are ignored for it. File order stands in for creation time, so the
             # outcome is the same whichever file changed and after a restart.
             ordered = sorted(holders, key=lambda k: _position(self._vs[k][0]))
-            first = self._vs[ordered[0]][0].meta
             found: list[Finding] = []
-            for key in ordered[1:]:
-                later = self._vs[key][0].meta
+            for index, key in enumerate(ordered):
+                later = self._vs[key]
+                # Only a namespace that sees both has a conflict (exportTo).
+                earlier = next(
+                    (
+                        self._vs[k][0].meta
+                        for k in ordered[:index]
+                        if overlap(self._vs[k][1].export_to, later[1].export_to)
+                    ),
+                    None,
+                )
+                if earlier is None:
+                    continue
                 found.append(
                     _finding(
                         "PF206",
-                        later,
+                        later[0].meta,
                         ("spec", "hosts", holders[key]),
-                        f"host {host} is already routed for sidecars by {first.label} at "
-                        f"{_where(first)}, which comes first in file order and wins; this "
+                        f"host {host} is already routed for sidecars by {earlier.label} at "
+                        f"{_where(earlier)}, which comes first in file order and wins; this "
                         "VirtualService's rules are ignored for the host (merge the two)",
                         warning=True,
                     )
@@ -893,6 +906,7 @@ def _mergeable(first: Resource, other: Resource) -> bool:
     assert isinstance(a, ServiceEntrySpec) and isinstance(b, ServiceEntrySpec)
     return (
         a.resolution is b.resolution
+        and a.export_to == b.export_to
         and a.workload_selector == b.workload_selector
         and first.meta.labels == other.meta.labels
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 from controlplane.config.durations import parse_duration
 from controlplane.config.report import Path, Reporter
+from controlplane.config.visibility import export_to
 from controlplane.model import (
     ConnectionPool,
     ConsistentHash,
@@ -227,6 +228,9 @@ def destination_rule(
         if policy
         else TrafficPolicy(),
         subsets=tuple(subsets),
+        export_to=export_to(
+            spec.get("exportTo") or (), namespace, ("spec", "exportTo"), report, allow_nobody=False
+        ),
     )
 
 

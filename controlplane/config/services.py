@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
 from typing import Any
 
 from controlplane.config.report import Path, Reporter
@@ -19,6 +20,7 @@ from controlplane.config.resources import (
     ServiceEntrySpec,
     WorkloadSpec,
 )
+from controlplane.config.visibility import export_to, service_export_to
 from controlplane.model import Locality, Protocol, Resolution, ServicePort
 
 _HOSTNAME = re.compile(
@@ -149,7 +151,17 @@ def workload(
     )
 
 
-def service_entry(spec: dict[str, Any], report: Reporter) -> ServiceEntrySpec:
+def annotated_service(
+    service: KubeServiceSpec, annotations: object, namespace: str, report: Reporter
+) -> KubeServiceSpec:
+    """``service`` exported as its ``networking.istio.io/exportTo`` annotation says."""
+    exported = service_export_to(annotations, namespace, report)
+    return service if exported == service.export_to else replace(service, export_to=exported)
+
+
+def service_entry(
+    spec: dict[str, Any], report: Reporter, namespace: str = "default"
+) -> ServiceEntrySpec:
     hosts = spec.get("hosts") or []
     if not hosts:
         report.error("PF113", ("spec", "hosts"), "a ServiceEntry needs at least one host")
@@ -217,6 +229,9 @@ def service_entry(spec: dict[str, Any], report: Reporter) -> ServiceEntrySpec:
         workload_selector=tuple(sorted((selector.get("labels") or {}).items()))
         if selector is not None
         else None,
+        export_to=export_to(
+            spec.get("exportTo") or (), namespace, ("spec", "exportTo"), report, allow_nobody=True
+        ),
     )
 
 

@@ -545,9 +545,6 @@ def test_pf111_valid_istio_fields_pilotfish_ignores_are_warnings_and_their_child
     message = "field {!r} is valid Istio but Pilotfish does not act on it yet; it is ignored"
     assert diagnose(text) == [
         warning(
-            "PF111", 7, 3, "VirtualService default/web", "spec.exportTo", message.format("exportTo")
-        ),
-        warning(
             "PF111",
             11,
             5,
@@ -572,7 +569,6 @@ def test_pf111_valid_istio_fields_pilotfish_ignores_are_warnings_and_their_child
             "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: ['*']\n  bind: 0.0.0.0\n",
             "spec.servers[0].bind",
         ),
-        ("DestinationRule", "host: web\nexportTo: ['*']\n", "spec.exportTo"),
         ("ServiceEntry", "hosts: [a.example.com]\nsubjectAltNames: [x]\n", "spec.subjectAltNames"),
         ("WorkloadEntry", "address: 10.0.0.1\nserviceAccount: web\n", "spec.serviceAccount"),
         (
@@ -1954,7 +1950,6 @@ def test_real_world_bookinfo_yaml_with_extra_istio_fields_loads_with_warnings_on
         (d.severity, d.code, d.line, d.column, d.resource, d.field) for d in diagnose(text)
     ] == [
         (WARNING, "PF111", 54, 5, "VirtualService default/bookinfo", "spec.http[0].corsPolicy"),
-        (WARNING, "PF111", 66, 3, "DestinationRule default/reviews", "spec.exportTo"),
         (WARNING, "PF111", 68, 5, "DestinationRule default/reviews", "spec.trafficPolicy.tls"),
     ]
 
