@@ -1566,11 +1566,11 @@ def test_pf120_simple_and_consistent_hash_load_balancers() -> None:
         ),
         (
             "ServiceEntry",
-            "hosts: [db.internal]\nendpoints:\n- address: 10.0.0.1\n"
+            "hosts: [db.internal]\nresolution: STATIC\nendpoints:\n- address: 10.0.0.1\n"
             "workloadSelector:\n  labels: {app: db}\n",
             (
                 "PF120",
-                9,
+                10,
                 3,
                 "spec.workloadSelector",
                 "use either endpoints or workloadSelector, not both",
