@@ -148,3 +148,18 @@ def test_forgetting_every_class_of_a_shared_view_drops_its_routes() -> None:
     assert translator.translate(mesh, sidecar("b"))[ROUTE_TYPE] is first[ROUTE_TYPE]
     translator.forget(sidecar("b").key)
     assert translator.translate(mesh, sidecar("b"))[ROUTE_TYPE] is not first[ROUTE_TYPE]
+
+
+def test_an_envoy_bootstrapped_by_istio_gets_what_its_namespace_sees() -> None:
+    from envoy.config.core.v3 import base_pb2
+
+    node = base_pb2.Node(id="sidecar~10.0.0.9~web-1.shop~shop.svc.cluster.local")
+    node.metadata.update({"NAMESPACE": "shop"})
+    elsewhere = base_pb2.Node(id="sidecar~10.0.0.8~web-1.other~other.svc.cluster.local")
+    mesh = exported_mesh()
+    translator = Translator()
+    db = f"outbound|9080||{DB}"
+    assert db in named(translator.translate(mesh, ProxyClass.from_node(node))[CLUSTER_TYPE])
+    assert db not in named(
+        translator.translate(mesh, ProxyClass.from_node(elsewhere))[CLUSTER_TYPE]
+    )
