@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from envoy.config.core.v3 import base_pb2
+
 from controlplane.model import (
     DestinationPolicy,
     Endpoint,
@@ -151,8 +153,6 @@ def test_forgetting_every_class_of_a_shared_view_drops_its_routes() -> None:
 
 
 def test_an_envoy_bootstrapped_by_istio_gets_what_its_namespace_sees() -> None:
-    from envoy.config.core.v3 import base_pb2
-
     node = base_pb2.Node(id="sidecar~10.0.0.9~web-1.shop~shop.svc.cluster.local")
     node.metadata.update({"NAMESPACE": "shop"})
     elsewhere = base_pb2.Node(id="sidecar~10.0.0.8~web-1.other~other.svc.cluster.local")
