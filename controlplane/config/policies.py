@@ -26,6 +26,7 @@ from controlplane.model import (
     ConnectionPool,
     ConsistentHash,
     DestinationPolicy,
+    ExportTo,
     HttpConnectionPool,
     LoadBalancer,
     LoadBalancerKind,
@@ -249,10 +250,24 @@ def destination_rule(
         if policy
         else TrafficPolicy(),
         subsets=tuple(subsets),
-        export_to=export_to(
-            spec.get("exportTo") or (), namespace, ("spec", "exportTo"), report, allow_nobody=False
-        ),
+        export_to=_rule_export_to(spec, namespace, report),
     )
+
+
+def _rule_export_to(spec: dict[str, Any], namespace: str, report: Reporter) -> ExportTo:
+    exported = export_to(
+        spec.get("exportTo") or (), namespace, ("spec", "exportTo"), report, allow_nobody=False
+    )
+    selective = spec.get("workloadSelector") is not None
+    if selective and spec.get("exportTo") and exported != (namespace,):
+        # As in Istio: a rule for some workloads cannot reach into other namespaces.
+        report.error(
+            "PF114",
+            ("spec", "exportTo"),
+            "a DestinationRule with a workloadSelector can be exported only to its own "
+            "namespace: set exportTo: ['.']",
+        )
+    return exported
 
 
 LOAD_BALANCER_ANNOTATION = "pilotfish.io/load-balancer"

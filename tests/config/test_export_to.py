@@ -170,3 +170,19 @@ def test_sidecar_virtual_services_no_namespace_sees_together_do_not_conflict(
         (d.code, d.file, d.message.split(" by ")[1].split(",")[0])
         for d in validate_directory(tmp_path)
     ] == [("PF206", "c.yaml", "VirtualService default/a at a.yaml:1")]
+
+
+@pytest.mark.parametrize(
+    ("entries", "rejected"),
+    [("[]", False), ("['.']", False), ("[shop]", False), ("['*']", True), ("[a]", True)],
+)
+def test_a_rule_with_a_workload_selector_is_exported_only_to_its_own_namespace(
+    entries: str, rejected: bool
+) -> None:
+    text = doc(
+        "DestinationRule",
+        f"host: web\nworkloadSelector: {{matchLabels: {{app: a}}}}\nexportTo: {entries}\n",
+        namespace="shop",
+    )
+    errors = [(d.code, d.field) for d in diagnose(text) if d.is_error]
+    assert errors == ([("PF114", "spec.exportTo")] if rejected else [])
