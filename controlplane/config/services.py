@@ -4,6 +4,12 @@ Port protocols are chosen the way Istio chooses them: ``appProtocol`` (for a
 ServiceEntry, ``protocol``) first, then the port name (``http``, ``http-web``,
 ``grpc-api`` ...). A port with no hint is TCP: Pilotfish does not sniff
 protocols, so name your HTTP ports.
+
+Values are checked as Istio's validation checks them where Pilotfish reads
+the field: Kubernetes label syntax (and no ``*`` in a selector), port names
+that are DNS labels, ``unix://`` addresses that are absolute socket paths
+without ports, and what each ServiceEntry resolution allows (no endpoints
+for ``NONE``, one at most for ``DNS_ROUND_ROBIN``, no CIDR for the DNS ones).
 """
 
 from __future__ import annotations
