@@ -127,7 +127,7 @@ SUPPORTED: dict[str, frozenset[str]] = {
     "Gateway": frozenset({"selector", "servers"}),
     "Server": frozenset({"port", "hosts", "tls"}),
     "ServerTLSSettings": frozenset({"httpsRedirect"}),
-    "Port": frozenset({"number", "name", "protocol"}),
+    "Port": frozenset({"number", "name", "protocol", "targetPort"}),  # targetPort: refused
     "ServiceEntry": frozenset(
         {
             "hosts",

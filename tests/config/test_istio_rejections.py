@@ -158,6 +158,23 @@ CASES = [
         "spec.ports.Web",
         "port name 'Web' is not a DNS label",
     ),
+    # a Gateway server port needs a name and has no target port
+    (
+        doc("Gateway", "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: ['*']\n"),
+        "PF113",
+        "spec.servers.0.port",
+        "a server port needs a name",
+    ),
+    (
+        doc(
+            "Gateway",
+            "servers:\n- port: {number: 80, protocol: HTTP, name: http, targetPort: 8080}\n"
+            "  hosts: ['*']\n",
+        ),
+        "PF114",
+        "spec.servers.0.port.targetPort",
+        "targetPort has no effect on a Gateway",
+    ),
     # warmup outside its bounds
     (
         doc("DestinationRule", LB % "{duration: 10s, minimumPercent: 101}"),

@@ -475,7 +475,7 @@ def test_pf110_an_unknown_field_without_a_close_match_is_to_be_removed() -> None
     check(
         doc(
             "Gateway",
-            "servers: [{port: {number: 80, protocol: HTTP}, hosts: ['*']}]\nzzz: 1\n",
+            "servers: [{port: {number: 80, protocol: HTTP, name: p}, hosts: ['*']}]\nzzz: 1\n",
             name="gw",
         ),
         error(
@@ -566,7 +566,7 @@ def test_pf111_valid_istio_fields_pilotfish_ignores_are_warnings_and_their_child
         ),
         (
             "Gateway",
-            "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: ['*']\n  bind: 0.0.0.0\n",
+            "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n  hosts: ['*']\n  bind: 0.0.0.0\n",
             "spec.servers[0].bind",
         ),
         ("ServiceEntry", "hosts: [a.example.com]\nsubjectAltNames: [x]\n", "spec.subjectAltNames"),
@@ -760,7 +760,7 @@ CASES_PF112_TO_PF114 = [
     ),
     (
         "Gateway",
-        "selector: {app: 1}\nservers: [{port: {number: 80, protocol: HTTP}, hosts: ['*']}]\n",
+        "selector: {app: 1}\nservers: [{port: {number: 80, protocol: HTTP, name: p}, hosts: ['*']}]\n",
         ("PF112", 6, 14, "spec.selector.app", "expected a string, found int 1"),
     ),
     (
@@ -828,7 +828,7 @@ CASES_PF112_TO_PF114 = [
     ),
     (
         "Gateway",
-        "servers:\n- port: {number: 80}\n  hosts: ['*']\n",
+        "servers:\n- port: {number: 80, name: p}\n  hosts: ['*']\n",
         (
             "PF113",
             7,
@@ -839,7 +839,7 @@ CASES_PF112_TO_PF114 = [
     ),
     (
         "Gateway",
-        "servers:\n- port: {number: 80, protocol: HTTP}\n",
+        "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n",
         ("PF113", 7, 5, "spec.servers[0].hosts", "a server needs at least one host"),
     ),
     (
@@ -1059,12 +1059,12 @@ CASES_PF112_TO_PF114 = [
     ),
     (
         "Gateway",
-        "servers:\n- port: {number: 0, protocol: HTTP}\n  hosts: ['*']\n",
+        "servers:\n- port: {number: 0, protocol: HTTP, name: p}\n  hosts: ['*']\n",
         ("PF114", 7, 12, "spec.servers[0].port.number", "port 0 is not 1-65535"),
     ),
     (
         "Gateway",
-        "servers:\n- port: {number: 80, protocol: UDP}\n  hosts: ['*']\n",
+        "servers:\n- port: {number: 80, protocol: UDP, name: p}\n  hosts: ['*']\n",
         (
             "PF114",
             7,
@@ -1756,7 +1756,7 @@ def test_pf123_an_https_or_tls_server_without_tls_settings_is_refused(protocol: 
     check(
         doc(
             "Gateway",
-            f"servers:\n- port: {{number: 443, protocol: {protocol}}}\n  hosts: ['*']\n",
+            f"servers:\n- port: {{number: 443, protocol: {protocol}, name: p}}\n  hosts: ['*']\n",
             name="edge",
         ),
         error(
@@ -1830,7 +1830,7 @@ def test_pf123_virtual_service_tls_routes_are_refused() -> None:
 def test_https_redirect_on_an_http_server_is_read_without_a_finding() -> None:
     text = doc(
         "Gateway",
-        "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: [shop.example.com]\n"
+        "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n  hosts: [shop.example.com]\n"
         "  tls: {httpsRedirect: true}\n",
     )
     result = read_text(FILE, text)
@@ -1842,7 +1842,7 @@ def test_https_redirect_on_an_http_server_is_read_without_a_finding() -> None:
 def test_https_redirect_on_a_tcp_server_is_an_error() -> None:
     text = doc(
         "Gateway",
-        "servers:\n- port: {number: 80, protocol: TCP}\n  hosts: ['*']\n"
+        "servers:\n- port: {number: 80, protocol: TCP, name: p}\n  hosts: ['*']\n"
         "  tls: {httpsRedirect: true}\n",
     )
     assert [(d.code, d.field, d.message) for d in diagnose(text)] == [
