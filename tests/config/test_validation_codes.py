@@ -566,7 +566,8 @@ def test_pf111_valid_istio_fields_pilotfish_ignores_are_warnings_and_their_child
         ),
         (
             "Gateway",
-            "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n  hosts: ['*']\n  bind: 0.0.0.0\n",
+            "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n  hosts: ['*']\n"
+            "  bind: 0.0.0.0\n",
             "spec.servers[0].bind",
         ),
         ("ServiceEntry", "hosts: [a.example.com]\nsubjectAltNames: [x]\n", "spec.subjectAltNames"),
@@ -760,7 +761,8 @@ CASES_PF112_TO_PF114 = [
     ),
     (
         "Gateway",
-        "selector: {app: 1}\nservers: [{port: {number: 80, protocol: HTTP, name: p}, hosts: ['*']}]\n",
+        "selector: {app: 1}\n"
+        "servers: [{port: {number: 80, protocol: HTTP, name: p}, hosts: ['*']}]\n",
         ("PF112", 6, 14, "spec.selector.app", "expected a string, found int 1"),
     ),
     (
