@@ -49,6 +49,7 @@ from controlplane.model import (
     VirtualService,
     canonical_host,
     labels_match,
+    overlap,
 )
 
 Path = tuple[str | int, ...]
@@ -195,6 +196,8 @@ def _kube_service(resource: Resource, selected: Sequence[Resource]) -> Service:
         for workload in selected:
             w = workload.spec
             assert isinstance(w, WorkloadSpec)
+            if not w.address:
+                continue  # on another network (PF124)
             number = _endpoint_port(w, port.name, port.target_port, port.port)
             if number is not None:
                 eps.append(Endpoint(w.address, number, w.labels, w.weight, w.locality))
@@ -207,6 +210,7 @@ def _kube_service(resource: Resource, selected: Sequence[Resource]) -> Service:
         ports=tuple(ports),
         endpoints=tuple(endpoints),
         source=meta.label,
+        export_to=spec.export_to,
     )
 
 
@@ -219,6 +223,8 @@ def _entry_services(resource: Resource, selected: Sequence[Resource]) -> tuple[S
     for port in spec.ports:
         eps = []
         for w in workloads:
+            if not w.address:
+                continue  # on another network (PF124)
             number = w.port_named(port.name)
             if number is None:
                 number = port.target_port if isinstance(port.target_port, int) else port.port
@@ -236,6 +242,7 @@ def _entry_services(resource: Resource, selected: Sequence[Resource]) -> tuple[S
             addresses=spec.addresses,
             mesh_external=spec.mesh_external,
             source=meta.label,
+            export_to=spec.export_to,
         )
         for host in spec.hosts
     )
@@ -468,7 +475,7 @@ class MeshBuilder:
         for name in gateway_names_changed:
             vs_keys |= self._vs_by_gateway.get(name, set())
         claims_touched = self._update_virtual_services(vs_keys, hosts)
-        self._resolve_claims(claims_touched, changed)
+        self._resolve_claims(claims_touched)
 
         findings = list(dup_findings)
         for group in (
@@ -783,9 +790,7 @@ class MeshBuilder:
                     touched.add((host, gateway))
         return touched
 
-    def _resolve_claims(
-        self, touched: set[tuple[str, str]], changed: frozenset[str] | None
-    ) -> None:
+    def _resolve_claims(self, touched: set[tuple[str, str]]) -> None:
         for claim in touched | set(self._claim_conflicts):
             holders = self._claims.get(claim)
             if not holders or len(holders) == 1:
@@ -799,24 +804,35 @@ class MeshBuilder:
                 # order stands in for creation order (see Mesh.virtual_services).
                 self._claim_conflicts.pop(claim, None)
                 continue
+            # As Istio does for sidecars, the first VirtualService for a host wins and the
+            # others are ignored for it. File order stands in for creation time, so the
+            # outcome is the same whichever file changed and after a restart.
             ordered = sorted(holders, key=lambda k: _position(self._vs[k][0]))
-            holder = ordered[0]
             found: list[Finding] = []
-            for key in ordered[1:]:
-                held, new = self._vs[holder][0].meta, self._vs[key][0].meta
-                blamed, other = _blame(held, new, changed)
-                index = holders[key] if blamed is new else holders[holder]
+            for index, key in enumerate(ordered):
+                later = self._vs[key]
+                # Only a namespace that sees both has a conflict (exportTo).
+                earlier = next(
+                    (
+                        self._vs[k][0].meta
+                        for k in ordered[:index]
+                        if overlap(self._vs[k][1].export_to, later[1].export_to)
+                    ),
+                    None,
+                )
+                if earlier is None:
+                    continue
                 found.append(
                     _finding(
                         "PF206",
-                        blamed,
-                        ("spec", "hosts", index),
-                        f"host {host} on gateway {gateway} is already routed by "
-                        f"{other.label} at {_where(other)}; merge the two VirtualServices",
+                        later[0].meta,
+                        ("spec", "hosts", holders[key]),
+                        f"host {host} is already routed for sidecars by {earlier.label} at "
+                        f"{_where(earlier)}, which comes first in file order and wins; this "
+                        "VirtualService's rules are ignored for the host (merge the two)",
+                        warning=True,
                     )
                 )
-                if blamed is held:
-                    holder = key
             self._claim_conflicts[claim] = found
 
     # -- the mesh ------------------------------------------------------------------------
@@ -890,6 +906,7 @@ def _mergeable(first: Resource, other: Resource) -> bool:
     assert isinstance(a, ServiceEntrySpec) and isinstance(b, ServiceEntrySpec)
     return (
         a.resolution is b.resolution
+        and a.export_to == b.export_to
         and a.workload_selector == b.workload_selector
         and first.meta.labels == other.meta.labels
     )

@@ -69,6 +69,12 @@ CODES: dict[str, Code] = _codes(
     Code("PF121", "string-too-long", E, "A string is longer than --max-string-bytes."),
     Code("PF122", "kind-not-read", W, "A document of a kind Pilotfish does not read is skipped."),
     Code("PF123", "tls-not-supported", E, "The resource asks for TLS, not supported yet."),
+    Code(
+        "PF124",
+        "workload-not-routable",
+        W,
+        "A workload without address is on another network and receives no traffic.",
+    ),
     Code("PF200", "host-not-found", E, "A destination host is no Service or ServiceEntry."),
     Code("PF201", "subset-not-found", E, "No DestinationRule for the host defines the subset."),
     Code(
@@ -80,7 +86,12 @@ CODES: dict[str, Code] = _codes(
     Code("PF203", "port-not-exposed", E, "The host does not expose the destination port."),
     Code("PF204", "gateway-not-found", E, "A Gateway named by a VirtualService does not exist."),
     Code("PF205", "subset-selects-nothing", W, "A subset's labels select no workload."),
-    Code("PF206", "host-conflict", E, "Two VirtualServices claim the same host for sidecars."),
+    Code(
+        "PF206",
+        "host-conflict",
+        W,
+        "Two VirtualServices claim one host for sidecars; the first in file order wins.",
+    ),
     Code("PF207", "unreachable-rule", W, "A rule follows a catch-all rule and never matches."),
     Code("PF208", "duplicate-resource", E, "The same kind/namespace/name is defined twice."),
     Code("PF209", "rule-host-not-found", W, "A DestinationRule names a host no service has."),

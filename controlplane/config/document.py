@@ -117,7 +117,7 @@ def _convert_workload(spec: dict[str, Any], ns: str, name: str, report: Reporter
 
 
 def _convert_service_entry(spec: dict[str, Any], ns: str, name: str, report: Reporter) -> Spec:
-    return services.service_entry(spec, report)
+    return services.service_entry(spec, report, ns)
 
 
 _CONVERTERS: dict[str, Callable[[dict[str, Any], str, str, Reporter], Spec]] = {
@@ -362,6 +362,13 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
         converted = policies.annotated_policy(
             converted,  # type: ignore[arg-type]
             metadata["annotations"],
+            report,
+        )
+    if kind == "Service" and metadata.get("annotations"):
+        converted = services.annotated_service(
+            converted,  # type: ignore[arg-type]
+            metadata["annotations"],
+            namespace,
             report,
         )
     if report.failed:

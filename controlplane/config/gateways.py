@@ -33,6 +33,18 @@ def gateway(spec: dict[str, Any], namespace: str, name: str, report: Reporter) -
             continue
         if not 1 <= number <= 65535:
             report.error("PF114", (*here, "port", "number"), f"port {number} is not 1-65535")
+        if not port.get("name"):
+            report.error(
+                "PF113",
+                (*here, "port"),
+                "a server port needs a name, as Istio requires (for example name: http)",
+            )
+        if port.get("targetPort") is not None:
+            report.error(
+                "PF114",
+                (*here, "port", "targetPort"),
+                "targetPort has no effect on a Gateway and Istio rejects it; remove it",
+            )
         if protocol is None:
             report.error(
                 "PF113",

@@ -20,10 +20,13 @@ from typing import Any
 
 from controlplane.config.durations import parse_duration
 from controlplane.config.report import Path, Reporter
+from controlplane.config.services import check_labels
+from controlplane.config.visibility import export_to
 from controlplane.model import (
     ConnectionPool,
     ConsistentHash,
     DestinationPolicy,
+    ExportTo,
     HttpConnectionPool,
     LoadBalancer,
     LoadBalancerKind,
@@ -48,7 +51,26 @@ def _dur(value: str | None) -> Any:
     return parse_duration(value) if value is not None else None
 
 
+def _check_warmup(value: Any, path: Path, report: Reporter) -> None:
+    """Istio's bounds on ``warmup``, which Pilotfish does not act on (PF111) but checks."""
+    if not isinstance(value, dict):
+        return
+    if value.get("duration") is None:
+        report.error("PF113", path, "warmup needs a duration")
+    percent = value.get("minimumPercent")
+    if isinstance(percent, (int, float)) and not 0 <= percent <= 100:
+        report.error(
+            "PF114", (*path, "minimumPercent"), f"minimumPercent must be 0 to 100, not {percent}"
+        )
+    aggression = value.get("aggression")
+    if isinstance(aggression, (int, float)) and aggression < 1:
+        report.error(
+            "PF114", (*path, "aggression"), f"aggression must be at least 1, not {aggression}"
+        )
+
+
 def _load_balancer(value: dict[str, Any], path: Path, report: Reporter) -> LoadBalancer | None:
+    _check_warmup(value.get("warmup"), (*path, "warmup"), report)
     simple = value.get("simple")
     hashing = value.get("consistentHash")
     if hashing is not None:
@@ -208,6 +230,7 @@ def destination_rule(
             )
             continue
         first[subset_name] = index
+        check_labels(subset.get("labels"), (*here, "labels"), report)
         policy = subset.get("trafficPolicy")
         subsets.append(
             Subset(
@@ -227,7 +250,24 @@ def destination_rule(
         if policy
         else TrafficPolicy(),
         subsets=tuple(subsets),
+        export_to=_rule_export_to(spec, namespace, report),
     )
+
+
+def _rule_export_to(spec: dict[str, Any], namespace: str, report: Reporter) -> ExportTo:
+    exported = export_to(
+        spec.get("exportTo") or (), namespace, ("spec", "exportTo"), report, allow_nobody=False
+    )
+    selective = spec.get("workloadSelector") is not None
+    if selective and spec.get("exportTo") and exported != (namespace,):
+        # As in Istio: a rule for some workloads cannot reach into other namespaces.
+        report.error(
+            "PF114",
+            ("spec", "exportTo"),
+            "a DestinationRule with a workloadSelector can be exported only to its own "
+            "namespace: set exportTo: ['.']",
+        )
+    return exported
 
 
 LOAD_BALANCER_ANNOTATION = "pilotfish.io/load-balancer"

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from controlplane.model import (
+    EXPORTED_EVERYWHERE,
     DestinationPolicy,
+    ExportTo,
     Gateway,
     Labels,
     Locality,
@@ -56,6 +58,7 @@ class KubeServiceSpec:
 
     selector: Labels | None
     ports: tuple[KubePort, ...]
+    export_to: ExportTo = EXPORTED_EVERYWHERE
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,7 @@ class ServiceEntrySpec:
     resolution: Resolution
     endpoints: tuple[WorkloadSpec, ...]
     workload_selector: Labels | None
+    export_to: ExportTo = EXPORTED_EVERYWHERE
 
 
 Spec = (

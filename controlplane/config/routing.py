@@ -18,6 +18,7 @@ from typing import Any
 
 from controlplane.config.durations import parse_duration
 from controlplane.config.report import Path, Reporter
+from controlplane.config.visibility import export_to
 from controlplane.model import (
     Abort,
     Delay,
@@ -369,4 +370,7 @@ def virtual_service(
         gateways=gateways,
         http=tuple(http),
         tcp=tuple(tcp),
+        export_to=export_to(
+            spec.get("exportTo") or (), namespace, ("spec", "exportTo"), report, allow_nobody=False
+        ),
     )

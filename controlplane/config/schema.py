@@ -34,7 +34,7 @@ SUPPORTED: dict[str, frozenset[str]] = {
     "ObjectMeta": _ALL,
     "meta.v1.OwnerReference": _ALL,
     "meta.v1.ManagedFieldsEntry": _ALL,
-    "VirtualService": frozenset({"hosts", "gateways", "http", "tcp"}),
+    "VirtualService": frozenset({"hosts", "gateways", "http", "tcp", "exportTo"}),
     "HTTPRoute": frozenset(
         {
             "name",
@@ -81,7 +81,7 @@ SUPPORTED: dict[str, frozenset[str]] = {
     "Percent": frozenset({"value"}),
     "TCPRoute": frozenset({"match", "route"}),
     "L4MatchAttributes": frozenset({"port"}),
-    "DestinationRule": frozenset({"host", "trafficPolicy", "subsets"}),
+    "DestinationRule": frozenset({"host", "trafficPolicy", "subsets", "exportTo"}),
     "TrafficPolicy": frozenset(
         {"loadBalancer", "connectionPool", "outlierDetection", "portLevelSettings"}
     ),
@@ -127,9 +127,18 @@ SUPPORTED: dict[str, frozenset[str]] = {
     "Gateway": frozenset({"selector", "servers"}),
     "Server": frozenset({"port", "hosts", "tls"}),
     "ServerTLSSettings": frozenset({"httpsRedirect"}),
-    "Port": frozenset({"number", "name", "protocol"}),
+    "Port": frozenset({"number", "name", "protocol", "targetPort"}),  # targetPort: refused
     "ServiceEntry": frozenset(
-        {"hosts", "addresses", "ports", "location", "resolution", "endpoints", "workloadSelector"}
+        {
+            "hosts",
+            "addresses",
+            "ports",
+            "location",
+            "resolution",
+            "endpoints",
+            "workloadSelector",
+            "exportTo",
+        }
     ),
     "ServicePort": frozenset({"number", "protocol", "name", "targetPort"}),
     "WorkloadEntry": frozenset({"address", "ports", "labels", "weight", "locality"}),

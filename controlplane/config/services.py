@@ -4,12 +4,19 @@ Port protocols are chosen the way Istio chooses them: ``appProtocol`` (for a
 ServiceEntry, ``protocol``) first, then the port name (``http``, ``http-web``,
 ``grpc-api`` ...). A port with no hint is TCP: Pilotfish does not sniff
 protocols, so name your HTTP ports.
+
+Values are checked as Istio's validation checks them where Pilotfish reads
+the field: Kubernetes label syntax (and no ``*`` in a selector), port names
+that are DNS labels, ``unix://`` addresses that are absolute socket paths
+without ports, and what each ServiceEntry resolution allows (no endpoints
+for ``NONE``, one at most for ``DNS_ROUND_ROBIN``, no CIDR for the DNS ones).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
 from typing import Any
 
 from controlplane.config.report import Path, Reporter
@@ -19,6 +26,7 @@ from controlplane.config.resources import (
     ServiceEntrySpec,
     WorkloadSpec,
 )
+from controlplane.config.visibility import export_to, service_export_to
 from controlplane.model import Locality, Protocol, Resolution, ServicePort
 
 _HOSTNAME = re.compile(
@@ -40,6 +48,56 @@ def protocol_of(app_protocol: str | None, name: str | None, protocol: str | None
     if protocol and protocol.lower() in _PROTOCOL_NAMES:
         return _PROTOCOL_NAMES[protocol.lower()]
     return Protocol.TCP
+
+
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+UNIX_PREFIX = "unix://"
+
+
+def check_labels(labels: Any, path: Path, report: Reporter, *, selector: bool = False) -> None:
+    """Kubernetes label syntax, as Istio validates labels and selectors (no ``*``)."""
+    if not isinstance(labels, dict):
+        return
+    for key, value in labels.items():
+        here = (*path, key)
+        if selector and ("*" in str(key) or "*" in str(value)):
+            report.error(
+                "PF114", here, "a wildcard is not supported in a selector; name the label value"
+            )
+            continue
+        prefix, _, name = str(key).rpartition("/")
+        if not _LABEL_NAME.match(name) or (prefix and not _HOSTNAME.match(prefix)):
+            report.error("PF114", here, f"{key!r} is not a valid label name")
+        elif not isinstance(value, str) or not _LABEL_VALUE.match(value):
+            report.error(
+                "PF114",
+                here,
+                f"{value!r} is not a valid label value (up to 63 letters, digits, '-', '_', '.')",
+            )
+
+
+def check_port_name(name: str, path: Path, report: Reporter) -> None:
+    """Istio's rule for port names: a DNS label (lowercase letters, digits, '-')."""
+    if name and not _DNS_LABEL.match(name):
+        report.error(
+            "PF114",
+            path,
+            f"port name {name!r} is not a DNS label (lowercase letters, digits and '-')",
+        )
+
+
+def unix_address_problem(address: str) -> str | None:
+    """Why a ``unix://`` address is not usable, as Istio decides it, or None."""
+    path = address[len(UNIX_PREFIX) :]
+    if not path:
+        return "a unix address needs a path"
+    if path.startswith("@"):
+        return None  # an abstract socket
+    if not path.startswith("/") or path.endswith("/"):
+        return f"{address!r} is not an absolute path to a socket file"
+    return None
 
 
 def _check_port(number: Any, path: Path, report: Reporter) -> bool:
@@ -109,6 +167,7 @@ def kube_service(spec: dict[str, Any], report: Reporter) -> KubeServiceSpec:
             )
         )
     selector = spec.get("selector")
+    check_labels(selector, ("spec", "selector"), report, selector=True)
     return KubeServiceSpec(
         selector=tuple(sorted(selector.items())) if selector else None,
         ports=tuple(ports),
@@ -119,13 +178,36 @@ def workload(
     spec: dict[str, Any], path: Path, report: Reporter, *, need_address: bool = True
 ) -> WorkloadSpec:
     address = spec.get("address") or ""
-    if not address and need_address:
+    network = spec.get("network") or ""
+    if not address and need_address and network:
+        # As in Istio: a workload on another network is reached through that network's
+        # gateway, never at an address of its own. Pilotfish has one network.
+        report.warn(
+            "PF124",
+            (*path, "network"),
+            f"the workload has no address: it is on network {network!r}, reachable only "
+            "through that network's gateway, which Pilotfish does not route to; "
+            "it receives no traffic",
+        )
+    elif not address and need_address:
         report.error("PF113", (*path, "address"), "a workload needs an address")
+    elif address.startswith(UNIX_PREFIX):
+        problem = unix_address_problem(address)
+        if problem:
+            report.error("PF114", (*path, "address"), problem)
+        if spec.get("ports"):
+            report.error(
+                "PF114",
+                (*path, "ports"),
+                f"the unix endpoint {address!r} cannot have ports: a socket has none",
+            )
     elif address and not is_valid_address(address):
         report.error("PF114", (*path, "address"), f"{address!r} is not an IP address or host name")
     ports = spec.get("ports") or {}
     for name, number in ports.items():
+        check_port_name(name, (*path, "ports", name), report)
         _check_port(number, (*path, "ports", name), report)
+    check_labels(spec.get("labels"), (*path, "labels"), report)
     weight = spec.get("weight")
     if weight is not None and weight < 1:
         report.error("PF114", (*path, "weight"), "a weight must be at least 1 (omit it for 1)")
@@ -138,10 +220,27 @@ def workload(
     )
 
 
-def service_entry(spec: dict[str, Any], report: Reporter) -> ServiceEntrySpec:
+def annotated_service(
+    service: KubeServiceSpec, annotations: object, namespace: str, report: Reporter
+) -> KubeServiceSpec:
+    """``service`` exported as its ``networking.istio.io/exportTo`` annotation says."""
+    exported = service_export_to(annotations, namespace, report)
+    return service if exported == service.export_to else replace(service, export_to=exported)
+
+
+def service_entry(
+    spec: dict[str, Any], report: Reporter, namespace: str = "default"
+) -> ServiceEntrySpec:
     hosts = spec.get("hosts") or []
     if not hosts:
         report.error("PF113", ("spec", "hosts"), "a ServiceEntry needs at least one host")
+    for index, host in enumerate(hosts):
+        if host == "*":
+            report.error(
+                "PF114",
+                ("spec", "hosts", index),
+                "host '*' is not allowed in a ServiceEntry; name the hosts (or '*.domain')",
+            )
     ports: list[ServicePort] = []
     # Istio rejects a ServiceEntry that repeats a port number or name: each names a cluster.
     names: set[str] = set()
@@ -164,6 +263,10 @@ def service_entry(spec: dict[str, Any], report: Reporter) -> ServiceEntrySpec:
         numbers.add(port["number"])
         if not name:
             report.error("PF113", (*here, "name"), "a ServiceEntry port needs a name")
+        check_port_name(name or "", (*here, "name"), report)
+        target = port.get("targetPort")
+        if target is not None and not 1 <= target <= 65535:
+            report.error("PF114", (*here, "targetPort"), f"targetPort {target} is not 1-65535")
         ports.append(
             ServicePort(
                 name=port.get("name") or "",
@@ -187,6 +290,37 @@ def service_entry(spec: dict[str, Any], report: Reporter) -> ServiceEntrySpec:
         workload(ep or {}, ("spec", "endpoints", i), report)
         for i, ep in enumerate(spec.get("endpoints") or ())
     )
+    raw_endpoints = spec.get("endpoints") or ()
+    addresses = spec.get("addresses") or ()
+    if resolution in (Resolution.DNS, Resolution.DNS_ROUND_ROBIN):
+        for i, address in enumerate(addresses):
+            if isinstance(address, str) and "/" in address:
+                report.error(
+                    "PF114",
+                    ("spec", "addresses", i),
+                    f"CIDR {address!r} is allowed only with resolution NONE or STATIC",
+                )
+    if resolution is Resolution.NONE and raw_endpoints:
+        report.error(
+            "PF114",
+            ("spec", "endpoints"),
+            "resolution NONE takes no endpoints (traffic goes to the address the client asked "
+            "for); remove them or set resolution STATIC or DNS",
+        )
+    if resolution is Resolution.DNS_ROUND_ROBIN and len(raw_endpoints) > 1:
+        report.error(
+            "PF114",
+            ("spec", "endpoints", 1),
+            "resolution DNS_ROUND_ROBIN takes at most one endpoint; use DNS for several",
+        )
+    if any(ep.address.startswith(UNIX_PREFIX) for ep in endpoints) and len(ports) != 1:
+        report.error(
+            "PF114",
+            ("spec", "ports"),
+            "a ServiceEntry with unix socket endpoints needs exactly one port",
+        )
+    if selector_labels := (spec.get("workloadSelector") or {}).get("labels"):
+        check_labels(selector_labels, ("spec", "workloadSelector", "labels"), report, selector=True)
     if resolution is Resolution.STATIC:
         for i, ep in enumerate(endpoints):
             if ep.address and not _is_ip_or_unix(ep.address):
@@ -206,6 +340,9 @@ def service_entry(spec: dict[str, Any], report: Reporter) -> ServiceEntrySpec:
         workload_selector=tuple(sorted((selector.get("labels") or {}).items()))
         if selector is not None
         else None,
+        export_to=export_to(
+            spec.get("exportTo") or (), namespace, ("spec", "exportTo"), report, allow_nobody=True
+        ),
     )
 
 

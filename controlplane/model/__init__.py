@@ -49,15 +49,27 @@ from controlplane.model.service import (
     ServicePort,
     labels_match,
 )
+from controlplane.model.visibility import (
+    DEFAULT_NAMESPACE,
+    EVERYWHERE,
+    EXPORTED_EVERYWHERE,
+    ExportTo,
+    overlap,
+    visible,
+)
 
 __all__ = [
     "DEFAULT_DOMAIN",
+    "DEFAULT_NAMESPACE",
+    "EVERYWHERE",
+    "EXPORTED_EVERYWHERE",
     "Abort",
     "ConnectionPool",
     "ConsistentHash",
     "Delay",
     "DestinationPolicy",
     "Endpoint",
+    "ExportTo",
     "Fault",
     "Gateway",
     "GatewayServer",
@@ -92,4 +104,6 @@ __all__ = [
     "fqdn",
     "host_aliases",
     "labels_match",
+    "overlap",
+    "visible",
 ]

@@ -15,6 +15,7 @@ from controlplane.model.gateway import Gateway
 from controlplane.model.policy import DestinationPolicy
 from controlplane.model.routing import VirtualService
 from controlplane.model.service import Labels, Service, labels_match
+from controlplane.model.visibility import EVERYWHERE, visible
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,57 @@ class Mesh:
     @cached_property
     def gateways_by_key(self) -> Mapping[str, Gateway]:
         return {g.key: g for g in self.gateways}
+
+    @cached_property
+    def restricted_namespaces(self) -> frozenset[str] | None:
+        """None when every resource is exported everywhere, else the namespaces named.
+
+        Every namespace outside this set sees the same view: the resources
+        exported everywhere.
+        """
+        found: set[str] = set()
+        restricted = False
+        for items in (self.services, self.destination_policies, self.virtual_services):
+            for item in items:
+                if EVERYWHERE not in item.export_to:
+                    restricted = True
+                    found.update(item.export_to)
+        return frozenset(found) if restricted else None
+
+    @cached_property
+    def _views(self) -> dict[str, Mesh]:
+        return {}
+
+    def view_name(self, namespace: str) -> str:
+        """``namespace`` if something is exported to it by name, else ``*``: namespaces
+        with the same view name see the same mesh."""
+        restricted = self.restricted_namespaces
+        return namespace if restricted is not None and namespace in restricted else EVERYWHERE
+
+    def seen_from(self, namespace: str) -> Mesh:
+        """The mesh as a proxy of ``namespace`` sees it: what is exported there.
+
+        ``self`` when nothing is hidden from it; otherwise a mesh of the same
+        objects (so translation caches keyed by identity still hit), computed
+        once per namespace and shared by every namespace that sees the same.
+        """
+        if self.restricted_namespaces is None:
+            return self
+        key = self.view_name(namespace)
+        view = self._views.get(key)
+        if view is None:
+            view = Mesh(
+                services=tuple(s for s in self.services if visible(s.export_to, key)),
+                destination_policies=tuple(
+                    p for p in self.destination_policies if visible(p.export_to, key)
+                ),
+                virtual_services=tuple(
+                    v for v in self.virtual_services if visible(v.export_to, key)
+                ),
+                gateways=self.gateways,
+            )
+            self._views[key] = view
+        return view
 
     def service(self, host: str) -> Service | None:
         return self.services_by_host.get(host)

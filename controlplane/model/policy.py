@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from controlplane.model.service import Labels
+from controlplane.model.visibility import EXPORTED_EVERYWHERE, ExportTo
 
 
 class LoadBalancerKind(enum.Enum):
@@ -132,6 +133,7 @@ class DestinationPolicy:
     name: str
     traffic_policy: TrafficPolicy = TrafficPolicy()
     subsets: tuple[Subset, ...] = ()
+    export_to: ExportTo = EXPORTED_EVERYWHERE
 
     def subset(self, name: str) -> Subset | None:
         for subset in self.subsets:

@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass
 from datetime import timedelta
 
+from controlplane.model.visibility import EXPORTED_EVERYWHERE, ExportTo
+
 
 class StringMatchKind(enum.Enum):
     EXACT = "exact"
@@ -167,6 +169,7 @@ class VirtualService:
     gateways: tuple[str, ...] = ("mesh",)
     http: tuple[HttpRoute, ...] = ()
     tcp: tuple[TcpRoute, ...] = ()
+    export_to: ExportTo = EXPORTED_EVERYWHERE
 
     @property
     def applies_to_mesh(self) -> bool:

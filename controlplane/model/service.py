@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from controlplane.model.visibility import EXPORTED_EVERYWHERE, ExportTo
+
 Labels = tuple[tuple[str, str], ...]
 """A label set as a tuple of ``(key, value)`` pairs sorted by key."""
 
@@ -99,6 +101,8 @@ class Service:
     addresses: tuple[str, ...] = ()
     mesh_external: bool = False
     source: str = ""
+    export_to: ExportTo = EXPORTED_EVERYWHERE
+    """The namespaces that see this host (``exportTo``; see :mod:`.visibility`)."""
 
     def port(self, number: int) -> ServicePort | None:
         """The port ``number``; of a number served over TCP and UDP, the TCP one."""

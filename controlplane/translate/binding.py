@@ -6,8 +6,9 @@ a Gateway that selects the proxy and one of whose servers exposes a host the
 VirtualService names. Hosts match the way Istio matches them: ``*`` matches
 every host and ``*.example.com`` every host under ``example.com``. For a
 sidecar, VirtualServices naming a service host exactly take precedence over
-those reaching it through a wildcard; several of equal precedence are merged
-in mesh order (their rules concatenated, so the first match still wins).
+those reaching it through a wildcard; of several naming the same host the
+first in mesh order wins, as in Istio; VirtualServices reaching it through
+different wildcards are merged in mesh order (their rules concatenated).
 
 Within a VirtualService a match may narrow itself to a port or to some of
 the gateways; :func:`match_applies` decides whether it holds for the
@@ -43,13 +44,21 @@ def server_host(host: str) -> str:
 
 
 def mesh_virtual_services(mesh: Mesh, host: str) -> tuple[VirtualService, ...]:
+    """The sidecar VirtualServices routing ``host``, in mesh order.
+
+    As in Istio, of several naming the same host (or the same wildcard) the
+    first wins (mesh order is file order, standing in for creation time).
+    """
     exact = mesh.virtual_services_naming(MESH_GATEWAY, host)
     if exact:
-        return exact
+        return exact[:1]
     bound = mesh.virtual_services_for_gateway(MESH_GATEWAY)
-    return tuple(
-        vs for vs in bound if any(h.startswith("*") and host_matches(h, host) for h in vs.hosts)
-    )
+    first: dict[str, VirtualService] = {}
+    for vs in bound:
+        for pattern in vs.hosts:
+            if pattern.startswith("*") and host_matches(pattern, host):
+                first.setdefault(pattern, vs)
+    return tuple(dict.fromkeys(first.values()))
 
 
 @dataclass(frozen=True, slots=True)

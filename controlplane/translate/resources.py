@@ -3,9 +3,11 @@
 :func:`translate` is a pure function: the same mesh and class give equal
 resources, each list sorted by resource name, so two translations serialize
 to the same bytes and a snapshot only changes when the configuration does.
-Clusters and load assignments are the same for every Envoy class (a gateway
-may forward to any service); route configurations and listeners depend on
-the role. A proxyless gRPC client gets ``api_listener`` listeners
+Every class sees only what is exported to its namespace
+(:meth:`~controlplane.model.Mesh.seen_from`). Clusters and load assignments
+are the same for every Envoy class of a namespace (a gateway may forward to
+any service it sees); route configurations and listeners depend on the role.
+A proxyless gRPC client gets ``api_listener`` listeners
 (:mod:`.grpc_listeners`) over the sidecar's route configurations, clusters
 and load assignments, rewritten where gRPC's stricter validation would
 refuse them (:mod:`.grpc_resources`). The output is closed under
@@ -37,6 +39,7 @@ TYPE_URLS = (CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, LISTENER_TYPE)
 
 def translate(mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
     """Every resource for proxies of class ``proxy``, by type URL, each list sorted by name."""
+    mesh = mesh.seen_from(proxy.namespace)
     if proxy.role is ProxyRole.GRPC:
         return _translate_grpc(mesh)
     routes, listeners = routes_and_listeners(mesh, proxy)
@@ -49,7 +52,10 @@ def translate(mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
 
 
 def routes_and_listeners(mesh: Mesh, proxy: ProxyClass) -> tuple[list[Message], list[Message]]:
-    """The route configurations and listeners of an Envoy class, each sorted by name."""
+    """The route configurations and listeners of an Envoy class, each sorted by name.
+
+    ``mesh`` is what the class sees (:meth:`Mesh.seen_from` its namespace).
+    """
     if proxy.role is ProxyRole.GATEWAY:
         routes = gateway_route_configs(mesh, proxy.labels)
         listeners = gateway_listeners(mesh, proxy)

@@ -13,6 +13,12 @@ message objects whose inputs are unchanged:
   remembered per proxy class together with a *routing view* of the mesh (the
   model without endpoints) and rebuilt only when that view changes.
 
+Each class sees the mesh from its namespace (:meth:`Mesh.seen_from`, Istio's
+``exportTo``). Namespaces that see the same share one translation of routes
+and listeners (they differ only in their snapshot key), and the per-service
+outputs are shared by every class whatever its namespace, so namespaces cost
+a translation only where ``exportTo`` makes their views differ.
+
 Reused messages are the same Python objects as before, so
 :class:`~controlplane.xds.snapshot.ResourceCache` can skip serializing and
 hashing them too: one endpoint change costs one load assignment. Messages
@@ -21,7 +27,7 @@ handed out must be treated as immutable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from controlplane.model import DestinationPolicy, Mesh, Service
@@ -65,32 +71,46 @@ class Translator:
     """Memoizing :func:`translate`; not thread-safe (one per snapshot cache)."""
 
     def __init__(self) -> None:
-        self._services: dict[int, _ServiceOutput] = {}
+        # Per-service outputs of the current mesh and of the one before it, by the
+        # identity of (service, policy): a new mesh starts a new generation, so what
+        # no class of two meshes in a row used is dropped.
+        self._mesh: Mesh | None = None
+        self._services: dict[tuple[int, int], _ServiceOutput] = {}
+        self._previous: dict[tuple[int, int], _ServiceOutput] = {}
         self._blackhole = blackhole_cluster()
         self._routing: dict[str, tuple[tuple[Any, ...], list[Message], list[Message]]] = {}
+        # Per shared view (the class with its namespace replaced by its view name), the
+        # class whose routes and listeners others of that view may reuse.
+        self._donors: dict[str, str] = {}
 
     def forget(self, key: str) -> None:
         """Drop what is remembered for the proxy class ``key`` (its proxies are gone)."""
         self._routing.pop(key, None)
+        for shared in [s for s, donor in self._donors.items() if donor == key]:
+            del self._donors[shared]
 
     def translate(self, mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
         if proxy.role is ProxyRole.GRPC:
             return translate(mesh, proxy)
+        if mesh is not self._mesh:
+            self._mesh = mesh
+            self._previous, self._services = self._services, {}
+        view = mesh.seen_from(proxy.namespace)
         clusters: list[Message] = [self._blackhole]
         assignments: list[Message] = []
-        kept: dict[int, _ServiceOutput] = {}
-        for service in mesh.services:
-            policy = mesh.policy(service.host)
-            output = self._services.get(id(service))
+        for service in view.services:
+            policy = view.policy(service.host)
+            key = (id(service), id(policy))
+            output = self._services.get(key) or self._previous.get(key)
             if output is None or output.service is not service or output.policy is not policy:
                 output = _service_output(service, policy)
-            kept[id(service)] = output
+            self._services[key] = output
             clusters.extend(output.clusters)
             assignments.extend(output.assignments)
-        self._services = kept
         clusters.sort(key=lambda c: str(c.name))
         assignments.sort(key=lambda a: str(a.cluster_name))
-        routes, listeners = self._routes_and_listeners(mesh, proxy)
+        shared = replace(proxy, namespace=mesh.view_name(proxy.namespace)).key
+        routes, listeners = self._routes_and_listeners(view, proxy, shared)
         return {
             CLUSTER_TYPE: clusters,
             ENDPOINT_TYPE: assignments,
@@ -99,15 +119,19 @@ class Translator:
         }
 
     def _routes_and_listeners(
-        self, mesh: Mesh, proxy: ProxyClass
+        self, mesh: Mesh, proxy: ProxyClass, shared: str
     ) -> tuple[list[Message], list[Message]]:
         view = _routing_view(mesh)
         cached = self._routing.get(proxy.key)
-        if cached is not None and cached[0] == view:
-            return cached[1], cached[2]
-        routes, listeners = routes_and_listeners(mesh, proxy)
-        self._routing[proxy.key] = (view, routes, listeners)
-        return routes, listeners
+        if cached is None or cached[0] != view:
+            donor = self._donors.get(shared)
+            cached = self._routing.get(donor) if donor is not None else None
+            if cached is None or cached[0] != view:
+                routes, listeners = routes_and_listeners(mesh, proxy)
+                cached = (view, routes, listeners)
+                self._donors[shared] = proxy.key
+            self._routing[proxy.key] = cached
+        return cached[1], cached[2]
 
 
 def _service_output(service: Service, policy: DestinationPolicy | None) -> _ServiceOutput:

@@ -1220,7 +1220,15 @@ TWO_VIRTUAL_SERVICES_B = """
     """
 
 
-def test_pf206_the_later_of_two_virtual_services_claiming_a_host_is_blamed(
+def pf206(first: str, where: str) -> str:
+    return (
+        f"host {REVIEWS_HOST} is already routed for sidecars by {first} at {where}, which "
+        "comes first in file order and wins; this VirtualService's rules are ignored for "
+        "the host (merge the two)"
+    )
+
+
+def test_pf206_two_sidecar_virtual_services_for_a_host_warn_on_the_later_naming_the_first(
     tmp_path: Path,
 ) -> None:
     diagnostics = validate(
@@ -1232,15 +1240,14 @@ def test_pf206_the_later_of_two_virtual_services_claiming_a_host_is_blamed(
         },
     )
     assert diagnostics == [
-        error(
+        warning(
             "PF206",
             "b.yaml",
             9,
             5,
             "VirtualService default/reviews-b",
             "spec.hosts[1]",
-            f"host {REVIEWS_HOST} on gateway mesh is already routed by "
-            "VirtualService default/reviews-a at a.yaml:1; merge the two VirtualServices",
+            pf206("VirtualService default/reviews-a", "a.yaml:1"),
         )
     ]
 
@@ -1266,14 +1273,22 @@ def test_pf206_the_same_host_on_different_gateways_is_no_conflict(tmp_path: Path
     assert diagnostics == []
 
 
-def test_pf206_blames_the_changed_file_even_when_it_comes_first() -> None:
+def test_pf206_the_first_in_file_order_wins_whichever_file_changed() -> None:
     built = build_mesh(
-        resources({"a.yaml": TWO_VIRTUAL_SERVICES_B, "b.yaml": TWO_VIRTUAL_SERVICES_A}),
+        resources(
+            {
+                "services.yaml": REVIEWS,
+                "a.yaml": TWO_VIRTUAL_SERVICES_B,
+                "b.yaml": TWO_VIRTUAL_SERVICES_A,
+            }
+        ),
         changed=frozenset({"a.yaml"}),
     )
+    assert built.ok
     assert [(f.code, f.file, f.path, f.resource) for f in built.findings if f.code == "PF206"] == [
-        ("PF206", "a.yaml", ("spec", "hosts", 1), "VirtualService default/reviews-b")
+        ("PF206", "b.yaml", ("spec", "hosts", 0), "VirtualService default/reviews-a")
     ]
+    assert [vs.name for vs in built.mesh.virtual_services] == ["reviews-b", "reviews-a"]
 
 
 def _bound_to_edge(name: str, prefix: str) -> str:
@@ -1674,14 +1689,76 @@ def test_conflicts_are_blamed_on_the_later_file_even_when_its_names_sort_first(
             f"host {REVIEWS_HOST} already has DestinationRule default/zz at a.yaml:7; "
             "merge the two into one DestinationRule",
         ),
-        error(
+        warning(
             "PF206",
             "b.yaml",
             10,
             11,
             "VirtualService default/aa",
             "spec.hosts[0]",
-            f"host {REVIEWS_HOST} on gateway mesh is already routed by "
-            "VirtualService default/zz at a.yaml:12; merge the two VirtualServices",
+            pf206("VirtualService default/zz", "a.yaml:12"),
         ),
     ]
+
+
+def test_a_workload_on_another_network_without_address_is_valid_but_gets_no_traffic(
+    tmp_path: Path,
+) -> None:
+    files = {
+        "services.yaml": """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web}
+            spec:
+              selector: {app: web}
+              ports: [{name: http, port: 80}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: db}
+            spec:
+              hosts: [db.example.com]
+              ports: [{number: 5432, name: tcp}]
+              resolution: STATIC
+              endpoints:
+              - {address: 10.0.0.9}
+              - {network: west}
+            """,
+        "workloads.yaml": """
+            apiVersion: networking.istio.io/v1
+            kind: WorkloadEntry
+            metadata: {name: web-east}
+            spec: {address: 10.0.0.1, labels: {app: web}}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: WorkloadEntry
+            metadata: {name: web-west}
+            spec: {network: west, labels: {app: web}}
+            """,
+    }
+    diagnostics = validate(tmp_path, files)
+    assert [(d.severity, d.code, d.file, d.line, d.field) for d in diagnostics] == [
+        (WARNING, "PF111", "services.yaml", 17, "spec.endpoints[1].network"),
+        (WARNING, "PF124", "services.yaml", 17, "spec.endpoints[1].network"),
+        (WARNING, "PF111", "workloads.yaml", 9, "spec.network"),
+        (WARNING, "PF124", "workloads.yaml", 9, "spec.network"),
+    ]
+    assert "it is on network 'west'" in diagnostics[1].message
+    mesh = build_mesh(
+        r for name, text in files.items() for r in read_text(name, yaml(text)).resources
+    ).mesh
+    assert targets(mesh, "web.default.svc.cluster.local", 80) == [("10.0.0.1", 80)]
+    assert targets(mesh, "db.example.com", 5432) == [("10.0.0.9", 5432)]
+
+
+def test_a_workload_without_address_or_network_is_still_an_error() -> None:
+    result = read_text(
+        "w.yaml",
+        yaml("""
+        apiVersion: networking.istio.io/v1
+        kind: WorkloadEntry
+        metadata: {name: w}
+        spec: {labels: {app: web}}
+        """),
+    )
+    assert [(f.code, f.path) for f in result.findings] == [("PF113", ("spec", "address"))]

@@ -114,7 +114,7 @@ def test_meta_records_kind_namespace_name_file_document_line_and_sorted_labels()
           annotations: {note: kept}
         spec:
           servers:
-          - port: {number: 80, protocol: HTTP}
+          - port: {number: 80, protocol: HTTP, name: p}
             hosts: ["*"]
         """
     )
@@ -135,7 +135,9 @@ def test_meta_records_kind_namespace_name_file_document_line_and_sorted_labels()
 
 @pytest.mark.parametrize("namespace", ["", "null"])
 def test_a_missing_or_empty_namespace_is_default(namespace: str) -> None:
-    text = doc("Gateway", "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: ['*']\n")
+    text = doc(
+        "Gateway", "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n  hosts: ['*']\n"
+    )
     if namespace:
         text = text.replace("  name: x\n", f"  name: x\n  namespace: {namespace}\n")
     resource = only_resource(text)
@@ -150,7 +152,7 @@ def test_a_missing_or_empty_namespace_is_default(namespace: str) -> None:
     [
         ("VirtualService", "hosts: [web]\nhttp:\n- route:\n  - destination: {host: web}\n"),
         ("DestinationRule", "host: web\n"),
-        ("Gateway", "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: ['*']\n"),
+        ("Gateway", "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n  hosts: ['*']\n"),
         ("ServiceEntry", "hosts: [api.example.com]\n"),
         ("WorkloadEntry", "address: 10.0.0.1\n"),
     ],
@@ -1157,7 +1159,7 @@ def test_gateway_selector_and_servers_convert() -> None:
               hosts: ["*"]
             - port: {number: 8443, name: tcp-shop, protocol: TCP}
               hosts: [shop/www.example.com, "*.example.com"]
-            - port: {number: 9000, protocol: grpc}
+            - port: {number: 9000, protocol: grpc, name: grpc}
               hosts: [api.example.com]
             """,
             name="edge",
@@ -1177,7 +1179,7 @@ def test_gateway_selector_and_servers_convert() -> None:
                 hosts=("shop/www.example.com", "*.example.com"),
             ),
             GatewayServer(
-                port=9000, port_name="", protocol=Protocol.GRPC, hosts=("api.example.com",)
+                port=9000, port_name="grpc", protocol=Protocol.GRPC, hosts=("api.example.com",)
             ),
         ),
     )
@@ -1197,13 +1199,18 @@ def test_gateway_selector_and_servers_convert() -> None:
 )
 def test_gateway_server_protocols(protocol: str, expected: Protocol) -> None:
     spec = spec_of(
-        doc("Gateway", f"servers:\n- port: {{number: 80, protocol: {protocol}}}\n  hosts: [a]\n")
+        doc(
+            "Gateway",
+            f"servers:\n- port: {{number: 80, protocol: {protocol}, name: p}}\n  hosts: [a]\n",
+        )
     )
     assert isinstance(spec, Gateway)
     assert spec.servers[0].protocol is expected
 
 
 def test_a_gateway_without_a_selector_has_an_empty_one() -> None:
-    spec = spec_of(doc("Gateway", "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: [a]\n"))
+    spec = spec_of(
+        doc("Gateway", "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n  hosts: [a]\n")
+    )
     assert isinstance(spec, Gateway)
     assert spec.selector == ()

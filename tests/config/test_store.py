@@ -486,23 +486,41 @@ def test_a_new_file_that_conflicts_with_an_accepted_one_is_rejected_even_if_it_s
     store = ConfigStore(config.root)
     store.reload()
 
-    config.write("a-routing.yaml", ROUTE_TO_REVIEWS.replace("name: reviews", "name: early"))
+    config.write("a-routing.yaml", ROUTE_TO_REVIEWS)
     result = store.reload()
     assert outcome(result) == (False, (), ("a-routing.yaml",))
-    assert [vs.name for vs in store.mesh.virtual_services] == ["reviews"]
     assert result.diagnostics == (
         Diagnostic(
             Severity.ERROR,
-            "PF206",
+            "PF208",
             "a-routing.yaml",
-            7,
-            5,
-            "VirtualService default/early",
-            "spec.hosts[0]",
-            f"host {REVIEWS_HOST} on gateway mesh is already routed by "
-            "VirtualService default/reviews at routing.yaml:1; merge the two VirtualServices",
+            4,
+            3,
+            "VirtualService default/reviews",
+            "metadata.name",
+            "VirtualService default/reviews is defined twice: here and at routing.yaml:1; "
+            "rename or remove one",
         ),
     )
+
+
+def test_a_second_sidecar_virtual_service_for_a_host_is_applied_and_the_first_in_file_order_wins(
+    config: Directory,
+) -> None:
+    config.write("reviews.yaml", service("reviews"))
+    config.write("routing.yaml", ROUTE_TO_REVIEWS)
+    store = ConfigStore(config.root)
+    store.reload()
+
+    config.write("a-routing.yaml", ROUTE_TO_REVIEWS.replace("name: reviews", "name: early"))
+    result = store.reload()
+    assert outcome(result) == (True, ("a-routing.yaml",), ())
+    assert [vs.name for vs in store.mesh.virtual_services] == ["early", "reviews"]
+    assert [(d.severity, d.code, d.file) for d in result.diagnostics] == [
+        (Severity.WARNING, "PF206", "routing.yaml")
+    ]
+    restarted = ConfigStore(config.root)
+    assert [(d.code, d.file) for d in restarted.reload().diagnostics] == [("PF206", "routing.yaml")]
 
 
 def test_a_config_directory_that_vanishes_keeps_the_last_good_mesh_served(tmp_path: Path) -> None:

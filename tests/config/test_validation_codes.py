@@ -475,7 +475,7 @@ def test_pf110_an_unknown_field_without_a_close_match_is_to_be_removed() -> None
     check(
         doc(
             "Gateway",
-            "servers: [{port: {number: 80, protocol: HTTP}, hosts: ['*']}]\nzzz: 1\n",
+            "servers: [{port: {number: 80, protocol: HTTP, name: p}, hosts: ['*']}]\nzzz: 1\n",
             name="gw",
         ),
         error(
@@ -545,9 +545,6 @@ def test_pf111_valid_istio_fields_pilotfish_ignores_are_warnings_and_their_child
     message = "field {!r} is valid Istio but Pilotfish does not act on it yet; it is ignored"
     assert diagnose(text) == [
         warning(
-            "PF111", 7, 3, "VirtualService default/web", "spec.exportTo", message.format("exportTo")
-        ),
-        warning(
             "PF111",
             11,
             5,
@@ -569,10 +566,10 @@ def test_pf111_valid_istio_fields_pilotfish_ignores_are_warnings_and_their_child
         ),
         (
             "Gateway",
-            "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: ['*']\n  bind: 0.0.0.0\n",
+            "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n  hosts: ['*']\n"
+            "  bind: 0.0.0.0\n",
             "spec.servers[0].bind",
         ),
-        ("DestinationRule", "host: web\nexportTo: ['*']\n", "spec.exportTo"),
         ("ServiceEntry", "hosts: [a.example.com]\nsubjectAltNames: [x]\n", "spec.subjectAltNames"),
         ("WorkloadEntry", "address: 10.0.0.1\nserviceAccount: web\n", "spec.serviceAccount"),
         (
@@ -764,7 +761,8 @@ CASES_PF112_TO_PF114 = [
     ),
     (
         "Gateway",
-        "selector: {app: 1}\nservers: [{port: {number: 80, protocol: HTTP}, hosts: ['*']}]\n",
+        "selector: {app: 1}\n"
+        "servers: [{port: {number: 80, protocol: HTTP, name: p}, hosts: ['*']}]\n",
         ("PF112", 6, 14, "spec.selector.app", "expected a string, found int 1"),
     ),
     (
@@ -832,7 +830,7 @@ CASES_PF112_TO_PF114 = [
     ),
     (
         "Gateway",
-        "servers:\n- port: {number: 80}\n  hosts: ['*']\n",
+        "servers:\n- port: {number: 80, name: p}\n  hosts: ['*']\n",
         (
             "PF113",
             7,
@@ -843,7 +841,7 @@ CASES_PF112_TO_PF114 = [
     ),
     (
         "Gateway",
-        "servers:\n- port: {number: 80, protocol: HTTP}\n",
+        "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n",
         ("PF113", 7, 5, "spec.servers[0].hosts", "a server needs at least one host"),
     ),
     (
@@ -1063,12 +1061,12 @@ CASES_PF112_TO_PF114 = [
     ),
     (
         "Gateway",
-        "servers:\n- port: {number: 0, protocol: HTTP}\n  hosts: ['*']\n",
+        "servers:\n- port: {number: 0, protocol: HTTP, name: p}\n  hosts: ['*']\n",
         ("PF114", 7, 12, "spec.servers[0].port.number", "port 0 is not 1-65535"),
     ),
     (
         "Gateway",
-        "servers:\n- port: {number: 80, protocol: UDP}\n  hosts: ['*']\n",
+        "servers:\n- port: {number: 80, protocol: UDP, name: p}\n  hosts: ['*']\n",
         (
             "PF114",
             7,
@@ -1570,11 +1568,11 @@ def test_pf120_simple_and_consistent_hash_load_balancers() -> None:
         ),
         (
             "ServiceEntry",
-            "hosts: [db.internal]\nendpoints:\n- address: 10.0.0.1\n"
+            "hosts: [db.internal]\nresolution: STATIC\nendpoints:\n- address: 10.0.0.1\n"
             "workloadSelector:\n  labels: {app: db}\n",
             (
                 "PF120",
-                9,
+                10,
                 3,
                 "spec.workloadSelector",
                 "use either endpoints or workloadSelector, not both",
@@ -1700,6 +1698,29 @@ def test_every_per_resource_code_is_covered_by_these_tests() -> None:
         "PF121",
         "PF122",
         "PF123",
+        "PF124",
+    ]
+
+
+def test_pf124_a_workload_without_address_on_another_network_is_a_warning() -> None:
+    assert diagnose(doc("WorkloadEntry", "network: west\nlabels: {app: web}\n")) == [
+        warning(
+            "PF111",
+            6,
+            3,
+            "WorkloadEntry default/x",
+            "spec.network",
+            "field 'network' is valid Istio but Pilotfish does not act on it yet; it is ignored",
+        ),
+        warning(
+            "PF124",
+            6,
+            3,
+            "WorkloadEntry default/x",
+            "spec.network",
+            "the workload has no address: it is on network 'west', reachable only through "
+            "that network's gateway, which Pilotfish does not route to; it receives no traffic",
+        ),
     ]
 
 
@@ -1737,7 +1758,7 @@ def test_pf123_an_https_or_tls_server_without_tls_settings_is_refused(protocol: 
     check(
         doc(
             "Gateway",
-            f"servers:\n- port: {{number: 443, protocol: {protocol}}}\n  hosts: ['*']\n",
+            f"servers:\n- port: {{number: 443, protocol: {protocol}, name: p}}\n  hosts: ['*']\n",
             name="edge",
         ),
         error(
@@ -1811,7 +1832,7 @@ def test_pf123_virtual_service_tls_routes_are_refused() -> None:
 def test_https_redirect_on_an_http_server_is_read_without_a_finding() -> None:
     text = doc(
         "Gateway",
-        "servers:\n- port: {number: 80, protocol: HTTP}\n  hosts: [shop.example.com]\n"
+        "servers:\n- port: {number: 80, protocol: HTTP, name: p}\n  hosts: [shop.example.com]\n"
         "  tls: {httpsRedirect: true}\n",
     )
     result = read_text(FILE, text)
@@ -1823,7 +1844,7 @@ def test_https_redirect_on_an_http_server_is_read_without_a_finding() -> None:
 def test_https_redirect_on_a_tcp_server_is_an_error() -> None:
     text = doc(
         "Gateway",
-        "servers:\n- port: {number: 80, protocol: TCP}\n  hosts: ['*']\n"
+        "servers:\n- port: {number: 80, protocol: TCP, name: p}\n  hosts: ['*']\n"
         "  tls: {httpsRedirect: true}\n",
     )
     assert [(d.code, d.field, d.message) for d in diagnose(text)] == [
@@ -1931,7 +1952,6 @@ def test_real_world_bookinfo_yaml_with_extra_istio_fields_loads_with_warnings_on
         (d.severity, d.code, d.line, d.column, d.resource, d.field) for d in diagnose(text)
     ] == [
         (WARNING, "PF111", 54, 5, "VirtualService default/bookinfo", "spec.http[0].corsPolicy"),
-        (WARNING, "PF111", 66, 3, "DestinationRule default/reviews", "spec.exportTo"),
         (WARNING, "PF111", 68, 5, "DestinationRule default/reviews", "spec.trafficPolicy.tls"),
     ]
 

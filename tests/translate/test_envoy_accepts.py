@@ -27,6 +27,7 @@ from controlplane.translate import (
 )
 from controlplane.translate.protos import Message
 from tests.translate.support import bookinfo_mesh, kitchen_sink_mesh
+from tests.translate.test_export_to import exported_mesh
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +82,26 @@ def test_envoy_validates_the_translated_resources(
     if envoy is None:
         pytest.skip("no envoy binary on PATH or next to the interpreter")
     bootstrap = static_bootstrap(translate(mesh(), proxy))
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json_format.MessageToJson(bootstrap))
+    result = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(path), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("namespace", ["shop", "other"])
+def test_envoy_validates_what_a_namespace_sees_through_export_to(
+    namespace: str, tmp_path: Path
+) -> None:
+    envoy = envoy_binary()
+    if envoy is None:
+        pytest.skip("no envoy binary on PATH or next to the interpreter")
+    bootstrap = static_bootstrap(translate(exported_mesh(), ProxyClass(namespace=namespace)))
     path = tmp_path / "bootstrap.json"
     path.write_text(json_format.MessageToJson(bootstrap))
     result = subprocess.run(

@@ -112,3 +112,31 @@ def test_struct_values_of_every_kind_never_raise() -> None:
     broken.metadata.fields["labels"].CopyFrom(struct_pb2.Value())
     broken.metadata.fields["pilotfish.io/bind-address"].CopyFrom(struct_pb2.Value(bool_value=True))
     assert ProxyClass.from_node(broken) == ProxyClass()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "node_id", "namespace"),
+    [
+        (None, "proxy-1", "default"),
+        ({"NAMESPACE": "bookinfo"}, "proxy-1", "bookinfo"),
+        ({"pilotfish.io/namespace": "shop"}, "proxy-1", "shop"),
+        ({"NAMESPACE": "bookinfo", "pilotfish.io/namespace": "shop"}, "proxy-1", "bookinfo"),
+        (None, "sidecar~10.0.0.1~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local", "bookinfo"),
+        ({"NAMESPACE": "Not_A_Label"}, "proxy-1", "default"),
+        ({"NAMESPACE": 7}, "proxy-1", "default"),
+        (None, "sidecar~10.0.0.1~no-namespace~x", "default"),
+    ],
+)
+def test_the_namespace_comes_from_istio_metadata_ours_or_an_istio_node_id(
+    metadata: dict[str, Any] | None, node_id: str, namespace: str
+) -> None:
+    assert ProxyClass.from_node(node(metadata, node_id)).namespace == namespace
+
+
+def test_the_namespace_splits_classes_and_the_default_one_keeps_the_old_key() -> None:
+    default = ProxyClass.from_node(node({"NAMESPACE": "default"}))
+    shop = ProxyClass.from_node(node({"NAMESPACE": "shop"}))
+    grpc = ProxyClass.from_node(node({"NAMESPACE": "shop", "pilotfish.io/role": "grpc"}))
+    assert default.key == "sidecar|0.0.0.0|{}"
+    assert shop.key == "sidecar|0.0.0.0|{}|shop"
+    assert grpc.key == "grpc|0.0.0.0|{}|shop"

@@ -190,7 +190,7 @@ def test_a_route_without_a_port_applies_per_listener_port_of_a_multi_port_servic
     }
 
 
-def test_several_virtual_services_for_one_host_merge_in_mesh_order() -> None:
+def test_of_several_virtual_services_for_one_host_the_first_in_mesh_order_wins() -> None:
     service = http_service("web")
 
     def vs(name: str, path: str) -> VirtualService:
@@ -203,7 +203,7 @@ def test_several_virtual_services_for_one_host_merge_in_mesh_order() -> None:
 
     mesh = mesh_of(service, virtual_services=(vs("a", "/a"), vs("b", "/b")))
     [config] = sidecar_route_configs(mesh)
-    assert [r.name for r in config.virtual_hosts[0].routes] == ["a", "b"]
+    assert [r.name for r in config.virtual_hosts[0].routes] == ["a"]
 
 
 def test_an_exact_host_virtual_service_takes_precedence_over_a_wildcard_one() -> None:
@@ -396,3 +396,18 @@ def test_an_https_redirect_server_redirects_every_request_of_its_hosts_with_or_w
             "shop.example.com:81": [("https-redirect", "/", True, "")],
         },
     }
+
+
+def test_of_two_sidecar_virtual_services_for_one_host_only_the_first_in_mesh_order_routes() -> None:
+    web = http_service("web", (Endpoint("10.0.0.1", 9080),))
+    host = "web.default.svc.cluster.local"
+    first = web_vs("first", (host,), ("mesh",), matches=(HttpMatch(uri=prefix("/a")),))
+    second = web_vs("second", (host, "api.default.svc.cluster.local"), ("mesh",))
+    wild_a = web_vs("wild-a", ("*.example.org",), ("mesh",))
+    wild_b = web_vs("wild-b", ("*.example.org",), ("mesh",))
+    api = http_service("api", (Endpoint("10.0.0.2", 9080),))
+    mesh = mesh_of(web, api, virtual_services=(first, second, wild_a, wild_b))
+    [config] = sidecar_route_configs(mesh)
+    hosts: dict[str, Any] = vhosts(config)
+    assert [r.name for r in hosts[f"{host}:9080"].routes] == ["first"]
+    assert [r.name for r in hosts["api.default.svc.cluster.local:9080"].routes] == ["second"]
