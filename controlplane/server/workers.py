@@ -211,7 +211,7 @@ class Supervisor:
                 pids = ", ".join(str(w.process.pid) for w in self._workers if w.process)
                 self.tell(
                     f"pilotfish: serving xDS on {self.address} with {self.count} workers "
-                    f"(pids {pids})"
+                    f"(pids {pids}; run directory {self.run_dir})"
                 )
                 announced = True
             time.sleep(0.05)
