@@ -121,6 +121,11 @@ def die_with_parent(run_dir: Path) -> None:
     except (OSError, ValueError):
         parent = -1
     if os.getppid() != parent:
+        print(
+            "pilotfish serve: --worker is for the processes `serve --workers` starts, "
+            "and their supervisor is gone",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
 
 
