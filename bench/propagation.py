@@ -136,6 +136,17 @@ def proc_stats(pid: int) -> ProcStats:
     return ProcStats(cpu, rss, hwm)
 
 
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of ``pid`` and of each live descendant, by pid."""
+    out = {}
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[member] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its live descendants (from /proc)."""
     children: dict[int, list[int]] = collections.defaultdict(list)
@@ -754,6 +765,7 @@ def run_edits(
         if profiler is not None:
             profiler.start("push")
         cpu0 = proc_stats(pid).cpu
+        split0 = tree_cpu(pid)
         offset = server.log_offset() if server is not None else 0
         meter = LoadMeter()
         t0 = time.time()
@@ -797,6 +809,12 @@ def run_edits(
             log(
                 f"    first applied +{ms(min(everything, default=math.nan))}; server: "
                 + server.timeline(offset, t0)
+            )
+        if len(split0) > 1:  # serve --workers: the CPU of the edit per process
+            split = tree_cpu(pid)
+            log(
+                "    server CPU by process: "
+                + ", ".join(f"{p} {split[p] - split0[p]:.2f} s" for p in split if p in split0)
             )
         results.append(result)
     return results
