@@ -1113,15 +1113,17 @@ def workers_table(outcomes: list[Outcome]) -> list[str]:
         f"{'streams':>8} {'workers':>7} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} "
         f"{'CPU/edit':>8} {'vs 1':>6} {'RSS held':>10} | {'peer p99':>8}",
     ]
-    single: dict[int, float] = {}
     peers = {o.streams: summarize(o.peer)[1] for o in outcomes if o.peer}
+    single = {
+        o.streams: statistics.median(r.cpu for r in o.edits)
+        for o in outcomes
+        if o.workers == 1 and o.edits
+    }
     for o in outcomes:
         if not o.edits:
             continue
         p50, p99, worst = summarize(o.edits)
         cpu = statistics.median(r.cpu for r in o.edits)
-        if o.workers == 1:
-            single[o.streams] = cpu
         base = single.get(o.streams)
         versus = f"{cpu / base:.2f}x" if base else "-"
         lines.append(
