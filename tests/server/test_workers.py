@@ -272,3 +272,20 @@ def test_workers_0_is_a_usage_error_in_one_line() -> None:
     assert completed.stderr.splitlines()[-1] == (
         "pilotfish serve: error: argument --workers: '0' is not a positive whole number"
     )
+
+
+@pytest.mark.parametrize("flag", ["--xds-address", "--admin-address"])
+def test_workers_on_a_busy_port_say_so_in_one_line_and_exit_2(tmp_path: Path, flag: str) -> None:
+    (tmp_path / "config").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        supervisor = serve(
+            tmp_path / "config", tmp_path / "state", "--workers", "2", flag, f"127.0.0.1:{port}"
+        )
+        _, stderr = supervisor.communicate(timeout=60)
+    assert (supervisor.returncode, stderr) == (
+        2,
+        f"pilotfish serve: port {port} is already in use on 127.0.0.1; pick another with {flag}\n",
+    )
