@@ -86,7 +86,11 @@ class Peers:
     def channel(self, index: int) -> grpc.aio.Channel:
         channel = self._channels.get(index)
         if channel is None:
-            channel = grpc.aio.insecure_channel(f"unix:{self.slot.grpc_path(index)}")
+            # A peer's list of proxies grows with its streams: no 4 MiB ceiling on answers.
+            channel = grpc.aio.insecure_channel(
+                f"unix:{self.slot.grpc_path(index)}",
+                options=[("grpc.max_receive_message_length", -1)],
+            )
             self._channels[index] = channel
         return channel
 
