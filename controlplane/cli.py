@@ -52,7 +52,7 @@ from controlplane.server.grpc_server import (
 )
 from controlplane.server.http_admin import AdminStartError
 from controlplane.server.peers import WorkerSlot
-from controlplane.server.workers import Supervisor, announce_ready, die_with_parent, guard
+from controlplane.server.workers import Supervisor, announce_ready, die_with_parent, guard, leave
 from controlplane.status_cli import add_status_commands
 
 
@@ -284,6 +284,9 @@ def _serve(args: argparse.Namespace) -> int:
     except PilotfishError as exc:
         print(f"pilotfish serve: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if worker is not None:
+            leave(worker, args.supervisor)
     return 0
 
 
@@ -292,7 +295,7 @@ def _worker_slot(args: argparse.Namespace) -> WorkerSlot | None:
     if args.worker is None:
         return None
     slot = WorkerSlot(args.worker, args.workers, Path(args.run_dir or "."))
-    die_with_parent(slot.run_dir)
+    args.supervisor = die_with_parent(slot.run_dir)
     return slot
 
 

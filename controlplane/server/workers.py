@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -111,8 +112,10 @@ def guard(address: str) -> tuple[list[socket.socket], int]:
     return sockets, port
 
 
-def die_with_parent(run_dir: Path) -> None:
-    """Have the kernel send SIGTERM when the supervisor dies; exit now if it already has."""
+def die_with_parent(run_dir: Path) -> int:
+    """Have the kernel send SIGTERM when the supervisor dies; exit now if it already has.
+
+    Returns the supervisor's pid."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -127,6 +130,7 @@ def die_with_parent(run_dir: Path) -> None:
             file=sys.stderr,
         )
         raise SystemExit(1)
+    return parent
 
 
 def announce_ready(slot: WorkerSlot) -> None:
@@ -135,6 +139,33 @@ def announce_ready(slot: WorkerSlot) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(str(os.getpid()))
     os.replace(temporary, path)
+
+
+def leave(slot: WorkerSlot, parent: int) -> None:
+    """A worker stops: remove its files; the last to leave a dead supervisor removes the rest.
+
+    The supervisor's pid file is the lock that makes "remove mine, see whether any
+    other is left" one step, so two workers stopping at once cannot both leave
+    the directory behind."""
+    try:
+        lock = open(slot.run_dir / PARENT_PID)  # noqa: SIM115 - closed below
+    except OSError:
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for path in (
+            slot.ready_path(slot.index),
+            slot.grpc_path(slot.index),
+            slot.http_path(slot.index),
+        ):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if os.getppid() == parent:
+            return  # the supervisor removes the run directory
+        if not any(slot.ready_path(i).exists() for i in range(slot.count)):
+            with contextlib.suppress(OSError):
+                (slot.run_dir / PARENT_PID).unlink()
+                slot.run_dir.rmdir()
 
 
 @dataclass

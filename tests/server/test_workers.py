@@ -237,6 +237,7 @@ def test_workers_share_one_port_answer_for_each_other_restart_and_die_with_the_s
         supervisor.kill()
         supervisor.wait(timeout=TIMEOUT)
         assert _gone([pids[0], replacement])
+        assert not run_dir.exists()  # the last worker to stop removed it
     finally:
         stop(supervisor)
 
