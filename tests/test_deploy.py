@@ -11,13 +11,14 @@ Deployment's command line serves it, ready on ``/readyz``. No network.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.error
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -306,9 +307,7 @@ def test_a_git_sync_checkout_is_read_under_current_and_its_worktrees_are_not(
     second = root / ".worktrees" / "2222"
     second.mkdir()
     for name, text in config_map["data"].items():
-        (second / name).write_text(
-            text.replace("weight: 90", "weight: 80").replace("weight: 10", "weight: 20")
-        )
+        (second / name).write_text(_shift_weights(text))
     (root / "current.tmp").symlink_to(".worktrees/2222")
     os.replace(root / "current.tmp", root / "current")  # git-sync's swap
     after = store.reload()
@@ -316,21 +315,9 @@ def test_a_git_sync_checkout_is_read_under_current_and_its_worktrees_are_not(
     assert not after.errors
 
 
-def test_the_deployment_command_line_serves_the_configmap_and_is_ready(tmp_path: Path) -> None:
-    (config_map,) = _of_kind("ConfigMap")
-    (deployment,) = _of_kind("Deployment")
-    (pilotfish,) = [c for c in deployment["spec"]["template"]["spec"]["containers"]]
-    mesh = tmp_path / "mesh"
-    mesh.mkdir()
-    for name, text in config_map["data"].items():
-        (mesh / name).write_text(text)
-    local = {
-        "--config-dir": str(mesh),
-        "--xds-address": "127.0.0.1:0",
-        "--admin-address": "127.0.0.1:0",
-        "--state-dir": str(tmp_path / "state"),
-    }
-    args = list(pilotfish["args"])
+def _start(args: list[str], local: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """``pilotfish`` with a manifest's arguments, paths and ports made local; its admin address."""
+    args = list(args)
     for flag, value in local.items():
         args[args.index(flag) + 1] = value
     process = subprocess.Popen(
@@ -341,21 +328,81 @@ def test_the_deployment_command_line_serves_the_configmap_and_is_ready(tmp_path:
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("pilotfish: HTTP admin on http://"):
+            return process, line.split("http://", 1)[1].split("/", 1)[0]
+    raise AssertionError(f"serve exited with {process.wait(timeout=30)}")
+
+
+def _get(admin: str, path: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(f"http://{admin}{path}", timeout=30) as response:
+        return response.status, response.read()
+
+
+def _stop(process: subprocess.Popen[str]) -> int:
     try:
-        assert process.stderr is not None
-        admin = ""
-        for line in process.stderr:
-            if line.startswith("pilotfish: HTTP admin on http://"):
-                admin = line.split("http://", 1)[1].split("/", 1)[0]
-                break
-        assert admin, f"serve exited with {process.wait(timeout=30)}"
-        with urllib.request.urlopen(f"http://{admin}/readyz", timeout=30) as response:
-            assert (response.status, response.read()) == (200, b"ready\n")
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        return process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         if process.stderr is not None:
             process.stderr.close()
+
+
+def _local(config_dir: Path, tmp_path: Path) -> dict[str, str]:
+    return {
+        "--config-dir": str(config_dir),
+        "--xds-address": "127.0.0.1:0",
+        "--admin-address": "127.0.0.1:0",
+        "--state-dir": str(tmp_path / "state"),
+    }
+
+
+def _write_mesh(directory: Path, edit: Callable[[str], str] = str) -> None:
+    (config_map,) = _of_kind("ConfigMap")
+    directory.mkdir(parents=True)
+    for name, text in config_map["data"].items():
+        (directory / name).write_text(edit(text))
+
+
+def _shift_weights(text: str) -> str:
+    return text.replace("weight: 90", "weight: 80").replace("weight: 10", "weight: 20")
+
+
+def test_the_deployment_command_line_serves_the_configmap_and_is_ready(tmp_path: Path) -> None:
+    (deployment,) = _of_kind("Deployment")
+    (pilotfish,) = deployment["spec"]["template"]["spec"]["containers"]
+    _write_mesh(tmp_path / "mesh")
+    process, admin = _start(pilotfish["args"], _local(tmp_path / "mesh", tmp_path))
+    try:
+        assert _get(admin, "/readyz") == (200, b"ready\n")
+    finally:
+        assert _stop(process) == 0
+
+
+def test_the_git_sync_command_line_serves_the_checkout_and_follows_its_swap(
+    tmp_path: Path,
+) -> None:
+    (deployment,) = _of_kind("Deployment", DEPLOY / "git-sync")
+    (pilotfish,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "pilotfish"
+    ]
+    root = tmp_path / "git"
+    _write_mesh(root / ".worktrees" / "1111")
+    (root / "current").symlink_to(".worktrees/1111")
+    process, admin = _start(pilotfish["args"], _local(root, tmp_path))
+    try:
+        assert _get(admin, "/readyz") == (200, b"ready\n")
+        before = json.loads(_get(admin, "/debug/config")[1])["version"]
+        _write_mesh(root / ".worktrees" / "2222", _shift_weights)
+        (root / "current.tmp").symlink_to(".worktrees/2222")
+        os.replace(root / "current.tmp", root / "current")  # git-sync's swap
+        deadline = time.monotonic() + 60
+        while json.loads(_get(admin, "/debug/config")[1])["version"] == before:
+            assert time.monotonic() < deadline, "the swap was never picked up"
+            time.sleep(0.1)
+    finally:
+        assert _stop(process) == 0
