@@ -113,17 +113,58 @@ class ProcStats:
 
 
 def proc_stats(pid: int) -> ProcStats:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    """CPU, RSS and peak RSS of ``pid`` and its live descendants, summed: with
+    ``pilotfish serve --workers`` the supervisor's figures alone would miss the workers."""
+    cpu = 0.0
     rss = hwm = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{member}/status") as f:
+                status = f.readlines()
+        except OSError:
+            if member == pid:
+                raise
+            continue  # a descendant that just exited
+        cpu += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+        for line in status:
             if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
+                rss += int(line.split()[1]) * 1024
             elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
+                hwm += int(line.split()[1]) * 1024
     return ProcStats(cpu, rss, hwm)
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of ``pid`` and of each live descendant, by pid."""
+    out = {}
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[member] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (from /proc)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children[parent].append(int(entry.name))
+    tree, pending = [], [pid]
+    while pending:
+        member = pending.pop()
+        tree.append(member)
+        pending.extend(children.get(member, ()))
+    return tree
 
 
 def _busy_seconds() -> float:
@@ -262,6 +303,7 @@ class Server:
 
     def __init__(self, args: argparse.Namespace, config_dir: Path, work: Path, reaper: Reaper):
         self.port = free_port()
+        self.workers = getattr(args, "server_workers", 1)
         self.log_path = work / f"server-{self.port}.log"
         self.profile_path = work / f"server-{self.port}.prof"
         serve = [
@@ -290,6 +332,7 @@ class Server:
             "0",
             "--max-streams-per-connection",
             "0",
+            *(("--workers", str(self.workers)) if self.workers > 1 else ()),
         ]
         env = dict(os.environ)
         if args.profile and not args.py_spy:
@@ -310,7 +353,10 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pilotfish serve exited: {self.log_path.read_text()[-2000:]}")
-            if b"serving xDS on" in self.log_path.read_bytes():
+            ready = b"serving xDS on"
+            if self.workers > 1:
+                ready = f"with {self.workers} workers".encode()
+            if ready in self.log_path.read_bytes():
                 return
             time.sleep(0.2)
         raise TimeoutError("pilotfish serve did not start")
@@ -636,6 +682,8 @@ class Outcome:
     cpu_total: float = 0.0
     peer_rss: int = 0
     peer_cpu: float = 0.0
+    workers: int = 1
+    """``pilotfish serve --workers``: the server's figures sum its processes."""
 
 
 def merge(replies: list[dict[str, Any]], key: str) -> dict[str, list[Any]]:
@@ -717,6 +765,7 @@ def run_edits(
         if profiler is not None:
             profiler.start("push")
         cpu0 = proc_stats(pid).cpu
+        split0 = tree_cpu(pid)
         offset = server.log_offset() if server is not None else 0
         meter = LoadMeter()
         t0 = time.time()
@@ -760,6 +809,12 @@ def run_edits(
             log(
                 f"    first applied +{ms(min(everything, default=math.nan))}; server: "
                 + server.timeline(offset, t0)
+            )
+        if len(split0) > 1:  # serve --workers: the CPU of the edit per process
+            split = tree_cpu(pid)
+            log(
+                "    server CPU by process: "
+                + ", ".join(f"{p} {split[p] - split0[p]:.2f} s" for p in split if p in split0)
             )
         results.append(result)
     return results
@@ -1034,6 +1089,51 @@ def final_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def worker_runs(args: argparse.Namespace) -> Iterator[tuple[int, argparse.Namespace]]:
+    """One server run per ``--workers`` value; only the last is followed by the peer."""
+    for index, workers in enumerate(args.server_workers):
+        last = index == len(args.server_workers) - 1
+        if len(args.server_workers) > 1:
+            log(f"pilotfish serve --workers {workers}")
+            print(f"--- pilotfish serve --workers {workers}", flush=True)
+        yield (
+            workers,
+            argparse.Namespace(
+                **{**vars(args), "server_workers": workers, "no_peer": args.no_peer or not last}
+            ),
+        )
+
+
+def workers_table(outcomes: list[Outcome]) -> list[str]:
+    """--workers side by side: latency, and server CPU per edit summed over its processes."""
+    lines = [
+        "",
+        "Workers (server CPU = sum over the supervisor and its workers, from /proc; "
+        "clients and server share the machine):",
+        f"{'streams':>8} {'workers':>7} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} "
+        f"{'CPU/edit':>8} {'vs 1':>6} {'RSS held':>10} | {'peer p99':>8}",
+    ]
+    peers = {o.streams: summarize(o.peer)[1] for o in outcomes if o.peer}
+    single = {
+        o.streams: statistics.median(r.cpu for r in o.edits)
+        for o in outcomes
+        if o.workers == 1 and o.edits
+    }
+    for o in outcomes:
+        if not o.edits:
+            continue
+        p50, p99, worst = summarize(o.edits)
+        cpu = statistics.median(r.cpu for r in o.edits)
+        base = single.get(o.streams)
+        versus = f"{cpu / base:.2f}x" if base else "-"
+        lines.append(
+            f"{o.streams:>8} {o.workers:>7} {ms(p50):>8} {ms(p99):>8} {ms(worst):>9} "
+            f"{cpu:>7.2f}s {versus:>6} {size(o.rss_held):>10} | "
+            f"{ms(peers.get(o.streams, math.nan)):>8}"
+        )
+    return lines
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -1090,6 +1190,15 @@ def main() -> None:
         "--perf", action="store_true", help="perf record the whole machine during each push"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--workers",
+        dest="server_workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="pilotfish serve --workers values to compare at each N, side by side with one "
+        "peer run (after the last); CPU and RSS are summed over the server's processes (1)",
+    )
     args = parser.parse_args()
     args.py_spy = bool(shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists())
 
@@ -1138,14 +1247,18 @@ def main() -> None:
         config_scale.generate(config_dir, args.services)
         log(f"generated {args.services} services in {config_dir}")
         for n in args.streams:
-            outcome, lines = run_n(n, args, config_dir, work, reaper, weights)
-            outcomes.append(outcome)
-            print("\n".join(lines), flush=True)
+            for workers, run_args in worker_runs(args):
+                outcome, lines = run_n(n, run_args, config_dir, work, reaper, weights)
+                outcome.workers = workers
+                outcomes.append(outcome)
+                print("\n".join(lines), flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
         reaper.close()
         print("\n".join(final_table(outcomes, args)), flush=True)
+        if len(args.server_workers) > 1:
+            print("\n".join(workers_table(outcomes)), flush=True)
         if args.keep:
             print(f"work directory kept: {work}")
         else:

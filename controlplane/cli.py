@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -50,6 +51,8 @@ from controlplane.server.grpc_server import (
     split_address,
 )
 from controlplane.server.http_admin import AdminStartError
+from controlplane.server.peers import WorkerSlot
+from controlplane.server.workers import Supervisor, announce_ready, die_with_parent, guard, leave
 from controlplane.status_cli import add_status_commands
 
 
@@ -227,15 +230,19 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        check_address(args.xds_address)
-    except ServerStartError as exc:
-        return _cannot_listen(exc)
-    if args.admin_address is not None:
+    worker = _worker_slot(args)
+    if worker is None:
         try:
-            check_address(args.admin_address)
+            check_address(args.xds_address)
         except ServerStartError as exc:
-            return _cannot_listen(exc, "--admin-address")
+            return _cannot_listen(exc)
+        if args.admin_address is not None:
+            try:
+                check_address(args.admin_address)
+            except ServerStartError as exc:
+                return _cannot_listen(exc, "--admin-address")
+        if args.workers > 1:
+            return _supervise(args, state_dir)
     configure_logging(args.log_format, args.log_level)
     options = ControlPlaneOptions(
         config_dir=root,
@@ -260,11 +267,13 @@ def _serve(args: argparse.Namespace) -> int:
             max_resource_names=args.max_resource_names,
             max_ping_strikes=args.max_ping_strikes,
             load_report_interval=args.load_report_interval,
+            reuse_port=worker is not None,
         ),
         proxy_class_grace=args.proxy_class_grace,
         max_proxy_classes=args.max_proxy_classes,
         limits=_limits(args),
         admin_address=args.admin_address,
+        worker=worker,
     )
     try:
         event_loop.run(_run_until_signalled(options, args.grace), args.event_loop)
@@ -275,7 +284,70 @@ def _serve(args: argparse.Namespace) -> int:
     except PilotfishError as exc:
         print(f"pilotfish serve: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if worker is not None:
+            leave(worker, args.supervisor)
     return 0
+
+
+def _worker_slot(args: argparse.Namespace) -> WorkerSlot | None:
+    """This process's slot when a ``--workers`` supervisor started it (it dies with it)."""
+    if args.worker is None:
+        return None
+    slot = WorkerSlot(args.worker, args.workers, Path(args.run_dir or "."))
+    args.supervisor = die_with_parent(slot.run_dir)
+    return slot
+
+
+def _supervise(args: argparse.Namespace, state_dir: Path) -> int:
+    """``--workers N``: reserve the ports, run N copies of this command, supervise them."""
+    if not sys.platform.startswith("linux"):
+        print(
+            "pilotfish serve: --workers needs Linux's SO_REUSEPORT; run one serve per core "
+            "on different ports instead",
+            file=sys.stderr,
+        )
+        return 2
+    guards: list[socket.socket] = []
+    try:
+        xds_guard, xds_port = guard(args.xds_address)
+        guards += xds_guard
+        admin = "off"
+        if args.admin_address is not None:
+            admin_guard, admin_port = guard(args.admin_address)
+            guards += admin_guard
+            admin = f"{args.admin_address.rpartition(':')[0]}:{admin_port}"
+    except ServerStartError as exc:
+        for sock in guards:
+            sock.close()
+        return _cannot_listen(exc, "--admin-address" if guards else "--xds-address")
+    xds = f"{args.xds_address.rpartition(':')[0]}:{xds_port}"
+    package_root = str(Path(__file__).resolve().parent.parent)
+    environ = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
+
+    def command(index: int, run_dir: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "controlplane",
+            *args.argv,
+            *("--xds-address", xds, "--admin-address", admin, "--state-dir", str(state_dir)),
+            *("--worker", str(index), "--run-dir", str(run_dir)),
+        ]
+
+    try:
+        supervisor = Supervisor(
+            args.workers, command, grace=args.grace, address=xds, tell=_tell, environ=environ
+        )
+        return supervisor.run()
+    finally:
+        for sock in guards:
+            sock.close()
 
 
 def _cannot_listen(exc: ServerStartError, flag: str = "--xds-address") -> int:
@@ -292,7 +364,11 @@ async def _run_until_signalled(options: ControlPlaneOptions, grace: float) -> No
         loop.add_signal_handler(signum, stop.set)
     plane = ControlPlane(options)
     await plane.start()
-    _tell(f"pilotfish: serving xDS on {plane.address}")
+    if options.worker is not None:
+        announce_ready(options.worker)
+        _tell(f"pilotfish: worker {options.worker.index} serving xDS on {plane.address}")
+    else:
+        _tell(f"pilotfish: serving xDS on {plane.address}")
     if plane.http_admin is not None:
         _tell(f"pilotfish: HTTP admin on http://{plane.http_admin.address}/metrics")
     try:
@@ -572,6 +648,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="how often proxies report their traffic per cluster (10s)",
     )
+    serve.add_argument(
+        "--workers",
+        type=_count,
+        default=1,
+        help="processes serving the xDS port together, each a complete control plane on the "
+        "directory (Linux, SO_REUSEPORT); the admin answers for all of them (1)",
+    )
+    serve.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
     _add_limit_flags(serve)
     serve.set_defaults(run=_serve)
 
@@ -629,6 +714,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     args = parser.parse_args(argv)
+    args.argv = tuple(argv)
     result: int = args.run(args)
     return result
 

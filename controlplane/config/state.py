@@ -25,6 +25,12 @@ a record of another config directory) is ignored as a whole and logged once:
 starting without it is what Pilotfish did before there was a state
 directory. Likewise a state directory that cannot be written is logged once
 (and again once it works) and never stops serving.
+
+Several processes serving one directory (``pilotfish serve --workers``) share
+one state directory with a single writer: the others open it with
+``read_only=True``, since two writers could each delete a version the other's
+newer manifest names. Their record is the same anyway: they accept the same
+files.
 """
 
 from __future__ import annotations
@@ -63,8 +69,9 @@ def default_state_dir(config_dir: Path, environ: Mapping[str, str] | None = None
 class StateDir:
     """The record of accepted versions in ``path`` for the config directory ``config_dir``."""
 
-    def __init__(self, path: Path, config_dir: Path) -> None:
+    def __init__(self, path: Path, config_dir: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self.config_dir = os.path.realpath(config_dir)
         self._cond = threading.Condition()
         self._pending: dict[str, tuple[str, str]] | None = None
@@ -118,7 +125,7 @@ class StateDir:
     def save(self, files: Mapping[str, tuple[str, str]]) -> None:
         """Record ``{path: (digest, text)}`` as the accepted versions, in the background."""
         with self._cond:
-            if self._closed:
+            if self._closed or self.read_only:
                 return
             self._pending = dict(files)
             if self._thread is None or not self._thread.is_alive():

@@ -133,7 +133,7 @@ class AdminServices:
     def register(self, server: grpc.aio.Server) -> None:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(self, server)
         csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
-            ClientStatusService(self), server
+            self.client_status_service(), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         # The descriptor modules are imported for their services' descriptors; only the
@@ -149,6 +149,10 @@ class AdminServices:
             ),
         ]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+
+    def client_status_service(self) -> ClientStatusService:
+        """The CSDS servicer over this admin (workers substitute one that aggregates)."""
+        return ClientStatusService(self)
 
     async def loaded(self, loaded: bool = True) -> None:
         """Health: SERVING once the first configuration is loaded."""

@@ -15,6 +15,12 @@
   per proxy class (``ProxyClass.key``) and publishes new snapshots to streams;
 * the grpc.aio xDS server streams them.
 
+As one of several workers (``worker``, see :mod:`~controlplane.server.workers`)
+it joins the ports its supervisor holds, listens on private sockets for its
+peers, answers admin calls for every worker
+(:mod:`~controlplane.server.peers`), and writes the state directory only if
+it is worker 0.
+
 Proxy classes are bookkept here and in the cache: :meth:`ControlPlane._classify`
 remembers each class the cache asks about, and the cache's ``forget`` callback
 (:meth:`ControlPlane._forget`) drops a class's entry, its resource cache and
@@ -50,6 +56,7 @@ from controlplane.server.admin import AdminServices, ConfigView
 from controlplane.server.ads import AggregatedDiscoveryService
 from controlplane.server.grpc_server import XdsServer, XdsServerOptions, start_xds_server
 from controlplane.server.http_admin import HttpAdmin
+from controlplane.server.peers import AggregatingAdmin, Peers, WorkerSlot
 from controlplane.server.stats import RELOAD_BUCKETS, Histogram
 from controlplane.translate import ProxyClass, ProxyRole
 from controlplane.translate.translator import Translator
@@ -80,6 +87,8 @@ class ControlPlaneOptions:
     limits: ConfigLimits = DEFAULT_LIMITS
     admin_address: str | None = None
     """HOST:PORT of the HTTP admin endpoint (/metrics, /readyz...); None: not served."""
+    worker: WorkerSlot | None = None
+    """This process's place among ``pilotfish serve --workers`` (None: serving alone)."""
 
 
 # Verified while no proxy of their kind has connected, so that the first to connect
@@ -96,7 +105,15 @@ class ControlPlane:
         self.store = ConfigStore(
             options.config_dir,
             options.limits,
-            state=StateDir(options.state_dir, options.config_dir) if options.state_dir else None,
+            state=(
+                StateDir(
+                    options.state_dir,
+                    options.config_dir,
+                    read_only=options.worker is not None and options.worker.index != 0,
+                )
+                if options.state_dir
+                else None
+            ),
             verify=self._verify,
             withdraw_grace=options.withdraw_grace,
             max_withdraw_share=options.max_withdraw_share,
@@ -126,6 +143,7 @@ class ControlPlane:
         self._config_view = ConfigView()
         self.reload_seconds = Histogram(RELOAD_BUCKETS)
         self.http_admin: HttpAdmin | None = None
+        self.peers = Peers(options.worker) if options.worker is not None else None
 
     @property
     def port(self) -> int:
@@ -293,7 +311,10 @@ class ControlPlane:
             )
 
     def _add_admin(self, server: grpc.aio.Server, ads: AggregatedDiscoveryService) -> None:
-        self.admin = AdminServices(ads, lambda: self._config_view)
+        if self.peers is not None:
+            self.admin = AggregatingAdmin(ads, lambda: self._config_view, peers=self.peers)
+        else:
+            self.admin = AdminServices(ads, lambda: self._config_view)
         self.admin.register(server)
 
     def _schedule_recheck(self, at: float | None) -> None:
@@ -319,7 +340,16 @@ class ControlPlane:
         if self.options.admin_address is not None:
             # Before the first load, so that /healthz answers and /readyz says 503 meanwhile.
             http_admin = HttpAdmin(self)
-            await http_admin.start(self.options.admin_address)
+            worker = self.options.worker
+            if worker is None or self.peers is None:
+                await http_admin.start(self.options.admin_address)
+            else:
+                http_admin.merge_metrics = self.peers.merged_metrics
+                await http_admin.start(
+                    self.options.admin_address,
+                    reuse_port=True,
+                    unix_path=str(worker.http_path(worker.index)),
+                )
             self.http_admin = http_admin
             log.info("http_admin_started", address=http_admin.address)
         try:
@@ -354,6 +384,11 @@ class ControlPlane:
             self.options.xds_address,
             options=self.options.server,
             services=[self._add_admin],
+            private_address=(
+                f"unix:{self.options.worker.grpc_path(self.options.worker.index)}"
+                if self.options.worker is not None
+                else None
+            ),
         )
         assert self.admin is not None
         await self.admin.loaded()
@@ -385,3 +420,5 @@ class ControlPlane:
             server, self._server = self._server, None
             await server.stop(grace)
         await self._stop_http_admin()
+        if self.peers is not None:
+            await self.peers.close()

@@ -41,6 +41,12 @@ the two; it is turned off. :func:`check_address` binds the address the way
 gRPC does (``SO_REUSEADDR``) and closes it again, so that a port in use or a
 host that does not resolve is one clear :class:`ServerStartError` rather than
 gRPC core's own log line followed by a generic failure.
+
+Workers (``pilotfish serve --workers``, :mod:`~controlplane.server.workers`)
+are the exception: their supervisor holds the port, and each worker binds it
+with ``reuse_port`` (``SO_REUSEPORT``) so the kernel spreads connections
+over them; each also listens on a private Unix socket (``private_address``)
+where its peers reach it alone.
 """
 
 from __future__ import annotations
@@ -150,6 +156,8 @@ class XdsServerOptions:
     """Seconds a connection past its age may still finish in-flight calls."""
     load_report_interval: float = 10.0
     """Seconds between the load reports each proxy sends (LRS)."""
+    reuse_port: bool = False
+    """Join the ``SO_REUSEPORT`` group a supervisor reserved (workers only)."""
 
     def channel_options(self) -> list[tuple[str, int]]:
         pending = self.max_pending_calls or self.max_streams or 100_000
@@ -167,7 +175,7 @@ class XdsServerOptions:
                 _ms(self.min_client_ping_interval),
             ),
             ("grpc.http2.max_ping_strikes", self.max_ping_strikes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.reuse_port)),
         ]
         if self.max_streams_per_connection:
             options.append(("grpc.max_concurrent_streams", self.max_streams_per_connection))
@@ -232,12 +240,15 @@ async def start_xds_server(
     *,
     options: XdsServerOptions | None = None,
     services: Sequence[Callable[[grpc.aio.Server, AggregatedDiscoveryService], None]] = (),
+    private_address: str | None = None,
 ) -> XdsServer:
     """Serve ADS and the single-type services, SotW and delta, for ``cache`` on ``address``.
 
-    Each of ``services`` registers more services on the same server (the admin ones)."""
+    Each of ``services`` registers more services on the same server (the admin ones);
+    ``private_address`` (``unix:PATH``) is a second port serving the same."""
     options = options or XdsServerOptions()
-    check_address(address)
+    if not options.reuse_port:
+        check_address(address)
     server = grpc.aio.server(options=options.channel_options())
     ads = AggregatedDiscoveryService(cache, limits=options.stream_limits())
     add_xds_services(server, ads)
@@ -251,6 +262,8 @@ async def start_xds_server(
         raise ServerStartError(f"cannot listen on {address}: {exc}") from exc
     if port == 0:
         raise ServerStartError(f"cannot listen on {address}")
+    if private_address is not None and not server.add_insecure_port(private_address):
+        raise ServerStartError(f"cannot listen on {private_address}")
     await server.start()
     host = address.rsplit(":", 1)[0]
     log.info("xds_server_started", address=f"{host}:{port}")

@@ -17,6 +17,11 @@ Metrics cost the push path nothing but integer adds: :class:`MeshCollector`
 reads everything when scraped, from the live streams, the counters and
 histograms of :class:`~controlplane.server.stats.XdsStats`, the snapshot cache,
 the config view and the load reports. A scrape walks the live streams once.
+
+Under ``pilotfish serve --workers`` every worker serves the port
+(``reuse_port``) and a private Unix socket; ``/metrics`` then answers for
+every worker through :attr:`HttpAdmin.merge_metrics` (see
+:mod:`~controlplane.server.peers`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import dataclasses
 import enum
 import json
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import timedelta
 from importlib import resources
 from pathlib import PurePath
@@ -278,6 +283,8 @@ class HttpAdmin:
         self._runner: web.AppRunner | None = None
         self.host = ""
         self.port = 0
+        self.merge_metrics: Callable[[bytes, web.Request], Awaitable[bytes]] | None = None
+        """Workers: this worker's metrics text -> every worker's (see controlplane.server.peers)."""
         self.parts = Parts(source)
         self._feed: DashboardFeed | None = None
         self._page = (
@@ -306,10 +313,16 @@ class HttpAdmin:
         app.router.add_get("/dashboard/stream", self._dashboard_stream)
         return app
 
-    async def start(self, address: str) -> None:
-        """Listen on ``address`` (HOST:PORT, port 0 for any); :class:`AdminStartError` if not."""
+    async def start(
+        self, address: str, *, reuse_port: bool = False, unix_path: str | None = None
+    ) -> None:
+        """Listen on ``address`` (HOST:PORT, port 0 for any); :class:`AdminStartError` if not.
+
+        Workers join the port their supervisor holds (``reuse_port``) and listen on
+        ``unix_path`` too, where their peers reach them alone."""
         try:
-            check_address(address)
+            if not reuse_port:
+                check_address(address)
         except ServerStartError as exc:
             raise AdminStartError(exc) from exc
         host, port = split_address(address)
@@ -319,9 +332,12 @@ class HttpAdmin:
             self.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_port=False)
+        sites: list[web.BaseSite] = [web.TCPSite(runner, host, port, reuse_port=reuse_port)]
+        if unix_path is not None:
+            sites.append(web.UnixSite(runner, unix_path))
         try:
-            await site.start()
+            for site in sites:
+                await site.start()
         except OSError as exc:
             await runner.cleanup()
             raise AdminStartError(ServerStartError(f"cannot listen on {address}: {exc}")) from exc
@@ -349,7 +365,10 @@ class HttpAdmin:
         return web.json_response(body, dumps=_dumps)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(self.registry))
+        body = generate_latest(self.registry)
+        if self.merge_metrics is not None:
+            body = await self.merge_metrics(body, request)
+        response = web.Response(body=body)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
