@@ -275,6 +275,7 @@ async def test_debug_config_is_the_served_model_as_json(tmp_path: Path) -> None:
                 "addresses": [],
                 "mesh_external": False,
                 "source": "Service default/web",
+                "export_to": ["*"],
             }
         ],
         "destination_policies": [
@@ -289,6 +290,7 @@ async def test_debug_config_is_the_served_model_as_json(tmp_path: Path) -> None:
                     "port_level": [],
                 },
                 "subsets": [{"name": "v1", "labels": [["version", "v1"]], "traffic_policy": None}],
+                "export_to": ["*"],
             }
         ],
         "virtual_services": [
@@ -331,6 +333,7 @@ async def test_debug_config_is_the_served_model_as_json(tmp_path: Path) -> None:
                     }
                 ],
                 "tcp": [],
+                "export_to": ["*"],
             }
         ],
         "gateways": [],
