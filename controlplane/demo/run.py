@@ -154,7 +154,7 @@ class ConfigReporter:
     errors_at_start: dict[str, list[str]] = field(default_factory=dict)
     loaded: bool = False
     version: str = ""
-    lines: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def digests(self) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -173,15 +173,18 @@ class ConfigReporter:
             event = json.loads(raw)
         except ValueError:
             return
-        if not isinstance(event, dict):
-            return
-        self.lines += 1
+        if isinstance(event, dict):
+            with self.lock:
+                self._event(event)
+
+    def _event(self, event: dict[str, Any]) -> None:
         name = event.get("event")
-        if name == "config_error":
+        if name in ("config_error", "config_warning"):
             where = f"{event.get('file')}:{event.get('line')}:{event.get('column')}"
+            severity = "error" if name == "config_error" else "warning"
             code = event.get("code", "")
-            self.say(f"error: {where}: error[{code}] {event.get('message')}")
-            if not self.loaded:
+            self.say(f"{severity}: {where}: {severity}[{code}] {event.get('message')}")
+            if name == "config_error" and not self.loaded:
                 rel = self._rel(str(event.get("file", "")))
                 self.errors_at_start.setdefault(rel, []).append(str(event.get("resource", "")))
         elif name == "config_loaded":
@@ -210,6 +213,24 @@ class ConfigReporter:
                 f"not loaded: {rel} has errors and no last good version, so none of it is "
                 f"served ({named} and the rest of the file); fix it and save"
             )
+
+    def check_reverted(self) -> None:
+        """Report rejected files put back as they were: the control plane logs nothing then.
+
+        A file whose content is again the version being served needs no reload,
+        so no event says it is fine again; its digest does.
+        """
+        with self.lock:
+            if not self.rejected:
+                return
+            current = self.digests()
+            for rel in sorted(self.rejected):
+                if rel in self.served and current.get(rel) == self.served[rel]:
+                    self.rejected.discard(rel)
+                    self.say(
+                        f"fixed: {rel} is back to the version being served "
+                        f"(config version {self.version})"
+                    )
 
     def _reloaded(self, event: dict[str, Any]) -> None:
         version = str(event.get("config_version", ""))
@@ -358,7 +379,7 @@ class Demo:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        self.children.append(Child("control plane", process, log))
+        self.children.append(Child("control-plane", process, log))
         self.reporter = ConfigReporter(self.config_dir, self.out)
         assert process.stderr is not None
         self._reader = threading.Thread(
@@ -483,6 +504,8 @@ processes: {pids}
         """Block until ``stop`` is set; a child that dies is reported once."""
         reported: set[str] = set()
         while not stop.wait(0.5):
+            if self.reporter is not None:
+                self.reporter.check_reverted()
             for child in self.children:
                 if child.name not in reported and child.process.poll() is not None:
                     reported.add(child.name)
