@@ -36,6 +36,7 @@ and more than once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import json
@@ -450,7 +451,7 @@ class Demo:
             if workload.calls is not None and workload.sidecar is not None:
                 host, _, port = workload.calls.rpartition(":")
                 self._wait(
-                    lambda a=workload.sidecar, h=workload.calls, p=int(port): _answered(a, p, h),
+                    functools.partial(_answered, workload.sidecar, int(port), workload.calls),
                     f"the sidecar on {workload.sidecar} to route to {host}",
                     deadline,
                 )

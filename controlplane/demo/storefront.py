@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def behaviour_of(args: argparse.Namespace) -> Behaviour:
-    upstream = None if args.calls is None else Upstream(*args.calls, via=args.via)
+    upstream = None if args.calls is None else Upstream(args.calls[0], args.calls[1], args.via)
     return Behaviour(args.name, args.delay, upstream)
 
 
