@@ -41,7 +41,9 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -93,8 +95,6 @@ class DemoOptions:
 
 
 def port_is_free(address: str, port: int) -> bool:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -348,11 +348,15 @@ class Demo:
             if workload.calls and workload.sidecar:
                 command += ["--calls", workload.calls, "--via", workload.sidecar]
             self._spawn(workload.name, command)
+        # Proxies that find no control plane back off for a second or more: start them
+        # once it listens (the workloads start meanwhile).
+        deadline = time.monotonic() + options.ready_timeout
+        self._wait(functools.partial(_accepts, options.xds_port), "the control plane", deadline)
         for address in mesh.sidecars:
             name = self.sidecar_name(address)
             self._spawn(name, self.agent_command(xds, name, "sidecar", address))
         self._start_gateway()
-        self._wait_ready()
+        self._wait_ready(deadline)
 
     def sidecar_name(self, address: str) -> str:
         assert self.mesh is not None
@@ -443,10 +447,9 @@ class Demo:
                 raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
             time.sleep(0.05)
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, deadline: float) -> None:
         mesh = self.mesh
         assert mesh is not None
-        deadline = time.monotonic() + self.options.ready_timeout
         for workload in mesh.workloads:
             if workload.calls is not None and workload.sidecar is not None:
                 host, _, port = workload.calls.rpartition(":")
@@ -539,9 +542,12 @@ processes: {pids}
             self._reader = None
         workdir, self.workdir = self.workdir, None
         if workdir is not None:
-            import shutil
-
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _accepts(port: int) -> bool:
+    with socket.create_connection((LOOPBACK, port), timeout=1.0):
+        return True
 
 
 def _answered(address: str, port: int, host: str | None) -> bool:
