@@ -482,15 +482,20 @@ class Demo:
         editor = os.environ.get("EDITOR", "$EDITOR")
         temporary = options.config_dir is None
         where = "a temporary copy, removed at exit" if temporary else "edits stay"
-        sidecars = ", ".join(self.sidecar_name(a) for a in mesh.sidecars) or "none"
         pids = " ".join(f"{name}={pid}" for name, pid in self.pids().items())
+        if mesh.sidecars:
+            sidecars = ", ".join(self.sidecar_name(a) for a in mesh.sidecars)
+            beside = f"sidecar agents ({sidecars}) beside the services that call others"
+            answers = "each answer names both hops: the frontend, and who answered its call"
+        else:
+            beside = f"{len(mesh.workloads)} workloads"
+            answers = "each answer names the workload that served it (header x-backend)"
         return f"""
-Pilotfish demo is up: the gateway ({self.gateway_kind}) on {self.url}, sidecar agents
-({sidecars}) beside the services, the control plane watching {self.config_dir}
-({where}).
+Pilotfish demo is up: the gateway ({self.gateway_kind}) on {self.url}, {beside},
+the control plane watching {self.config_dir} ({where}).
 
   curl {self.url}
-      each answer names the storefront version and the catalog instance behind it
+      {answers}
   {editor} {mesh.edit_target}
       change the routing: each save is applied live and reported here, errors with
       their file and line (the tour: docs/tour.md)
