@@ -94,28 +94,28 @@ def test_0_the_demo_prints_the_guide_and_runs_every_process(demo: LiveDemo) -> N
     assert demo.wait_line(r"^pilotfish demo: loaded: catalog\.yaml, storefront\.yaml")
 
 
-def test_0_pilotfish_status_lists_the_gateway_and_both_sidecars_synced(demo: LiveDemo) -> None:
-    def synced() -> bool:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "controlplane",
-                "status",
-                "--server",
-                f"127.0.0.1:{demo.xds_port}",
-            ],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=60,
-        )
-        rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:] if line}
-        return set(rows) == {"gateway", "storefront-v1-sidecar", "storefront-v2-sidecar"} and all(
-            row.count("SYNCED") == 4 for row in rows.values()
-        )
+def status(demo: LiveDemo) -> dict[str, str]:
+    """``pilotfish status`` as the guide prints it: each proxy's row by node id."""
+    result = subprocess.run(
+        [sys.executable, "-m", "controlplane", "status", "--server", f"127.0.0.1:{demo.xds_port}"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return {line.split()[0]: line for line in result.stdout.splitlines()[1:] if line}
 
-    demo.eventually(synced)
+
+def all_synced(demo: LiveDemo) -> bool:
+    rows = status(demo)
+    return set(rows) == {"gateway", "storefront-v1-sidecar", "storefront-v2-sidecar"} and all(
+        row.count("SYNCED") == 4 for row in rows.values()
+    )
+
+
+def test_0_pilotfish_status_lists_the_gateway_and_both_sidecars_synced(demo: LiveDemo) -> None:
+    demo.eventually(lambda: all_synced(demo))
 
 
 def test_1_round_robin_takes_the_catalog_instances_in_turn_behind_v1(demo: LiveDemo) -> None:
@@ -204,8 +204,11 @@ def test_6_a_bad_edit_is_rejected_with_file_and_line_and_traffic_keeps_flowing(
     assert {demo.get().backend for _ in range(10)} == {"storefront-v1"}
     assert {demo.get(**{"x-canary": "yes"}).backend for _ in range(5)} == {"storefront-v2"}
     assert all(demo.get().status == 200 for _ in range(5))
+    before = status(demo)
+    assert all(row.count("SYNCED") == 4 for row in before.values()), before
 
     assert "storefront.yaml" in edit(demo, "fixed", r"fixed: storefront\.yaml")
+    assert status(demo) == before  # the fix is the version already served
     assert {demo.get(**{"x-canary": "yes"}).backend for _ in range(5)} == {"storefront-v2"}
 
 
