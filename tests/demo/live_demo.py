@@ -175,9 +175,19 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def start_demo(config_dir: Path, *flags: str) -> LiveDemo:
-    ports = {old: free_port() for old in EXAMPLE_PORTS}
-    write_example(config_dir, ports)
+def move_ports(directory: Path, ports: dict[int, int]) -> None:
+    """Rewrite every port number of ``ports`` in the YAML files of ``directory``."""
+    pattern = re.compile(r"(?<![\d.])(" + "|".join(map(str, ports)) + r")(?![\d.])")
+    for path in directory.glob("*.yaml"):
+        path.write_text(pattern.sub(lambda m: str(ports[int(m.group(1))]), path.read_text()))
+
+
+def start_demo(config_dir: Path, *flags: str, gateway_port: int | None = None) -> LiveDemo:
+    """``pilotfish demo`` on ``config_dir``: the storefront on free ports unless it holds a mesh."""
+    if gateway_port is None:
+        ports = {old: free_port() for old in EXAMPLE_PORTS}
+        write_example(config_dir, ports)
+        gateway_port = ports[8080]
     xds, admin = free_port(), free_port()
     command = [sys.executable, "-m", "controlplane", "demo", "--config-dir", str(config_dir)]
     command += ["--xds-port", str(xds), "--admin-port", str(admin), *flags]
@@ -189,7 +199,7 @@ def start_demo(config_dir: Path, *flags: str) -> LiveDemo:
         env=child_env(),
         cwd=ROOT,
     )
-    demo = LiveDemo(process, config_dir, ports[8080], xds, admin)
+    demo = LiveDemo(process, config_dir, gateway_port, xds, admin)
     threading.Thread(target=demo.read, daemon=True).start()
     try:
         line = demo.wait_line(r"^processes: ", timeout=START_TIMEOUT)

@@ -11,6 +11,7 @@ gateway is a Pilotfish agent, and is stopped with SIGINT (Ctrl-C).
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,15 @@ from pathlib import Path
 import pytest
 
 from controlplane.demo.envoy import find_envoy
-from tests.demo.live_demo import ROOT, LiveDemo, alive, child_env, start_demo
+from tests.demo.live_demo import (
+    ROOT,
+    LiveDemo,
+    alive,
+    child_env,
+    free_port,
+    move_ports,
+    start_demo,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -231,5 +240,35 @@ def test_with_no_envoy_the_gateway_is_an_agent_and_ctrl_c_stops_everything(
     finally:
         pids = dict(demo.pids)
         code = demo.stop(signal.SIGINT)
+    assert code == 0
+    assert [name for name, pid in pids.items() if alive(pid)] == []
+
+
+def test_bookinfo_runs_one_backend_per_workload_entry_behind_the_gateway(tmp_path: Path) -> None:
+    mesh = tmp_path / "bookinfo"
+    shutil.copytree(ROOT / "examples" / "bookinfo", mesh)
+    ports = {old: free_port() for old in (8080, 9201, 9202, 9211, 9212, 9213, 9221)}
+    move_ports(mesh, ports)
+    demo = start_demo(mesh, "--no-envoy", gateway_port=ports[8080])
+    try:
+        assert set(demo.pids) == {
+            "control-plane",
+            "gateway",
+            "productpage-v1",
+            "details-v1",
+            "reviews-v1",
+            "reviews-v2",
+            "reviews-v3",
+            "ratings-v1",
+        }
+        answer = demo.get()
+        assert (answer.status, answer.backend, answer.line) == (
+            200,
+            "productpage-v1",
+            "productpage-v1",
+        )
+    finally:
+        pids = dict(demo.pids)
+        code = demo.stop(signal.SIGTERM)
     assert code == 0
     assert [name for name, pid in pids.items() if alive(pid)] == []
