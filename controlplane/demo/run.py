@@ -442,12 +442,16 @@ class Demo:
         )
         self.plane.start()
 
+    def envoy_binary(self) -> str | None:
+        """The Envoy to run as the gateway; ``None``: a Pilotfish agent is the gateway."""
+        if not self.options.use_envoy:
+            return None
+        return self.options.envoy_binary or envoy_module.find_envoy()
+
     def _start_gateway(self) -> None:
         assert self.workdir is not None
         options = self.options
-        binary = None
-        if options.use_envoy:
-            binary = options.envoy_binary or envoy_module.find_envoy()
+        binary = self.envoy_binary()
         if binary is not None:
             self.gateway_kind = "Envoy"
             self.envoy = Envoy(
@@ -527,14 +531,16 @@ class Demo:
         pids = " ".join(f"{name}={pid}" for name, pid in self.pids().items())
         if mesh.sidecars:
             sidecars = ", ".join(self.sidecar_name(a) for a in mesh.sidecars)
-            beside = f"sidecar agents ({sidecars}) beside the services that call others"
             answers = "each answer names both hops: the frontend, and who answered its call"
         else:
-            beside = f"{len(mesh.workloads)} workloads"
+            sidecars = "none (no WorkloadEntry names one)"
             answers = "each answer names the workload that served it (header x-backend)"
+        gateway = f"gateway ({self.gateway_kind})"
         return f"""
-Pilotfish demo is up: the gateway ({self.gateway_kind}) on {self.url}, {beside},
-the control plane watching {self.config_dir} ({where}).
+Pilotfish demo is up.
+  {gateway:<25} {self.url}
+  {"sidecar agents":<25} {sidecars}
+  {"config":<25} {self.config_dir} ({where})
 
   curl {self.url}
       {answers}

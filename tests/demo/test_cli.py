@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from agents import cli as agent_cli
 from controlplane import cli
 from controlplane.demo import envoy as envoy_module
 from controlplane.demo.backends import Backend, body_of, free_ports, port_is_free
 from controlplane.demo.envoy import bootstrap, wait_for
 from controlplane.demo.mesh import MeshError, Workload, example_dir, plan, write_example
-from controlplane.demo.run import ConfigReporter
+from controlplane.demo.run import ConfigReporter, Demo, DemoOptions
 from controlplane.demo.storefront import Behaviour, Upstream, parse_delay, serve
 from tests.demo.live_demo import EXAMPLE_PORTS
 
@@ -178,6 +179,28 @@ def test_the_demo_help_names_every_flag(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     for flag in ("--config-dir", "--gateway-port", "--admin-port", "--xds-port", "--no-envoy"):
         assert flag in out
+
+
+def test_without_envoy_installed_the_gateway_is_an_agent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(envoy_module, "find_envoy", lambda: None)
+    assert Demo(DemoOptions()).envoy_binary() is None
+    monkeypatch.setattr(envoy_module, "find_envoy", lambda: "/opt/envoy")
+    assert Demo(DemoOptions()).envoy_binary() == "/opt/envoy"
+    assert Demo(DemoOptions(use_envoy=False)).envoy_binary() is None
+
+
+def test_the_gateway_agent_runs_in_the_gateway_role_with_the_gateways_labels() -> None:
+    command = Demo(DemoOptions()).agent_command("127.0.0.1:1", "gateway", "gateway", "127.0.0.1")
+    args = agent_cli.build_parser().parse_args(command[3:])
+    assert command[:3] == [sys.executable, "-m", "agents"]
+    assert (args.role, args.labels, args.bind_address, args.node_id) == (
+        "gateway",
+        {"istio": "ingressgateway"},
+        "127.0.0.1",
+        "gateway",
+    )
 
 
 # -- what the demo derives from a mesh ----------------------------------------------------

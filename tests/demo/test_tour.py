@@ -233,7 +233,7 @@ def test_with_no_envoy_the_gateway_is_an_agent_and_ctrl_c_stops_everything(
 ) -> None:
     demo = start_demo(tmp_path / "mesh", "--no-envoy")
     try:
-        assert demo.wait_line(r"the gateway \(Pilotfish agent\)")
+        assert demo.wait_line(r"^  gateway \(Pilotfish agent\) +http://127\.0\.0\.1:\d+/$")
         answers = [demo.get() for _ in range(3)]
         assert {a.line for a in answers} == {f"storefront-v1 <- {c}" for c in CATALOG}
     finally:
