@@ -1,9 +1,9 @@
 """The ``pilotfish`` command line.
 
 Subcommands: ``validate`` (offline analysis of a config directory, like
-``istioctl analyze``), ``serve`` (the xDS control plane), ``demo`` (backends,
-the control plane and an Envoy gateway on one machine, see
-:mod:`controlplane.demo.run`) and ``agent`` (a thin proxy agent: its flags and
+``istioctl analyze``), ``serve`` (the xDS control plane), ``demo`` (a whole
+mesh on one machine: services, sidecar agents, a gateway, the control plane;
+see :mod:`controlplane.demo.run`) and ``agent`` (a thin proxy agent: its flags and
 code live in :mod:`agents.cli`, imported only when the subcommand runs, since
 the control plane does not depend on the agents). Exit codes follow
 the usual convention: 0 fine, 1 the command ran and found errors, 2 the
@@ -337,7 +337,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    demo = Demo(options)
+    demo = Demo(options, interrupted=stop)
     try:
         demo.prepare()
     except PilotfishError as exc:  # a port taken, a mesh it cannot run, a missing directory

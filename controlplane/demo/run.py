@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import http.client
@@ -103,11 +104,17 @@ class DemoOptions:
 
 
 def port_is_free(address: str, port: int) -> bool:
+    """Whether ``address:port`` can be listened on; :class:`DemoError`: not our address."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((address, port))
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise DemoError(
+                    f"{address} is not an address of this machine, so no sidecar can listen "
+                    f"there (on macOS: sudo ifconfig lo0 alias {address})"
+                ) from exc
             return False
     return True
 
@@ -318,7 +325,13 @@ class PlaneThread:
 class Demo:
     """Every process of the demo; :meth:`start`, then :meth:`stop`."""
 
-    def __init__(self, options: DemoOptions, out: TextIO = sys.stdout) -> None:
+    def __init__(
+        self,
+        options: DemoOptions,
+        out: TextIO = sys.stdout,
+        interrupted: threading.Event | None = None,
+    ) -> None:
+        """``interrupted``, once set (by a signal handler), abandons a start in progress."""
         self.options = options
         self.out = out
         self.workdir: Path | None = None
@@ -329,7 +342,7 @@ class Demo:
         self.gateway_kind = ""
         self.reporter: ConfigReporter | None = None
         self.plane: PlaneThread | None = None
-        self._stopping = threading.Event()
+        self._stopping = interrupted if interrupted is not None else threading.Event()
 
     # -- before anything starts ------------------------------------------------
 

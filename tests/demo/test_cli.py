@@ -23,10 +23,11 @@ import pytest
 from agents import cli as agent_cli
 from controlplane import cli
 from controlplane.demo import envoy as envoy_module
-from controlplane.demo.backends import Backend, body_of, free_ports, port_is_free
+from controlplane.demo.backends import Backend, body_of, free_ports
+from controlplane.demo.backends import port_is_free as backend_port_is_free
 from controlplane.demo.envoy import bootstrap, wait_for
 from controlplane.demo.mesh import MeshError, Workload, example_dir, plan, write_example
-from controlplane.demo.run import ConfigReporter, Demo, DemoOptions
+from controlplane.demo.run import ConfigReporter, Demo, DemoError, DemoOptions, port_is_free
 from controlplane.demo.storefront import Behaviour, Upstream, parse_delay, serve
 from tests.demo.live_demo import EXAMPLE_PORTS
 
@@ -170,6 +171,15 @@ def test_a_path_that_is_a_file_is_refused(
     assert cli.main(["demo", "--config-dir", str(tmp_path / "file")]) == 2
 
     assert capsys.readouterr().err == f"pilotfish demo: {tmp_path / 'file'} is not a directory\n"
+
+
+def test_a_sidecar_address_this_machine_does_not_have_is_one_clear_error() -> None:
+    with pytest.raises(DemoError) as error:
+        port_is_free("192.0.2.1", 8000)  # TEST-NET-1: never a local address
+    assert str(error.value) == (
+        "192.0.2.1 is not an address of this machine, so no sidecar can listen there "
+        "(on macOS: sudo ifconfig lo0 alias 192.0.2.1)"
+    )
 
 
 def test_the_demo_help_names_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -550,7 +560,7 @@ def test_a_backend_answers_with_its_name_and_echoes_path_and_host() -> None:
         response.getheader("x-echo-path"),
         response.getheader("x-echo-host"),
     ) == ("hello-7", "/some/path?x=1", "hello.example")
-    assert port_is_free(backend.port)
+    assert backend_port_is_free(backend.port)
 
 
 def test_the_backends_entry_serves_until_sigterm_and_exits_0(tmp_path: Path) -> None:

@@ -15,18 +15,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from controlplane.demo.envoy import find_envoy
+from controlplane.demo.mesh import write_example
 from tests.demo.live_demo import (
+    EXAMPLE_PORTS,
     ROOT,
     LiveDemo,
     alive,
     child_env,
     free_port,
+    kill_all,
     move_ports,
     start_demo,
 )
@@ -270,3 +274,48 @@ def test_bookinfo_runs_one_backend_per_workload_entry_behind_the_gateway(tmp_pat
         code = demo.stop(signal.SIGTERM)
     assert code == 0
     assert [name for name, pid in pids.items() if alive(pid)] == []
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_while_the_demo_starts_stops_what_it_started_and_exits_0(tmp_path: Path) -> None:
+    mesh = tmp_path / "mesh"
+    write_example(mesh, {old: free_port() for old in EXAMPLE_PORTS})
+    xds, admin = free_port(), free_port()
+    command = [sys.executable, "-m", "controlplane", "demo", "--config-dir", str(mesh)]
+    command += ["--xds-port", str(xds), "--admin-port", str(admin)]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+    )
+    try:
+        started: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(started) < 5 and time.monotonic() < deadline:  # the five workloads at least
+            started |= children_of(process.pid)
+            time.sleep(0.05)
+        assert len(started) >= 5
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            kill_all(children_of(process.pid))
+    assert process.returncode == 0, stderr
+    assert stderr.splitlines()[-1] == "pilotfish demo: stopped"
+    assert "Pilotfish demo is up" not in stdout
+    assert [pid for pid in started if alive(pid)] == []
