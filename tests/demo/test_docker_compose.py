@@ -16,6 +16,7 @@ import argparse
 import importlib
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ import yaml
 from agents import cli as agent_cli
 from controlplane import cli
 from controlplane.demo.envoy import find_envoy
+from tests.agents.live_support import free_port
+from tests.demo.live_demo import LiveDemo, child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 MESH = ROOT / "examples" / "docker-mesh"
@@ -309,3 +312,115 @@ def test_the_tour_edits_apply_to_the_docker_mesh_too(name: str) -> None:
         ("DestinationRule", "catalog"),
     } <= names
     assert name in {e["address"] for spec in entries().values() for e in spec["endpoints"]}
+
+
+# -- the compose commands, run for real ---------------------------------------------------
+
+
+def local(command: list[str], replacements: dict[str, str]) -> list[str]:
+    """A compose command as a local process: ``python`` is this interpreter, values replaced."""
+    if command[0] == "pilotfish":
+        command = ["python", "-m", "agents" if command[1] == "agent" else "controlplane"] + (
+            command[2:] if command[1] == "agent" else command[1:]
+        )
+    return [sys.executable, *(replacements.get(part, part) for part in command[1:])]
+
+
+@pytest.mark.slow
+def test_the_compose_commands_route_the_docker_mesh_when_the_names_resolve(
+    tmp_path: Path,
+) -> None:
+    """Every compose service but Envoy and Prometheus, as processes; container names -> localhost.
+
+    Each frontend and its sidecar get a loopback address of their own (a container's
+    network namespace, in compose); the gateway is an agent in the gateway role.
+    """
+    config = tmp_path / "config"
+    config.mkdir()
+    text = (MESH / "storefront.yaml").read_text()
+    ports = {name: free_port() for name in WORKLOADS}
+    for name in WORKLOADS:
+        text = re.sub(
+            rf"address: {name}\n(.*?)http: 9080",
+            rf"address: localhost\n\g<1>http: {ports[name]}",
+            text,
+            count=1,
+            flags=re.S,
+        )
+    gateway_port = free_port()
+    text = text.replace("number: 8080", f"number: {gateway_port}")
+    (config / "storefront.yaml").write_text(text)
+    xds, admin = free_port(), free_port()
+    namespaces = {"storefront-v1": "127.0.0.51", "storefront-v2": "127.0.0.52"}
+
+    serve = local(
+        services()["controlplane"]["command"],
+        {
+            "/config": str(config),
+            "0.0.0.0:18000": f"127.0.0.1:{xds}",
+            "0.0.0.0:15000": f"127.0.0.1:{admin}",
+        },
+    )
+    commands = {"controlplane": [*serve, "--state-dir", str(tmp_path / "state")]}
+    for name in WORKLOADS:
+        via = namespaces.get(name, "127.0.0.1")
+        commands[name] = local(
+            services()[name]["command"],
+            {"0.0.0.0": "127.0.0.1", "9080": str(ports[name]), "127.0.0.1": via},
+        )
+    for name, address in namespaces.items():
+        commands[f"{name}-sidecar"] = local(
+            services()[f"{name}-sidecar"]["command"],
+            {
+                "controlplane:18000": f"127.0.0.1:{xds}",
+                "127.0.0.1": address,
+                "0.0.0.0:15001": "127.0.0.1:0",
+            },
+        )
+    commands["gateway"] = [sys.executable, "-m", "agents", "--xds-server", f"127.0.0.1:{xds}"]
+    commands["gateway"] += ["--node-id", "gateway", "--role", "gateway"]
+    commands["gateway"] += ["--labels", "istio=ingressgateway", "--admin-address", "127.0.0.1:0"]
+    commands["gateway"] += ["--connect-timeout", "60s"]
+
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, command in commands.items():
+            log = (tmp_path / f"{name}.log").open("wb")
+            processes[name] = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT
+            )
+        demo = LiveDemo(processes["gateway"], config, gateway_port, xds, admin)  # type: ignore[arg-type]
+        demo.eventually(lambda: answered(demo), timeout=120)
+        assert {demo.get().line for _ in range(3)} == {
+            f"storefront-v1 <- catalog-{i}" for i in (1, 2, 3)
+        }
+        demo.replace_resource(
+            "storefront.yaml",
+            re.search(
+                r"apiVersion: \S+\nkind: VirtualService\nmetadata:\n  name: storefront\n.*?(?=---)",
+                text,
+                re.S,
+            )
+            .group(0)  # type: ignore[union-attr]
+            .replace("weight: 100", "weight: 1000")
+            .replace("weight: 0", "weight: 100")
+            .replace("weight: 1000", "weight: 0"),
+        )
+        demo.eventually(lambda: demo.get().backend == "storefront-v2")
+        assert {demo.get().backend for _ in range(5)} == {"storefront-v2"}
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def answered(demo: LiveDemo) -> bool:
+    try:
+        return demo.get().status == 200
+    except OSError:
+        return False
