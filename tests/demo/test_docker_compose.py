@@ -7,7 +7,9 @@ ports), and every command a container runs is a real command line: each is
 parsed by the parser of the program it names, and the gateway's bootstrap
 command is run for real (and the bootstrap checked by ``envoy --mode
 validate`` when Envoy is installed). The ports the containers dial, listen
-on, scrape and publish must match each other and the mesh's YAML.
+on, scrape and publish must match each other and the mesh's YAML. The slow
+test runs the compose commands themselves as local processes, container
+names resolving to ``localhost``, and sends traffic through them.
 """
 
 from __future__ import annotations
