@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from controlplane.demo.mesh import write_example
 from controlplane.demo.storefront import UPSTREAM_TIMEOUT
@@ -99,6 +101,18 @@ class LiveDemo:
                 response.getheader("x-backend") or "",
                 response.getheader("x-catalog") or "",
             )
+        finally:
+            connection.close()
+
+    def admin_json(self, path: str) -> Any:
+        """A JSON page of the control plane's HTTP admin (the dashboard's port)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read()
+            assert response.status == 200, (path, response.status, body[:200])
+            return json.loads(body)
         finally:
             connection.close()
 

@@ -61,10 +61,18 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDemo]:
 
 
 def edit(demo: LiveDemo, name: str, expect: str) -> str:
-    """Apply the tour's edit ``name`` and return the demo's line that matches ``expect``."""
+    """Apply the tour's edit ``name`` and return the demo's line that matches ``expect``.
+
+    An accepted edit names the new config version, which the control plane's admin
+    (``/debug/config``, beside the dashboard) then serves.
+    """
     file, block = EDITS[name]
     mark = demo.replace_resource(file, block)
-    return demo.wait_line(expect, after=mark)
+    line = demo.wait_line(expect, after=mark)
+    accepted = re.search(r"^pilotfish demo: (?:accepted|fixed): .*\(config version (\w+)\)$", line)
+    if accepted:
+        assert demo.admin_json("/debug/config")["version"] == accepted.group(1)
+    return line
 
 
 def test_the_tour_names_every_step_the_test_walks() -> None:
@@ -211,13 +219,15 @@ def test_6_a_bad_edit_is_rejected_with_file_and_line_and_traffic_keeps_flowing(
     line = text[: text.index("subset: v3")].count("\n") + 1
     assert error.startswith(f"pilotfish demo: error: {path}:{line}:")
     assert "subset 'v3' of storefront.default.svc.cluster.local is not defined" in error
-    assert demo.wait_line(r"rejected: storefront\.yaml; the gateway and sidecars keep", mark)
+    rejected = demo.wait_line(r"rejected: storefront\.yaml; the gateway and sidecars keep", mark)
     # The routing of step 3 is still in force, through the gateway and the sidecars.
     assert {demo.get().backend for _ in range(10)} == {"storefront-v1"}
     assert {demo.get(**{"x-canary": "yes"}).backend for _ in range(5)} == {"storefront-v2"}
     assert all(demo.get().status == 200 for _ in range(5))
     before = status(demo)
     assert all(row.count("SYNCED") == 4 for row in before.values()), before
+    kept = demo.admin_json("/debug/config")["version"]
+    assert rejected.endswith(f"(config version {kept})")  # the version served before the edit
 
     assert "storefront.yaml" in edit(demo, "fixed", r"fixed: storefront\.yaml")
     assert status(demo) == before  # the fix is the version already served
