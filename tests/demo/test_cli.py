@@ -23,6 +23,7 @@ import pytest
 from agents import cli as agent_cli
 from controlplane import cli
 from controlplane.demo import envoy as envoy_module
+from controlplane.demo import run as run_module
 from controlplane.demo.backends import Backend, body_of, free_ports
 from controlplane.demo.backends import port_is_free as backend_port_is_free
 from controlplane.demo.envoy import bootstrap, wait_for
@@ -584,3 +585,37 @@ def test_the_backends_entry_serves_until_sigterm_and_exits_0(tmp_path: Path) -> 
         b"",
         f"hello-1 listening on 127.0.0.1:{port}\n".encode(),
     )
+
+
+def test_an_empty_config_dir_gets_the_example_on_the_gateway_port_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run_module, "check_ports", lambda mesh, options: None)
+    out = io.StringIO()
+    demo = Demo(DemoOptions(config_dir=tmp_path / "my-mesh", gateway_port=18123), out)
+    try:
+        mesh = demo.prepare()
+    finally:
+        demo.stop()
+    assert sorted(p.name for p in (tmp_path / "my-mesh").iterdir()) == [
+        "catalog.yaml",
+        "storefront.yaml",
+    ]
+    assert mesh.gateway_port == 18123
+    assert mesh.edit_target == (tmp_path / "my-mesh" / "storefront.yaml").resolve()
+    assert (
+        out.getvalue()
+        == f"pilotfish demo: wrote the storefront example into {tmp_path / 'my-mesh'}\n"
+    )
+
+
+def test_without_a_config_dir_the_demo_runs_a_temporary_copy_it_removes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(run_module, "check_ports", lambda mesh, options: None)
+    demo = Demo(DemoOptions())
+    demo.prepare()
+    copy = demo.config_dir
+    assert copy is not None and (copy / "storefront.yaml").is_file()
+    demo.stop()
+    assert not copy.exists()
