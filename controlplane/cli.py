@@ -1,9 +1,9 @@
 """The ``pilotfish`` command line.
 
 Subcommands: ``validate`` (offline analysis of a config directory, like
-``istioctl analyze``), ``serve`` (the xDS control plane), ``demo`` (backends,
-the control plane and an Envoy gateway on one machine, see
-:mod:`controlplane.demo.run`) and ``agent`` (a thin proxy agent: its flags and
+``istioctl analyze``), ``serve`` (the xDS control plane), ``demo`` (a whole
+mesh on one machine: services, sidecar agents, a gateway, the control plane;
+see :mod:`controlplane.demo.run`) and ``agent`` (a thin proxy agent: its flags and
 code live in :mod:`agents.cli`, imported only when the subcommand runs, since
 the control plane does not depend on the agents). Exit codes follow
 the usual convention: 0 fine, 1 the command ran and found errors, 2 the
@@ -20,9 +20,11 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 
 from controlplane import __version__
 from controlplane.config.diagnostics import render_json
@@ -31,14 +33,7 @@ from controlplane.config.files import CONFIG_SUFFIXES, scan
 from controlplane.config.limits import KIB, MIB, ConfigLimits
 from controlplane.config.state import default_state_dir
 from controlplane.config.store import validate_directory
-from controlplane.demo.run import (
-    LOOPBACK,
-    DemoOptions,
-    PortInUseError,
-    preflight,
-    print_guide,
-    run_demo,
-)
+from controlplane.demo.run import Demo, DemoOptions
 from controlplane.errors import PilotfishError
 from controlplane.logs import configure as configure_logging
 from controlplane.server import event_loop
@@ -403,51 +398,43 @@ def _port(text: str) -> int:
     return port
 
 
-def _ports(text: str) -> tuple[int, ...]:
-    ports = tuple(_port(part.strip()) for part in text.split(","))
-    if len(ports) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r} is not three ports like 9101,9102,9103")
-    return ports
-
-
 def _demo(args: argparse.Namespace) -> int:
     options = DemoOptions(
         config_dir=Path(args.config_dir) if args.config_dir is not None else None,
-        port=args.port,
+        gateway_port=args.gateway_port,
+        admin_port=args.admin_port,
         xds_port=args.xds_port,
-        backend_ports=args.backend_ports,
+        use_envoy=not args.no_envoy,
     )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    demo = Demo(options, interrupted=stop)
     try:
-        preflight(options)
-    except PilotfishError as exc:  # no Envoy, a port taken, no such directory
+        demo.prepare()
+    except PilotfishError as exc:  # a port taken, a mesh it cannot run, a missing directory
+        demo.stop()
         print(f"pilotfish demo: {exc}", file=sys.stderr)
         return 2
-    configure_logging("console", args.log_level)
     try:
-        event_loop.run(_demo_until_signalled(options))
-    except PortInUseError as exc:  # taken since the preflight
-        print(f"pilotfish demo: {exc}", file=sys.stderr)
-        return 2
+        demo.start()
     except PilotfishError as exc:
+        if stop.is_set():
+            print("pilotfish demo: stopped", file=sys.stderr)
+            return 0
         print(f"pilotfish demo: {exc}", file=sys.stderr)
         return 1
+    try:
+        print(demo.guide(), flush=True)
+        demo.wait(stop)
+    finally:
+        demo.stop()
     print("pilotfish demo: stopped", file=sys.stderr)
     return 0
-
-
-async def _demo_until_signalled(options: DemoOptions) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    print(
-        f"pilotfish demo: starting backends on {LOOPBACK}:"
-        f"{','.join(map(str, options.backend_ports))}, the control plane on "
-        f"{LOOPBACK}:{options.xds_port} and an Envoy gateway on {LOOPBACK}:{options.port}...",
-        file=sys.stderr,
-        flush=True,
-    )
-    await run_demo(options, stop=stop, ready=print_guide)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -661,24 +648,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(
-        "demo", help="run backends, the control plane and an Envoy gateway; edit routing live"
+        "demo",
+        help="run a whole mesh locally (control plane, services, sidecar agents, gateway); "
+        "edit its routing live",
+        description="Run the storefront mesh (or --config-dir's) as local processes on "
+        "127.0.0.1: the control plane, the services its WorkloadEntries describe, a sidecar "
+        "agent beside each frontend, and a gateway (Envoy when installed, else a Pilotfish "
+        "agent). Ctrl-C stops everything. Exit codes: 0 stopped, 1 failed while starting, "
+        "2 bad flags, a port taken or a directory it cannot run.",
     )
     demo.add_argument(
-        "--config-dir", default=None, help="the directory to copy (default: hello-world)"
+        "--config-dir",
+        default=None,
+        help="the mesh to run, edited in place; the storefront example is written into it "
+        "when it holds no YAML (default: a temporary copy of the example)",
     )
-    demo.add_argument("--port", type=_port, default=8080, help="the gateway's port (8080)")
+    demo.add_argument(
+        "--gateway-port",
+        type=_port,
+        default=None,
+        help="the gateway's port (8080; for an existing --config-dir, its Gateway's port)",
+    )
+    demo.add_argument(
+        "--admin-port", type=_port, default=15000, help="the dashboard: the HTTP admin (15000)"
+    )
     demo.add_argument("--xds-port", type=_port, default=18000, help="the xDS port (18000)")
     demo.add_argument(
-        "--backend-ports",
-        type=_ports,
-        default=(9101, 9102, 9103),
-        help="ports of the three hello backends (9101,9102,9103)",
-    )
-    demo.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="warning",
-        help="least severe control plane events logged (warning)",
+        "--no-envoy",
+        action="store_true",
+        help="use a Pilotfish agent as the gateway even when Envoy is installed",
     )
     demo.set_defaults(run=_demo)
 

@@ -25,7 +25,9 @@ escalates to SIGKILL. The admin helpers read back what Envoy holds
 
 ``python -m controlplane.demo.envoy`` is the same bootstrap for a container:
 it writes the file and replaces itself with Envoy (``exec``), so that Envoy
-receives the container's signals directly.
+receives the container's signals directly; with ``--write-bootstrap PATH`` it
+only writes the file, for an Envoy in another container (docker-compose.yml
+runs the official Envoy image that way).
 """
 
 from __future__ import annotations
@@ -449,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--print-bootstrap", action="store_true", help="print the bootstrap JSON and exit"
     )
+    parser.add_argument(
+        "--write-bootstrap",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write the bootstrap JSON to PATH and exit (for an Envoy in another container)",
+    )
     return parser
 
 
@@ -476,6 +485,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = container_bootstrap(args)
     if args.print_bootstrap:
         print(json.dumps(document, indent=2))
+        return 0
+    if args.write_bootstrap is not None:
+        try:
+            args.write_bootstrap.parent.mkdir(parents=True, exist_ok=True)
+            args.write_bootstrap.write_text(json.dumps(document, indent=2) + "\n")
+        except OSError as exc:
+            print(f"cannot write {args.write_bootstrap}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         return 0
     binary = find_envoy()
     if binary is None:
