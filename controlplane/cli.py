@@ -365,7 +365,10 @@ async def _run_until_signalled(options: ControlPlaneOptions, grace: float) -> No
     else:
         _tell(f"pilotfish: serving xDS on {plane.address}")
     if plane.http_admin is not None:
-        _tell(f"pilotfish: HTTP admin on http://{plane.http_admin.address}/metrics")
+        _tell(
+            f"pilotfish: HTTP admin on http://{plane.http_admin.address}/ "
+            "(dashboard; /metrics /healthz /readyz /debug/config)"
+        )
     try:
         await stop.wait()
     finally:

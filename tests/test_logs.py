@@ -287,3 +287,23 @@ async def test_one_line_per_connect_nack_reload_and_close_with_node_peer_and_con
     assert [e["config_version"] for e in stream_events[:2]] == [first_version, second_version]
     assert stream_events[1]["error_detail"] == "cluster beta: refused on purpose"
     assert [e["log_level"] for e in logged if e["event"] == "xds_ack"] == ["debug"]
+
+
+async def test_the_startup_line_names_the_resources_of_a_file_broken_with_no_last_good_version(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.yaml").write_text(SERVICE.format(name="alpha"))
+    (tmp_path / "b.yaml").write_text(
+        SERVICE.format(name="beta")
+        + "---\n"
+        + SERVICE.format(name="gamma").replace("spec:", "spec:\n  bogus: 1", 1)
+    )
+    plane = ControlPlane(
+        ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0", admin_address=None)
+    )
+    with structlog.testing.capture_logs() as logged:
+        await plane.start()
+        await plane.stop(grace=0.1)
+    [loaded] = [e for e in logged if e["event"] == "config_loaded"]
+    assert loaded["errors"] == 1
+    assert loaded["not_loaded"] == {"b.yaml": ["Service default/gamma"]}

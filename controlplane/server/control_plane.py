@@ -310,6 +310,15 @@ class ControlPlane:
                 message=f"{len(result.errors)} error(s), {len(result.rejected)} file(s) held back",
             )
 
+    def _not_loaded(self, result: ReloadResult) -> dict[str, list[str]]:
+        """Files held back with no last good version to serve: ``{file: [resources]}``."""
+        served = self.store.files_in_effect
+        return {
+            path: sorted({d.resource for d in result.errors if d.file == path and d.resource})
+            for path in result.rejected
+            if path not in served
+        }
+
     def _add_admin(self, server: grpc.aio.Server, ads: AggregatedDiscoveryService) -> None:
         if self.peers is not None:
             self.admin = AggregatingAdmin(ads, lambda: self._config_view, peers=self.peers)
@@ -378,6 +387,7 @@ class ControlPlane:
             directory=str(self.options.config_dir),
             services=len(result.mesh.services),
             errors=len(result.errors),
+            not_loaded=self._not_loaded(result),
         )
         self._server = await start_xds_server(
             self.cache,

@@ -202,7 +202,7 @@ def test_workers_share_one_port_answer_for_each_other_restart_and_die_with_the_s
     (config / "reviews.yaml").write_text(SERVICE.format(name="reviews"))
     supervisor = serve(config, tmp_path / "state", "--workers", "2")
     try:
-        admin = wait_for_line(supervisor, r"HTTP admin on http://(\S+)/metrics").group(1)
+        admin = wait_for_line(supervisor, r"HTTP admin on http://(\S+)/ ").group(1)
         ready = wait_for_line(
             supervisor,
             r"serving xDS on (\S+) with 2 workers \(pids (\d+), (\d+); run directory (\S+)\)",
