@@ -354,6 +354,7 @@ class ControlPlane:
                 await http_admin.start(self.options.admin_address)
             else:
                 http_admin.merge_metrics = self.peers.merged_metrics
+                http_admin.parts.peers = self.peers.dashboard_parts
                 await http_admin.start(
                     self.options.admin_address,
                     reuse_port=True,

@@ -43,7 +43,7 @@ import contextlib
 import heapq
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from controlplane.model import Mesh
@@ -409,6 +409,75 @@ def config_part(source: Source) -> dict[str, Any]:
     }
 
 
+# -- several workers -------------------------------------------------------------
+
+_SUMMED = ("rps", "eps", "in_progress", "issued", "errors")
+
+
+def merge_proxies(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``proxies`` parts of several workers as one: counts summed, rows in one order."""
+    states: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    for part in parts:
+        for state, count in part["states"].items():
+            states[state] = states.get(state, 0) + count
+        rows.extend(part["proxies"])
+    rows.sort(key=lambda row: (_STATE_RANK[row["state"]], row["node_id"], row["address"]))
+    return {
+        "total": sum(part["total"] for part in parts),
+        "states": states,
+        "proxies": rows[:MAX_ROWS],
+    }
+
+
+def _sum_rows(rows: Iterable[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        into = merged.get(row[key])
+        if into is None:
+            merged[row[key]] = {**row}
+            continue
+        for name in _SUMMED:
+            into[name] += row[name]
+    for row in merged.values():
+        row["rps"], row["eps"] = _round(row["rps"]), _round(row["eps"])
+        if "error_ratio" in row:
+            row["error_ratio"] = _round(row["eps"] / row["rps"]) if row["rps"] else 0.0
+    return list(merged.values())
+
+
+def merge_traffic(parts: list[Any]) -> Any:
+    """The ``traffic`` parts of several workers as one: each proxy reports to the worker it
+    is connected to, so rates and totals of one service or cluster add up."""
+    present = [part for part in parts if part is not None]
+    if not present:
+        return None
+    services = _sum_rows((s for part in present for s in part["services"]), "service")
+    for service in services:
+        host = service["service"]
+        service["clusters"] = _sum_rows(
+            (
+                cluster
+                for part in present
+                for other in part["services"]
+                if other["service"] == host
+                for cluster in other.get("clusters", [])
+            ),
+            "cluster",
+        )
+    services.sort(key=lambda s: (-s["rps"], s["service"]))
+    return {
+        "interval": present[0]["interval"],
+        "window": present[0]["window"],
+        "services": services[:MAX_ROWS],
+        "other": _sum_rows((o for part in present for o in part["other"]), "cluster")[:MAX_ROWS],
+    }
+
+
+PeerParts = Callable[[], Awaitable[list[dict[str, Any]]]]
+"""The other workers' own ``proxies`` and ``traffic`` parts (see controlplane.server.peers)."""
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
@@ -420,6 +489,8 @@ class Parts:
         self.source = source
         self.clock = clock
         self._mesh: tuple[Mesh, str] | None = None
+        self.peers: PeerParts | None = None
+        """Set in a worker of ``serve --workers``: proxies and traffic then cover every worker."""
 
     def _others(self) -> dict[str, str]:
         source = self.source
@@ -436,9 +507,10 @@ class Parts:
         """Every part, at once."""
         return {**self._others(), "proxies": _dumps(proxies_part(self.source.ads, self.clock()))}
 
-    async def build_async(self) -> tuple[dict[str, str], float]:
+    async def build_async(self, *, local_only: bool = False) -> tuple[dict[str, str], float]:
         """Every part, yielding to the event loop every :data:`CHUNK` streams, and the
-        seconds spent building (waits left out)."""
+        seconds spent building (waits left out); merged with the other workers' unless
+        ``local_only``."""
         clock = time.perf_counter
         started = clock()
         parts = self._others()
@@ -455,7 +527,16 @@ class Parts:
                 proxies.extend(reader.read(stream) for stream in streams[first : first + CHUNK])
                 spent += clock() - started
         started = clock()
-        parts["proxies"] = _dumps(_proxies_summary(proxies))
+        own = _proxies_summary(proxies)
+        spent += clock() - started
+        if self.peers is None or local_only:
+            parts["proxies"] = _dumps(own)
+            return parts, spent
+        others = await self.peers()
+        started = clock()
+        parts["proxies"] = _dumps(merge_proxies([own, *(o["proxies"] for o in others)]))
+        traffic = [json.loads(parts["traffic"]), *(o["traffic"] for o in others)]
+        parts["traffic"] = _dumps(merge_traffic(traffic))
         return parts, spent + clock() - started
 
 

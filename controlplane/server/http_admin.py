@@ -58,6 +58,7 @@ from controlplane.server.grpc_server import (
     check_address,
     split_address,
 )
+from controlplane.server.peers import LOCAL_ONLY
 from controlplane.server.stats import Histogram
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.load_reports import LoadReports
@@ -389,7 +390,8 @@ class HttpAdmin:
         return response
 
     async def _dashboard_state(self, request: web.Request) -> web.Response:
-        built, _ = await self.parts.build_async()  # in slices, like the stream's builds
+        local_only = bool(request.headers.get(LOCAL_ONLY))
+        built, _ = await self.parts.build_async(local_only=local_only)  # sliced, as the stream's
         document = {name: json.loads(text) for name, text in built.items()}
         return web.json_response(document, dumps=_dumps)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,15 @@ class Peers:
 
     async def metrics(self) -> dict[int, bytes]:
         """Each answering peer's own ``/metrics`` text, by worker index."""
+        return await self._http_get("/metrics")
+
+    async def dashboard_parts(self) -> list[dict[str, Any]]:
+        """Each answering peer's own dashboard parts (the dashboard's ``Parts.peers`` hook)."""
+        answers = await self._http_get("/dashboard/state")
+        return [json.loads(answers[index]) for index in sorted(answers)]
+
+    async def _http_get(self, path: str) -> dict[int, bytes]:
+        """``path`` of every peer's HTTP admin, local-only: the bodies of those that answered."""
         from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector
 
         async def one(index: int) -> tuple[int, bytes | None]:
@@ -121,7 +131,7 @@ class Peers:
             timeout = ClientTimeout(total=self.timeout)
             try:
                 async with ClientSession(connector=connector, timeout=timeout) as session:
-                    url = "http://worker/metrics"
+                    url = f"http://worker{path}"
                     async with session.get(url, headers={LOCAL_ONLY: "1"}) as response:
                         response.raise_for_status()
                         return index, await response.read()

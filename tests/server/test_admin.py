@@ -29,7 +29,7 @@ from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from pilotfish.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.server.support import eventually, read
 
-HELLO = Path(__file__).parents[2] / "controlplane" / "demo" / "hello-world" / "hello.yaml"
+HELLO = Path(__file__).parents[2] / "examples" / "hello-world" / "hello.yaml"
 BROKEN = """apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:

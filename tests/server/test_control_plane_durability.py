@@ -24,7 +24,7 @@ from controlplane.xds import CLUSTER
 from controlplane.xds.snapshot import ResourceCache
 from tests.server.support import MiB, eventually, read
 
-HELLO = Path(__file__).parents[2] / "controlplane" / "demo" / "hello-world" / "hello.yaml"
+HELLO = Path(__file__).parents[2] / "examples" / "hello-world" / "hello.yaml"
 
 SIDECAR = base_pb2.Node(id="sidecar~10.0.0.1~app-1.default~default.svc.cluster.local")
 GATEWAY = base_pb2.Node(id="gateway-1")

@@ -12,6 +12,7 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -137,3 +138,57 @@ async def test_a_worker_whose_peer_is_down_answers_for_itself(planes: Planes) ->
         listing = await stub.ListProxies(admin_pb2.ListProxiesRequest(), timeout=10)
         assert [p.node_id for p in listing.proxies] == ["sidecar-0"]
         call.cancel()
+
+
+def _report(cluster: str, issued: int, errors: int) -> Any:
+    from envoy.service.load_stats.v3 import lrs_pb2
+
+    report = lrs_pb2.LoadStatsRequest()
+    locality = report.cluster_stats.add(cluster_name=cluster).upstream_locality_stats.add()
+    locality.total_issued_requests = issued
+    locality.total_successful_requests = issued - errors
+    locality.total_error_requests = errors
+    return report
+
+
+async def test_the_dashboard_of_one_worker_shows_the_proxies_and_traffic_of_both(
+    planes: Planes,
+) -> None:
+    from envoy.service.load_stats.v3 import lrs_pb2
+
+    first, second = planes
+    for plane, reporter, issued, errors in ((first, "a", 30, 3), (second, "b", 12, 1)):
+        plane.load_reports.report(reporter, lrs_pb2.LoadStatsRequest())
+        plane.load_reports.report(reporter, _report("static-cluster", issued, errors))
+    async with (
+        grpc.aio.insecure_channel(first.address) as one,
+        grpc.aio.insecure_channel(second.address) as two,
+        aiohttp.ClientSession() as session,
+    ):
+        calls = [await connect(one, "sidecar-0"), await connect(two, "sidecar-1")]
+
+        async def state(headers: dict[str, str] | None = None) -> dict[str, Any]:
+            url = f"http://{first.http_admin.address}/dashboard/state"  # type: ignore[union-attr]
+            async with session.get(url, headers=headers) as response:
+                assert response.status == 200
+                document: dict[str, Any] = await response.json()
+                return document
+
+        both = await state()
+        for _ in range(300):
+            if both["proxies"]["total"] == 2:
+                break
+            await asyncio.sleep(0.01)
+            both = await state()
+        assert sorted(p["node_id"] for p in both["proxies"]["proxies"]) == [
+            "sidecar-0",
+            "sidecar-1",
+        ]
+        [other] = both["traffic"]["other"]
+        assert (other["cluster"], other["issued"], other["errors"]) == ("static-cluster", 42, 4)
+
+        mine = await state({LOCAL_ONLY: "1"})
+        assert [p["node_id"] for p in mine["proxies"]["proxies"]] == ["sidecar-0"]
+        assert [(o["issued"], o["errors"]) for o in mine["traffic"]["other"]] == [(30, 3)]
+        for call in calls:
+            call.cancel()
