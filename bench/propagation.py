@@ -1099,11 +1099,12 @@ def connection_table(outcomes: list[Outcome]) -> list[str]:
             q50, q99, _ = summarize(o.peer)
         p99_ratio = p99 / q99 if q99 > 0 else math.nan
         rss_ratio = o.rss_held / o.peer_rss_held if o.peer_rss_held else math.nan
-        verdicts = []
-        for name, ratio, value, limit, peer_value in (
+        checks = [
             ("p99", p99_ratio, p99, CONNECTION_TARGETS["p99"], q99),
             ("RSS", rss_ratio, o.rss_held, CONNECTION_TARGETS["rss"], o.peer_rss_held),
-        ):
+        ]
+        verdicts = [] if o.peer else ["no peer run"]
+        for name, ratio, value, limit, peer_value in checks if o.peer else []:
             ok = ratio <= CONNECTION_TARGETS["ratio"]
             verdicts.append(f"{name} {'<=' if ok else '>'} {CONNECTION_TARGETS['ratio']}x peer")
             if peer_value < limit:  # the absolute target counts only where the peer meets it
@@ -1125,7 +1126,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--streams", type=int, nargs="*", default=[100, 1000, 10000])
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--edits", type=int, default=3)
     parser.add_argument("--protocol", choices=("sotw", "delta", "both"), default="both")
