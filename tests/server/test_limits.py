@@ -347,11 +347,6 @@ async def test_a_client_pinging_too_often_is_sent_away(serve):
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_the_read_buffer_cap_reaches_grpc():
-    options = dict(XdsServerOptions().channel_options())
-    assert options["grpc.experimental.tcp_max_read_buffer_size"] == 8 * KiB
-
-
 def test_a_zero_read_buffer_cap_leaves_the_buffer_to_grpc():
     options = dict(XdsServerOptions(read_buffer_bytes=0).channel_options())
     assert "grpc.experimental.tcp_max_read_buffer_size" not in options
