@@ -1079,6 +1079,10 @@ def stream_runs(args: argparse.Namespace) -> list[argparse.Namespace]:
     return runs
 
 
+def times(ratio: float) -> str:
+    return f"{ratio:.2f}x" if math.isfinite(ratio) else "n/a"
+
+
 def connection_table(outcomes: list[Outcome]) -> list[str]:
     """The one-connection-per-stream runs against the peer run beside each of them."""
     rows = [o for o in outcomes if o.per_channel == 1 and o.edits]
@@ -1114,7 +1118,8 @@ def connection_table(outcomes: list[Outcome]) -> list[str]:
         lines.append(
             f"{o.streams:>8} {ms(p50):>8} {ms(p99):>8} {ms(worst):>9} {size(o.rss_held):>10} | "
             f"{ms(q50):>8} {ms(q99):>8} {size(o.peer_rss_held):>10} | "
-            f"{p50 / q50 if q50 > 0 else math.nan:>5.2f}x {p99_ratio:>5.2f}x {rss_ratio:>5.2f}x"
+            f"{times(p50 / q50 if q50 > 0 else math.nan):>6} {times(p99_ratio):>6} "
+            f"{times(rss_ratio):>6}"
             f" | {', '.join(verdicts)}"
         )
     return lines
