@@ -33,6 +33,15 @@ published and the push wave ended, and any housekeeping that ran in between.
 ``--edit-interval`` spaces the edits (the server's periodic housekeeping then
 runs between them).
 
+One connection per proxy: real Envoys each open their own connection, so after
+the ``--streams`` runs (``--per-channel`` streams per connection) the bench
+runs each N of ``--one-connection-per-stream`` (default 10,000) with one gRPC
+channel, so one TCP connection, per stream, the peer beside it on the same
+client processes, and prints a table of the two side by side: p50 and p99
+from file write to applied, the RSS each server holds once every stream is
+connected and it is quiet, the ratios, and the issue's targets (within 1.2x
+of the peer; under 1.5 s and 512 MiB where the peer itself is).
+
 ``--perf`` records the whole machine with ``perf record`` (every process,
 kernel included) during each push and prints where the two cores went, by
 thread and shared object. ``--profile`` samples the server with py-spy
@@ -42,7 +51,8 @@ under cProfile for its whole life (bench/cprofile_serve.py,
 ``PILOTFISH_CPROFILE``).
 
 Usage: ``python bench/propagation.py --streams 100 1000 10000 --services 1000
---edits 5 --protocol both``. All load goes to 127.0.0.1; the server, peer and
+--edits 5 --protocol both`` (``--one-connection-per-stream`` with no N skips
+those runs). All load goes to 127.0.0.1; the server, peer and
 client processes are stopped on exit, error or Ctrl-C.
 """
 
@@ -684,6 +694,9 @@ class Outcome:
     peer_cpu: float = 0.0
     workers: int = 1
     """``pilotfish serve --workers``: the server's figures sum its processes."""
+    per_channel: int = 0
+    peer_rss_held: int = 0
+    """The peer's RSS once its streams are connected and it is quiet (``peer_rss`` is its peak)."""
 
 
 def merge(replies: list[dict[str, Any]], key: str) -> dict[str, list[Any]]:
@@ -864,7 +877,7 @@ def run_n(
     reaper: Reaper,
     weights: Iterator[int],
 ) -> tuple[Outcome, list[str]]:
-    outcome = Outcome(streams=n)
+    outcome = Outcome(streams=n, per_channel=args.per_channel)
     lines: list[str] = []
     plan = stream_plan(args, n)
     counts = collections.Counter(p for protocols in plan for p in protocols)
@@ -1007,6 +1020,8 @@ def run_n(
                 workers, fanout_plan, f"127.0.0.1:{peer.port}", "light", args, sync_timeout
             )
             ready = sum(r["ready"] for r in replies)
+            wait_quiet(peer.proc.pid)
+            outcome.peer_rss_held = proc_stats(peer.proc.pid).rss
             seqs = itertools.count(1)
             sequence: dict[int, int] = {}
 
@@ -1025,8 +1040,9 @@ def run_n(
             stats = proc_stats(peer.proc.pid)
             outcome.peer_rss, outcome.peer_cpu = stats.hwm, stats.cpu - cpu0
             lines.append(
-                f"  peer (bare grpc.aio fan-out, {ready}/{n} streams): peak RSS "
-                f"{size(stats.hwm)}, CPU for {args.edits} fan-outs {outcome.peer_cpu:.2f} s"
+                f"  peer (bare grpc.aio fan-out, {ready}/{n} streams): RSS held "
+                f"{size(outcome.peer_rss_held)}, peak RSS {size(stats.hwm)}, CPU for "
+                f"{args.edits} fan-outs {outcome.peer_cpu:.2f} s"
             )
             describe_edits("peer", outcome.peer, lines)
             workers.ask_all({"op": "close"}, 120)
@@ -1052,7 +1068,7 @@ def final_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
         f"Summary ({args.services} services, --protocol {args.protocol}, --debounce "
         f"{args.debounce}, --settle {args.settle}, {args.edits} edit(s) each; "
         "latency = file write -> update applied):",
-        f"{'streams':>8} {'ready':>6} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} {'max':>8} "
+        f"{'streams/ch':>11} {'ready':>6} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} {'max':>8} "
         f"{'upd B/str':>10} {'init/str':>10} {'CPU/edit':>8} {'RSS held':>10} {'after edit':>10} "
         f"{'RSS peak':>10} | "
         f"{'peer p50':>8} {'peer p99':>8} {'p99 ratio':>9} | target p99",
@@ -1074,7 +1090,8 @@ def final_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
         if isinstance(target, float):
             goal += " ok" if worst < target else " MISSED"
         lines.append(
-            f"{o.streams:>8} {o.ready:>6} {ms(p50):>8} {ms(p99):>8} {ms(worst):>9} "
+            f"{f'{o.streams}/{o.per_channel}':>11} {o.ready:>6} {ms(p50):>8} {ms(p99):>8} "
+            f"{ms(worst):>9} "
             f"{ms(biggest):>8} {size(upd):>10} {size(o.init_bytes):>10} {cpu:>7.2f}s "
             f"{size(o.rss_held):>10} {size(max(r.rss for r in o.edits)):>10} "
             f"{size(o.hwm):>10} | {peer[0]:>8} {peer[1]:>8} {peer[2]:>9} | {goal}"
@@ -1110,12 +1127,12 @@ def workers_table(outcomes: list[Outcome]) -> list[str]:
         "",
         "Workers (server CPU = sum over the supervisor and its workers, from /proc; "
         "clients and server share the machine):",
-        f"{'streams':>8} {'workers':>7} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} "
+        f"{'streams/ch':>11} {'workers':>7} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} "
         f"{'CPU/edit':>8} {'vs 1':>6} {'RSS held':>10} | {'peer p99':>8}",
     ]
-    peers = {o.streams: summarize(o.peer)[1] for o in outcomes if o.peer}
+    peers = {(o.streams, o.per_channel): summarize(o.peer)[1] for o in outcomes if o.peer}
     single = {
-        o.streams: statistics.median(r.cpu for r in o.edits)
+        (o.streams, o.per_channel): statistics.median(r.cpu for r in o.edits)
         for o in outcomes
         if o.workers == 1 and o.edits
     }
@@ -1124,12 +1141,87 @@ def workers_table(outcomes: list[Outcome]) -> list[str]:
             continue
         p50, p99, worst = summarize(o.edits)
         cpu = statistics.median(r.cpu for r in o.edits)
-        base = single.get(o.streams)
+        base = single.get((o.streams, o.per_channel))
         versus = f"{cpu / base:.2f}x" if base else "-"
         lines.append(
-            f"{o.streams:>8} {o.workers:>7} {ms(p50):>8} {ms(p99):>8} {ms(worst):>9} "
+            f"{f'{o.streams}/{o.per_channel}':>11} {o.workers:>7} {ms(p50):>8} {ms(p99):>8} "
+            f"{ms(worst):>9} "
             f"{cpu:>7.2f}s {versus:>6} {size(o.rss_held):>10} | "
-            f"{ms(peers.get(o.streams, math.nan)):>8}"
+            f"{ms(peers.get((o.streams, o.per_channel), math.nan)):>8}"
+        )
+    return lines
+
+
+# ------------------------------------------------------------------ one connection per stream
+
+CONNECTION_TARGETS = {"ratio": 1.2, "p99": 1.5, "rss": 512 * (1 << 20)}
+"""Issue 11, one connection per proxy: within 1.2x of the bare peer on p99 and on RSS
+held, and under 1.5 s / 512 MiB where the peer itself allows it."""
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--one-connection-per-stream",
+        type=int,
+        nargs="*",
+        default=[10000],
+        metavar="N",
+        help="after the --streams runs, run these N with one gRPC channel (one TCP "
+        "connection) per stream, each beside the peer (default: 10000; none: skip)",
+    )
+
+
+def stream_runs(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """The arguments of each run: every --streams N at --per-channel, then every
+    --one-connection-per-stream N at one stream per channel."""
+    runs = [argparse.Namespace(**{**vars(args), "n": n}) for n in args.streams]
+    for n in args.one_connection_per_stream or ():
+        runs.append(argparse.Namespace(**{**vars(args), "n": n, "per_channel": 1}))
+    return runs
+
+
+def times(ratio: float) -> str:
+    return f"{ratio:.2f}x" if math.isfinite(ratio) else "n/a"
+
+
+def connection_table(outcomes: list[Outcome]) -> list[str]:
+    """The one-connection-per-stream runs against the peer run beside each of them."""
+    rows = [o for o in outcomes if o.per_channel == 1 and o.edits]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "One connection per stream (xDS server against the bare fan-out peer, same run, same "
+        "clients; RSS held = once every stream is connected and the server is quiet):",
+        f"{'streams':>8} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} {'RSS held':>10} | "
+        f"{'peer p50':>8} {'peer p99':>8} {'peer RSS':>10} | {'p50 x':>6} {'p99 x':>6} "
+        f"{'RSS x':>6} | targets",
+    ]
+    for o in rows:
+        p50, p99, worst = summarize(o.edits)
+        q50 = q99 = math.nan
+        if o.peer:
+            q50, q99, _ = summarize(o.peer)
+        p99_ratio = p99 / q99 if q99 > 0 else math.nan
+        rss_ratio = o.rss_held / o.peer_rss_held if o.peer_rss_held else math.nan
+        checks = [
+            ("p99", p99_ratio, p99, CONNECTION_TARGETS["p99"], q99),
+            ("RSS", rss_ratio, o.rss_held, CONNECTION_TARGETS["rss"], o.peer_rss_held),
+        ]
+        verdicts = [] if o.peer else ["no peer run"]
+        for name, ratio, value, limit, peer_value in checks if o.peer else []:
+            ok = ratio <= CONNECTION_TARGETS["ratio"]
+            verdicts.append(f"{name} {'<=' if ok else '>'} {CONNECTION_TARGETS['ratio']}x peer")
+            if peer_value < limit:  # the absolute target counts only where the peer meets it
+                under = value < limit
+                shown = ms(limit) if name == "p99" else size(limit)
+                verdicts.append(f"{name} {'<' if under else '>='} {shown}")
+        lines.append(
+            f"{o.streams:>8} {ms(p50):>8} {ms(p99):>8} {ms(worst):>9} {size(o.rss_held):>10} | "
+            f"{ms(q50):>8} {ms(q99):>8} {size(o.peer_rss_held):>10} | "
+            f"{times(p50 / q50 if q50 > 0 else math.nan):>6} {times(p99_ratio):>6} "
+            f"{times(rss_ratio):>6}"
+            f" | {', '.join(verdicts)}"
         )
     return lines
 
@@ -1140,7 +1232,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--streams", type=int, nargs="*", default=[100, 1000, 10000])
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--edits", type=int, default=3)
     parser.add_argument("--protocol", choices=("sotw", "delta", "both"), default="both")
@@ -1199,6 +1291,7 @@ def main() -> None:
         help="pilotfish serve --workers values to compare at each N, side by side with one "
         "peer run (after the last); CPU and RSS are summed over the server's processes (1)",
     )
+    add_connection_options(parser)
     args = parser.parse_args()
     args.py_spy = bool(shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists())
 
@@ -1246,9 +1339,9 @@ def main() -> None:
     try:
         config_scale.generate(config_dir, args.services)
         log(f"generated {args.services} services in {config_dir}")
-        for n in args.streams:
-            for workers, run_args in worker_runs(args):
-                outcome, lines = run_n(n, run_args, config_dir, work, reaper, weights)
+        for run in stream_runs(args):
+            for workers, run_args in worker_runs(run):
+                outcome, lines = run_n(run.n, run_args, config_dir, work, reaper, weights)
                 outcome.workers = workers
                 outcomes.append(outcome)
                 print("\n".join(lines), flush=True)
@@ -1256,7 +1349,7 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
     finally:
         reaper.close()
-        print("\n".join(final_table(outcomes, args)), flush=True)
+        print("\n".join(final_table(outcomes, args) + connection_table(outcomes)), flush=True)
         if len(args.server_workers) > 1:
             print("\n".join(workers_table(outcomes)), flush=True)
         if args.keep:

@@ -12,6 +12,14 @@ later (the grace lets an in-flight response finish first). xDS responses for
 large meshes exceed gRPC's default 4 MiB limit, so the send limit is raised;
 requests stay within a smaller receive limit.
 
+Memory per connection (every Envoy opens its own): gRPC sizes the buffer it
+reads a connection into after the largest burst it has read, and keeps that
+buffer allocated between reads. A state-of-the-world Envoy's EDS request and
+every EDS ACK repeat its whole name list (150 KB for 3,000 clusters), so with
+gRPC's default each such connection held about 73 KiB, against 17 KiB with
+``read_buffer_bytes`` capping the buffer (bench/connection_memory.py); a
+larger request is then read in several reads.
+
 Limits against hostile or broken clients (see docs/limits.md): gRPC core caps
 streams per connection and penalises clients that ping too often (a GOAWAY
 after ``max_ping_strikes`` pings too close together); the servicer caps live
@@ -158,6 +166,10 @@ class XdsServerOptions:
     """Seconds between the load reports each proxy sends (LRS)."""
     reuse_port: bool = False
     """Join the ``SO_REUSEPORT`` group a supervisor reserved (workers only)."""
+    read_buffer_bytes: int = 8 * 1024
+    """The most gRPC allocates to read one connection's socket at a time (0: gRPC's
+    default, which grows with the largest burst read and stays allocated between
+    reads). At 12 KiB and above gRPC allocates 64 KiB at once."""
 
     def channel_options(self) -> list[tuple[str, int]]:
         pending = self.max_pending_calls or self.max_streams or 100_000
@@ -179,6 +191,8 @@ class XdsServerOptions:
         ]
         if self.max_streams_per_connection:
             options.append(("grpc.max_concurrent_streams", self.max_streams_per_connection))
+        if self.read_buffer_bytes:
+            options.append(("grpc.experimental.tcp_max_read_buffer_size", self.read_buffer_bytes))
         if self.max_connection_age is not None:
             options.append(("grpc.max_connection_age_ms", _ms(self.max_connection_age)))
         if self.max_connection_age_grace is not None:

@@ -347,6 +347,23 @@ async def test_a_client_pinging_too_often_is_sent_away(serve):
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_a_zero_read_buffer_cap_leaves_the_buffer_to_grpc():
+    options = dict(XdsServerOptions(read_buffer_bytes=0).channel_options())
+    assert "grpc.experimental.tcp_max_read_buffer_size" not in options
+
+
+@pytest.mark.parametrize("cap", [0, 8 * KiB])
+async def test_a_request_larger_than_the_read_buffer_is_received_whole(serve, cap):
+    _, server = await serve(read_buffer_bytes=cap)
+    absent = [f"absent-{i:06d}" for i in range(10_000)]  # about 150 KB, many reads
+    async with channel_to(server) as channel:
+        call = ads(channel)
+        await call.write(request(ENDPOINT, resource_names=["a", *absent, "b"]))
+        response = await read(call, timeout=10)
+        call.cancel()
+    assert (response.type_url, sorted(names(response))) == (ENDPOINT, ["a", "b"])
+
+
 # -- a reconnect storm ----------------------------------------------------------------
 
 
