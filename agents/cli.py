@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from agents.agent import Agent, AgentOptions
-from agents.node import ROLES, NodeIdentity, parse_bind_address, parse_labels
+from agents.node import (
+    DEFAULT_NAMESPACE,
+    ROLES,
+    NodeIdentity,
+    parse_bind_address,
+    parse_labels,
+    parse_namespace,
+)
 from controlplane.errors import PilotfishError
 from controlplane.logs import configure as configure_logging
 
@@ -95,6 +102,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="node labels, k=v,k=v (select Gateways)",
     )
     parser.add_argument(
+        "--namespace",
+        type=_checked(parse_namespace),
+        default=DEFAULT_NAMESPACE,
+        help="this proxy's namespace: it sees what is exported to it (exportTo) (default)",
+    )
+    parser.add_argument(
         "--bind-address",
         type=_checked(parse_bind_address),
         default="127.0.0.1",
@@ -150,6 +163,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
             role=args.role,
             labels=args.labels,
             bind_address=args.bind_address,
+            namespace=args.namespace,
         ),
         cache_dir=args.cache_dir,
         delta=args.delta,

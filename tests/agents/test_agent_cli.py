@@ -92,6 +92,7 @@ GOOD = ["--xds-server", "127.0.0.1:1", "--node-id", "a"]
         ([*GOOD, "--role", "mesh"], "argument --role: invalid choice: 'mesh'"),
         ([*GOOD, "--labels", "app"], "argument --labels: 'app' is not a label like key=value"),
         ([*GOOD, "--bind-address", "x"], "argument --bind-address: 'x' is not an IP address"),
+        ([*GOOD, "--namespace", "Shop"], "argument --namespace: 'Shop' is not a namespace name"),
         ([*GOOD, "--connect-timeout", "soon"], "argument --connect-timeout: 'soon' is not a"),
         ([*GOOD, "--connect-timeout", "0s"], "argument --connect-timeout: '0s' is not a"),
         ([*GOOD, "--delta=yes"], "argument --delta: ignored explicit argument 'yes'"),

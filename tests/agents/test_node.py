@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.node import NodeIdentity, parse_bind_address, parse_labels
+from agents.node import NodeIdentity, parse_bind_address, parse_labels, parse_namespace
 from controlplane import __version__
 from controlplane.translate.proxy import ProxyClass, ProxyRole
 
@@ -64,3 +64,23 @@ def test_bind_address_is_an_ip_address() -> None:
     with pytest.raises(ValueError) as caught:
         parse_bind_address("localhost")
     assert str(caught.value) == "'localhost' is not an IP address"
+
+
+def test_the_namespace_goes_where_istio_bootstraps_put_it_and_selects_its_export_view() -> None:
+    node = NodeIdentity("s", namespace="shop").to_node()
+    assert node.metadata.fields["NAMESPACE"].string_value == "shop"
+    assert ProxyClass.from_node(node) == ProxyClass(
+        role=ProxyRole.SIDECAR, bind_address="127.0.0.1", namespace="shop"
+    )
+    assert ProxyClass.from_node(NodeIdentity("d").to_node()).namespace == "default"
+
+
+def test_a_cache_written_for_another_namespace_is_not_one_for_this_proxy() -> None:
+    assert "namespace" not in NodeIdentity("s").fingerprint()
+    assert NodeIdentity("s", namespace="shop").fingerprint()["namespace"] == "shop"
+
+
+@pytest.mark.parametrize("text", ["Shop", "-shop", "shop.prod", "", "a" * 64])
+def test_a_namespace_that_is_not_a_dns_label_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a namespace name"):
+        parse_namespace(text)
