@@ -37,11 +37,17 @@ class ControlPlaneThread:
     """A :class:`ControlPlane` serving on ``127.0.0.1:0`` from its own thread and loop."""
 
     def __init__(
-        self, config_dir: Path, debounce: float = 0.05, *, load_report_interval: float = 10.0
+        self,
+        config_dir: Path,
+        debounce: float = 0.05,
+        *,
+        load_report_interval: float = 10.0,
+        admin_address: str | None = None,
     ) -> None:
         options = ControlPlaneOptions(
             config_dir,
             xds_address="127.0.0.1:0",
+            admin_address=admin_address,
             debounce=debounce,
             max_delay=0.5,
             server=XdsServerOptions(load_report_interval=load_report_interval),

@@ -1,4 +1,5 @@
-"""A real Envoy: CSDS reports its config status, and an update it refuses shows in ``status``.
+"""A real Envoy: CSDS reports its config status, and an update it refuses shows in ``status``,
+in ``/metrics`` and on the dashboard.
 
 Envoy NACKs a listener it cannot bind; a Service added on a port another
 socket holds is such a listener. ``pilotfish status`` then names the NACK and
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,7 @@ def test_envoy_nack_shows_in_status_and_csds_reports_its_config(
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     taken = holder.getsockname()[1]
-    with ControlPlaneThread(config) as plane:
+    with ControlPlaneThread(config, admin_address="127.0.0.1:0") as plane:
         envoy = start_envoy(envoy_binary, tmp_path, plane.port, "sidecar", sidecar_metadata())
         try:
 
@@ -129,6 +131,24 @@ def test_envoy_nack_shows_in_status_and_csds_reports_its_config(
             listeners = [e for e in client.generic_xds_configs if e.type_url == LISTENER]
             assert {(e.config_status, e.client_status) for e in listeners} == {(csds_pb2.ERROR, 4)}
             assert "ddress already in use" in listeners[0].error_state.details
+
+            assert plane.plane.http_admin is not None
+            admin = f"http://{plane.plane.http_admin.address}"
+            with urllib.request.urlopen(f"{admin}/metrics", timeout=10) as response:
+                metrics = response.read().decode()
+            [nacks] = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith("pilotfish_xds_nacks_total")
+            ]
+            assert nacks.startswith('pilotfish_xds_nacks_total{type="LDS"} ')
+            assert float(nacks.rsplit(" ", 1)[1]) >= 1
+            with urllib.request.urlopen(f"{admin}/dashboard/state", timeout=10) as response:
+                shown = json.loads(response.read())["proxies"]
+            assert (shown["total"], shown["states"]) == (1, {"NACKED": 1})
+            [row] = shown["proxies"]
+            assert (row["node_id"], row["types"]["LDS"]["state"]) == (envoy.node_id, "NACKED")
+            assert row["types"]["LDS"]["nack"]["message"] == lds["nack"]["message"]
         finally:
             envoy.stop()
             holder.close()
