@@ -369,10 +369,15 @@ def serve_cold(root: Path, count: int) -> tuple[float, float, float]:
         argv += ["--state-dir", state, "--log-level", "warning"]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         started = time.perf_counter()
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+        log = Path(state) / "serve.log"
+        with log.open("wb") as stderr:
+            process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             clusters, listeners = asyncio.run(first_responses(address, count, started + 300))
             cpu = process_cpu(process.pid)
+        except BaseException:
+            print(log.read_text()[-2000:], file=sys.stderr)
+            raise
         finally:
             process.terminate()
             process.wait(30)
