@@ -333,7 +333,8 @@ async def first_responses(address: str, clusters: int, deadline: float) -> tuple
     node = base_pb2.Node(id="bench-sidecar", cluster="bench")
     while True:
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
+            options = [("grpc.max_receive_message_length", -1)]
+            async with grpc.aio.insecure_channel(address, options=options) as channel:
                 await asyncio.wait_for(channel.channel_ready(), 1.0)
                 stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
                 call = stub.StreamAggregatedResources()
@@ -354,8 +355,11 @@ async def first_responses(address: str, clusters: int, deadline: float) -> tuple
                     response = await asyncio.wait_for(call.read(), deadline - time.perf_counter())
                 call.cancel()
                 return got_clusters, time.perf_counter()
-        except (TimeoutError, grpc.aio.AioRpcError):
-            if time.perf_counter() > deadline:
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            unavailable = not isinstance(exc, grpc.aio.AioRpcError) or (
+                exc.code() is grpc.StatusCode.UNAVAILABLE
+            )
+            if not unavailable or time.perf_counter() > deadline:
                 raise
             await asyncio.sleep(0.05)
 
@@ -373,7 +377,7 @@ def serve_cold(root: Path, count: int) -> tuple[float, float, float]:
         with log.open("wb") as stderr:
             process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            clusters, listeners = asyncio.run(first_responses(address, count, started + 300))
+            clusters, listeners = asyncio.run(first_responses(address, count, started + 900))
             cpu = process_cpu(process.pid)
         except BaseException:
             print(log.read_text()[-2000:], file=sys.stderr)
