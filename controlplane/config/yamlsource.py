@@ -330,10 +330,8 @@ _INEXACT = re.compile(
             _TOKEN + r"[&!]",
             # Directives, document end markers, a node on a start marker's line.
             r"^(?:%|\.\.\.(?=[ \n]|\Z)|---[ ]+[^ \n#])",
-            # Explicit keys, merge keys, empty keys.
-            r"(?:(?<=[\s\[{,])|^)(?:\?(?=[ \n]|\Z)|<<|:)",
-            # Flow mappings but {} (their entries are keys, with or without a value).
-            _TOKEN + r"\{(?![ ]*\})",
+            # Explicit keys (in flow, libyaml reads ``?x`` as one), merge keys, empty keys.
+            r"(?:(?<=[\s\[{,])|^)(?:\?|<<|:)",
             # A flow collection as a key.
             r"[\]}][ ]*:(?=[ \n,\[\]{}]|\Z)",
             # Deep nesting in block style (the exact path's limit is several hundred levels).
@@ -355,6 +353,25 @@ _INEXACT = re.compile(
     ),
     re.MULTILINE,
 )
+# In a flow mapping every entry is a key, with a value or not (``{0, a: 1}``): a key
+# that could be a number, a boolean or null reads differently, and a collection cannot
+# be one. Flow mappings must close on the line they open, so that each of their keys is
+# seen with its ``{`` or ``,``.
+_FLOW_MAPPING = re.compile(_TOKEN + r"\{", re.MULTILINE)
+_FLOW_KEY = re.compile(
+    r"[{,][ ]*(?:[-+]?[._0-9]|[\[{]"
+    r"|(?:true|True|TRUE|false|False|FALSE|null|Null|NULL|~)(?=[ ,}:]|\Z))"
+)
+
+
+def _bad_braces(line: str) -> bool:
+    if "{" not in line and "}" not in line:
+        return False
+    return line.count("{") != line.count("}") or (
+        _FLOW_MAPPING.search(line) is not None and _FLOW_KEY.search(line) is not None
+    )
+
+
 # In a flow collection libyaml refuses some ``:`` that YAML 1.2 allows (``[a:b]``).
 _FLOW = re.compile(_TOKEN + r"[\[{]", re.MULTILINE)
 _COLON_IN_SCALAR = re.compile(r":[^ \n]")
@@ -370,11 +387,15 @@ _line_kinds: dict[str, int] = {}
 
 
 def _line_kind(line: str) -> int:
-    kind = (
-        (_INEXACT_LINE if _INEXACT.search(line) is not None else 0)
-        | (_FLOW_LINE if _FLOW.search(line) is not None else 0)
-        | (_COLON_LINE if _COLON_IN_SCALAR.search(line) is not None else 0)
-    )
+    if line.lstrip(" ").startswith("#"):
+        # A comment, or text in a quoted or block scalar: a string on both paths.
+        kind = 0
+    else:
+        kind = (
+            (_INEXACT_LINE if _INEXACT.search(line) is not None or _bad_braces(line) else 0)
+            | (_FLOW_LINE if _FLOW.search(line) is not None else 0)
+            | (_COLON_LINE if _COLON_IN_SCALAR.search(line) is not None else 0)
+        )
     if len(_line_kinds) < 100_000:
         _line_kinds[line] = kind
     return kind

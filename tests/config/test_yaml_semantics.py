@@ -218,7 +218,11 @@ def test_the_benchmark_files_take_the_fast_path() -> None:
         "? a\n: 1\n",
         "\ta: 1\n",
         "a: caf\u00e9\n",
-        "a: {b: 1}\n",
+        "a: {1: b}\n",
+        "a: {b, true}\n",
+        "a: {b: 1,\n  c: 2}\n",
+        "a: {[b]: 1}\n",
+        "a: [?b]\n",
         "a: [b:c]\n",
         "%YAML 1.1\n---\na: 1\n",
         "a: 1\n...\n",
@@ -228,6 +232,18 @@ def test_the_benchmark_files_take_the_fast_path() -> None:
 )
 def test_text_where_the_parsers_could_differ_takes_the_exact_path(text: str) -> None:
     assert not is_fast_exact(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "# split 80/20, on weekdays: yes\na: b\n",
+        "labels: {app: web, version: v1}\nports: {http: 9080}\n",
+        "address: 10.0.0.1\nweight: 90\ntimeout: 1.5s\nratio: 0.25\n",
+    ],
+)
+def test_comments_one_line_flow_mappings_and_plain_numbers_take_the_fast_path(text: str) -> None:
+    assert is_fast_exact(text)
 
 
 # --- the fast path equals the exact path ------------------------------------------------------
@@ -267,13 +283,22 @@ def assert_paths_agree(text: str) -> None:
     assert all(f.size >= e.size for f, e in zip(fast[1], exact[1], strict=True)), text
 
 
-_SCALAR = st.text(alphabet="0189-+._:eExXoObBinfaINFtrusyYnNl~ ,#[]{}'\"", max_size=7)
+_SCALAR = st.text(alphabet="0189-+._:eExXoObBinfaINFtrusyYnNl~ ,#[]{}'\"?", max_size=7)
 
 
 @settings(max_examples=1500, deadline=None)
 @given(_SCALAR)
 def test_every_scalar_reads_the_same_on_both_paths(scalar: str) -> None:
-    for text in (f"a: {scalar}\n", f"{scalar}: a\n", f"- [{scalar}]\n", f"k:\n- {scalar}\n"):
+    for text in (
+        f"a: {scalar}\n",
+        f"{scalar}: a\n",
+        f"- [{scalar}]\n",
+        f"k:\n- {scalar}\n",
+        f"{{{scalar}}}\n",
+        f"k: {{a: 1, {scalar}}}\n",
+        f"k: {{a: {scalar}}}\n",
+        f"# {scalar}\nk: {scalar}\n",
+    ):
         assert_paths_agree(text)
 
 
@@ -303,6 +328,11 @@ _FRAGMENTS = [
     "u: -1\n",
     "v: 1.5\n",
     "w: x\n  y\n",
+    "x: {a: 1, b: [c, 2]}\n",
+    "- {d: e}\n",
+    "# on 80/20: yes\n",
+    "y: {\n",
+    "  0, f: 1}\n",
     'z: "a\n  b"\n',
 ]
 
