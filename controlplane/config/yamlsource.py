@@ -2,25 +2,26 @@
 
 Loading is the hot path of a large config directory. Two parsers share it:
 
-* the *fast path*: ``yaml_rs`` (a YAML parser in Rust, about 4x faster than
-  libyaml here), one call per document. It implements YAML 1.2 and knows
-  nothing of positions, so it is used only on a file in which it cannot differ
-  from the exact path: printable ASCII without tabs, no anchors, tags,
-  directives, explicit keys or merge keys, not deeply nested, and no plain
-  scalar whose meaning YAML 1.1 and 1.2 disagree on (``yes``/``on``, ``0755``,
-  ``1_000``, ``1e3``, ``1:30``, a number or ``true`` as a key...).
-  :data:`_INEXACT` finds such a file by its text, erring towards the exact
-  path, and a file ``yaml_rs`` rejects goes the exact way too, so every
-  diagnostic, with its line and column, comes from the exact path. The
-  documents are split at their ``---`` markers as libyaml splits them, which
-  gives each its index, first line and size without positions from the parser;
-* the *exact path*: libyaml (PyYAML's C parser), with two shortcuts over
-  ``yaml.CSafeLoader``:
-tag resolution is cached per scalar text (the same few strings repeat
-thousands of times), and nodes become plain ``dict``/``list``/scalars in one
-tight recursive pass instead of PyYAML's generic constructor. Semantics stay
-PyYAML's safe YAML 1.1 (the same resolver decides what is an int or a bool),
-except that duplicate keys are an error, as they are for ``kubectl``.
+* the *fast path*: ``yaml_rs`` (a YAML parser in Rust, about 3x faster than
+  the exact path here), one call per document. It implements YAML 1.2 and
+  knows nothing of positions, so it is used only on a file in which it cannot
+  differ from the exact path (:func:`is_fast_exact`): printable ASCII without
+  tabs, no anchors, tags, directives, explicit, merge or empty keys, flow
+  mappings only on one line and with plain keys, not deeply nested, and no
+  plain scalar whose meaning YAML 1.1 and 1.2 disagree on (``yes``/``on``,
+  ``0755``, ``1_000``, ``1e3``, ``1:30``, a number or ``true`` as a key...).
+  The check errs towards the exact path, and a file ``yaml_rs`` rejects goes
+  the exact way too, so every diagnostic, with its line and column, comes from
+  the exact path. The documents are split at their ``---`` markers as libyaml
+  splits them, which gives each its index, first line and size without
+  positions from the parser;
+* the *exact path* (:func:`parse_exact`): libyaml (PyYAML's C parser), with
+  two shortcuts over ``yaml.CSafeLoader``: tag resolution is cached per
+  scalar text (the same few strings repeat thousands of times), and nodes
+  become plain ``dict``/``list``/scalars in one tight recursive pass instead
+  of PyYAML's generic constructor. Semantics stay PyYAML's safe YAML 1.1 (the
+  same resolver decides what is an int or a bool), except that duplicate keys
+  are an error, as they are for ``kubectl``.
 
 Positions are not kept: :func:`locate` re-composes one document and walks a
 field path to its node only when a diagnostic needs a line and column. A
