@@ -303,14 +303,18 @@ class ConfigStore:
         applicable, held = self._hold_withdrawals(state.accepted, current, applicable)
         accepted, build, blocked = self._accept(state.accepted, current, applicable)
         applied = tuple(rel for rel in applicable if rel not in blocked)
+        # Sets: a cold load changes every file, and list lookups would make this quadratic.
+        applicable_set, held_set, applied_set = set(applicable), set(held), set(applied)
         rejected = tuple(
-            sorted({*blocked, *(r for r in changed if r not in applicable and r not in held)})
+            sorted(
+                {*blocked, *(r for r in changed if r not in applicable_set and r not in held_set)}
+            )
         )
         state.accepted = accepted
         served_version = config_version(accepted)
         rlog = log.bind(config_version=served_version)
         self._build = build
-        self._last_changed = [item for item in signature if item[0] not in applied]
+        self._last_changed = [item for item in signature if item[0] not in applied_set]
         self._mesh = build.mesh
 
         diagnostics: set[Diagnostic] = set()
@@ -496,7 +500,8 @@ class ConfigStore:
             self._hold_until = None
             log.warning("config_withdrawal_applied", **counts)
             return applicable, []
-        return [rel for rel in applicable if rel not in files], files
+        withdrawing = set(files)
+        return [rel for rel in applicable if rel not in withdrawing], files
 
     def _problem(self, mesh: Mesh) -> str | None:
         """What ``verify`` finds wrong with ``mesh`` (remembering the last mesh it passed)."""

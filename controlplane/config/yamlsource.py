@@ -1,12 +1,27 @@
 """Reading YAML fast, and finding where things are in it afterwards.
 
-Loading is the hot path of a large config directory, so it goes through
-libyaml (PyYAML's C parser) with two shortcuts over ``yaml.CSafeLoader``:
-tag resolution is cached per scalar text (the same few strings repeat
-thousands of times), and nodes become plain ``dict``/``list``/scalars in one
-tight recursive pass instead of PyYAML's generic constructor. Semantics stay
-PyYAML's safe YAML 1.1 (the same resolver decides what is an int or a bool),
-except that duplicate keys are an error, as they are for ``kubectl``.
+Loading is the hot path of a large config directory. Two parsers share it:
+
+* the *fast path*: ``yaml_rs`` (a YAML parser in Rust, about 3x faster than
+  the exact path here), one call per document. It implements YAML 1.2 and
+  knows nothing of positions, so it is used only on a file in which it cannot
+  differ from the exact path (:func:`is_fast_exact`): printable ASCII without
+  tabs, no anchors, tags, directives, explicit, merge or empty keys, flow
+  mappings only on one line and with plain keys, not deeply nested, and no
+  plain scalar whose meaning YAML 1.1 and 1.2 disagree on (``yes``/``on``,
+  ``0755``, ``1_000``, ``1e3``, ``1:30``, a number or ``true`` as a key...).
+  The check errs towards the exact path, and a file ``yaml_rs`` rejects goes
+  the exact way too, so every diagnostic, with its line and column, comes from
+  the exact path. The documents are split at their ``---`` markers as libyaml
+  splits them, which gives each its index, first line and size without
+  positions from the parser;
+* the *exact path* (:func:`parse_exact`): libyaml (PyYAML's C parser), with
+  two shortcuts over ``yaml.CSafeLoader``: tag resolution is cached per
+  scalar text (the same few strings repeat thousands of times), and nodes
+  become plain ``dict``/``list``/scalars in one tight recursive pass instead
+  of PyYAML's generic constructor. Semantics stay PyYAML's safe YAML 1.1 (the
+  same resolver decides what is an int or a bool), except that duplicate keys
+  are an error, as they are for ``kubectl``.
 
 Positions are not kept: :func:`locate` re-composes one document and walks a
 field path to its node only when a diagnostic needs a line and column. A
@@ -42,6 +57,11 @@ try:
     from yaml._yaml import CParser
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
     CParser = None  # type: ignore[assignment, misc]
+
+try:
+    from yaml_rs import loads as _fast_loads
+except ImportError:  # pragma: no cover - the exact path alone still reads everything
+    _fast_loads = None  # type: ignore[assignment]
 
 _STR = "tag:yaml.org,2002:str"
 _SEQ = "tag:yaml.org,2002:seq"
@@ -146,6 +166,7 @@ def forget_scalars() -> None:
     """
     _implicit_tags.clear()
     _scalar_cache.clear()
+    _line_kinds.clear()
 
 
 def _scalar(node: ScalarNode) -> Any:
@@ -297,12 +318,162 @@ def _check_document_size(text: str, start: int, end: int, limit: int) -> None:
         )
 
 
+# Where a plain scalar (or a key) may start: the text's start, after blanks or a flow indicator.
+_TOKEN = r"(?:(?<=[\s\[{,:])|^)"
+# After a number both parsers read alike: it ends there (no more characters, not a key).
+_ENDS = r"(?=[ ]*(?:\n|\Z)|[,\]}]|[ ]+[^ :\n])"
+_INEXACT = re.compile(
+    "|".join(
+        (
+            # Not printable ASCII, or a tab, a carriage return (the parsers differ on some).
+            r"[^\n\x20-\x7e]",
+            # Anchors (their expansion is budgeted on the exact path) and tags.
+            _TOKEN + r"[&!]",
+            # Directives, document end markers, a node on a start marker's line.
+            r"^(?:%|\.\.\.(?=[ \n]|\Z)|---[ ]+[^ \n#])",
+            # Explicit keys (in flow, libyaml reads ``?x`` as one), merge keys, empty keys.
+            r"(?:(?<=[\s\[{,])|^)(?:\?|<<|:)",
+            # A flow collection as a key.
+            r"[\]}][ ]*:(?=[ \n,\[\]{}]|\Z)",
+            # Deep nesting in block style (the exact path's limit is several hundred levels).
+            r"^[ -]{100}",
+            # YAML 1.1 booleans, which YAML 1.2 reads as strings.
+            _TOKEN + r"(?:[yY]es|YES|[nN]o|NO|[oO]n|ON|[oO]ff|OFF)(?=[\s,\]}:]|\Z)",
+            # Keys that YAML 1.2 reads as booleans or null (the exact path keeps a key's text).
+            _TOKEN
+            + r"(?:true|True|TRUE|false|False|FALSE|null|Null|NULL|~)[ ]*:(?=[\s,\[\]{}]|\Z)",
+            # Anything that starts like a number, unless a decimal number, an address or a
+            # duration that ends there: octal, hexadecimal, binary, 1_000, 1e3, 1:30, .inf...
+            _TOKEN
+            + r"(?!-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[num]?s|m|h)?"
+            + _ENDS
+            + r"|[0-9]+(?:\.[0-9]+){2,}(?:/[0-9]+)?"
+            + _ENDS
+            + r")[-+]?[._0-9]",
+        )
+    ),
+    re.MULTILINE,
+)
+# In a flow mapping every entry is a key, with a value or not (``{0, a: 1}``): a key
+# that could be a number, a boolean or null reads differently, and a collection cannot
+# be one. Flow mappings must close on the line they open, so that each of their keys is
+# seen with its ``{`` or ``,``.
+_FLOW_MAPPING = re.compile(_TOKEN + r"\{", re.MULTILINE)
+_FLOW_KEY = re.compile(
+    r"[{,][ ]*(?:[-+]?[._0-9]|[\[{]"
+    r"|(?:true|True|TRUE|false|False|FALSE|null|Null|NULL|~)(?=[ ,}:]|\Z))"
+)
+
+
+def _bad_braces(line: str) -> bool:
+    if "{" not in line and "}" not in line:
+        return False
+    return line.count("{") != line.count("}") or (
+        _FLOW_MAPPING.search(line) is not None and _FLOW_KEY.search(line) is not None
+    )
+
+
+# In a flow collection libyaml refuses some ``:`` that YAML 1.2 allows (``[a:b]``).
+_FLOW = re.compile(_TOKEN + r"[\[{]", re.MULTILINE)
+_COLON_IN_SCALAR = re.compile(r":[^ \n]")
+# The first line of a document that is neither blank nor a comment: where its node starts.
+_NODE_LINE = re.compile(r"^[ ]*[^ \n#]", re.MULTILINE)
+# Deeper flow nesting than this goes the exact way, which has the nesting limit.
+_MAX_FAST_FLOW = 200
+# Every pattern above looks at one line only and treats the digits 1-9 alike, so a line
+# is judged by its shape (digits 2-9 read as 1), once: a directory repeats a few shapes.
+_SHAPE = str.maketrans("23456789", "11111111")
+_INEXACT_LINE, _FLOW_LINE, _COLON_LINE = 1, 2, 4
+_line_kinds: dict[str, int] = {}
+
+
+def _line_kind(line: str) -> int:
+    if line.lstrip(" ").startswith("#"):
+        # A comment, or text in a quoted or block scalar: a string on both paths.
+        kind = 0
+    else:
+        kind = (
+            (_INEXACT_LINE if _INEXACT.search(line) is not None or _bad_braces(line) else 0)
+            | (_FLOW_LINE if _FLOW.search(line) is not None else 0)
+            | (_COLON_LINE if _COLON_IN_SCALAR.search(line) is not None else 0)
+        )
+    if len(_line_kinds) < 100_000:
+        _line_kinds[line] = kind
+    return kind
+
+
+def is_fast_exact(text: str) -> bool:
+    """Whether the fast path reads ``text`` exactly as the exact path would (when it parses)."""
+    if text.count("[") + text.count("{") > _MAX_FAST_FLOW:
+        return False
+    kinds = 0
+    known = _line_kinds.get
+    for line in set(text.translate(_SHAPE).split("\n")):
+        kind = known(line)
+        kinds |= _line_kind(line) if kind is None else kind
+    return not kinds & _INEXACT_LINE and kinds & (_FLOW_LINE | _COLON_LINE) != (
+        _FLOW_LINE | _COLON_LINE
+    )
+
+
+def _document_markers(text: str) -> dict[int, None]:
+    """Where each ``---`` line starts a document (``str.find`` is far quicker than a regex)."""
+    markers: dict[int, None] = {}
+    at = 0 if text.startswith("---") else text.find("\n---")
+    while at >= 0:
+        start = at if at == 0 and text.startswith("---") else at + 1
+        after = start + 3
+        if after == len(text) or text[after] in " \n":
+            markers[start] = None
+        at = text.find("\n---", after)
+    return markers
+
+
+def _parse_fast(text: str, limits: ConfigLimits) -> list[Document] | None:
+    """The documents of ``text`` by the fast path; ``None`` where only the exact path is exact."""
+    if _fast_loads is None or not is_fast_exact(text):
+        return None
+    markers = _document_markers(text)
+    starts = list(markers)
+    if not starts or (starts[0] > 0 and _NODE_LINE.search(text, 0, starts[0]) is not None):
+        starts.insert(0, 0)
+    if len(starts) > limits.max_documents_per_file:
+        return None
+    starts.append(len(text))
+    documents: list[Document] = []
+    line, counted = 1, 0
+    for index in range(len(starts) - 1):
+        start, end = starts[index], starts[index + 1]
+        node = _NODE_LINE.search(text, start + 3 if start in markers else start, end)
+        if node is None:
+            continue
+        try:
+            data = _fast_loads(text[start:end], parse_datetime=False)
+        except Exception:
+            # Its diagnostic, with line and column, comes from the exact path.
+            return None
+        if data is None:
+            continue
+        line += text.count("\n", counted, node.start())
+        counted = node.start()
+        documents.append(Document(index, line, data, end - node.end() + 1))
+    return documents
+
+
 def parse(text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Document]:
     """Every document of ``text``; empty documents are skipped.
 
     Raises :class:`YamlSyntaxError`, or :class:`YamlLimitError` when ``text``
     is over one of ``limits``.
     """
+    if 4 * len(text) > limits.max_document_bytes:
+        _check_document_sizes(text, limits.max_document_bytes)
+    fast = _parse_fast(text, limits)
+    return fast if fast is not None else parse_exact(text, limits)
+
+
+def parse_exact(text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Document]:
+    """:func:`parse` by the exact path alone (libyaml), whatever the text."""
     documents: list[Document] = []
     try:
         if 4 * len(text) > limits.max_document_bytes:

@@ -21,31 +21,41 @@ import ipaddress
 from collections.abc import Iterable
 from itertools import groupby
 
-from envoy.config.core.v3 import address_pb2, base_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 
-from controlplane.model import Endpoint, Locality, Mesh
-from controlplane.translate.protos import Message, uint32
+from controlplane.model import Endpoint, Mesh
+from controlplane.translate.protos import Message
 from controlplane.translate.upstreams import Discovery, Upstream, upstreams
 
 
 def load_assignment(cluster: str, endpoints: Iterable[Endpoint]) -> Message:
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster)
-
-    def locality_key(endpoint: Endpoint) -> tuple[str, str, str]:
-        return (endpoint.locality.region, endpoint.locality.zone, endpoint.locality.subzone)
-
-    ordered = sorted(endpoints, key=lambda e: (locality_key(e), e.address, e.port))
-    for _, group in groupby(ordered, key=locality_key):
-        members = list(group)
-        assignment.endpoints.append(
-            endpoint_components_pb2.LocalityLbEndpoints(
-                locality=_locality(members[0].locality),
-                lb_endpoints=[_lb_endpoint(e) for e in members],
-                load_balancing_weight=uint32(sum(_weight(e) for e in members)),
-            )
-        )
+    ordered = sorted(endpoints, key=_order)
+    for locality, group in groupby(ordered, key=_locality_of):
+        # Filled in place: nested constructors cost twice as much, for the same bytes.
+        entry = assignment.endpoints.add()
+        entry.locality.SetInParent()
+        entry.locality.region, entry.locality.zone, entry.locality.sub_zone = locality
+        total = 0
+        for endpoint in group:
+            weight = _weight(endpoint)
+            total += weight
+            lb_endpoint = entry.lb_endpoints.add()
+            socket = lb_endpoint.endpoint.address.socket_address
+            socket.address = endpoint.address
+            socket.port_value = endpoint.port
+            lb_endpoint.load_balancing_weight.value = weight
+        entry.load_balancing_weight.value = total
     return assignment
+
+
+def _locality_of(endpoint: Endpoint) -> tuple[str, str, str]:
+    locality = endpoint.locality
+    return (locality.region, locality.zone, locality.subzone)
+
+
+def _order(endpoint: Endpoint) -> tuple[tuple[str, str, str], str, int]:
+    return (_locality_of(endpoint), endpoint.address, endpoint.port)
 
 
 def build_load_assignments(mesh: Mesh) -> list[Message]:
@@ -56,20 +66,6 @@ def build_load_assignments(mesh: Mesh) -> list[Message]:
 def upstream_assignment(upstream: Upstream) -> Message:
     """The assignment of an EDS upstream: its endpoints with an IP address."""
     return load_assignment(upstream.name, (e for e in upstream.endpoints if is_ip(e.address)))
-
-
-def _locality(locality: Locality) -> Message:
-    return base_pb2.Locality(region=locality.region, zone=locality.zone, sub_zone=locality.subzone)
-
-
-def _lb_endpoint(endpoint: Endpoint) -> Message:
-    address = address_pb2.Address(
-        socket_address=address_pb2.SocketAddress(address=endpoint.address, port_value=endpoint.port)
-    )
-    return endpoint_components_pb2.LbEndpoint(
-        endpoint=endpoint_components_pb2.Endpoint(address=address),
-        load_balancing_weight=uint32(_weight(endpoint)),
-    )
 
 
 def _weight(endpoint: Endpoint) -> int:

@@ -296,7 +296,8 @@ def test_the_errors_of_thousands_of_documents_are_placed_in_one_pass_over_the_fi
     assert [(d.line, d.field) for d in diagnostics[:2]] == [(6, "spec.adress"), (13, "spec.adress")]
     assert len(diagnostics) == 2000
     assert diagnostics[-1].line == 6 + 7 * 1999
-    assert composed == 2  # one parse, one pass to place every error
+    # At most one exact parse (none on the fast path), and one pass to place every error.
+    assert composed <= 2
 
 
 def test_the_defaults_accept_the_files_the_benchmarks_and_examples_write() -> None:
