@@ -12,7 +12,9 @@ are all synced; printed: the difference per stream, for each
 ``--read-buffer`` (``XdsServerOptions.read_buffer_bytes``; 0: gRPC's default).
 
 Usage: ``python bench/connection_memory.py --streams 1000 --per-channel 1 100
---names 0 3000 --read-buffer 0 8192``.
+--names 0 3000 --read-buffer 0 8192``. With ``--tracemalloc N`` it also prints
+the server's Python heap per stream and the N source lines that allocated the
+most of it (tracemalloc's own bookkeeping inflates the RSS figure then).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import itertools
 import logging
 import multiprocessing
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +97,9 @@ def clients(
     asyncio.run(main())
 
 
-async def measure(streams: int, per_channel: int, names: int, read_buffer: int) -> float:
+async def measure(
+    streams: int, per_channel: int, names: int, read_buffer: int, top: int = 0
+) -> float:
     cache = SnapshotCache(lambda node: "sidecar", lambda key: base_mesh())
     server = await start_xds_server(cache, options=XdsServerOptions(read_buffer_bytes=read_buffer))
     context = multiprocessing.get_context("spawn")
@@ -104,6 +109,7 @@ async def measure(streams: int, per_channel: int, names: int, read_buffer: int) 
         gc.collect()
         memory.trim()
         before = rss()
+        heap_before = tracemalloc.take_snapshot() if top else None
         process = context.Process(
             target=clients, args=(server.address, streams, per_channel, names, ready, stop)
         )
@@ -116,11 +122,23 @@ async def measure(streams: int, per_channel: int, names: int, read_buffer: int) 
         gc.collect()
         memory.trim()
         await asyncio.sleep(0.5)
-        return (rss() - before) / streams
+        held = (rss() - before) / streams
+        if heap_before is not None:
+            print_heap(tracemalloc.take_snapshot().compare_to(heap_before, "lineno"), streams, top)
+        return held
     finally:
         stop.set()
         await asyncio.sleep(0.5)
         await server.stop(0)
+
+
+def print_heap(diff: list[tracemalloc.StatisticDiff], streams: int, top: int) -> None:
+    total = sum(d.size_diff for d in diff)
+    print(f"  Python heap per stream: {total / streams / 1024:.1f} KiB; by line:")
+    for d in sorted(diff, key=lambda d: -d.size_diff)[:top]:
+        frame = d.traceback[0]
+        where = f"{Path(frame.filename).name}:{frame.lineno}"
+        print(f"  {d.size_diff / streams:8.0f} B {d.count_diff / streams:6.1f} blocks  {where}")
 
 
 def main() -> None:
@@ -129,14 +147,19 @@ def main() -> None:
     parser.add_argument("--per-channel", type=int, nargs="+", default=[1, 100])
     parser.add_argument("--names", type=int, nargs="+", default=[0, 3000])
     parser.add_argument("--read-buffer", type=int, nargs="+", default=[0, 8192])
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    if args.tracemalloc:
+        tracemalloc.start(1)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     memory.tune()
     print(f"{'streams':>8} {'per chan':>8} {'names':>6} {'read buf':>8} | RSS per stream")
     for per_channel, names, read_buffer in itertools.product(
         args.per_channel, args.names, args.read_buffer
     ):
-        per_stream = asyncio.run(measure(args.streams, per_channel, names, read_buffer))
+        per_stream = asyncio.run(
+            measure(args.streams, per_channel, names, read_buffer, args.tracemalloc)
+        )
         print(
             f"{args.streams:>8} {per_channel:>8} {names:>6} {read_buffer:>8} | "
             f"{per_stream / 1024:.1f} KiB",

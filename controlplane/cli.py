@@ -33,7 +33,6 @@ from controlplane.config.files import CONFIG_SUFFIXES, scan
 from controlplane.config.limits import KIB, MIB, ConfigLimits
 from controlplane.config.state import default_state_dir
 from controlplane.config.store import validate_directory
-from controlplane.demo.run import Demo, DemoOptions
 from controlplane.errors import PilotfishError
 from controlplane.logs import configure as configure_logging
 from controlplane.server import event_loop
@@ -402,6 +401,9 @@ def _port(text: str) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # Imported here: the demo's Envoy runner and mesh writer are no part of `serve`.
+    from controlplane.demo.run import Demo, DemoOptions
+
     options = DemoOptions(
         config_dir=Path(args.config_dir) if args.config_dir is not None else None,
         gateway_port=args.gateway_port,

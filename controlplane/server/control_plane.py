@@ -265,9 +265,7 @@ class ControlPlane:
             size = self._sizes.get((url, version))
             if size is None:
                 # About the encoded size of a response carrying every resource.
-                size = sum(
-                    len(r.body.value) + len(url) + 12 for r in snapshot.resources(url).values()
-                )
+                size = sum(len(r.value) + len(url) + 12 for r in snapshot.resources(url).values())
             sizes[(url, version)] = size
             if size > limit:
                 kind = url.rsplit(".", 1)[-1]

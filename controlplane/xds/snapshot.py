@@ -50,6 +50,8 @@ from controlplane.xds.wire import length_delimited, string_field
 Reference = tuple[str, str]
 """``(type_url, name)`` of a resource another resource depends on."""
 
+_NO_REFERENCES: frozenset[Reference] = frozenset()
+
 
 def resource_references(message: Any) -> frozenset[Reference]:
     """The resources ``message`` needs before it can be used.
@@ -64,10 +66,10 @@ def resource_references(message: Any) -> frozenset[Reference]:
         if message.type == cluster_pb2.Cluster.EDS:
             service = message.eds_cluster_config.service_name or message.name
             return frozenset({(ENDPOINT, service)})
-        return frozenset()
+        return _NO_REFERENCES
     if url == LISTENER:
         return frozenset((ROUTE, name) for name in _listener_route_names(message))
-    return frozenset()
+    return _NO_REFERENCES
 
 
 def _listener_route_names(listener: Any) -> Iterator[str]:
@@ -90,22 +92,40 @@ def _listener_route_names(listener: Any) -> Iterator[str]:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Resource:
-    """One named resource, serialized once. Treat ``body`` as read-only."""
+    """One named resource, serialized once.
+
+    Holds the serialization as bytes (``value``), not as a protobuf ``Any``: a
+    message object costs about 1.2 KiB of its own beyond its bytes, and a mesh
+    holds one resource per cluster, endpoint set, listener and route per proxy
+    class. :attr:`body` builds the ``Any`` when something needs the message.
+    """
 
     name: str
     type_url: str
     hash: str
-    body: any_pb2.Any
+    value: bytes
     references: frozenset[Reference]
     _sotw_entry: bytes | None = field(default=None, repr=False)
     _delta_entry: bytes | None = field(default=None, repr=False)
+
+    @property
+    def body(self) -> any_pb2.Any:
+        """A new ``Any`` holding this resource, as it goes on the wire."""
+        return any_pb2.Any(type_url=self.type_url, value=self.value)
+
+    def _any_bytes(self) -> bytes:
+        # The serialization of ``body``: field 1 (type_url), then field 2 (value),
+        # each left out when empty, as protobuf writes them.
+        return string_field(b"\x0a", self.type_url) + (
+            length_delimited(b"\x12", self.value) if self.value else b""
+        )
 
     @property
     def sotw_entry(self) -> bytes:
         """This resource encoded as one entry of ``DiscoveryResponse.resources``."""
         entry = self._sotw_entry
         if entry is None:
-            entry = length_delimited(b"\x12", self.body.SerializeToString())
+            entry = length_delimited(b"\x12", self._any_bytes())
             object.__setattr__(self, "_sotw_entry", entry)
         return entry
 
@@ -118,7 +138,7 @@ class Resource:
             item = b"".join(
                 (
                     string_field(b"\x0a", self.hash),
-                    length_delimited(b"\x12", self.body.SerializeToString()),
+                    length_delimited(b"\x12", self._any_bytes()),
                     string_field(b"\x1a", self.name),
                 )
             )
@@ -135,9 +155,9 @@ class Resource:
         data = message.SerializeToString(deterministic=True)
         return cls(
             name=kind.name_of(message),
-            type_url=url,
+            type_url=kind.type_url,
             hash=hashlib.sha256(data).hexdigest(),
-            body=any_pb2.Any(type_url=url, value=data),
+            value=data,
             references=resource_references(message),
         )
 

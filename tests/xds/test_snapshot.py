@@ -2,6 +2,7 @@ import hashlib
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.errors import InconsistentSnapshotError
 from controlplane.xds import (
@@ -38,6 +39,32 @@ def test_resource_serializes_deterministically_once_into_an_any():
     assert resource.body.type_url == CLUSTER
     assert resource.body.value == data
     assert resource.hash == hashlib.sha256(data).hexdigest()
+
+
+def test_wire_entries_are_the_bytes_protobuf_writes_for_the_any():
+    for message in (
+        eds_cluster("a"),
+        load_assignment("svc", "10.0.0.1:80"),
+        rds_listener("l", "r"),
+    ):
+        resource = Resource.from_message(message)
+        sotw = discovery_pb2.DiscoveryResponse(resources=[resource.body]).SerializeToString()
+        assert resource.sotw_entry == sotw
+        delta = discovery_pb2.DeltaDiscoveryResponse(
+            resources=[
+                discovery_pb2.Resource(
+                    version=resource.hash, resource=resource.body, name=resource.name
+                )
+            ]
+        ).SerializeToString()
+        assert resource.delta_entry == delta
+
+
+def test_a_resource_keeps_bytes_not_a_message_and_builds_a_fresh_any_on_demand():
+    resource = Resource.from_message(eds_cluster("a"))
+    assert type(resource.value) is bytes
+    assert resource.body is not resource.body
+    assert resource.body == resource.body
 
 
 def test_load_assignment_is_named_by_its_cluster_name():
