@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
@@ -261,8 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_until_signalled(
+    name: str, host: str, port: int, start: Callable[[], tuple[int, Callable[[], None]]]
+) -> int:
+    """A demo program's life: ``start()`` a server (its bound port and how to stop it), say
+    where it listens, stop it on SIGTERM or SIGINT. A port it cannot bind is one line, exit 2."""
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -271,14 +274,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        backend = Backend(args.name, args.port, args.host).start()
+        bound, stop = start()
     except OSError as exc:
-        print(f"{args.name}: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"{name}: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.name} listening on {args.host}:{backend.port}", file=sys.stderr, flush=True)
+    print(f"{name} listening on {host}:{bound}", file=sys.stderr, flush=True)
     stopping.wait()
-    backend.stop()
+    stop()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def start() -> tuple[int, Callable[[], None]]:
+        backend = Backend(args.name, args.port, args.host).start()
+        return backend.port, backend.stop
+
+    return run_until_signalled(args.name, args.host, args.port, start)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import signal
-import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
+
+from controlplane.demo.backends import run_until_signalled
 
 UPSTREAM_TIMEOUT = 10.0
 PASSED_ON = ("x-request-id", "x-canary", "user-agent")
@@ -182,25 +181,18 @@ def behaviour_of(args: argparse.Namespace) -> Behaviour:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    stopping = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
+    def start() -> tuple[int, Callable[[], None]]:
         server = serve(behaviour_of(args), args.host, args.port)
-    except OSError as exc:
-        print(f"{args.name}: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 2
-    thread = threading.Thread(target=server.serve_forever, name=args.name, daemon=True)
-    thread.start()
-    print(f"{args.name} listening on {args.host}:{args.port}", file=sys.stderr, flush=True)
-    stopping.wait()
-    server.shutdown()
-    server.server_close()
-    return 0
+        threading.Thread(target=server.serve_forever, name=args.name, daemon=True).start()
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+
+        return server.server_address[1], stop
+
+    return run_until_signalled(args.name, args.host, args.port, start)
 
 
 if __name__ == "__main__":  # pragma: no cover
