@@ -344,6 +344,12 @@ async def test_the_dashboard_shows_proxies_nacks_live_traffic_and_errors_in_a_re
                 await wait_until(driver, lambda d: text_of(f"{row} .issued")(d) == "50")
                 first = float(text_of(f"{row} .rps")(driver) or 0)
                 assert first > 0
+                # the host reads whole, and a narrow column breaks it only after a dot
+                assert text_of(f"{row} strong")(driver) == HOST
+                breaks = driver.execute_script(
+                    "return document.querySelectorAll(arguments[0]).length", f"{row} strong wbr"
+                )
+                assert breaks == HOST.count(".")
                 await send(client, 450)
                 await wait_until(driver, lambda d: text_of(f"{row} .issued")(d) == "500")
                 await wait_until(driver, lambda d: float(text_of(f"{row} .rps")(d)) != first)
