@@ -62,8 +62,12 @@ def node(node_id: str = "sidecar-1") -> base_pb2.Node:
     return n
 
 
-async def connect(channel: grpc.aio.Channel, node_id: str = "sidecar-1") -> Any:
-    """An ADS stream that holds CDS ACKed and LDS NACKed."""
+async def connect(
+    channel: grpc.aio.Channel,
+    node_id: str = "sidecar-1",
+    message: str = "refused on purpose: bad filter",
+) -> Any:
+    """An ADS stream that holds CDS ACKed and LDS NACKed with ``message``."""
     call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
     await call.write(discovery_pb2.DiscoveryRequest(node=node(node_id), type_url=CLUSTER))
     clusters = await read(call)
@@ -80,7 +84,7 @@ async def connect(channel: grpc.aio.Channel, node_id: str = "sidecar-1") -> Any:
         discovery_pb2.DiscoveryRequest(
             type_url=LISTENER,
             response_nonce=listeners.nonce,
-            error_detail=status_pb2.Status(code=3, message="refused on purpose: bad filter"),
+            error_detail=status_pb2.Status(code=3, message=message),
         )
     )
     return call

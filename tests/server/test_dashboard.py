@@ -16,7 +16,6 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.load_stats.v3 import lrs_pb2
-from google.rpc import status_pb2
 
 from controlplane.config.store import ConfigStore
 from controlplane.model import Mesh
@@ -24,9 +23,9 @@ from controlplane.server import dashboard
 from controlplane.server.control_plane import ControlPlane
 from controlplane.server.dashboard import DashboardFeed, mesh_part, traffic_part
 from controlplane.xds.load_reports import LoadReports
-from controlplane.xds.types import CLUSTER, LISTENER
+from controlplane.xds.types import CLUSTER
 from tests.server.support import eventually, read
-from tests.server.test_admin import BROKEN, HELLO
+from tests.server.test_admin import BROKEN, HELLO, connect
 from tests.server.test_http_admin import SMALL, start
 
 HELLO_CLUSTER = "outbound|8080||hello.default.svc.cluster.local"
@@ -39,32 +38,6 @@ async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
     cp = await start(tmp_path)
     yield cp
     await cp.stop(grace=0.1)
-
-
-async def nacking_proxy(channel: grpc.aio.Channel, node_id: str, message: str) -> Any:
-    """An ADS stream that ACKs CDS and NACKs LDS with ``message``."""
-    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-    await call.write(
-        discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node_id), type_url=CLUSTER)
-    )
-    clusters = await read(call)
-    await call.write(
-        discovery_pb2.DiscoveryRequest(
-            type_url=CLUSTER, version_info=clusters.version_info, response_nonce=clusters.nonce
-        )
-    )
-    await call.write(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
-    listeners = await read(call)
-    while listeners.type_url != LISTENER:
-        listeners = await read(call)
-    await call.write(
-        discovery_pb2.DiscoveryRequest(
-            type_url=LISTENER,
-            response_nonce=listeners.nonce,
-            error_detail=status_pb2.Status(code=3, message=message),
-        )
-    )
-    return call
 
 
 def load_report(*clusters: tuple[str, int, int, int]) -> Any:
@@ -161,7 +134,7 @@ async def test_the_stream_sends_the_mesh_config_proxies_and_traffic_then_their_c
     assert events.latest["traffic"]["services"] == []
 
     async with grpc.aio.insecure_channel(plane.address) as channel:
-        call = await nacking_proxy(channel, "sidecar-<1>", HOSTILE)
+        call = await connect(channel, "sidecar-<1>", HOSTILE)
         proxies = await events.until("proxies", lambda p: p["states"].get("NACKED") == 1)
         (proxy,) = proxies["proxies"]
         assert (proxy["node_id"], proxy["protocol"], proxy["state"]) == (
@@ -376,7 +349,7 @@ async def test_a_build_yields_to_the_loop_between_chunks_and_shows_problem_proxi
                 type_url=CLUSTER, version_info=clusters.version_info, response_nonce=clusters.nonce
             )
         )
-        nacking = await nacking_proxy(channel, "z-nacking", "no")
+        nacking = await connect(channel, "z-nacking", "no")
         assert plane.http_admin is not None
         parts = plane.http_admin.parts
 

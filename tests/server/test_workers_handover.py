@@ -30,21 +30,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from controlplane.xds.client import SotwClient
 from controlplane.xds.types import CLUSTER, LISTENER
 from pilotfish.admin.v1 import admin_pb2, admin_pb2_grpc
+from tests.test_logs import SERVICE
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 20.0
-
-SERVICE = """\
-apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  ports:
-  - name: http
-    port: 8080
-"""
 
 
 def serve(config: Path, state: Path, *flags: str) -> subprocess.Popen[str]:
