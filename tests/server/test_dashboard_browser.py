@@ -42,7 +42,7 @@ from tests.agents.live_support import (
     write_atomically,
 )
 from tests.agents.test_live_nack import other_service
-from tests.server.test_dashboard import nacking_proxy
+from tests.server.test_admin import connect
 
 pytestmark = pytest.mark.slow
 
@@ -316,7 +316,7 @@ async def test_the_dashboard_shows_proxies_nacks_live_traffic_and_errors_in_a_re
 
                 # markup from a proxy is shown as text, never run or parsed
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{xds}") as channel:
-                    call = await nacking_proxy(channel, HOSTILE_NODE, HOSTILE_NACK)
+                    call = await connect(channel, HOSTILE_NODE, HOSTILE_NACK)
                     await wait_until(
                         driver, lambda d: HOSTILE_NACK in texts_of(d, "tr[data-nack] .reason")
                     )
