@@ -201,11 +201,33 @@ def test_server_options_become_grpc_channel_arguments():
     ]
 
 
-async def _stuck_and_reader(cache, server, channel, meshes):
-    """A stream whose client never reads (its push never completes) and a healthy one."""
+class _Channels:
+    """The channels of :func:`_stuck_and_reader`, closed together."""
+
+    def __init__(self, *channels: grpc.aio.Channel) -> None:
+        self.channels = channels
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+
+async def _stuck_and_reader(cache, server, meshes):
+    """A stream whose client never reads (its push never completes) and a healthy one.
+
+    The stuck client's HTTP/2 windows stay at their initial 64 KiB (no BDP probing, which
+    can grow them past a 6 MiB push), so the server cannot finish writing to it."""
     cache.update(lambda key: meshes[0])
+    stuck_channel = grpc.aio.insecure_channel(
+        server.address,
+        options=[
+            ("grpc.max_receive_message_length", 16 * MiB),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.use_local_subchannel_pool", 1),
+        ],
+    )
     with capture_logs() as logs:
-        stuck = ads(channel)
+        stuck = ads(stuck_channel)
         await stuck.write(request(CLUSTER))
         await eventually(lambda: any(e["event"] == "xds_stream_connected" for e in logs))
     options = [
@@ -217,16 +239,16 @@ async def _stuck_and_reader(cache, server, channel, meshes):
     await reader.write(request(CLUSTER))
     first = await read(reader)
     await reader.write(request(CLUSTER, version=first.version_info, nonce=first.nonce))
-    return stuck, reader, other_channel
+    return stuck, reader, _Channels(other_channel, stuck_channel)
 
 
 async def test_requests_wait_while_a_push_is_under_way_but_no_longer_than_the_push_priority(
-    cache_and_server, channel, monkeypatch
+    cache_and_server, monkeypatch
 ):
     monkeypatch.setattr(ads_module, "MAX_PUSH_PRIORITY", 0.6)
     cache, server = cache_and_server
     meshes = [big_mesh(generation) for generation in range(2)]
-    stuck, reader, other_channel = await _stuck_and_reader(cache, server, channel, meshes)
+    stuck, reader, other_channel = await _stuck_and_reader(cache, server, meshes)
     cache.update(lambda key: meshes[1])
     pushed = await read(reader)
     assert pushed.version_info == meshes[1].version(CLUSTER)
@@ -246,12 +268,12 @@ async def test_requests_wait_while_a_push_is_under_way_but_no_longer_than_the_pu
 
 
 async def test_a_stream_with_requests_held_back_still_gets_its_own_next_push_at_once(
-    cache_and_server, channel, monkeypatch
+    cache_and_server, monkeypatch
 ):
     monkeypatch.setattr(ads_module, "MAX_PUSH_PRIORITY", 30.0)
     cache, server = cache_and_server
     meshes = [big_mesh(generation) for generation in range(3)]
-    stuck, reader, other_channel = await _stuck_and_reader(cache, server, channel, meshes)
+    stuck, reader, other_channel = await _stuck_and_reader(cache, server, meshes)
     cache.update(lambda key: meshes[1])
     pushed = await read(reader)
     with capture_logs() as logs:
@@ -319,12 +341,12 @@ async def test_streams_keep_no_copy_of_a_large_request_once_handled(cache_and_se
 
 
 async def test_a_stream_stuck_in_one_push_wave_does_not_hold_back_the_next(
-    cache_and_server, channel, monkeypatch
+    cache_and_server, monkeypatch
 ):
     monkeypatch.setattr(ads_module, "MAX_PUSH_PRIORITY", 0.3)
     cache, server = cache_and_server
     meshes = [big_mesh(generation) for generation in range(3)]
-    stuck, reader, other_channel = await _stuck_and_reader(cache, server, channel, meshes)
+    stuck, reader, other_channel = await _stuck_and_reader(cache, server, meshes)
     with capture_logs() as logs:
 
         def waves() -> list[Any]:
@@ -345,12 +367,12 @@ async def test_a_stream_stuck_in_one_push_wave_does_not_hold_back_the_next(
 
 
 async def test_the_cyclic_collector_is_off_for_the_length_of_a_push_wave(
-    cache_and_server, channel, monkeypatch
+    cache_and_server, monkeypatch
 ):
     monkeypatch.setattr(ads_module, "MAX_PUSH_PRIORITY", 0.5)
     cache, server = cache_and_server
     meshes = [big_mesh(generation) for generation in range(2)]
-    stuck, reader, other_channel = await _stuck_and_reader(cache, server, channel, meshes)
+    stuck, reader, other_channel = await _stuck_and_reader(cache, server, meshes)
     assert gc.isenabled()
     with capture_logs() as logs:
         cache.update(lambda key: meshes[1])
