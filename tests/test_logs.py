@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from google.protobuf import struct_pb2
 from controlplane import logs
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
 from controlplane.xds import CLUSTER
+from tests.agents.live_support import free_port
 
 SERVICE = """\
 apiVersion: v1
@@ -167,13 +167,6 @@ async def test_streams_connect_and_edits_apply_while_the_log_disk_is_full(
         ]
     finally:
         await plane.stop(grace=0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def clusters_from(address: str, deadline: float) -> list[str]:

@@ -26,12 +26,19 @@ from agents.node import NodeIdentity
 from controlplane.server.control_plane import ControlPlane
 from tests.agents.xds_support import copy_example, fast_backoff, start_plane
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    """A port free on 127.0.0.1 now, and never one this process was given before: a test
+    asking for two ports before binding either must not get the same one twice."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass

@@ -19,12 +19,7 @@ from tests.agents.http_fakes import (
     get,
     request,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.agents.live_support import free_port
 
 
 async def refused(port: int) -> bool:

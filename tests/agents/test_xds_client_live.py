@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ pytest.importorskip("agents.listeners")
 
 from agents.agent import Agent, AgentOptions
 from agents.node import NodeIdentity
+from tests.agents.live_support import free_port
 from tests.agents.xds_support import eventually, fast_backoff, start_plane
 
 MESH = """\
@@ -45,13 +45,6 @@ spec:
   ports:
     http: {backend_port}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def answer_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -23,6 +23,7 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from controlplane.demo.envoy import sidecar_metadata
 from controlplane.xds.types import CLUSTER, LISTENER
+from tests.agents.live_support import free_port
 from tests.interop.conftest import ControlPlaneThread, start_envoy, write_text
 
 pytestmark = pytest.mark.slow
@@ -64,12 +65,6 @@ def wait_until(check: Any, timeout: float = 20.0) -> Any:
             return result
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_envoy_nack_shows_in_status_and_csds_reports_its_config(

@@ -1,11 +1,12 @@
 """What a `pilotfish serve` process imports: the server and nothing of the other commands."""
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from tests.agents.live_support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,13 +37,6 @@ CHILD = textwrap.dedent(
                    "--xds-address", f"127.0.0.1:{port}", "--admin-address", "127.0.0.1:0"]))
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_serve_imports_neither_the_demo_nor_the_agents_nor_test_tools(tmp_path):
