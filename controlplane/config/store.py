@@ -64,6 +64,7 @@ from controlplane.config.diagnostics import Diagnostic, Finding, Severity
 from controlplane.config.document import FileResult, file_too_large, read_text
 from controlplane.config.files import FileStamp, scan
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, FileTooLargeError, read_limited
+from controlplane.config.parallel_read import read_files
 from controlplane.config.resources import Resource
 from controlplane.config.state import StateDir
 from controlplane.config.yamlsource import forget_scalars, locate_all
@@ -178,7 +179,8 @@ class ConfigStore:
     on every candidate model before it is accepted, and a reload withdrawing
     more than ``max_withdraw_share`` of the accepted resources (or all of them)
     is held back for ``withdraw_grace`` seconds (0: never); see the module
-    docstring.
+    docstring. With ``read_helper``, a reload with many files to read shares
+    them with a helper process (:mod:`~controlplane.config.parallel_read`).
     """
 
     def __init__(
@@ -191,8 +193,10 @@ class ConfigStore:
         withdraw_grace: float = 0.0,
         max_withdraw_share: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        read_helper: bool = False,
     ) -> None:
         self.root = Path(root)
+        self._helper = read_helper
         self.limits = limits
         self.state = state
         self._state = _State()
@@ -257,6 +261,7 @@ class ConfigStore:
         unlisted: dict[str, OSError] = {}
         stamps = scan(self.root, unlisted)
         current: dict[str, FileVersion] = {}
+        to_read: list[str] = []
         for rel, stamp in stamps.items():
             previous = state.current.get(rel)
             if (
@@ -265,10 +270,14 @@ class ConfigStore:
                 and not previous.digest.startswith(_UNREADABLE)
             ):
                 current[rel] = previous
-                continue
-            version = _read(self.root, rel, self.limits)
+            else:
+                to_read.append(rel)
+        read = read_files(self.root, to_read, self.limits, _read, helper=self._helper)
+        for rel in to_read:
+            version = read.results[rel]
             if version is None:
                 continue
+            previous = state.current.get(rel)
             if previous is not None and previous.digest == version.digest:
                 version = previous
             current[rel] = version
@@ -640,7 +649,8 @@ def validate_directory(
     skipped documents of kinds Pilotfish does not read (``PF122``) errors.
     """
     unlisted: dict[str, OSError] = {}
-    versions = [v for rel in scan(root, unlisted) if (v := _read(root, rel, limits)) is not None]
+    read = read_files(root, list(scan(root, unlisted)), limits, _read)
+    versions = [v for v in read.results.values() if v is not None]
     texts = {v.path: v.text for v in versions}
     diagnostics: list[Diagnostic] = [
         Finding(

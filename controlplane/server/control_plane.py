@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -117,6 +118,8 @@ class ControlPlane:
             verify=self._verify,
             withdraw_grace=options.withdraw_grace,
             max_withdraw_share=options.max_withdraw_share,
+            # Workers already share the cores; alone, a cold start reads on two.
+            read_helper=options.worker is None and (os.cpu_count() or 1) > 1,
         )
         self._classes: dict[str, ProxyClass] = {}
         self._classes_lock = threading.Lock()

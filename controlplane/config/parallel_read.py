@@ -1,0 +1,299 @@
+"""Reading many config files on two cores: this process and one helper process.
+
+A cold start reads every file of the directory: parsing and validating
+10,000 files is seconds of CPU, and one Python process uses one core. When a
+reload has many files to read (:data:`MIN_FILES`), :func:`read_files` starts
+one helper process (``python -m controlplane.config.parallel_read``) and the
+two share the work:
+
+* the files are cut into chunks of :data:`CHUNK` files; this process takes
+  chunks from the front of the list and the helper from the back, so neither
+  waits for the other and they meet wherever their speeds put them;
+* the helper is kept :data:`AHEAD` chunks ahead (requests in its pipe) so it
+  never idles, and it answers each chunk with the pickled ``FileVersion``
+  objects, exactly what this process would have made of the same files (it
+  runs the same reader function on the same paths);
+* this process takes in and unpickles the answers between its own chunks;
+  unpickling costs about a quarter of reading, which is why this process
+  ends up with more than half of the chunks.
+
+The helper is an optimisation and nothing else depends on it: if it cannot
+start, dies, or answers garbage, every chunk it has not answered is read here
+and the result is the same. It exits when its input closes, so it never
+outlives the read. The frames on the pipes are a 4-byte length and a pickle,
+between this process and a child it started itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Generic, TypeVar
+
+import structlog
+
+from controlplane.config.limits import ConfigLimits
+
+log = structlog.get_logger(__name__)
+
+MIN_FILES = 256
+"""Fewer files to read than this are read here alone: a helper would not pay for itself."""
+CHUNK = 32
+"""Files per request to the helper."""
+AHEAD = 2
+"""Chunks requested from the helper before it answers the first of them."""
+PIPE_BYTES = 1 << 20
+"""Capacity asked for the answer pipe: about ten chunks' answers."""
+ANSWER_TIMEOUT = 60.0
+"""Seconds to wait for the helper's next answer once this process has read its share."""
+
+T = TypeVar("T")
+Reader = Callable[[Path, str, ConfigLimits], T]
+_HEADER = struct.Struct("!I")
+
+
+@dataclass(frozen=True)
+class FilesRead(Generic[T]):
+    """What :func:`read_files` read: one result per path, and how many the helper read."""
+
+    results: dict[str, T]
+    by_helper: int
+
+
+def read_files(
+    root: Path,
+    paths: Sequence[str],
+    limits: ConfigLimits,
+    read: Reader[T],
+    *,
+    helper: bool = True,
+    python: str = sys.executable,
+) -> FilesRead[T]:
+    """``read(root, path, limits)`` for every path, with a helper process when there are many.
+
+    ``read`` must be a module-level function (the helper imports it by name).
+    """
+    if not helper or len(paths) < MIN_FILES:
+        return FilesRead({path: read(root, path, limits) for path in paths}, 0)
+    chunks = deque(list(paths[i : i + CHUNK]) for i in range(0, len(paths), CHUNK))
+    results: dict[str, T] = {}
+    process = _Helper.start(python, root, limits, read)
+    by_helper = 0
+    sent: dict[int, list[str]] = {}
+    try:
+        while chunks:
+            while process is not None and process.alive and len(sent) < AHEAD and len(chunks) > 1:
+                chunk = chunks.pop()
+                sent[process.request(chunk)] = chunk
+            chunk = chunks.popleft()
+            results.update((path, read(root, path, limits)) for path in chunk)
+            if process is not None:
+                by_helper += _collect(process, sent, results, block=False)
+        if process is not None:
+            by_helper += _collect(process, sent, results, block=True)
+    finally:
+        if process is not None:
+            process.close()
+    for chunk in sent.values():  # requested but never answered: the helper failed
+        results.update((path, read(root, path, limits)) for path in chunk)
+    return FilesRead(results, by_helper)
+
+
+def _collect(
+    process: _Helper, sent: dict[int, list[str]], results: dict[str, Any], *, block: bool
+) -> int:
+    """Take the helper's answers into ``results``; how many files they covered."""
+    count = 0
+    while sent and process.alive:
+        answers = process.answers(timeout=ANSWER_TIMEOUT if block else 0.0)
+        for number, versions in answers:
+            chunk = sent.pop(number, None)
+            if chunk is None or not isinstance(versions, list) or len(versions) != len(chunk):
+                process.fail("an answer that matches no request")
+                return count
+            results.update(zip(chunk, versions, strict=True))
+            count += len(chunk)
+        if not block:
+            break
+    return count
+
+
+class _Helper:
+    """The helper process and its pipes.
+
+    Answers are taken in by this process's reading thread between its own
+    chunks, never by a second thread: a thread waking for every pipe read
+    would take the interpreter lock from the reading thread hundreds of times
+    a second (measured: the read took longer with the helper than without).
+    The answer pipe is enlarged so that the helper rarely waits for that.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self._process = process
+        self._stdin = process.stdin
+        self._fd = process.stdout.fileno()
+        os.set_blocking(self._fd, False)
+        if hasattr(fcntl, "F_SETPIPE_SZ"):
+            # Over /proc/sys/fs/pipe-max-size: the helper waits for us more often.
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self._buffer = bytearray()
+        self._next = 0
+        self.alive = True
+
+    @classmethod
+    def start(
+        cls, python: str, root: Path, limits: ConfigLimits, read: Reader[Any]
+    ) -> _Helper | None:
+        try:
+            process = subprocess.Popen(
+                [python, "-m", __name__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+                env=_child_environment(),
+            )
+        except OSError as exc:
+            log.warning("config_read_helper_failed", error=str(exc), consequence="reading alone")
+            return None
+        helper = cls(process)
+        helper._send((str(root), limits, read.__module__, read.__qualname__))
+        return helper
+
+    def request(self, chunk: list[str]) -> int:
+        number = self._next
+        self._next += 1
+        self._send((number, chunk))
+        return number
+
+    def answers(self, *, timeout: float) -> list[tuple[int, Any]]:
+        """The answers complete so far; with a timeout, wait for at least one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = self._drain()
+            answers = self._frames()
+            if answers or ended or timeout <= 0:
+                if ended and not answers:
+                    self.fail("the helper process ended")
+                return answers
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._fd], [], [], left)[0]:
+                self.fail(f"no answer in {timeout:g} s")
+                return []
+
+    def fail(self, why: str) -> None:
+        if self.alive:
+            self.alive = False
+            log.warning("config_read_helper_failed", error=why, consequence="reading alone")
+            self._process.kill()
+
+    def close(self) -> None:
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+    def _send(self, message: object) -> None:
+        try:
+            _write(self._stdin, message)
+        except OSError:
+            self.fail("the helper process stopped reading")
+
+    def _drain(self) -> bool:
+        """Read what the pipe holds into the buffer; whether the helper's output ended."""
+        while True:
+            try:
+                data = os.read(self._fd, PIPE_BYTES)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            self._buffer += data
+
+    def _frames(self) -> list[tuple[int, Any]]:
+        frames = []
+        buffer = self._buffer
+        offset = 0
+        while len(buffer) - offset >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer, offset)
+            if len(buffer) - offset - _HEADER.size < size:
+                break
+            start = offset + _HEADER.size
+            try:
+                frames.append(pickle.loads(memoryview(buffer)[start : start + size]))
+            except Exception:  # a garbled pipe is a failed helper: read here instead
+                self.fail("an answer that does not unpickle")
+                break
+            offset = start + size
+        del buffer[:offset]
+        return frames
+
+
+def _child_environment() -> dict[str, str]:
+    """This environment, with the directory this package was imported from on the path."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+
+
+def _write(stream: IO[bytes], message: object) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read(stream: IO[bytes]) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """The helper's side: read each requested chunk and answer it, until the input ends."""
+    setup = _read(requests)
+    if setup is None:
+        return
+    root, limits, module, name = setup
+    read = getattr(__import__(module, fromlist=[name]), name)
+    while (message := _read(requests)) is not None:
+        number, chunk = message
+        _write(answers, (number, [read(Path(root), path, limits) for path in chunk]))
+
+
+if __name__ == "__main__":
+    import gc
+
+    # Everything it builds is answered and dropped; no cycles to collect.
+    gc.disable()
+    # Answers go to the original stdout; anything printed (a log line) goes to stderr.
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        _serve(sys.stdin.buffer, answers)
+    os._exit(0)

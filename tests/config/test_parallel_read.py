@@ -1,0 +1,170 @@
+"""Reading many files with a helper process gives exactly what reading alone gives."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from controlplane.config import parallel_read
+from controlplane.config.files import scan
+from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits
+from controlplane.config.parallel_read import MIN_FILES, read_files
+from controlplane.config.store import ConfigStore, _read, validate_directory
+
+FILES = MIN_FILES + 44
+
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: svc-{i}
+  namespace: mixed
+spec:
+  selector:
+    app: svc-{i}
+  ports:
+  - name: http
+    port: 8080
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: svc-{i}
+  namespace: mixed
+spec:
+  address: 10.0.{a}.{b}
+  labels:
+    app: svc-{i}
+"""
+
+
+def mixed_directory(root: Path, count: int = FILES) -> list[str]:
+    """``count`` files: mostly valid, with every kind of bad file spread through them."""
+    for i in range(count):
+        rel = f"d{i % 3}/svc-{i:04d}.yaml"
+        path = root / rel
+        path.parent.mkdir(exist_ok=True)
+        text = SERVICE.format(i=i, a=i // 250, b=i % 250)
+        if i % 37 == 5:
+            text = text.replace("port: 8080", "port: 99999")  # a field error (PF114)
+        elif i % 41 == 7:
+            text = text.replace("  selector:", "  selector: [")  # a syntax error
+        elif i % 43 == 9:
+            text = text.replace("kind: Service", "kind: Sevrice")  # a misspelt kind (PF102)
+        path.write_text(text)
+    (root / "latin1.yaml").write_bytes("metadata: {name: caf\xe9}\n".encode("latin-1"))
+    (root / "large.yaml").write_text("x" * 5000)
+    return sorted(scan(root))
+
+
+SMALL_FILES = ConfigLimits(max_file_bytes=4096)
+
+
+def test_a_helper_reads_part_of_the_files_and_the_results_equal_reading_alone(
+    tmp_path: Path,
+) -> None:
+    paths = mixed_directory(tmp_path)
+    alone = read_files(tmp_path, paths, SMALL_FILES, _read, helper=False)
+    shared = read_files(tmp_path, paths, SMALL_FILES, _read)
+
+    assert alone.by_helper == 0
+    assert 0 < shared.by_helper < len(paths)
+    assert shared.results == alone.results
+    assert list(alone.results) == paths
+    codes = {f.code for v in alone.results.values() if v is not None for f in v.result.findings}
+    assert codes == {"PF100", "PF102", "PF105", "PF106", "PF114"}
+
+
+def test_fewer_files_than_the_minimum_are_read_without_a_helper(tmp_path: Path) -> None:
+    paths = mixed_directory(tmp_path, MIN_FILES - 10)
+
+    read = read_files(tmp_path, paths, DEFAULT_LIMITS, _read)
+
+    assert read.by_helper == 0
+    assert read.results == read_files(tmp_path, paths, DEFAULT_LIMITS, _read, helper=False).results
+
+
+def test_a_helper_that_cannot_start_leaves_every_file_read_here(tmp_path: Path) -> None:
+    paths = mixed_directory(tmp_path)
+
+    with capture_logs() as logs:
+        read = read_files(tmp_path, paths, DEFAULT_LIMITS, _read, python=str(tmp_path / "none"))
+
+    assert read.by_helper == 0
+    assert read.results == read_files(tmp_path, paths, DEFAULT_LIMITS, _read, helper=False).results
+    assert [e["event"] for e in logs] == ["config_read_helper_failed"]
+
+
+def test_a_helper_that_dies_after_its_first_answer_leaves_the_rest_read_here(
+    tmp_path: Path,
+) -> None:
+    paths = mixed_directory(tmp_path)
+    script = tmp_path / "dying.py"
+    # Answers one chunk as the real helper would, then exits mid-read.
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {os.getcwd()!r})\n"
+        "from controlplane.config import parallel_read as p\n"
+        "setup = p._read(sys.stdin.buffer)\n"
+        "number, chunk = p._read(sys.stdin.buffer)\n"
+        "from controlplane.config.store import _read\n"
+        "from pathlib import Path\n"
+        "p._write(sys.stdout.buffer, (number, [_read(Path(setup[0]), c, setup[1]) "
+        "for c in chunk]))\n"
+        "os._exit(3)\n"
+    )
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {script}\n")
+    wrapper.chmod(0o755)
+
+    with capture_logs() as logs:
+        read = read_files(tmp_path, paths, DEFAULT_LIMITS, _read, python=str(wrapper))
+
+    assert read.by_helper == len(paths) % parallel_read.CHUNK  # the last chunk, answered first
+    assert read.results == read_files(tmp_path, paths, DEFAULT_LIMITS, _read, helper=False).results
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("config_read_helper_failed", "the helper process ended")
+    ]
+
+
+def test_a_helper_that_answers_garbage_is_dropped_and_its_files_read_here(
+    tmp_path: Path,
+) -> None:
+    paths = mixed_directory(tmp_path)
+    wrapper = tmp_path / "python"
+    wrapper.write_text("#!/bin/sh\nprintf '\\000\\000\\000\\005garbage'\ncat >/dev/null\n")
+    wrapper.chmod(0o755)
+
+    with capture_logs() as logs:
+        read = read_files(tmp_path, paths, DEFAULT_LIMITS, _read, python=str(wrapper))
+
+    assert read.by_helper == 0
+    assert read.results == read_files(tmp_path, paths, DEFAULT_LIMITS, _read, helper=False).results
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("config_read_helper_failed", "an answer that does not unpickle")
+    ]
+
+
+def test_a_store_with_a_read_helper_loads_the_same_model_and_diagnostics(tmp_path: Path) -> None:
+    mixed_directory(tmp_path)
+    alone = ConfigStore(tmp_path).reload()
+    shared = ConfigStore(tmp_path, read_helper=True).reload()
+
+    assert shared.mesh == alone.mesh
+    assert shared.diagnostics == alone.diagnostics
+    assert shared.rejected == alone.rejected
+    assert len(shared.mesh.services) > 200
+
+
+def test_validate_directory_reads_many_files_with_a_helper_and_reports_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mixed_directory(tmp_path)
+    shared = validate_directory(tmp_path)
+    monkeypatch.setattr(parallel_read, "MIN_FILES", 10**9)
+
+    assert validate_directory(tmp_path) == shared
