@@ -8,7 +8,9 @@ two share the work:
 
 * the files are cut into chunks of :data:`CHUNK` files; this process takes
   chunks from the front of the list and the helper from the back, so neither
-  waits for the other and they meet wherever their speeds put them;
+  waits for the other and they meet wherever their speeds put them (this
+  process never waits: once the list is empty it reads the chunks the helper
+  has not answered yet itself, so a helper slow to start costs nothing);
 * the helper is kept :data:`AHEAD` chunks ahead (requests in its pipe) so it
   never idles, and it answers each chunk with the pickled ``FileVersion``
   objects, exactly what this process would have made of the same files (it
@@ -30,11 +32,9 @@ import contextlib
 import fcntl
 import os
 import pickle
-import select
 import struct
 import subprocess
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,8 +55,6 @@ AHEAD = 2
 """Chunks requested from the helper before it answers the first of them."""
 PIPE_BYTES = 1 << 20
 """Capacity asked for the answer pipe: about ten chunks' answers."""
-ANSWER_TIMEOUT = 60.0
-"""Seconds to wait for the helper's next answer once this process has read its share."""
 
 T = TypeVar("T")
 Reader = Callable[[Path, str, ConfigLimits], T]
@@ -92,40 +90,36 @@ def read_files(
     by_helper = 0
     sent: dict[int, list[str]] = {}
     try:
-        while chunks:
-            while process is not None and process.alive and len(sent) < AHEAD and len(chunks) > 1:
-                chunk = chunks.pop()
-                sent[process.request(chunk)] = chunk
-            chunk = chunks.popleft()
+        while chunks or sent:
+            if process is not None and process.alive:
+                while len(sent) < AHEAD and len(chunks) > 1:
+                    chunk = chunks.pop()
+                    sent[process.request(chunk)] = chunk
+            # With the list empty, the chunk the helper reaches last (or never, if it
+            # failed) is read here: that beats waiting for it. A late answer is ignored.
+            chunk = chunks.popleft() if chunks else sent.pop(max(sent))
             results.update((path, read(root, path, limits)) for path in chunk)
-            if process is not None:
-                by_helper += _collect(process, sent, results, block=False)
-        if process is not None:
-            by_helper += _collect(process, sent, results, block=True)
+            if process is not None and process.alive:
+                by_helper += _collect(process, sent, results)
     finally:
         if process is not None:
             process.close()
-    for chunk in sent.values():  # requested but never answered: the helper failed
-        results.update((path, read(root, path, limits)) for path in chunk)
     return FilesRead(results, by_helper)
 
 
-def _collect(
-    process: _Helper, sent: dict[int, list[str]], results: dict[str, Any], *, block: bool
-) -> int:
-    """Take the helper's answers into ``results``; how many files they covered."""
+def _collect(process: _Helper, sent: dict[int, list[str]], results: dict[str, Any]) -> int:
+    """Take the helper's answers so far into ``results``; how many files they covered."""
     count = 0
-    while sent and process.alive:
-        answers = process.answers(timeout=ANSWER_TIMEOUT if block else 0.0)
-        for number, versions in answers:
-            chunk = sent.pop(number, None)
-            if chunk is None or not isinstance(versions, list) or len(versions) != len(chunk):
-                process.fail("an answer that matches no request")
-                return count
-            results.update(zip(chunk, versions, strict=True))
-            count += len(chunk)
-        if not block:
+    for number, versions in process.answers():
+        chunk = sent.pop(number, None)
+        if chunk is None:
+            continue  # read here meanwhile
+        if not isinstance(versions, list) or len(versions) != len(chunk):
+            sent[number] = chunk
+            process.fail("an answer that matches no request")
             break
+        results.update(zip(chunk, versions, strict=True))
+        count += len(chunk)
     return count
 
 
@@ -179,20 +173,13 @@ class _Helper:
         self._send((number, chunk))
         return number
 
-    def answers(self, *, timeout: float) -> list[tuple[int, Any]]:
-        """The answers complete so far; with a timeout, wait for at least one."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ended = self._drain()
-            answers = self._frames()
-            if answers or ended or timeout <= 0:
-                if ended and not answers:
-                    self.fail("the helper process ended")
-                return answers
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._fd], [], [], left)[0]:
-                self.fail(f"no answer in {timeout:g} s")
-                return []
+    def answers(self) -> list[tuple[int, Any]]:
+        """The answers complete so far."""
+        ended = self._drain()
+        answers = self._frames()
+        if ended and not answers:
+            self.fail("the helper process ended")
+        return answers
 
     def fail(self, why: str) -> None:
         if self.alive:
@@ -248,6 +235,40 @@ class _Helper:
             offset = start + size
         del buffer[:offset]
         return frames
+
+
+def cores_available(root: Path = Path("/")) -> float:
+    """The CPUs this process may use: its affinity, capped by a cgroup CPU quota (Linux)."""
+    try:
+        cores = float(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cores = float(os.cpu_count() or 1)
+    quota = _cgroup_quota(root)
+    return cores if quota is None else min(cores, quota)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs allowed by this process's cgroup quota (v2 ``cpu.max`` or v1 CFS), or None."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        where = path.lstrip("/")
+        try:
+            if controllers == "":
+                quota, period = (root / "sys/fs/cgroup" / where / "cpu.max").read_text().split()
+                if quota != "max":
+                    return int(quota) / int(period)
+            elif "cpu" in controllers.split(","):
+                base = root / "sys/fs/cgroup" / controllers / where
+                quota = (base / "cpu.cfs_quota_us").read_text().strip()
+                if int(quota) > 0:
+                    return int(quota) / int((base / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _child_environment() -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from structlog.testing import capture_logs
 from controlplane.config import parallel_read
 from controlplane.config.files import scan
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits
-from controlplane.config.parallel_read import MIN_FILES, read_files
-from controlplane.config.store import ConfigStore, _read, validate_directory
+from controlplane.config.parallel_read import MIN_FILES, Reader, cores_available, read_files
+from controlplane.config.store import ConfigStore, FileVersion, _read, validate_directory
 
 FILES = MIN_FILES + 44
 
@@ -64,12 +65,25 @@ def mixed_directory(root: Path, count: int = FILES) -> list[str]:
 SMALL_FILES = ConfigLimits(max_file_bytes=4096)
 
 
+def slow_here(root: Path, rel: str, limits: ConfigLimits) -> FileVersion | None:
+    """``_read``, 10 ms slower in the test's own process: the helper gets to answer."""
+    if str(os.getpid()) == os.environ.get("PILOTFISH_TEST_SLOW_PID"):
+        time.sleep(0.01)
+    return _read(root, rel, limits)
+
+
+@pytest.fixture
+def slow(monkeypatch: pytest.MonkeyPatch) -> Reader[FileVersion | None]:
+    monkeypatch.setenv("PILOTFISH_TEST_SLOW_PID", str(os.getpid()))
+    return slow_here
+
+
 def test_a_helper_reads_part_of_the_files_and_the_results_equal_reading_alone(
-    tmp_path: Path,
+    tmp_path: Path, slow: Reader[FileVersion | None]
 ) -> None:
     paths = mixed_directory(tmp_path)
     alone = read_files(tmp_path, paths, SMALL_FILES, _read, helper=False)
-    shared = read_files(tmp_path, paths, SMALL_FILES, _read)
+    shared = read_files(tmp_path, paths, SMALL_FILES, slow)
 
     assert alone.by_helper == 0
     assert 0 < shared.by_helper < len(paths)
@@ -100,7 +114,7 @@ def test_a_helper_that_cannot_start_leaves_every_file_read_here(tmp_path: Path) 
 
 
 def test_a_helper_that_dies_after_its_first_answer_leaves_the_rest_read_here(
-    tmp_path: Path,
+    tmp_path: Path, slow: Reader[FileVersion | None]
 ) -> None:
     paths = mixed_directory(tmp_path)
     script = tmp_path / "dying.py"
@@ -122,17 +136,17 @@ def test_a_helper_that_dies_after_its_first_answer_leaves_the_rest_read_here(
     wrapper.chmod(0o755)
 
     with capture_logs() as logs:
-        read = read_files(tmp_path, paths, DEFAULT_LIMITS, _read, python=str(wrapper))
+        read = read_files(tmp_path, paths, DEFAULT_LIMITS, slow, python=str(wrapper))
 
     assert read.by_helper == len(paths) % parallel_read.CHUNK  # the last chunk, answered first
     assert read.results == read_files(tmp_path, paths, DEFAULT_LIMITS, _read, helper=False).results
-    assert [(e["event"], e["error"]) for e in logs] == [
-        ("config_read_helper_failed", "the helper process ended")
-    ]
+    # Whichever this process notices first: the end of its answers or of its input.
+    assert [e["event"] for e in logs] == ["config_read_helper_failed"]
+    assert logs[0]["error"] in {"the helper process ended", "the helper process stopped reading"}
 
 
 def test_a_helper_that_answers_garbage_is_dropped_and_its_files_read_here(
-    tmp_path: Path,
+    tmp_path: Path, slow: Reader[FileVersion | None]
 ) -> None:
     paths = mixed_directory(tmp_path)
     wrapper = tmp_path / "python"
@@ -140,7 +154,7 @@ def test_a_helper_that_answers_garbage_is_dropped_and_its_files_read_here(
     wrapper.chmod(0o755)
 
     with capture_logs() as logs:
-        read = read_files(tmp_path, paths, DEFAULT_LIMITS, _read, python=str(wrapper))
+        read = read_files(tmp_path, paths, DEFAULT_LIMITS, slow, python=str(wrapper))
 
     assert read.by_helper == 0
     assert read.results == read_files(tmp_path, paths, DEFAULT_LIMITS, _read, helper=False).results
@@ -168,3 +182,32 @@ def test_validate_directory_reads_many_files_with_a_helper_and_reports_the_same(
     monkeypatch.setattr(parallel_read, "MIN_FILES", 10**9)
 
     assert validate_directory(tmp_path) == shared
+
+
+def write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cores_available_is_capped_by_a_cgroup_v2_quota(tmp_path: Path) -> None:
+    write(tmp_path, "proc/self/cgroup", "0::/kubepods/pod1\n")
+    write(tmp_path, "sys/fs/cgroup/kubepods/pod1/cpu.max", "150000 100000\n")
+
+    assert cores_available(tmp_path) == min(1.5, len(os.sched_getaffinity(0)))
+
+
+def test_cores_available_is_capped_by_a_cgroup_v1_cfs_quota(tmp_path: Path) -> None:
+    write(tmp_path, "proc/self/cgroup", "4:memory:/x\n2:cpu,cpuacct:/docker/abc\n")
+    write(tmp_path, "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "50000\n")
+    write(tmp_path, "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n")
+
+    assert cores_available(tmp_path) == 0.5
+
+
+def test_cores_available_without_a_quota_is_the_affinity(tmp_path: Path) -> None:
+    write(tmp_path, "proc/self/cgroup", "0::/\n2:cpu:/\n")
+    write(tmp_path, "sys/fs/cgroup/cpu.max", "max 100000\n")
+    write(tmp_path, "sys/fs/cgroup/cpu/cpu.cfs_quota_us", "-1\n")
+
+    assert cores_available(tmp_path) == len(os.sched_getaffinity(0))
