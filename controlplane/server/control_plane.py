@@ -341,6 +341,16 @@ class ControlPlane:
             timer.start()
             self._recheck = timer
 
+    def _first_reload(self) -> ReloadResult:
+        # The model is millions of long-lived immutable objects: keep the cyclic
+        # collector from rescanning them (see controlplane.server.memory). Frozen
+        # before the collector is back on: its first full collection would scan
+        # them all once more (seconds at 10,000 services).
+        with collector.paused():
+            result = self.store.reload()
+            gc.freeze()
+        return result
+
     def _on_change(self) -> None:
         self.reload()
 
@@ -376,10 +386,7 @@ class ControlPlane:
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()
-        result = await loop.run_in_executor(None, self.store.reload)
-        # The model is millions of long-lived immutable objects: keep the cyclic
-        # collector from rescanning them (see controlplane.server.memory).
-        gc.freeze()
+        result = await loop.run_in_executor(None, self._first_reload)
         self.cache.update(self._builder(result.mesh), result.version)
         self.reload_seconds.observe(time.monotonic() - started)
         self._reloaded(result)
