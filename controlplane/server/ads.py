@@ -399,10 +399,11 @@ class _Stream:
                 stats.converged(event.type_url, max(0.0, time.time() - published))
 
     def _event(self, kind: str, type_url: str, version: str, message: str = "") -> None:
-        node = self.core.node
+        # Per push and ACK while someone watches: the id alone, not the decoded node.
+        node_id = self.core.node_id
         self.service.events.publish(
             kind,
-            node_id=clip(node.id) if node is not None else "",
+            node_id=clip(node_id) if node_id is not None else "",
             stream_id=self.stream_id,
             type_url=type_url,
             version=version,

@@ -26,6 +26,7 @@ from controlplane.errors import ProtocolError
 from controlplane.xds.repeated_names import ShrunkRequest
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from controlplane.xds.wire import read_varint
 
 _TYPE_URLS = {type_url: type_url for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
 
@@ -115,6 +116,28 @@ class StreamCore:
     def has_node(self) -> bool:
         """The stream's first request has arrived (cheaper than decoding :attr:`node`)."""
         return self._node is not None
+
+    @property
+    def node_id(self) -> str | None:
+        """The node's ``id``, read from its encoding without decoding the rest (an
+        Envoy's node lists its extensions: 20 KB, 13 µs to decode)."""
+        wire = self._node
+        if wire is None:
+            return None
+        at = 0
+        while at < len(wire):
+            tag, at = read_varint(wire, at)
+            kind = tag & 7
+            if kind == 2:
+                size, at = read_varint(wire, at)
+                if tag >> 3 == 1:
+                    return wire[at : at + size].decode()
+                at += size
+            elif kind == 0:
+                _, at = read_varint(wire, at)
+            else:  # fixed64 or fixed32: Node has neither, but skip them all the same
+                at += 8 if kind == 1 else 4
+        return ""
 
     @property
     def snapshot(self) -> Snapshot | None:

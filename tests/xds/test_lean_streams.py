@@ -4,6 +4,7 @@ the idle state must stay small (see docs/performance.md, "Where the rest goes").
 from __future__ import annotations
 
 import pytest
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds import CLUSTER, ENDPOINT, DeltaStream, SotwStream
@@ -60,3 +61,23 @@ def test_a_settled_delta_stream_holds_the_shared_empty_sets_and_emptied_pending_
         assert state.answer is delta_module._NONE
         assert state.pending == {}
         assert state.pending.__sizeof__() == {}.__sizeof__()
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        NODE,
+        base_pb2.Node(cluster="only-cluster"),
+        base_pb2.Node(id="ünïcode~10.0.0.1~pod.ns", cluster="c", user_agent_name="envoy"),
+    ],
+)
+def test_the_node_id_is_read_from_the_encoding_as_decoding_would(node):
+    core = SotwStream(lambda node: S1)
+    assert core.node_id is None
+    request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
+    request.node.CopyFrom(node)
+    request.node.metadata.fields["labels"].string_value = "x" * 300  # a long field to skip
+    request.node.user_agent_build_version.version.major_number = 1
+    request.node.extensions.add(name="envoy.filters.http.router", category="envoy.filters.http")
+    core.on_request(request)
+    assert core.node_id == core.node.id == node.id
