@@ -101,6 +101,8 @@ class _Send:
 
 
 class SotwStream(StreamCore):
+    __slots__ = ("_types",)
+
     request_type = discovery_pb2.DiscoveryRequest
 
     def __init__(
