@@ -199,14 +199,14 @@ class AdminServices:
 
     def streams_of(self, node_id: str) -> list[_Stream]:
         return [
-            s for s in self.ads.streams() if s.core.node is not None and s.core.node.id == node_id
+            s for s in self.ads.streams() if s.core.has_node and s.core.node_id == node_id
         ]
 
     async def ListProxies(
         self, request: admin_pb2.ListProxiesRequest, context: Any
     ) -> admin_pb2.ListProxiesResponse:
         now = self.clock()
-        proxies = [self.proxy(s, now) for s in self.ads.streams() if s.core.node is not None]
+        proxies = [self.proxy(s, now) for s in self.ads.streams() if s.core.has_node]
         return admin_pb2.ListProxiesResponse(proxies=proxies)
 
     async def GetProxyConfig(

@@ -229,8 +229,7 @@ class _Proxy:
         self.types = types
         """``(type URL, state, status)`` per type."""
         self.rank = rank
-        node = stream.core.node
-        self.sort_key = (rank, node.id if node is not None else "", stream.connection)
+        self.sort_key = (rank, stream.core.node_id or "", stream.connection)
 
 
 class ProxyReader:
@@ -302,7 +301,7 @@ def _proxies_summary(proxies: list[_Proxy]) -> dict[str, Any]:
 
 
 def _streams(ads: AggregatedDiscoveryService | None) -> list[_Stream]:
-    return [s for s in ads.streams() if s.core.node is not None] if ads is not None else []
+    return [s for s in ads.streams() if s.core.has_node] if ads is not None else []
 
 
 def proxies_part(ads: AggregatedDiscoveryService | None, now: float) -> dict[str, Any]:
