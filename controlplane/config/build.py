@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 
 from controlplane.config.diagnostics import Finding, Severity
 from controlplane.config.resources import (
@@ -98,15 +99,16 @@ def _where(meta: Meta) -> str:
 class _WorkloadIndex:
     """WorkloadEntries per namespace and per label pair, kept in step with the files.
 
+    A bucket maps ``id(resource)`` to the resource; the workloads a selector
+    picks are those in every bucket of its pairs (read from the smallest).
     Every bucket has a generation that changes whenever the bucket does, so a
     selection can be reused for as long as the buckets it read are unchanged.
     """
 
     def __init__(self) -> None:
-        self._files: dict[str, tuple[Resource, ...]] = {}
-        self._by_namespace: dict[str, dict[int, Resource]] = defaultdict(dict)
-        self._by_label: dict[tuple[str, str, str], dict[int, Resource]] = defaultdict(dict)
-        self._generation: dict[object, int] = defaultdict(int)
+        self._files: dict[str, Sequence[Resource]] = {}
+        self._buckets: dict[object, dict[int, Resource]] = {}
+        self._generation: dict[object, int] = {}
         self._clock = 0
         self._selections: dict[tuple[str, Labels], tuple[tuple[int, ...], tuple[Resource, ...]]]
         self._selections = {}
@@ -115,58 +117,88 @@ class _WorkloadIndex:
         """Follow ``files``; returns the names of the buckets that changed."""
         changed: set[object] = set()
         for path in [p for p in self._files if p not in files]:
-            self._change(self._files.pop(path), add=False, changed=changed)
+            self._remove(self._files.pop(path), changed)
         for path, resources in files.items():
-            if self._files.get(path) is resources:
+            old = self._files.get(path)
+            if old is resources:
                 continue
-            self._change(self._files.get(path, ()), add=False, changed=changed)
-            self._change(resources, add=True, changed=changed)
-            self._files[path] = resources  # type: ignore[assignment]
+            if old is not None:
+                self._remove(old, changed)
+            self._add(resources, changed)
+            self._files[path] = resources
+        if changed:
+            # Selections are made between syncs, so one tick per sync tells every
+            # changed bucket from what any selection read.
+            self._clock += 1
+            clock = self._clock
+            generation = self._generation
+            for name in changed:
+                generation[name] = clock
         return changed
 
-    def _change(self, workloads: Iterable[Resource], *, add: bool, changed: set[object]) -> None:
-        for resource in workloads:
+    def _add(self, resources: Sequence[Resource], changed: set[object]) -> None:
+        buckets = self._buckets
+        for resource in resources:
             if resource.meta.kind != "WorkloadEntry":
                 continue
-            self._clock += 1
             for name in bucket_names(resource):
-                bucket = (
-                    self._by_namespace[name] if isinstance(name, str) else self._by_label[name]  # type: ignore[index]
-                )
-                if add:
-                    bucket[id(resource)] = resource
-                else:
-                    bucket.pop(id(resource), None)
-                self._generation[name] = self._clock
+                bucket = buckets.get(name)
+                if bucket is None:
+                    bucket = buckets[name] = {}
+                bucket[id(resource)] = resource
                 changed.add(name)
 
-    def select(self, namespace: str, selector: Labels) -> tuple[Resource, ...]:
-        """Workloads of ``namespace`` whose labels match ``selector``, sorted by name."""
+    def _remove(self, resources: Sequence[Resource], changed: set[object]) -> None:
+        buckets = self._buckets
+        for resource in resources:
+            if resource.meta.kind != "WorkloadEntry":
+                continue
+            for name in bucket_names(resource):
+                bucket = buckets.get(name)
+                if bucket is not None:
+                    bucket.pop(id(resource), None)
+                    if not bucket:
+                        del buckets[name]
+                changed.add(name)
+
+    def select(self, namespace: str, selector: Labels) -> tuple[list[object], tuple[Resource, ...]]:
+        """The buckets read, and the workloads of ``namespace`` whose labels match
+        ``selector``, sorted by name."""
         names = selector_buckets(namespace, selector)
-        generations = tuple(self._generation[name] for name in names)
+        generation = self._generation
+        generations = tuple([generation.get(name, 0) for name in names])
         key = (namespace, selector)
         cached = self._selections.get(key)
         if cached is not None and cached[0] == generations:
-            return cached[1]
-        if selector:
-            candidates = min(
-                (self._by_label.get((namespace, k, v), {}) for k, v in selector), key=len
-            ).values()
-            found = [r for r in candidates if labels_match(selector, r.spec.labels)]  # type: ignore[union-attr]
+            return names, cached[1]
+        buckets = self._buckets
+        if len(names) == 1:
+            found = list(buckets.get(names[0], _NO_WORKLOADS).values())
         else:
-            found = list(self._by_namespace.get(namespace, {}).values())
-        found.sort(key=lambda r: (r.meta.name, r.meta.file, r.meta.doc))
+            smallest, *others = sorted(
+                [buckets.get(name, _NO_WORKLOADS) for name in names], key=len
+            )
+            found = [r for i, r in smallest.items() if all([i in other for other in others])]
+        found.sort(key=_workload_order)
         result = tuple(found)
         self._selections[key] = (generations, result)
-        return result
+        return names, result
+
+
+_NO_WORKLOADS: Mapping[int, Resource] = {}
+_workload_order = attrgetter("meta.name", "meta.file", "meta.doc")
 
 
 def bucket_names(workload: Resource) -> list[object]:
-    """The index buckets a WorkloadEntry sits in: its namespace and each of its label pairs."""
+    """The index buckets a WorkloadEntry sits in: its namespace and each of its label pairs.
+
+    A pair is read as :func:`~controlplane.model.labels_match` reads labels (as a
+    mapping), so sitting in the buckets of a selector's pairs is matching it.
+    """
     ns = workload.meta.namespace
     spec = workload.spec
     assert isinstance(spec, WorkloadSpec)
-    return [ns, *((ns, k, v) for k, v in spec.labels)]
+    return [ns, *[(ns, k, v) for k, v in dict(spec.labels).items()]]
 
 
 def selector_buckets(namespace: str, selector: Labels) -> list[object]:
@@ -174,34 +206,27 @@ def selector_buckets(namespace: str, selector: Labels) -> list[object]:
     return [(namespace, k, v) for k, v in selector] or [namespace]
 
 
-def _endpoint_port(
-    workload: WorkloadSpec, name: str, target: int | str | None, port: int
-) -> int | None:
-    number = workload.port_named(name) if name else None
-    if number is not None:
-        return number
-    if isinstance(target, str):
-        return workload.port_named(target)
-    return target or port
-
-
 def _kube_service(resource: Resource, selected: Sequence[Resource]) -> Service:
     meta, spec = resource.meta, resource.spec
     assert isinstance(spec, KubeServiceSpec)
+    # Workloads without an address are on another network (PF124).
+    workloads = [w for w in _workload_specs(selected) if w.address]
     ports: list[ServicePort] = []
     endpoints: list[tuple[int, tuple[Endpoint, ...]]] = []
     for port in spec.ports:
         ports.append(ServicePort(port.name, port.port, port.protocol, port.target_port))
+        name, target = port.name, port.target_port
+        # A named targetPort is looked up per workload; a number (or none) is the same for all.
+        target_name = target if isinstance(target, str) else None
+        target_number = None if isinstance(target, str) else target or port.port
         eps: list[Endpoint] = []
-        for workload in selected:
-            w = workload.spec
-            assert isinstance(w, WorkloadSpec)
-            if not w.address:
-                continue  # on another network (PF124)
-            number = _endpoint_port(w, port.name, port.target_port, port.port)
+        for w in workloads:
+            number = w.port_named(name) if name else None
+            if number is None:
+                number = target_number if target_name is None else w.port_named(target_name)
             if number is not None:
                 eps.append(Endpoint(w.address, number, w.labels, w.weight, w.locality))
-        eps.sort(key=lambda e: (e.address, e.port))
+        eps.sort(key=_endpoint_order)
         endpoints.append((port.port, tuple(eps)))
     return Service(
         host=f"{meta.name}.{meta.namespace}.svc.cluster.local",
@@ -214,11 +239,17 @@ def _kube_service(resource: Resource, selected: Sequence[Resource]) -> Service:
     )
 
 
+def _workload_specs(selected: Sequence[Resource]) -> list[WorkloadSpec]:
+    return [r.spec for r in selected]  # type: ignore[misc]
+
+
+_endpoint_order = attrgetter("address", "port")
+
+
 def _entry_services(resource: Resource, selected: Sequence[Resource]) -> tuple[Service, ...]:
     meta, spec = resource.meta, resource.spec
     assert isinstance(spec, ServiceEntrySpec)
-    workloads: list[WorkloadSpec] = list(spec.endpoints)
-    workloads.extend(r.spec for r in selected)  # type: ignore[misc]
+    workloads: list[WorkloadSpec] = [*spec.endpoints, *_workload_specs(selected)]
     endpoints: list[tuple[int, tuple[Endpoint, ...]]] = []
     for port in spec.ports:
         eps = []
@@ -229,7 +260,7 @@ def _entry_services(resource: Resource, selected: Sequence[Resource]) -> tuple[S
             if number is None:
                 number = port.target_port if isinstance(port.target_port, int) else port.port
             eps.append(Endpoint(w.address, number, w.labels, w.weight, w.locality))
-        eps.sort(key=lambda e: (e.address, e.port))
+        eps.sort(key=_endpoint_order)
         endpoints.append((port.port, tuple(eps)))
     return tuple(
         Service(
@@ -292,29 +323,30 @@ def _canonical_virtual_service(vs: VirtualService, hosts: _Hosts) -> VirtualServ
     return replace(vs, hosts=vs_hosts, http=http, tcp=tcp)
 
 
-def _destination_hosts(vs: VirtualService) -> tuple[str, ...]:
-    hosts: set[str] = set()
+def _host_names(vs: VirtualService) -> set[str]:
+    """Every host ``vs`` names: its own and those of its destinations and mirrors."""
+    names = set(vs.hosts)
     for route in vs.http:
-        hosts.update(d.host for d in route.destinations)
+        for dest in route.destinations:
+            names.add(dest.host)
         if route.mirror is not None:
-            hosts.add(route.mirror.host)
+            names.add(route.mirror.host)
     for tcp in vs.tcp:
-        hosts.update(d.host for d in tcp.destinations)
-    return tuple(sorted(hosts))
+        for dest in tcp.destinations:
+            names.add(dest.host)
+    return names
 
 
 class _ResourceTable:
     """Every definition of every (kind, namespace, name), kept in step with the files.
 
-    Keys defined once map straight to their resource; keys defined more than
-    once are listed in ``duplicates`` and resolved per build (which one is
-    blamed depends on what changed).
+    Keys defined more than once are listed in ``duplicates`` and resolved per
+    build (which one is blamed depends on what changed).
     """
 
     def __init__(self) -> None:
         self._files: dict[str, Sequence[Resource]] = {}
         self.definitions: dict[tuple[str, str, str], list[Resource]] = {}
-        self.single: dict[str, dict[tuple[str, str, str], Resource]] = defaultdict(dict)
         self.duplicates: set[tuple[str, str, str]] = set()
 
     def sync(self, files: Mapping[str, Sequence[Resource]]) -> set[Key]:
@@ -333,15 +365,15 @@ class _ResourceTable:
         return changed
 
     def _add(self, resources: Sequence[Resource], changed: set[Key]) -> None:
+        definitions = self.definitions
         for resource in resources:
             key = resource.meta.key
             changed.add(key)
-            defs = self.definitions.setdefault(key, [])
-            defs.append(resource)
-            if len(defs) == 1:
-                self.single[key[0]][key] = resource
+            defs = definitions.get(key)
+            if defs is None:
+                definitions[key] = [resource]
             else:
-                self.single[key[0]].pop(key, None)
+                defs.append(resource)
                 self.duplicates.add(key)
 
     def _remove(self, resources: Sequence[Resource], changed: set[Key]) -> None:
@@ -352,10 +384,8 @@ class _ResourceTable:
             defs.remove(resource)
             if not defs:
                 del self.definitions[key]
-                self.single[key[0]].pop(key, None)
                 self.duplicates.discard(key)
             elif len(defs) == 1:
-                self.single[key[0]][key] = defs[0]
                 self.duplicates.discard(key)
 
 
@@ -421,15 +451,17 @@ class MeshBuilder:
             # than removing what went did.
             self._reset()
         self._resources = resources
-        dirty, old_effective, dup_findings = self._resolve_definitions(files, changed)
+        dirty, shifted, dup_findings = self._resolve_definitions(files, changed)
         buckets = self._index.sync(files)
-        for key in dirty["WorkloadEntry"]:
-            for resource in (old_effective.get(key), self._effective.get(key)):
-                if resource is not None:
-                    buckets.update(bucket_names(resource))
+        for resource in shifted:
+            if resource.meta.kind == "WorkloadEntry":
+                buckets.update(bucket_names(resource))
         service_keys = dirty["Service"] | dirty["ServiceEntry"]
+        readers = self._readers
         for bucket in buckets:
-            service_keys |= self._readers.get(bucket, set())
+            keys = readers.get(bucket)
+            if keys:
+                service_keys |= keys
         hosts_touched = self._update_services(service_keys)
         changed_hosts, membership = self._resolve_hosts(hosts_touched, changed)
         hosts = _Hosts(self._services)
@@ -500,17 +532,33 @@ class MeshBuilder:
 
     def _resolve_definitions(
         self, files: Mapping[str, Sequence[Resource]], changed: frozenset[str] | None
-    ) -> tuple[dict[str, set[Key]], dict[Key, Resource], list[Finding]]:
+    ) -> tuple[dict[str, set[Key]], list[Resource], list[Finding]]:
+        """Settle which definition of each touched key is in effect.
+
+        Returns the keys whose effective resource changed, per kind; the
+        resources that took or lost effect without their file changing (when
+        duplicates are resolved anew: the index's sync does not see those);
+        and the PF208 findings.
+        """
         table = self._table
-        touched = table.sync(files) | table.duplicates | self._dup_keys
+        duplicated = table.duplicates | self._dup_keys
+        touched = table.sync(files)
+        duplicated |= table.duplicates
+        touched |= duplicated
         self._dup_keys = set(table.duplicates)
+        definitions = table.definitions
+        effective = self._effective
         dirty: dict[str, set[Key]] = defaultdict(set)
-        old_effective: dict[Key, Resource] = {}
+        shifted: list[Resource] = []
         findings: list[Finding] = []
         for key in touched:
-            defs = table.definitions.get(key)
+            defs = definitions.get(key)
             winner: Resource | None = None
-            if defs:
+            if defs is None:
+                pass
+            elif len(defs) == 1:
+                winner = defs[0]
+            else:
                 ordered = sorted(defs, key=_position)
                 winner = ordered[0]
                 for resource in ordered[1:]:
@@ -526,34 +574,37 @@ class MeshBuilder:
                     )
                     if blamed is winner.meta:
                         winner = resource
-            old = self._effective.get(key)
+            old = effective.get(key)
             if winner is old:
                 continue
-            if old is not None:
-                old_effective[key] = old
             if winner is None:
-                del self._effective[key]
+                del effective[key]
             else:
-                self._effective[key] = winner
+                effective[key] = winner
             dirty[key[0]].add(key)
-        return dirty, old_effective, findings
-
-    def _is_effective(self, resource: Resource) -> bool:
-        return self._effective.get(resource.meta.key) is resource
+            if key in duplicated:
+                shifted.extend(r for r in (old, winner) if r is not None)
+        return dirty, shifted, findings
 
     # -- services ------------------------------------------------------------------------
 
     def _update_services(self, keys: set[Key]) -> set[str]:
         touched: set[str] = set()
+        effective = self._effective
+        built_before = self._svc_built
+        candidates = self._host_candidates
+        readers = self._readers
+        svc_reads = self._svc_reads
+        select = self._index.select
         for key in keys:
-            old = self._svc_built.pop(key, None)
+            old = built_before.pop(key, None)
             if old is not None:
                 for service in old[2]:
-                    self._host_candidates[service.host].pop(key, None)
+                    candidates[service.host].pop(key, None)
                     touched.add(service.host)
-            for bucket in self._svc_reads.pop(key, ()):
-                self._readers[bucket].discard(key)
-            resource = self._effective.get(key)
+            for bucket in svc_reads.pop(key, ()):
+                readers[bucket].discard(key)
+            resource = effective.get(key)
             if resource is None:
                 continue
             spec = resource.spec
@@ -562,26 +613,23 @@ class MeshBuilder:
             )
             selected: tuple[Resource, ...] = ()
             if selector is not None:
-                ns = resource.meta.namespace
-                raw = self._index.select(ns, selector)
-                selected = (
-                    raw
-                    if all(self._is_effective(r) for r in raw)
-                    else tuple(r for r in raw if self._is_effective(r))
-                )
-                reads = selector_buckets(ns, selector)
-                self._svc_reads[key] = reads
+                reads, selected = select(resource.meta.namespace, selector)
+                for workload in selected:
+                    if effective.get(workload.meta.key) is not workload:
+                        selected = tuple(r for r in selected if effective.get(r.meta.key) is r)
+                        break
+                svc_reads[key] = reads
                 for bucket in reads:
-                    self._readers[bucket].add(key)
+                    readers[bucket].add(key)
             if old is not None and old[0] is resource and old[1] == selected:
                 built = old[2]
             elif isinstance(spec, KubeServiceSpec):
                 built = (_kube_service(resource, selected),)
             else:
                 built = _entry_services(resource, selected)
-            self._svc_built[key] = (resource, selected, built)
+            built_before[key] = (resource, selected, built)
             for service in built:
-                self._host_candidates[service.host][key] = service
+                candidates[service.host][key] = service
                 touched.add(service.host)
         return touched
 
@@ -760,9 +808,15 @@ class MeshBuilder:
                 continue
             written = resource.spec
             assert isinstance(written, VirtualService)
-            vs = _canonical_virtual_service(written, hosts)
-            if old is not None and old[0] is resource and old[1] == vs:
-                vs = old[1]
+            names = _host_names(written)
+            canonical = hosts.canonical
+            renamed = [c for name in names if (c := canonical(name)) != name]
+            if not renamed:
+                vs = written  # every host is spelled as the service it names
+            else:
+                vs = _canonical_virtual_service(written, hosts)
+                if old is not None and old[0] is resource and old[1] == vs:
+                    vs = old[1]
             meta = resource.meta
             found = _check_routes(vs, meta, hosts, self._policies)
             for index, gateway in enumerate(vs.gateways):
@@ -778,8 +832,7 @@ class MeshBuilder:
             if found:
                 self._vs_findings[key] = found
             self._vs[key] = (resource, vs)
-            reads = {*_destination_hosts(written), *written.hosts}
-            reads |= {hosts.canonical(name) for name in reads}
+            reads = names.union(renamed)
             self._vs_reads[key] = reads
             for name in reads:
                 self._vs_by_host[name].add(key)
