@@ -9,9 +9,9 @@ exist, no two VirtualServices claim the same host on the same gateway, rules
 after a catch-all are unreachable, and no resource is defined twice.
 
 The result is a pure function of the resources given. A builder also
-*remembers*: its workload index is kept up to date file by file, and each
-Service, each selection and each resource's checks are memoized on the
-identity of their inputs (resources are immutable and a file that did not
+*remembers*: its tables of definitions and its workload index are kept up to
+date file by file, and each Service and each resource's checks are memoized
+on the identity of their inputs (resources are immutable and a file that did not
 change keeps its resource objects). So the builder a
 :class:`~controlplane.config.store.ConfigStore` keeps redoes only the work a
 change touches, which is what makes a one-file edit in a 10,000-service mesh
@@ -99,19 +99,15 @@ def _where(meta: Meta) -> str:
 class _WorkloadIndex:
     """WorkloadEntries per namespace and per label pair, kept in step with the files.
 
-    A bucket maps ``id(resource)`` to the resource; the workloads a selector
-    picks are those in every bucket of its pairs (read from the smallest).
-    Every bucket has a generation that changes whenever the bucket does, so a
-    selection can be reused for as long as the buckets it read are unchanged.
+    A bucket maps ``id(resource)`` to the resource. A workload sits in the
+    bucket of its namespace and in one per label pair, read as
+    :func:`~controlplane.model.labels_match` reads labels (as a mapping), so
+    the workloads a selector matches are those in every bucket of its pairs.
     """
 
     def __init__(self) -> None:
         self._files: dict[str, Sequence[Resource]] = {}
         self._buckets: dict[object, dict[int, Resource]] = {}
-        self._generation: dict[object, int] = {}
-        self._clock = 0
-        self._selections: dict[tuple[str, Labels], tuple[tuple[int, ...], tuple[Resource, ...]]]
-        self._selections = {}
 
     def sync(self, files: Mapping[str, Sequence[Resource]]) -> set[object]:
         """Follow ``files``; returns the names of the buckets that changed."""
@@ -126,26 +122,27 @@ class _WorkloadIndex:
                 self._remove(old, changed)
             self._add(resources, changed)
             self._files[path] = resources
-        if changed:
-            # Selections are made between syncs, so one tick per sync tells every
-            # changed bucket from what any selection read.
-            self._clock += 1
-            clock = self._clock
-            generation = self._generation
-            for name in changed:
-                generation[name] = clock
         return changed
 
     def _add(self, resources: Sequence[Resource], changed: set[object]) -> None:
         buckets = self._buckets
         for resource in resources:
-            if resource.meta.kind != "WorkloadEntry":
+            meta = resource.meta
+            if meta.kind != "WorkloadEntry":
                 continue
-            for name in bucket_names(resource):
+            ident = id(resource)
+            ns = meta.namespace
+            bucket = buckets.get(ns)
+            if bucket is None:
+                bucket = buckets[ns] = {}
+            bucket[ident] = resource
+            changed.add(ns)
+            for k, v in dict(resource.spec.labels).items():  # type: ignore[union-attr]
+                name = (ns, k, v)
                 bucket = buckets.get(name)
                 if bucket is None:
                     bucket = buckets[name] = {}
-                bucket[id(resource)] = resource
+                bucket[ident] = resource
                 changed.add(name)
 
     def _remove(self, resources: Sequence[Resource], changed: set[object]) -> None:
@@ -161,28 +158,21 @@ class _WorkloadIndex:
                         del buckets[name]
                 changed.add(name)
 
-    def select(self, namespace: str, selector: Labels) -> tuple[list[object], tuple[Resource, ...]]:
-        """The buckets read, and the workloads of ``namespace`` whose labels match
-        ``selector``, sorted by name."""
-        names = selector_buckets(namespace, selector)
-        generation = self._generation
-        generations = tuple([generation.get(name, 0) for name in names])
-        key = (namespace, selector)
-        cached = self._selections.get(key)
-        if cached is not None and cached[0] == generations:
-            return names, cached[1]
+    def select(self, namespace: str, selector: Labels) -> tuple[Resource, ...]:
+        """Workloads of ``namespace`` whose labels match ``selector``, sorted by name."""
         buckets = self._buckets
-        if len(names) == 1:
-            found = list(buckets.get(names[0], _NO_WORKLOADS).values())
+        if not selector:
+            found = list(buckets.get(namespace, _NO_WORKLOADS).values())
+        elif len(selector) == 1:
+            ((k, v),) = selector
+            found = list(buckets.get((namespace, k, v), _NO_WORKLOADS).values())
         else:
             smallest, *others = sorted(
-                [buckets.get(name, _NO_WORKLOADS) for name in names], key=len
+                [buckets.get((namespace, k, v), _NO_WORKLOADS) for k, v in selector], key=len
             )
             found = [r for i, r in smallest.items() if all([i in other for other in others])]
         found.sort(key=_workload_order)
-        result = tuple(found)
-        self._selections[key] = (generations, result)
-        return names, result
+        return tuple(found)
 
 
 _NO_WORKLOADS: Mapping[int, Resource] = {}
@@ -190,11 +180,7 @@ _workload_order = attrgetter("meta.name", "meta.file", "meta.doc")
 
 
 def bucket_names(workload: Resource) -> list[object]:
-    """The index buckets a WorkloadEntry sits in: its namespace and each of its label pairs.
-
-    A pair is read as :func:`~controlplane.model.labels_match` reads labels (as a
-    mapping), so sitting in the buckets of a selector's pairs is matching it.
-    """
+    """The index buckets a WorkloadEntry sits in: its namespace and each of its label pairs."""
     ns = workload.meta.namespace
     spec = workload.spec
     assert isinstance(spec, WorkloadSpec)
@@ -340,18 +326,19 @@ def _host_names(vs: VirtualService) -> set[str]:
 class _ResourceTable:
     """Every definition of every (kind, namespace, name), kept in step with the files.
 
-    Keys defined more than once are listed in ``duplicates`` and resolved per
-    build (which one is blamed depends on what changed).
+    A key defined once maps to its resource in ``defined``; a key defined more
+    than once is in ``duplicates`` with all of its definitions, and is resolved
+    per build (which one is blamed depends on what changed).
     """
 
     def __init__(self) -> None:
         self._files: dict[str, Sequence[Resource]] = {}
-        self.definitions: dict[tuple[str, str, str], list[Resource]] = {}
-        self.duplicates: set[tuple[str, str, str]] = set()
+        self.defined: dict[Key, Resource] = {}
+        self.duplicates: dict[Key, list[Resource]] = {}
 
-    def sync(self, files: Mapping[str, Sequence[Resource]]) -> set[Key]:
-        """Follow ``files``; returns the keys whose definitions changed."""
-        changed: set[Key] = set()
+    def sync(self, files: Mapping[str, Sequence[Resource]]) -> dict[str, set[Key]]:
+        """Follow ``files``; returns the keys whose definitions changed, per kind."""
+        changed: dict[str, set[Key]] = defaultdict(set)
         for path in [p for p in self._files if p not in files]:
             self._remove(self._files.pop(path), changed)
         for path, resources in files.items():
@@ -364,29 +351,33 @@ class _ResourceTable:
             self._files[path] = resources
         return changed
 
-    def _add(self, resources: Sequence[Resource], changed: set[Key]) -> None:
-        definitions = self.definitions
+    def _add(self, resources: Sequence[Resource], changed: dict[str, set[Key]]) -> None:
+        defined, duplicates = self.defined, self.duplicates
         for resource in resources:
             key = resource.meta.key
-            changed.add(key)
-            defs = definitions.get(key)
-            if defs is None:
-                definitions[key] = [resource]
+            changed[key[0]].add(key)
+            held = defined.get(key)
+            if held is not None:
+                del defined[key]
+                duplicates[key] = [held, resource]
+            elif key in duplicates:
+                duplicates[key].append(resource)
             else:
-                defs.append(resource)
-                self.duplicates.add(key)
+                defined[key] = resource
 
-    def _remove(self, resources: Sequence[Resource], changed: set[Key]) -> None:
+    def _remove(self, resources: Sequence[Resource], changed: dict[str, set[Key]]) -> None:
+        defined, duplicates = self.defined, self.duplicates
         for resource in resources:
             key = resource.meta.key
-            changed.add(key)
-            defs = self.definitions[key]
+            changed[key[0]].add(key)
+            defs = duplicates.get(key)
+            if defs is None:
+                del defined[key]
+                continue
             defs.remove(resource)
-            if not defs:
-                del self.definitions[key]
-                self.duplicates.discard(key)
-            elif len(defs) == 1:
-                self.duplicates.discard(key)
+            if len(defs) == 1:
+                del duplicates[key]
+                defined[key] = defs[0]
 
 
 # Resources a build must drop (and more than it keeps) for the builder to start afresh.
@@ -410,8 +401,7 @@ class MeshBuilder:
     def _reset(self) -> None:
         self._table = _ResourceTable()
         self._index = _WorkloadIndex()
-        self._effective: dict[Key, Resource] = {}
-        self._dup_keys: set[Key] = set()
+        self._winners: dict[Key, Resource] = {}  # per key defined more than once
         # services: per Service/ServiceEntry key, then per host
         self._svc_built: dict[Key, tuple[Resource, tuple[Resource, ...], tuple[Service, ...]]] = {}
         self._svc_reads: dict[Key, list[object]] = {}
@@ -533,31 +523,31 @@ class MeshBuilder:
     def _resolve_definitions(
         self, files: Mapping[str, Sequence[Resource]], changed: frozenset[str] | None
     ) -> tuple[dict[str, set[Key]], list[Resource], list[Finding]]:
-        """Settle which definition of each touched key is in effect.
+        """Settle which definition of each key is in effect.
 
-        Returns the keys whose effective resource changed, per kind; the
-        resources that took or lost effect without their file changing (when
-        duplicates are resolved anew: the index's sync does not see those);
-        and the PF208 findings.
+        A key defined once has that definition in effect; of a key defined more
+        than once, the first in file order unless the change being applied is
+        blamed (``_winners``). Returns the keys whose definition in effect may
+        have changed, per kind (a superset: recomputing a key that did not
+        change gives the same objects); the resources that may have taken or
+        lost effect while their key was defined more than once (the index's sync
+        does not see those: their files may not have changed); and the PF208
+        findings.
         """
         table = self._table
-        duplicated = table.duplicates | self._dup_keys
-        touched = table.sync(files)
-        duplicated |= table.duplicates
-        touched |= duplicated
-        self._dup_keys = set(table.duplicates)
-        definitions = table.definitions
-        effective = self._effective
-        dirty: dict[str, set[Key]] = defaultdict(set)
+        winners = self._winners
+        dirty = table.sync(files)
+        # Keys defined more than once before or after this sync.
+        duplicated = winners.keys() | table.duplicates.keys()
+        for keys in dirty.values():
+            keys -= duplicated
         shifted: list[Resource] = []
         findings: list[Finding] = []
-        for key in touched:
-            defs = definitions.get(key)
-            winner: Resource | None = None
+        for key in duplicated:
+            old = winners.pop(key, None)
+            defs = table.duplicates.get(key)
             if defs is None:
-                pass
-            elif len(defs) == 1:
-                winner = defs[0]
+                winner = table.defined.get(key)
             else:
                 ordered = sorted(defs, key=_position)
                 winner = ordered[0]
@@ -574,23 +564,31 @@ class MeshBuilder:
                     )
                     if blamed is winner.meta:
                         winner = resource
-            old = effective.get(key)
-            if winner is old:
+                winners[key] = winner
+            if old is None:
+                # Defined once before (or not at all): which one was in effect is
+                # no longer known, but it is one of these or its file changed.
+                shifted.extend(defs or ())
+            elif winner is old:
                 continue
-            if winner is None:
-                del effective[key]
             else:
-                effective[key] = winner
+                shifted.append(old)
+            if winner is not None:
+                shifted.append(winner)
             dirty[key[0]].add(key)
-            if key in duplicated:
-                shifted.extend(r for r in (old, winner) if r is not None)
         return dirty, shifted, findings
+
+    def _resolved(self, key: Key) -> Resource | None:
+        """The definition of ``key`` in effect."""
+        return self._table.defined.get(key) or self._winners.get(key)
 
     # -- services ------------------------------------------------------------------------
 
     def _update_services(self, keys: set[Key]) -> set[str]:
         touched: set[str] = set()
-        effective = self._effective
+        resolved = self._resolved
+        # Without duplicates every indexed workload is the one definition of its key.
+        check_selected = bool(self._winners)
         built_before = self._svc_built
         candidates = self._host_candidates
         readers = self._readers
@@ -604,7 +602,7 @@ class MeshBuilder:
                     touched.add(service.host)
             for bucket in svc_reads.pop(key, ()):
                 readers[bucket].discard(key)
-            resource = effective.get(key)
+            resource = resolved(key)
             if resource is None:
                 continue
             spec = resource.spec
@@ -613,11 +611,11 @@ class MeshBuilder:
             )
             selected: tuple[Resource, ...] = ()
             if selector is not None:
-                reads, selected = select(resource.meta.namespace, selector)
-                for workload in selected:
-                    if effective.get(workload.meta.key) is not workload:
-                        selected = tuple(r for r in selected if effective.get(r.meta.key) is r)
-                        break
+                ns = resource.meta.namespace
+                selected = select(ns, selector)
+                reads = selector_buckets(ns, selector)
+                if check_selected:
+                    selected = tuple(r for r in selected if resolved(r.meta.key) is r)
                 svc_reads[key] = reads
                 for bucket in reads:
                     readers[bucket].add(key)
@@ -650,16 +648,16 @@ class MeshBuilder:
                     changed_hosts.add(host)
                     membership.add(host)
                 continue
-            ordered = sorted(candidates, key=lambda k: _position(self._effective[k]))
+            ordered = sorted(candidates, key=lambda k: _position(self._svc_built[k][0]))
             holder = ordered[0]
             found: list[Finding] = []
-            if _combinable([self._effective[k].meta for k in ordered]):
-                service = _combined([(self._effective[k], candidates[k]) for k in ordered])
-                first = self._effective[holder]
+            if _combinable([self._svc_built[k][0].meta for k in ordered]):
+                service = _combined([(self._svc_built[k][0], candidates[k]) for k in ordered])
+                first = self._svc_built[holder][0]
                 ignored = [
                     _finding(
                         "PF210",
-                        self._effective[key].meta,
+                        self._svc_built[key][0].meta,
                         ("spec", "hosts"),
                         f"host {host} is also defined by {first.meta.label} at "
                         f"{_where(first.meta)} with another resolution, labels or "
@@ -667,7 +665,7 @@ class MeshBuilder:
                         warning=True,
                     )
                     for key in ordered[1:]
-                    if not _mergeable(first, self._effective[key])
+                    if not _mergeable(first, self._svc_built[key][0])
                 ]
                 if ignored:
                     self._host_conflicts[host] = ignored
@@ -680,7 +678,7 @@ class MeshBuilder:
                         membership.add(host)
                 continue
             for key in ordered[1:]:
-                held, new = self._effective[holder].meta, self._effective[key].meta
+                held, new = self._svc_built[holder][0].meta, self._svc_built[key][0].meta
                 blamed, other = _blame(held, new, changed)
                 found.append(
                     _finding(
@@ -717,7 +715,7 @@ class MeshBuilder:
                 self._policy_candidates[old_policy.host].discard(key)
                 self._dr_by_raw[old[0].spec.host].discard(key)  # type: ignore[union-attr]
                 touched.add(old_policy.host)
-            resource = self._effective.get(key)
+            resource = self._resolved(key)
             if resource is None:
                 continue
             written = resource.spec
@@ -779,7 +777,7 @@ class MeshBuilder:
     def _update_gateways(self, keys: set[Key]) -> set[str]:
         names: set[str] = set()
         for key in keys:
-            resource = self._effective.get(key)
+            resource = self._resolved(key)
             existed = key in self._gateways
             if resource is None:
                 self._gateways.pop(key, None)
@@ -803,7 +801,7 @@ class MeshBuilder:
                         self._claims[(host, gateway)].pop(key, None)
                         touched.add((host, gateway))
             self._vs_findings.pop(key, None)
-            resource = self._effective.get(key)
+            resource = self._resolved(key)
             if resource is None:
                 continue
             written = resource.spec
