@@ -648,6 +648,15 @@ class MeshBuilder:
                     changed_hosts.add(host)
                     membership.add(host)
                 continue
+            if len(candidates) == 1:
+                ((holder, service),) = candidates.items()
+                self._host_conflicts.pop(host, None)
+                if service is not old:
+                    self._services[host] = service
+                    changed_hosts.add(host)
+                    if old is None:
+                        membership.add(host)
+                continue
             ordered = sorted(candidates, key=lambda k: _position(self._svc_built[k][0]))
             holder = ordered[0]
             found: list[Finding] = []
@@ -731,6 +740,9 @@ class MeshBuilder:
             touched.add(host)
         return touched
 
+    def _dr_position(self, key: Key) -> tuple[str, int]:
+        return _position(self._dr[key][0])
+
     def _resolve_policies(self, touched: set[str], changed: frozenset[str] | None) -> set[str]:
         changed_hosts: set[str] = set()
         for host in touched | set(self._policy_conflicts):
@@ -744,10 +756,9 @@ class MeshBuilder:
                     del self._policy_source[host]
                     changed_hosts.add(host)
                 continue
-            ordered = sorted(keys, key=lambda k: _position(self._dr[k][0]))
-            holder = ordered[0]
+            holder, *rest = keys if len(keys) == 1 else sorted(keys, key=self._dr_position)
             found: list[Finding] = []
-            for key in ordered[1:]:
+            for key in rest:
                 held, new = self._dr[holder][0].meta, self._dr[key][0].meta
                 blamed, other = _blame(held, new, changed)
                 found.append(
@@ -790,24 +801,26 @@ class MeshBuilder:
     def _update_virtual_services(self, keys: set[Key], hosts: _Hosts) -> set[tuple[str, str]]:
         touched: set[tuple[str, str]] = set()
         gateway_names = {f"{k[1]}/{k[2]}" for k in self._gateways}
+        built, vs_reads, vs_findings = self._vs, self._vs_reads, self._vs_findings
+        by_host, by_gateway, claims = self._vs_by_host, self._vs_by_gateway, self._claims
+        canonical = hosts.canonical
         for key in keys:
-            old = self._vs.pop(key, None)
+            old = built.pop(key, None)
             if old is not None:
-                for name in self._vs_reads.pop(key, set()):
-                    self._vs_by_host[name].discard(key)
+                for name in vs_reads.pop(key, set()):
+                    by_host[name].discard(key)
                 for gateway in old[1].gateways:
-                    self._vs_by_gateway[gateway].discard(key)
+                    by_gateway[gateway].discard(key)
                     for host in old[1].hosts:
-                        self._claims[(host, gateway)].pop(key, None)
+                        claims[(host, gateway)].pop(key, None)
                         touched.add((host, gateway))
-            self._vs_findings.pop(key, None)
+            vs_findings.pop(key, None)
             resource = self._resolved(key)
             if resource is None:
                 continue
             written = resource.spec
             assert isinstance(written, VirtualService)
             names = _host_names(written)
-            canonical = hosts.canonical
             renamed = [c for name in names if (c := canonical(name)) != name]
             if not renamed:
                 vs = written  # every host is spelled as the service it names
@@ -828,16 +841,16 @@ class MeshBuilder:
                         )
                     )
             if found:
-                self._vs_findings[key] = found
-            self._vs[key] = (resource, vs)
+                vs_findings[key] = found
+            built[key] = (resource, vs)
             reads = names.union(renamed)
-            self._vs_reads[key] = reads
+            vs_reads[key] = reads
             for name in reads:
-                self._vs_by_host[name].add(key)
+                by_host[name].add(key)
             for gateway in vs.gateways:
-                self._vs_by_gateway[gateway].add(key)
+                by_gateway[gateway].add(key)
                 for index, host in enumerate(vs.hosts):
-                    self._claims[(host, gateway)].setdefault(key, index)
+                    claims[(host, gateway)].setdefault(key, index)
                     touched.add((host, gateway))
         return touched
 
@@ -995,10 +1008,10 @@ def _check_policy(policy: DestinationPolicy, meta: Meta, hosts: _Hosts) -> list[
         return found
     if service.resolution is not Resolution.STATIC and not any(eps for _, eps in service.endpoints):
         return found
+    # Endpoints of a service mostly share a few label sets: match each set once.
+    label_sets = {e.labels for _, eps in service.endpoints for e in eps}
     for index, subset in enumerate(policy.subsets):
-        if not any(
-            labels_match(subset.labels, e.labels) for _, eps in service.endpoints for e in eps
-        ):
+        if not any(labels_match(subset.labels, labels) for labels in label_sets):
             selector = ",".join(f"{k}={v}" for k, v in subset.labels) or "(no labels)"
             found.append(
                 _finding(
@@ -1018,15 +1031,15 @@ def _check_destination(
     meta: Meta,
     hosts: _Hosts,
     policies: Mapping[str, DestinationPolicy],
-    listener_ports: frozenset[int] | None,
+    vs: VirtualService,
 ) -> list[Finding]:
-    """Problems of one destination; ``listener_ports`` are the ports its route applies on.
+    """Problems of one destination of ``vs``.
 
     A destination may leave out the port of a service with several: on a
-    sidecar the route applies per listener port, each going to the service's
-    port of the same number, so it is enough that one of them exists.
-    ``listener_ports`` is None when the route is bound to a gateway, whose
-    port says nothing about the service's.
+    sidecar the route applies per listener port (:func:`_listener_ports`),
+    each going to the service's port of the same number, so it is enough that
+    one of them exists. Bound to a gateway, whose port says nothing about the
+    service's, it must name the port.
     """
     service = hosts.services.get(dest.host)
     if service is None:
@@ -1055,8 +1068,11 @@ def _check_destination(
                     "DestinationRule" + (f" (defined: {defined})" if defined else ""),
                 )
             )
+    if dest.port is None and len(service.ports) < 2:
+        return found
     numbers = [p.port for p in service.ports]
-    if dest.port is None and len(numbers) > 1:
+    if dest.port is None:
+        listener_ports = _listener_ports(vs, hosts)
         if listener_ports is None:
             found.append(
                 _finding(
@@ -1078,7 +1094,7 @@ def _check_destination(
                     f"port the route applies on ({applies_on}): set destination.port.number",
                 )
             )
-    elif dest.port is not None and dest.port not in numbers:
+    elif dest.port not in numbers:
         found.append(
             _finding(
                 "PF203",
@@ -1111,7 +1127,6 @@ def _check_routes(
 ) -> list[Finding]:
     found: list[Finding] = []
     catch_all: int | None = None
-    ports = _listener_ports(vs, hosts)
     for index, route in enumerate(vs.http):
         here: Path = ("spec", "http", index)
         if catch_all is not None:
@@ -1130,12 +1145,12 @@ def _check_routes(
         for d_index, dest in enumerate(route.destinations):
             found.extend(
                 _check_destination(
-                    dest, (*here, "route", d_index, "destination"), meta, hosts, policies, ports
+                    dest, (*here, "route", d_index, "destination"), meta, hosts, policies, vs
                 )
             )
         if route.mirror is not None:
             found.extend(
-                _check_destination(route.mirror, (*here, "mirror"), meta, hosts, policies, ports)
+                _check_destination(route.mirror, (*here, "mirror"), meta, hosts, policies, vs)
             )
     for index, tcp in enumerate(vs.tcp):
         for d_index, dest in enumerate(tcp.destinations):
@@ -1146,7 +1161,7 @@ def _check_routes(
                     meta,
                     hosts,
                     policies,
-                    ports,
+                    vs,
                 )
             )
     return found

@@ -23,7 +23,10 @@ def labels_match(selector: Labels, labels: Labels) -> bool:
     if not selector:
         return True
     have = dict(labels)
-    return all(have.get(k) == v for k, v in selector)
+    for k, v in selector:  # noqa: SIM110 - a loop, not all() over a generator: on hot paths
+        if have.get(k) != v:
+            return False
+    return True
 
 
 class Protocol(enum.Enum):
