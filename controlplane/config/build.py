@@ -311,15 +311,13 @@ def _canonical_virtual_service(vs: VirtualService, hosts: _Hosts) -> VirtualServ
 
 def _host_names(vs: VirtualService) -> set[str]:
     """Every host ``vs`` names: its own and those of its destinations and mirrors."""
-    names = set(vs.hosts)
+    names = {dest.host for route in vs.http for dest in route.destinations}
+    names.update(vs.hosts)
     for route in vs.http:
-        for dest in route.destinations:
-            names.add(dest.host)
         if route.mirror is not None:
             names.add(route.mirror.host)
     for tcp in vs.tcp:
-        for dest in tcp.destinations:
-            names.add(dest.host)
+        names.update([dest.host for dest in tcp.destinations])
     return names
 
 
@@ -469,8 +467,10 @@ class MeshBuilder:
             if everything
             else set(dirty["DestinationRule"])
         )
+        dr_by_raw = self._dr_by_raw
         for name in raw_names:
-            dr_keys |= self._dr_by_raw.get(name, set())
+            if name in dr_by_raw:
+                dr_keys |= dr_by_raw[name]
         policy_hosts = self._update_policies(dr_keys, hosts)
         changed_policies = self._resolve_policies(policy_hosts, changed)
         recheck = policy_hosts | changed_policies | changed_hosts | membership
@@ -492,8 +492,10 @@ class MeshBuilder:
         vs_keys = set(dirty["VirtualService"])
         if everything:
             vs_keys |= set(self._vs)
+        vs_by_host = self._vs_by_host
         for name in changed_hosts | changed_policies | raw_names | membership:
-            vs_keys |= self._vs_by_host.get(name, set())
+            if name in vs_by_host:
+                vs_keys |= vs_by_host[name]
         for name in gateway_names_changed:
             vs_keys |= self._vs_by_gateway.get(name, set())
         claims_touched = self._update_virtual_services(vs_keys, hosts)
@@ -1008,10 +1010,8 @@ def _check_policy(policy: DestinationPolicy, meta: Meta, hosts: _Hosts) -> list[
         return found
     if service.resolution is not Resolution.STATIC and not any(eps for _, eps in service.endpoints):
         return found
-    # Endpoints of a service mostly share a few label sets: match each set once.
-    label_sets = {e.labels for _, eps in service.endpoints for e in eps}
     for index, subset in enumerate(policy.subsets):
-        if not any(labels_match(subset.labels, labels) for labels in label_sets):
+        if not _selects_any(subset.labels, service):
             selector = ",".join(f"{k}={v}" for k, v in subset.labels) or "(no labels)"
             found.append(
                 _finding(
@@ -1023,6 +1023,14 @@ def _check_policy(policy: DestinationPolicy, meta: Meta, hosts: _Hosts) -> list[
                 )
             )
     return found
+
+
+def _selects_any(selector: Labels, service: Service) -> bool:
+    for _, endpoints in service.endpoints:
+        for endpoint in endpoints:
+            if labels_match(selector, endpoint.labels):
+                return True
+    return False
 
 
 def _check_destination(
