@@ -425,7 +425,11 @@ class MeshBuilder:
         self._vs_by_gateway: dict[str, set[Key]] = defaultdict(set)
         self._claims: dict[tuple[str, str], dict[Key, int]] = defaultdict(dict)
         self._claim_conflicts: dict[tuple[str, str], list[Finding]] = {}
+        # the mesh, and the order of its collections (None: to sort again)
         self._mesh = Mesh()
+        self._host_order: list[str] | None = None
+        self._policy_order: list[str] | None = None
+        self._vs_order: list[Key] | None = None
 
     def build(
         self, files: Mapping[str, Sequence[Resource]], changed: frozenset[str] | None = None
@@ -512,6 +516,8 @@ class MeshBuilder:
             for items in group.values():  # type: ignore[attr-defined]
                 findings.extend(items)
         findings.sort(key=lambda f: (f.file, f.doc, repr(f.path), f.code, f.message))
+        if membership:
+            self._host_order = None
         self._mesh = self._assemble(
             bool(changed_hosts or membership),
             bool(changed_policies or policy_hosts),
@@ -757,6 +763,7 @@ class MeshBuilder:
                     del self._policies[host]
                     del self._policy_source[host]
                     changed_hosts.add(host)
+                    self._policy_order = None
                 continue
             holder, *rest = keys if len(keys) == 1 else sorted(keys, key=self._dr_position)
             found: list[Finding] = []
@@ -783,6 +790,8 @@ class MeshBuilder:
             if policy is not old:
                 self._policies[host] = policy
                 changed_hosts.add(host)
+                if old is None:
+                    self._policy_order = None
         return changed_hosts
 
     # -- gateways and virtual services ---------------------------------------------------
@@ -818,6 +827,8 @@ class MeshBuilder:
                         touched.add((host, gateway))
             vs_findings.pop(key, None)
             resource = self._resolved(key)
+            if old is None or resource is None or _position(old[0]) != _position(resource):
+                self._vs_order = None
             if resource is None:
                 continue
             written = resource.spec
@@ -906,25 +917,33 @@ class MeshBuilder:
     def _assemble(
         self, services: bool, policies: bool, virtual_services: bool, gateways: bool
     ) -> Mesh:
+        """The mesh with the collections that changed made again (in their sorted order)."""
         mesh = self._mesh
         if not (services or policies or virtual_services or gateways):
             return mesh
+        if services:
+            if self._host_order is None:
+                self._host_order = sorted(self._services)
+            mesh_services = tuple(map(self._services.__getitem__, self._host_order))
+        if policies:
+            if self._policy_order is None:
+                self._policy_order = sorted(self._policies)
+            mesh_policies = tuple(map(self._policies.__getitem__, self._policy_order))
+        if virtual_services:
+            if self._vs_order is None:
+                self._vs_order = sorted(self._vs, key=self._vs_position)
+            mesh_vs = tuple([self._vs[k][1] for k in self._vs_order])
         return Mesh(
-            services=tuple(self._services[h] for h in sorted(self._services))
-            if services
-            else mesh.services,
-            destination_policies=tuple(self._policies[h] for h in sorted(self._policies))
-            if policies
-            else mesh.destination_policies,
-            virtual_services=tuple(
-                vs for _, vs in sorted(self._vs.values(), key=lambda item: _position(item[0]))
-            )
-            if virtual_services
-            else mesh.virtual_services,
+            services=mesh_services if services else mesh.services,
+            destination_policies=mesh_policies if policies else mesh.destination_policies,
+            virtual_services=mesh_vs if virtual_services else mesh.virtual_services,
             gateways=tuple(self._gateways[k] for k in sorted(self._gateways))
             if gateways
             else mesh.gateways,
         )
+
+    def _vs_position(self, key: Key) -> tuple[str, int]:
+        return _position(self._vs[key][0])
 
 
 def _combinable(metas: Sequence[Meta]) -> bool:

@@ -223,3 +223,53 @@ def test_a_new_earlier_definition_not_blamed_takes_over_from_an_unchanged_file()
     )
     assert addresses(taken, HOST_A) == []
     assert addresses(taken, HOST_B) == ["10.0.0.2"]
+
+
+def virtual_service(name: str) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec: {{hosts: [{name}.example.com], tcp: [{{route: [{{destination: {{host: a}}}}]}}]}}
+"""
+
+
+def destination_rule(name: str) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}}}
+spec: {{host: {name}.default.svc.cluster.local}}
+"""
+
+
+def service(name: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{selector: {{app: {name}}}, ports: [{{name: tcp, port: 80}}]}}
+"""
+
+
+def test_the_mesh_keeps_its_order_when_documents_move_and_hosts_come_and_go() -> None:
+    builder = MeshBuilder()
+    steps = [
+        ["vs-x", "vs-y", "svc-b", "svc-d", "dr-b"],
+        ["vs-y", "vs-x", "svc-b", "svc-d", "dr-b"],  # the VirtualServices swap places
+        ["vs-y", "vs-x", "svc-b", "svc-c", "svc-d", "dr-b", "dr-c"],  # a host in between
+        ["vs-x", "svc-d", "svc-c", "dr-c"],
+        ["vs-x", "vs-y", "svc-b", "svc-c", "svc-d", "dr-d", "dr-b", "dr-c"],
+    ]
+    make = {"vs": virtual_service, "svc": service, "dr": destination_rule}
+    for step, names in enumerate(steps):
+        docs = [make[kind](short) for kind, short in (n.split("-") for n in names)]
+        files = {"10-all.yaml": parse("10-all.yaml", *docs)}
+        result = same_as_fresh(builder, files, frozenset({"10-all.yaml"}))
+        kinds: dict[str, list[str]] = {"vs": [], "svc": [], "dr": []}
+        for name in names:
+            kind, short = name.split("-")
+            kinds[kind].append(short)
+        assert [vs.name for vs in result.mesh.virtual_services] == kinds["vs"], step
+        assert [s.name for s in result.mesh.services] == sorted(kinds["svc"]), step
+        assert [p.name for p in result.mesh.destination_policies] == sorted(kinds["dr"]), step
