@@ -271,9 +271,9 @@ _CLUSTER_SUFFIX = ".svc.cluster.local"
 class _Hosts:
     """The known hosts: exact names and ``*.suffix`` wildcards."""
 
-    def __init__(self, services: Mapping[str, Service]) -> None:
+    def __init__(self, services: Mapping[str, Service], wildcards: tuple[str, ...]) -> None:
         self.services = services
-        self.wildcards = tuple(sorted(h[1:] for h in services if h.startswith("*.")))
+        self.wildcards = wildcards  # the suffixes of the ``*.suffix`` hosts, sorted
 
     def canonical(self, host: str) -> str:
         return canonical_host(host, self.services)
@@ -456,9 +456,12 @@ class MeshBuilder:
                 service_keys |= keys
         hosts_touched = self._update_services(service_keys)
         changed_hosts, membership = self._resolve_hosts(hosts_touched, changed)
-        hosts = _Hosts(self._services)
-        everything = hosts.wildcards != self._wildcards
-        self._wildcards = hosts.wildcards
+        wildcards = self._wildcards
+        if membership:
+            wildcards = tuple(sorted(h[1:] for h in self._services if h.startswith("*.")))
+        hosts = _Hosts(self._services, wildcards)
+        everything = wildcards != self._wildcards
+        self._wildcards = wildcards
         raw_names = set(membership)
         for host in membership:
             if host.endswith(_CLUSTER_SUFFIX):
