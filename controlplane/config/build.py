@@ -366,7 +366,7 @@ class _ResourceTable:
             if held is not None:
                 del defined[key]
                 duplicates[key] = [held, resource]
-            elif key in duplicates:
+            elif duplicates and key in duplicates:
                 duplicates[key].append(resource)
             else:
                 defined[key] = resource
