@@ -447,10 +447,10 @@ class MeshBuilder:
         """The mesh of ``files`` (path -> that file's resources, in document order)."""
         resources = sum(map(len, files.values()))
         if self._resources - resources > max(_FRESH_START_AFTER, resources):
-            # Most of the mesh went (a large file deleted). Dicts never shrink, and index
-            # buckets of labels no longer used stay: start afresh, as a new builder would,
-            # so that their memory goes back too. Rebuilding what is left costs less
-            # than removing what went did.
+            # Most of the mesh went (a large file deleted). Dicts never shrink, and the
+            # per-host and per-bucket entries of what went stay: start afresh, as a new
+            # builder would, so that their memory goes back too. Rebuilding what is left
+            # costs less than removing what went did.
             self._reset()
         self._resources = resources
         dirty, shifted, dup_findings = self._resolve_definitions(files, changed)
