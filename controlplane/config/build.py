@@ -9,13 +9,21 @@ exist, no two VirtualServices claim the same host on the same gateway, rules
 after a catch-all are unreachable, and no resource is defined twice.
 
 The result is a pure function of the resources given. A builder also
-*remembers*: its workload index is kept up to date file by file, and each
-Service, each selection and each resource's checks are memoized on the
-identity of their inputs (resources are immutable and a file that did not
+*remembers*: its tables of definitions and its workload index are kept up to
+date file by file, and each Service and each resource's checks are memoized
+on the identity of their inputs (resources are immutable and a file that did not
 change keeps its resource objects). So the builder a
 :class:`~controlplane.config.store.ConfigStore` keeps redoes only the work a
 change touches, which is what makes a one-file edit in a 10,000-service mesh
 cheap. :func:`build_mesh` is the same computation with a fresh builder.
+
+A cold build is linear in the resources and keeps per-resource work small:
+a key defined once is read straight from the definition table (only keys
+defined more than once are resolved one by one), a selector reads the
+smallest index bucket of its pairs, and a VirtualService already spelled
+canonically is kept as written. The mesh's collections keep their sorted
+order from build to build and are sorted again only when members come, go
+or move.
 
 Where a problem involves two places (a duplicate), the finding is put on the
 one that is *newer* (in ``changed``), else on the later in file order, so
@@ -27,6 +35,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 
 from controlplane.config.diagnostics import Finding, Severity
 from controlplane.config.resources import (
@@ -98,67 +107,84 @@ def _where(meta: Meta) -> str:
 class _WorkloadIndex:
     """WorkloadEntries per namespace and per label pair, kept in step with the files.
 
-    Every bucket has a generation that changes whenever the bucket does, so a
-    selection can be reused for as long as the buckets it read are unchanged.
+    A bucket maps ``id(resource)`` to the resource. A workload sits in the
+    bucket of its namespace and in one per label pair, read as
+    :func:`~controlplane.model.labels_match` reads labels (as a mapping), so
+    the workloads a selector matches are those in every bucket of its pairs.
     """
 
     def __init__(self) -> None:
-        self._files: dict[str, tuple[Resource, ...]] = {}
-        self._by_namespace: dict[str, dict[int, Resource]] = defaultdict(dict)
-        self._by_label: dict[tuple[str, str, str], dict[int, Resource]] = defaultdict(dict)
-        self._generation: dict[object, int] = defaultdict(int)
-        self._clock = 0
-        self._selections: dict[tuple[str, Labels], tuple[tuple[int, ...], tuple[Resource, ...]]]
-        self._selections = {}
+        self._files: dict[str, Sequence[Resource]] = {}
+        self._buckets: dict[object, dict[int, Resource]] = {}
 
     def sync(self, files: Mapping[str, Sequence[Resource]]) -> set[object]:
         """Follow ``files``; returns the names of the buckets that changed."""
         changed: set[object] = set()
         for path in [p for p in self._files if p not in files]:
-            self._change(self._files.pop(path), add=False, changed=changed)
+            self._remove(self._files.pop(path), changed)
         for path, resources in files.items():
-            if self._files.get(path) is resources:
+            old = self._files.get(path)
+            if old is resources:
                 continue
-            self._change(self._files.get(path, ()), add=False, changed=changed)
-            self._change(resources, add=True, changed=changed)
-            self._files[path] = resources  # type: ignore[assignment]
+            if old is not None:
+                self._remove(old, changed)
+            self._add(resources, changed)
+            self._files[path] = resources
         return changed
 
-    def _change(self, workloads: Iterable[Resource], *, add: bool, changed: set[object]) -> None:
-        for resource in workloads:
+    def _add(self, resources: Sequence[Resource], changed: set[object]) -> None:
+        buckets = self._buckets
+        for resource in resources:
+            meta = resource.meta
+            if meta.kind != "WorkloadEntry":
+                continue
+            ident = id(resource)
+            ns = meta.namespace
+            bucket = buckets.get(ns)
+            if bucket is None:
+                bucket = buckets[ns] = {}
+            bucket[ident] = resource
+            changed.add(ns)
+            for k, v in dict(resource.spec.labels).items():  # type: ignore[union-attr]
+                name = (ns, k, v)
+                bucket = buckets.get(name)
+                if bucket is None:
+                    bucket = buckets[name] = {}
+                bucket[ident] = resource
+                changed.add(name)
+
+    def _remove(self, resources: Sequence[Resource], changed: set[object]) -> None:
+        buckets = self._buckets
+        for resource in resources:
             if resource.meta.kind != "WorkloadEntry":
                 continue
-            self._clock += 1
             for name in bucket_names(resource):
-                bucket = (
-                    self._by_namespace[name] if isinstance(name, str) else self._by_label[name]  # type: ignore[index]
-                )
-                if add:
-                    bucket[id(resource)] = resource
-                else:
+                bucket = buckets.get(name)
+                if bucket is not None:
                     bucket.pop(id(resource), None)
-                self._generation[name] = self._clock
+                    if not bucket:
+                        del buckets[name]
                 changed.add(name)
 
     def select(self, namespace: str, selector: Labels) -> tuple[Resource, ...]:
         """Workloads of ``namespace`` whose labels match ``selector``, sorted by name."""
-        names = selector_buckets(namespace, selector)
-        generations = tuple(self._generation[name] for name in names)
-        key = (namespace, selector)
-        cached = self._selections.get(key)
-        if cached is not None and cached[0] == generations:
-            return cached[1]
-        if selector:
-            candidates = min(
-                (self._by_label.get((namespace, k, v), {}) for k, v in selector), key=len
-            ).values()
-            found = [r for r in candidates if labels_match(selector, r.spec.labels)]  # type: ignore[union-attr]
+        buckets = self._buckets
+        if not selector:
+            found = list(buckets.get(namespace, _NO_WORKLOADS).values())
+        elif len(selector) == 1:
+            ((k, v),) = selector
+            found = list(buckets.get((namespace, k, v), _NO_WORKLOADS).values())
         else:
-            found = list(self._by_namespace.get(namespace, {}).values())
-        found.sort(key=lambda r: (r.meta.name, r.meta.file, r.meta.doc))
-        result = tuple(found)
-        self._selections[key] = (generations, result)
-        return result
+            smallest, *others = sorted(
+                [buckets.get((namespace, k, v), _NO_WORKLOADS) for k, v in selector], key=len
+            )
+            found = [r for i, r in smallest.items() if all([i in other for other in others])]
+        found.sort(key=_workload_order)
+        return tuple(found)
+
+
+_NO_WORKLOADS: Mapping[int, Resource] = {}
+_workload_order = attrgetter("meta.name", "meta.file", "meta.doc")
 
 
 def bucket_names(workload: Resource) -> list[object]:
@@ -166,7 +192,7 @@ def bucket_names(workload: Resource) -> list[object]:
     ns = workload.meta.namespace
     spec = workload.spec
     assert isinstance(spec, WorkloadSpec)
-    return [ns, *((ns, k, v) for k, v in spec.labels)]
+    return [ns, *[(ns, k, v) for k, v in dict(spec.labels).items()]]
 
 
 def selector_buckets(namespace: str, selector: Labels) -> list[object]:
@@ -174,34 +200,27 @@ def selector_buckets(namespace: str, selector: Labels) -> list[object]:
     return [(namespace, k, v) for k, v in selector] or [namespace]
 
 
-def _endpoint_port(
-    workload: WorkloadSpec, name: str, target: int | str | None, port: int
-) -> int | None:
-    number = workload.port_named(name) if name else None
-    if number is not None:
-        return number
-    if isinstance(target, str):
-        return workload.port_named(target)
-    return target or port
-
-
 def _kube_service(resource: Resource, selected: Sequence[Resource]) -> Service:
     meta, spec = resource.meta, resource.spec
     assert isinstance(spec, KubeServiceSpec)
+    # Workloads without an address are on another network (PF124).
+    workloads = [w for w in _workload_specs(selected) if w.address]
     ports: list[ServicePort] = []
     endpoints: list[tuple[int, tuple[Endpoint, ...]]] = []
     for port in spec.ports:
         ports.append(ServicePort(port.name, port.port, port.protocol, port.target_port))
+        name, target = port.name, port.target_port
+        # A named targetPort is looked up per workload; a number (or none) is the same for all.
+        target_name = target if isinstance(target, str) else None
+        target_number = None if isinstance(target, str) else target or port.port
         eps: list[Endpoint] = []
-        for workload in selected:
-            w = workload.spec
-            assert isinstance(w, WorkloadSpec)
-            if not w.address:
-                continue  # on another network (PF124)
-            number = _endpoint_port(w, port.name, port.target_port, port.port)
+        for w in workloads:
+            number = w.port_named(name) if name else None
+            if number is None:
+                number = target_number if target_name is None else w.port_named(target_name)
             if number is not None:
                 eps.append(Endpoint(w.address, number, w.labels, w.weight, w.locality))
-        eps.sort(key=lambda e: (e.address, e.port))
+        eps.sort(key=_endpoint_order)
         endpoints.append((port.port, tuple(eps)))
     return Service(
         host=f"{meta.name}.{meta.namespace}.svc.cluster.local",
@@ -214,11 +233,17 @@ def _kube_service(resource: Resource, selected: Sequence[Resource]) -> Service:
     )
 
 
+def _workload_specs(selected: Sequence[Resource]) -> list[WorkloadSpec]:
+    return [r.spec for r in selected]  # type: ignore[misc]
+
+
+_endpoint_order = attrgetter("address", "port")
+
+
 def _entry_services(resource: Resource, selected: Sequence[Resource]) -> tuple[Service, ...]:
     meta, spec = resource.meta, resource.spec
     assert isinstance(spec, ServiceEntrySpec)
-    workloads: list[WorkloadSpec] = list(spec.endpoints)
-    workloads.extend(r.spec for r in selected)  # type: ignore[misc]
+    workloads: list[WorkloadSpec] = [*spec.endpoints, *_workload_specs(selected)]
     endpoints: list[tuple[int, tuple[Endpoint, ...]]] = []
     for port in spec.ports:
         eps = []
@@ -229,7 +254,7 @@ def _entry_services(resource: Resource, selected: Sequence[Resource]) -> tuple[S
             if number is None:
                 number = port.target_port if isinstance(port.target_port, int) else port.port
             eps.append(Endpoint(w.address, number, w.labels, w.weight, w.locality))
-        eps.sort(key=lambda e: (e.address, e.port))
+        eps.sort(key=_endpoint_order)
         endpoints.append((port.port, tuple(eps)))
     return tuple(
         Service(
@@ -254,9 +279,9 @@ _CLUSTER_SUFFIX = ".svc.cluster.local"
 class _Hosts:
     """The known hosts: exact names and ``*.suffix`` wildcards."""
 
-    def __init__(self, services: Mapping[str, Service]) -> None:
+    def __init__(self, services: Mapping[str, Service], wildcards: tuple[str, ...]) -> None:
         self.services = services
-        self.wildcards = tuple(sorted(h[1:] for h in services if h.startswith("*.")))
+        self.wildcards = wildcards  # the suffixes of the ``*.suffix`` hosts, sorted
 
     def canonical(self, host: str) -> str:
         return canonical_host(host, self.services)
@@ -292,34 +317,34 @@ def _canonical_virtual_service(vs: VirtualService, hosts: _Hosts) -> VirtualServ
     return replace(vs, hosts=vs_hosts, http=http, tcp=tcp)
 
 
-def _destination_hosts(vs: VirtualService) -> tuple[str, ...]:
-    hosts: set[str] = set()
+def _host_names(vs: VirtualService) -> set[str]:
+    """Every host ``vs`` names: its own and those of its destinations and mirrors."""
+    names = {dest.host for route in vs.http for dest in route.destinations}
+    names.update(vs.hosts)
     for route in vs.http:
-        hosts.update(d.host for d in route.destinations)
         if route.mirror is not None:
-            hosts.add(route.mirror.host)
+            names.add(route.mirror.host)
     for tcp in vs.tcp:
-        hosts.update(d.host for d in tcp.destinations)
-    return tuple(sorted(hosts))
+        names.update([dest.host for dest in tcp.destinations])
+    return names
 
 
 class _ResourceTable:
     """Every definition of every (kind, namespace, name), kept in step with the files.
 
-    Keys defined once map straight to their resource; keys defined more than
-    once are listed in ``duplicates`` and resolved per build (which one is
-    blamed depends on what changed).
+    A key defined once maps to its resource in ``defined``; a key defined more
+    than once is in ``duplicates`` with all of its definitions, and is resolved
+    per build (which one is blamed depends on what changed).
     """
 
     def __init__(self) -> None:
         self._files: dict[str, Sequence[Resource]] = {}
-        self.definitions: dict[tuple[str, str, str], list[Resource]] = {}
-        self.single: dict[str, dict[tuple[str, str, str], Resource]] = defaultdict(dict)
-        self.duplicates: set[tuple[str, str, str]] = set()
+        self.defined: dict[Key, Resource] = {}
+        self.duplicates: dict[Key, list[Resource]] = {}
 
-    def sync(self, files: Mapping[str, Sequence[Resource]]) -> set[Key]:
-        """Follow ``files``; returns the keys whose definitions changed."""
-        changed: set[Key] = set()
+    def sync(self, files: Mapping[str, Sequence[Resource]]) -> dict[str, set[Key]]:
+        """Follow ``files``; returns the keys whose definitions changed, per kind."""
+        changed: dict[str, set[Key]] = defaultdict(set)
         for path in [p for p in self._files if p not in files]:
             self._remove(self._files.pop(path), changed)
         for path, resources in files.items():
@@ -332,31 +357,33 @@ class _ResourceTable:
             self._files[path] = resources
         return changed
 
-    def _add(self, resources: Sequence[Resource], changed: set[Key]) -> None:
+    def _add(self, resources: Sequence[Resource], changed: dict[str, set[Key]]) -> None:
+        defined, duplicates = self.defined, self.duplicates
         for resource in resources:
             key = resource.meta.key
-            changed.add(key)
-            defs = self.definitions.setdefault(key, [])
-            defs.append(resource)
-            if len(defs) == 1:
-                self.single[key[0]][key] = resource
+            changed[key[0]].add(key)
+            held = defined.get(key)
+            if held is not None:
+                del defined[key]
+                duplicates[key] = [held, resource]
+            elif duplicates and key in duplicates:
+                duplicates[key].append(resource)
             else:
-                self.single[key[0]].pop(key, None)
-                self.duplicates.add(key)
+                defined[key] = resource
 
-    def _remove(self, resources: Sequence[Resource], changed: set[Key]) -> None:
+    def _remove(self, resources: Sequence[Resource], changed: dict[str, set[Key]]) -> None:
+        defined, duplicates = self.defined, self.duplicates
         for resource in resources:
             key = resource.meta.key
-            changed.add(key)
-            defs = self.definitions[key]
+            changed[key[0]].add(key)
+            defs = duplicates.get(key)
+            if defs is None:
+                del defined[key]
+                continue
             defs.remove(resource)
-            if not defs:
-                del self.definitions[key]
-                self.single[key[0]].pop(key, None)
-                self.duplicates.discard(key)
-            elif len(defs) == 1:
-                self.single[key[0]][key] = defs[0]
-                self.duplicates.discard(key)
+            if len(defs) == 1:
+                del duplicates[key]
+                defined[key] = defs[0]
 
 
 # Resources a build must drop (and more than it keeps) for the builder to start afresh.
@@ -370,7 +397,9 @@ class MeshBuilder:
     of the previous build alone; each phase works out what its inputs changed
     (resources, index buckets, hosts, policies, gateways) and recomputes just
     the dependent parts. ``tests/config/test_build_incremental.py`` checks that
-    any sequence of builds gives exactly what a fresh builder gives.
+    any sequence of builds gives exactly what a fresh builder gives;
+    ``tests/config/test_build_index.py`` covers the cases no file change
+    announces (duplicates resolved anew, order of documents).
     """
 
     def __init__(self) -> None:
@@ -380,8 +409,7 @@ class MeshBuilder:
     def _reset(self) -> None:
         self._table = _ResourceTable()
         self._index = _WorkloadIndex()
-        self._effective: dict[Key, Resource] = {}
-        self._dup_keys: set[Key] = set()
+        self._winners: dict[Key, Resource] = {}  # per key defined more than once
         # services: per Service/ServiceEntry key, then per host
         self._svc_built: dict[Key, tuple[Resource, tuple[Resource, ...], tuple[Service, ...]]] = {}
         self._svc_reads: dict[Key, list[object]] = {}
@@ -407,7 +435,11 @@ class MeshBuilder:
         self._vs_by_gateway: dict[str, set[Key]] = defaultdict(set)
         self._claims: dict[tuple[str, str], dict[Key, int]] = defaultdict(dict)
         self._claim_conflicts: dict[tuple[str, str], list[Finding]] = {}
+        # the mesh, and the order of its collections (None: to sort again)
         self._mesh = Mesh()
+        self._host_order: list[str] | None = None
+        self._policy_order: list[str] | None = None
+        self._vs_order: list[Key] | None = None
 
     def build(
         self, files: Mapping[str, Sequence[Resource]], changed: frozenset[str] | None = None
@@ -415,26 +447,31 @@ class MeshBuilder:
         """The mesh of ``files`` (path -> that file's resources, in document order)."""
         resources = sum(map(len, files.values()))
         if self._resources - resources > max(_FRESH_START_AFTER, resources):
-            # Most of the mesh went (a large file deleted). Dicts never shrink, and index
-            # buckets of labels no longer used stay: start afresh, as a new builder would,
-            # so that their memory goes back too. Rebuilding what is left costs less
-            # than removing what went did.
+            # Most of the mesh went (a large file deleted). Dicts never shrink, and the
+            # per-host and per-bucket entries of what went stay: start afresh, as a new
+            # builder would, so that their memory goes back too. Rebuilding what is left
+            # costs less than removing what went did.
             self._reset()
         self._resources = resources
-        dirty, old_effective, dup_findings = self._resolve_definitions(files, changed)
+        dirty, shifted, dup_findings = self._resolve_definitions(files, changed)
         buckets = self._index.sync(files)
-        for key in dirty["WorkloadEntry"]:
-            for resource in (old_effective.get(key), self._effective.get(key)):
-                if resource is not None:
-                    buckets.update(bucket_names(resource))
+        for resource in shifted:
+            if resource.meta.kind == "WorkloadEntry":
+                buckets.update(bucket_names(resource))
         service_keys = dirty["Service"] | dirty["ServiceEntry"]
+        readers = self._readers
         for bucket in buckets:
-            service_keys |= self._readers.get(bucket, set())
+            keys = readers.get(bucket)
+            if keys:
+                service_keys |= keys
         hosts_touched = self._update_services(service_keys)
         changed_hosts, membership = self._resolve_hosts(hosts_touched, changed)
-        hosts = _Hosts(self._services)
-        everything = hosts.wildcards != self._wildcards
-        self._wildcards = hosts.wildcards
+        wildcards = self._wildcards
+        if membership:
+            wildcards = tuple(sorted(h[1:] for h in self._services if h.startswith("*.")))
+        hosts = _Hosts(self._services, wildcards)
+        everything = wildcards != self._wildcards
+        self._wildcards = wildcards
         raw_names = set(membership)
         for host in membership:
             if host.endswith(_CLUSTER_SUFFIX):
@@ -447,8 +484,10 @@ class MeshBuilder:
             if everything
             else set(dirty["DestinationRule"])
         )
+        dr_by_raw = self._dr_by_raw
         for name in raw_names:
-            dr_keys |= self._dr_by_raw.get(name, set())
+            if name in dr_by_raw:
+                dr_keys |= dr_by_raw[name]
         policy_hosts = self._update_policies(dr_keys, hosts)
         changed_policies = self._resolve_policies(policy_hosts, changed)
         recheck = policy_hosts | changed_policies | changed_hosts | membership
@@ -470,8 +509,10 @@ class MeshBuilder:
         vs_keys = set(dirty["VirtualService"])
         if everything:
             vs_keys |= set(self._vs)
+        vs_by_host = self._vs_by_host
         for name in changed_hosts | changed_policies | raw_names | membership:
-            vs_keys |= self._vs_by_host.get(name, set())
+            if name in vs_by_host:
+                vs_keys |= vs_by_host[name]
         for name in gateway_names_changed:
             vs_keys |= self._vs_by_gateway.get(name, set())
         claims_touched = self._update_virtual_services(vs_keys, hosts)
@@ -488,6 +529,8 @@ class MeshBuilder:
             for items in group.values():  # type: ignore[attr-defined]
                 findings.extend(items)
         findings.sort(key=lambda f: (f.file, f.doc, repr(f.path), f.code, f.message))
+        if membership:
+            self._host_order = None
         self._mesh = self._assemble(
             bool(changed_hosts or membership),
             bool(changed_policies or policy_hosts),
@@ -500,17 +543,33 @@ class MeshBuilder:
 
     def _resolve_definitions(
         self, files: Mapping[str, Sequence[Resource]], changed: frozenset[str] | None
-    ) -> tuple[dict[str, set[Key]], dict[Key, Resource], list[Finding]]:
+    ) -> tuple[dict[str, set[Key]], list[Resource], list[Finding]]:
+        """Settle which definition of each key is in effect.
+
+        A key defined once has that definition in effect; of a key defined more
+        than once, the first in file order unless the change being applied is
+        blamed (``_winners``). Returns the keys whose definition in effect may
+        have changed, per kind (a superset: recomputing a key that did not
+        change gives the same objects); the resources that may have taken or
+        lost effect while their key was defined more than once (the index's sync
+        does not see those: their files may not have changed); and the PF208
+        findings.
+        """
         table = self._table
-        touched = table.sync(files) | table.duplicates | self._dup_keys
-        self._dup_keys = set(table.duplicates)
-        dirty: dict[str, set[Key]] = defaultdict(set)
-        old_effective: dict[Key, Resource] = {}
+        winners = self._winners
+        dirty = table.sync(files)
+        # Keys defined more than once before or after this sync.
+        duplicated = winners.keys() | table.duplicates.keys()
+        for keys in dirty.values():
+            keys -= duplicated
+        shifted: list[Resource] = []
         findings: list[Finding] = []
-        for key in touched:
-            defs = table.definitions.get(key)
-            winner: Resource | None = None
-            if defs:
+        for key in duplicated:
+            old = winners.pop(key, None)
+            defs = table.duplicates.get(key)
+            if defs is None:
+                winner = table.defined.get(key)
+            else:
                 ordered = sorted(defs, key=_position)
                 winner = ordered[0]
                 for resource in ordered[1:]:
@@ -526,34 +585,45 @@ class MeshBuilder:
                     )
                     if blamed is winner.meta:
                         winner = resource
-            old = self._effective.get(key)
-            if winner is old:
+                winners[key] = winner
+            if old is None:
+                # Defined once before (or not at all): which one was in effect is
+                # no longer known, but it is one of these or its file changed.
+                shifted.extend(defs or ())
+            elif winner is old:
                 continue
-            if old is not None:
-                old_effective[key] = old
-            if winner is None:
-                del self._effective[key]
             else:
-                self._effective[key] = winner
+                shifted.append(old)
+            if winner is not None:
+                shifted.append(winner)
             dirty[key[0]].add(key)
-        return dirty, old_effective, findings
+        return dirty, shifted, findings
 
-    def _is_effective(self, resource: Resource) -> bool:
-        return self._effective.get(resource.meta.key) is resource
+    def _resolved(self, key: Key) -> Resource | None:
+        """The definition of ``key`` in effect."""
+        return self._table.defined.get(key) or self._winners.get(key)
 
     # -- services ------------------------------------------------------------------------
 
     def _update_services(self, keys: set[Key]) -> set[str]:
         touched: set[str] = set()
+        resolved = self._resolved
+        # Without duplicates every indexed workload is the one definition of its key.
+        check_selected = bool(self._winners)
+        built_before = self._svc_built
+        candidates = self._host_candidates
+        readers = self._readers
+        svc_reads = self._svc_reads
+        select = self._index.select
         for key in keys:
-            old = self._svc_built.pop(key, None)
+            old = built_before.pop(key, None)
             if old is not None:
                 for service in old[2]:
-                    self._host_candidates[service.host].pop(key, None)
+                    candidates[service.host].pop(key, None)
                     touched.add(service.host)
-            for bucket in self._svc_reads.pop(key, ()):
-                self._readers[bucket].discard(key)
-            resource = self._effective.get(key)
+            for bucket in svc_reads.pop(key, ()):
+                readers[bucket].discard(key)
+            resource = resolved(key)
             if resource is None:
                 continue
             spec = resource.spec
@@ -563,25 +633,22 @@ class MeshBuilder:
             selected: tuple[Resource, ...] = ()
             if selector is not None:
                 ns = resource.meta.namespace
-                raw = self._index.select(ns, selector)
-                selected = (
-                    raw
-                    if all(self._is_effective(r) for r in raw)
-                    else tuple(r for r in raw if self._is_effective(r))
-                )
+                selected = select(ns, selector)
                 reads = selector_buckets(ns, selector)
-                self._svc_reads[key] = reads
+                if check_selected:
+                    selected = tuple(r for r in selected if resolved(r.meta.key) is r)
+                svc_reads[key] = reads
                 for bucket in reads:
-                    self._readers[bucket].add(key)
+                    readers[bucket].add(key)
             if old is not None and old[0] is resource and old[1] == selected:
                 built = old[2]
             elif isinstance(spec, KubeServiceSpec):
                 built = (_kube_service(resource, selected),)
             else:
                 built = _entry_services(resource, selected)
-            self._svc_built[key] = (resource, selected, built)
+            built_before[key] = (resource, selected, built)
             for service in built:
-                self._host_candidates[service.host][key] = service
+                candidates[service.host][key] = service
                 touched.add(service.host)
         return touched
 
@@ -602,16 +669,25 @@ class MeshBuilder:
                     changed_hosts.add(host)
                     membership.add(host)
                 continue
-            ordered = sorted(candidates, key=lambda k: _position(self._effective[k]))
+            if len(candidates) == 1:
+                ((holder, service),) = candidates.items()
+                self._host_conflicts.pop(host, None)
+                if service is not old:
+                    self._services[host] = service
+                    changed_hosts.add(host)
+                    if old is None:
+                        membership.add(host)
+                continue
+            ordered = sorted(candidates, key=lambda k: _position(self._svc_built[k][0]))
             holder = ordered[0]
             found: list[Finding] = []
-            if _combinable([self._effective[k].meta for k in ordered]):
-                service = _combined([(self._effective[k], candidates[k]) for k in ordered])
-                first = self._effective[holder]
+            if _combinable([self._svc_built[k][0].meta for k in ordered]):
+                service = _combined([(self._svc_built[k][0], candidates[k]) for k in ordered])
+                first = self._svc_built[holder][0]
                 ignored = [
                     _finding(
                         "PF210",
-                        self._effective[key].meta,
+                        self._svc_built[key][0].meta,
                         ("spec", "hosts"),
                         f"host {host} is also defined by {first.meta.label} at "
                         f"{_where(first.meta)} with another resolution, labels or "
@@ -619,7 +695,7 @@ class MeshBuilder:
                         warning=True,
                     )
                     for key in ordered[1:]
-                    if not _mergeable(first, self._effective[key])
+                    if not _mergeable(first, self._svc_built[key][0])
                 ]
                 if ignored:
                     self._host_conflicts[host] = ignored
@@ -632,7 +708,7 @@ class MeshBuilder:
                         membership.add(host)
                 continue
             for key in ordered[1:]:
-                held, new = self._effective[holder].meta, self._effective[key].meta
+                held, new = self._svc_built[holder][0].meta, self._svc_built[key][0].meta
                 blamed, other = _blame(held, new, changed)
                 found.append(
                     _finding(
@@ -669,7 +745,7 @@ class MeshBuilder:
                 self._policy_candidates[old_policy.host].discard(key)
                 self._dr_by_raw[old[0].spec.host].discard(key)  # type: ignore[union-attr]
                 touched.add(old_policy.host)
-            resource = self._effective.get(key)
+            resource = self._resolved(key)
             if resource is None:
                 continue
             written = resource.spec
@@ -685,6 +761,9 @@ class MeshBuilder:
             touched.add(host)
         return touched
 
+    def _dr_position(self, key: Key) -> tuple[str, int]:
+        return _position(self._dr[key][0])
+
     def _resolve_policies(self, touched: set[str], changed: frozenset[str] | None) -> set[str]:
         changed_hosts: set[str] = set()
         for host in touched | set(self._policy_conflicts):
@@ -697,11 +776,11 @@ class MeshBuilder:
                     del self._policies[host]
                     del self._policy_source[host]
                     changed_hosts.add(host)
+                    self._policy_order = None
                 continue
-            ordered = sorted(keys, key=lambda k: _position(self._dr[k][0]))
-            holder = ordered[0]
+            holder, *rest = keys if len(keys) == 1 else sorted(keys, key=self._dr_position)
             found: list[Finding] = []
-            for key in ordered[1:]:
+            for key in rest:
                 held, new = self._dr[holder][0].meta, self._dr[key][0].meta
                 blamed, other = _blame(held, new, changed)
                 found.append(
@@ -724,6 +803,8 @@ class MeshBuilder:
             if policy is not old:
                 self._policies[host] = policy
                 changed_hosts.add(host)
+                if old is None:
+                    self._policy_order = None
         return changed_hosts
 
     # -- gateways and virtual services ---------------------------------------------------
@@ -731,7 +812,7 @@ class MeshBuilder:
     def _update_gateways(self, keys: set[Key]) -> set[str]:
         names: set[str] = set()
         for key in keys:
-            resource = self._effective.get(key)
+            resource = self._resolved(key)
             existed = key in self._gateways
             if resource is None:
                 self._gateways.pop(key, None)
@@ -744,25 +825,35 @@ class MeshBuilder:
     def _update_virtual_services(self, keys: set[Key], hosts: _Hosts) -> set[tuple[str, str]]:
         touched: set[tuple[str, str]] = set()
         gateway_names = {f"{k[1]}/{k[2]}" for k in self._gateways}
+        built, vs_reads, vs_findings = self._vs, self._vs_reads, self._vs_findings
+        by_host, by_gateway, claims = self._vs_by_host, self._vs_by_gateway, self._claims
+        canonical = hosts.canonical
         for key in keys:
-            old = self._vs.pop(key, None)
+            old = built.pop(key, None)
             if old is not None:
-                for name in self._vs_reads.pop(key, set()):
-                    self._vs_by_host[name].discard(key)
+                for name in vs_reads.pop(key, set()):
+                    by_host[name].discard(key)
                 for gateway in old[1].gateways:
-                    self._vs_by_gateway[gateway].discard(key)
+                    by_gateway[gateway].discard(key)
                     for host in old[1].hosts:
-                        self._claims[(host, gateway)].pop(key, None)
+                        claims[(host, gateway)].pop(key, None)
                         touched.add((host, gateway))
-            self._vs_findings.pop(key, None)
-            resource = self._effective.get(key)
+            vs_findings.pop(key, None)
+            resource = self._resolved(key)
+            if old is None or resource is None or _position(old[0]) != _position(resource):
+                self._vs_order = None
             if resource is None:
                 continue
             written = resource.spec
             assert isinstance(written, VirtualService)
-            vs = _canonical_virtual_service(written, hosts)
-            if old is not None and old[0] is resource and old[1] == vs:
-                vs = old[1]
+            names = _host_names(written)
+            renamed = [c for name in names if (c := canonical(name)) != name]
+            if not renamed:
+                vs = written  # every host is spelled as the service it names
+            else:
+                vs = _canonical_virtual_service(written, hosts)
+                if old is not None and old[0] is resource and old[1] == vs:
+                    vs = old[1]
             meta = resource.meta
             found = _check_routes(vs, meta, hosts, self._policies)
             for index, gateway in enumerate(vs.gateways):
@@ -776,17 +867,16 @@ class MeshBuilder:
                         )
                     )
             if found:
-                self._vs_findings[key] = found
-            self._vs[key] = (resource, vs)
-            reads = {*_destination_hosts(written), *written.hosts}
-            reads |= {hosts.canonical(name) for name in reads}
-            self._vs_reads[key] = reads
+                vs_findings[key] = found
+            built[key] = (resource, vs)
+            reads = names.union(renamed)
+            vs_reads[key] = reads
             for name in reads:
-                self._vs_by_host[name].add(key)
+                by_host[name].add(key)
             for gateway in vs.gateways:
-                self._vs_by_gateway[gateway].add(key)
+                by_gateway[gateway].add(key)
                 for index, host in enumerate(vs.hosts):
-                    self._claims[(host, gateway)].setdefault(key, index)
+                    claims[(host, gateway)].setdefault(key, index)
                     touched.add((host, gateway))
         return touched
 
@@ -840,25 +930,33 @@ class MeshBuilder:
     def _assemble(
         self, services: bool, policies: bool, virtual_services: bool, gateways: bool
     ) -> Mesh:
+        """The mesh with the collections that changed made again (in their sorted order)."""
         mesh = self._mesh
         if not (services or policies or virtual_services or gateways):
             return mesh
+        if services:
+            if self._host_order is None:
+                self._host_order = sorted(self._services)
+            mesh_services = tuple(map(self._services.__getitem__, self._host_order))
+        if policies:
+            if self._policy_order is None:
+                self._policy_order = sorted(self._policies)
+            mesh_policies = tuple(map(self._policies.__getitem__, self._policy_order))
+        if virtual_services:
+            if self._vs_order is None:
+                self._vs_order = sorted(self._vs, key=self._vs_position)
+            mesh_vs = tuple([self._vs[k][1] for k in self._vs_order])
         return Mesh(
-            services=tuple(self._services[h] for h in sorted(self._services))
-            if services
-            else mesh.services,
-            destination_policies=tuple(self._policies[h] for h in sorted(self._policies))
-            if policies
-            else mesh.destination_policies,
-            virtual_services=tuple(
-                vs for _, vs in sorted(self._vs.values(), key=lambda item: _position(item[0]))
-            )
-            if virtual_services
-            else mesh.virtual_services,
+            services=mesh_services if services else mesh.services,
+            destination_policies=mesh_policies if policies else mesh.destination_policies,
+            virtual_services=mesh_vs if virtual_services else mesh.virtual_services,
             gateways=tuple(self._gateways[k] for k in sorted(self._gateways))
             if gateways
             else mesh.gateways,
         )
+
+    def _vs_position(self, key: Key) -> tuple[str, int]:
+        return _position(self._vs[key][0])
 
 
 def _combinable(metas: Sequence[Meta]) -> bool:
@@ -945,9 +1043,7 @@ def _check_policy(policy: DestinationPolicy, meta: Meta, hosts: _Hosts) -> list[
     if service.resolution is not Resolution.STATIC and not any(eps for _, eps in service.endpoints):
         return found
     for index, subset in enumerate(policy.subsets):
-        if not any(
-            labels_match(subset.labels, e.labels) for _, eps in service.endpoints for e in eps
-        ):
+        if not _selects_any(subset.labels, service):
             selector = ",".join(f"{k}={v}" for k, v in subset.labels) or "(no labels)"
             found.append(
                 _finding(
@@ -961,21 +1057,29 @@ def _check_policy(policy: DestinationPolicy, meta: Meta, hosts: _Hosts) -> list[
     return found
 
 
+def _selects_any(selector: Labels, service: Service) -> bool:
+    for _, endpoints in service.endpoints:
+        for endpoint in endpoints:
+            if labels_match(selector, endpoint.labels):
+                return True
+    return False
+
+
 def _check_destination(
     dest: RouteDestination,
     path: Path,
     meta: Meta,
     hosts: _Hosts,
     policies: Mapping[str, DestinationPolicy],
-    listener_ports: frozenset[int] | None,
+    vs: VirtualService,
 ) -> list[Finding]:
-    """Problems of one destination; ``listener_ports`` are the ports its route applies on.
+    """Problems of one destination of ``vs``.
 
     A destination may leave out the port of a service with several: on a
-    sidecar the route applies per listener port, each going to the service's
-    port of the same number, so it is enough that one of them exists.
-    ``listener_ports`` is None when the route is bound to a gateway, whose
-    port says nothing about the service's.
+    sidecar the route applies per listener port (:func:`_listener_ports`),
+    each going to the service's port of the same number, so it is enough that
+    one of them exists. Bound to a gateway, whose port says nothing about the
+    service's, it must name the port.
     """
     service = hosts.services.get(dest.host)
     if service is None:
@@ -1004,8 +1108,11 @@ def _check_destination(
                     "DestinationRule" + (f" (defined: {defined})" if defined else ""),
                 )
             )
+    if dest.port is None and len(service.ports) < 2:
+        return found
     numbers = [p.port for p in service.ports]
-    if dest.port is None and len(numbers) > 1:
+    if dest.port is None:
+        listener_ports = _listener_ports(vs, hosts)
         if listener_ports is None:
             found.append(
                 _finding(
@@ -1027,7 +1134,7 @@ def _check_destination(
                     f"port the route applies on ({applies_on}): set destination.port.number",
                 )
             )
-    elif dest.port is not None and dest.port not in numbers:
+    elif dest.port not in numbers:
         found.append(
             _finding(
                 "PF203",
@@ -1060,7 +1167,6 @@ def _check_routes(
 ) -> list[Finding]:
     found: list[Finding] = []
     catch_all: int | None = None
-    ports = _listener_ports(vs, hosts)
     for index, route in enumerate(vs.http):
         here: Path = ("spec", "http", index)
         if catch_all is not None:
@@ -1079,12 +1185,12 @@ def _check_routes(
         for d_index, dest in enumerate(route.destinations):
             found.extend(
                 _check_destination(
-                    dest, (*here, "route", d_index, "destination"), meta, hosts, policies, ports
+                    dest, (*here, "route", d_index, "destination"), meta, hosts, policies, vs
                 )
             )
         if route.mirror is not None:
             found.extend(
-                _check_destination(route.mirror, (*here, "mirror"), meta, hosts, policies, ports)
+                _check_destination(route.mirror, (*here, "mirror"), meta, hosts, policies, vs)
             )
     for index, tcp in enumerate(vs.tcp):
         for d_index, dest in enumerate(tcp.destinations):
@@ -1095,7 +1201,7 @@ def _check_routes(
                     meta,
                     hosts,
                     policies,
-                    ports,
+                    vs,
                 )
             )
     return found

@@ -139,7 +139,10 @@ class HttpRoute:
 
     @property
     def is_catch_all(self) -> bool:
-        return not self.matches or any(m.is_catch_all for m in self.matches)
+        for match in self.matches:
+            if match.is_catch_all:
+                return True
+        return not self.matches
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,14 @@ def labels_match(selector: Labels, labels: Labels) -> bool:
     """True when every pair of ``selector`` is in ``labels`` (an empty selector matches all)."""
     if not selector:
         return True
-    have = dict(labels)
-    return all(have.get(k) == v for k, v in selector)
+    for pair in selector:
+        if pair not in labels:
+            return False  # the label is missing or has another value: the common miss
+    have = dict(labels)  # the last value of a key counts
+    for k, v in selector:  # noqa: SIM110 - a loop, not all() over a generator: on hot paths
+        if have.get(k) != v:
+            return False
+    return True
 
 
 class Protocol(enum.Enum):
