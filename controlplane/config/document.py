@@ -33,7 +33,7 @@ from controlplane.config.istio_schema import KINDS, TOP_LEVEL_FIELDS
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, describe_bytes
 from controlplane.config.report import Reporter
 from controlplane.config.resources import Meta, Resource, Spec
-from controlplane.config.schema import check_message, suggest
+from controlplane.config.schema import check_message, is_clean, suggest
 from controlplane.config.yamlsource import Document, YamlLimitError, YamlSyntaxError, parse
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -333,7 +333,8 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
     if metadata is None:
         report.error("PF104", ("metadata",), "the document has no metadata; add metadata.name")
         return None
-    check_message(metadata, "ObjectMeta", ("metadata",), report)
+    if not is_clean(metadata, "ObjectMeta"):
+        check_message(metadata, "ObjectMeta", ("metadata",), report)
     if report.failed:
         return None
     if name is None:
@@ -354,7 +355,8 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
     if spec is None:
         report.error("PF113", ("spec",), f"a {kind} needs a spec")
         return None
-    check_message(spec, message, ("spec",), report)
+    if not is_clean(spec, message):
+        check_message(spec, message, ("spec",), report)
     if report.failed:
         return None
     converted = _CONVERTERS[kind](spec, namespace, name, report)  # type: ignore[arg-type]
