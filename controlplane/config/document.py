@@ -204,6 +204,11 @@ def read_document(
     findings: list[Finding],
     limits: ConfigLimits = DEFAULT_LIMITS,
 ) -> Resource | None:
+    # Only a document longer than the limit can hold a string over it.
+    if document.size <= limits.max_string_bytes:
+        resource = _read_clean(file, document)
+        if resource is not None:
+            return resource
     data = document.data
     report = Reporter(file, document.index, "")
     try:
@@ -275,6 +280,63 @@ def _too_long(
         f"{describe_bytes(limit)} for one string; shorten it",
     )
     return True
+
+
+_TOP_LEVEL_KEYS = frozenset(TOP_LEVEL_FIELDS)
+
+
+def _read_clean(file: str, document: Document) -> Resource | None:
+    """The resource of a document :func:`_read` would report nothing about, else None.
+
+    The common case, taken in one pass: a kind Pilotfish reads, a valid
+    envelope, a spec :func:`is_clean` accepts and a conversion without
+    findings. None means only "not sure": :func:`_read` then reads the
+    document again, and reports.
+    """
+    data = document.data
+    if type(data) is not dict:
+        return None
+    kind = data.get("kind")
+    if type(kind) is not str or kind not in KINDS:
+        return None
+    versions, message = KINDS[kind]
+    if data.get("apiVersion") not in versions or not data.keys() <= _TOP_LEVEL_KEYS:
+        return None
+    metadata = data.get("metadata")
+    if type(metadata) is not dict or not is_clean(metadata, "ObjectMeta"):
+        return None
+    name = metadata.get("name")
+    if type(name) is not str or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        return None
+    namespace = metadata.get("namespace") or DEFAULT_NAMESPACE
+    if type(namespace) is not str or len(namespace) > 63 or not _DNS_LABEL.match(namespace):
+        return None
+    spec = data.get("spec")
+    if spec is None or not is_clean(spec, message):
+        return None
+    report = Reporter(file, document.index, "")
+    converted = (
+        routing.clean_virtual_service(spec, namespace, name) if kind == "VirtualService" else None
+    )
+    if converted is None:
+        converted = _CONVERTERS[kind](spec, namespace, name, report)
+    annotations = metadata.get("annotations")
+    if annotations and kind == "DestinationRule":
+        converted = policies.annotated_policy(converted, annotations, report)  # type: ignore[arg-type]
+    elif annotations and kind == "Service":
+        converted = services.annotated_service(
+            converted,  # type: ignore[arg-type]
+            annotations,
+            namespace,
+            report,
+        )
+    if report.findings:
+        return None
+    labels = metadata.get("labels") or {}
+    meta = Meta(
+        kind, namespace, name, file, document.index, document.line, tuple(sorted(labels.items()))
+    )
+    return Resource(meta, converted)
 
 
 def _read(data: Any, document: Document, report: Reporter) -> Resource | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from controlplane.config.durations import parse_duration
 from controlplane.config.report import Path, Reporter
-from controlplane.config.services import check_labels
+from controlplane.config.services import check_labels, labels_clean
 from controlplane.config.visibility import export_to
 from controlplane.model import (
     ConnectionPool,
@@ -230,7 +230,8 @@ def destination_rule(
             )
             continue
         first[subset_name] = index
-        check_labels(subset.get("labels"), (*here, "labels"), report)
+        if not labels_clean(subset.get("labels")):
+            check_labels(subset.get("labels"), (*here, "labels"), report)
         policy = subset.get("trafficPolicy")
         subsets.append(
             Subset(

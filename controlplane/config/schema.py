@@ -459,10 +459,9 @@ def _clean_message(value: Any, message: _CleanMessage) -> bool:
                         return False
                 elif not check(element, argument):
                     return False
-    for group in message.oneofs:
-        if sum(value.get(name) is not None for name in group) > 1:
-            return False
-    return True
+    return not any(
+        sum(value.get(name) is not None for name in group) > 1 for group in message.oneofs
+    )
 
 
 _SCALAR_CHECKS: dict[str, tuple[_Checker, Any]] = {
