@@ -130,6 +130,13 @@ _CONVERTERS: dict[str, Callable[[dict[str, Any], str, str, Reporter], Spec]] = {
 }
 
 
+# Converters of the common case, without reporter: None means "not sure" (see _read_clean).
+_CLEAN_CONVERTERS: dict[str, Callable[[dict[str, Any], str, str], Spec | None]] = {
+    "VirtualService": routing.clean_virtual_service,
+    "DestinationRule": policies.clean_destination_rule,
+}
+
+
 def read_text(file: str, text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> FileResult:
     """Parse and validate every document of ``text`` (the content of ``file``)."""
     size = len(text)
@@ -315,9 +322,8 @@ def _read_clean(file: str, document: Document) -> Resource | None:
     if spec is None or not is_clean(spec, message):
         return None
     report = Reporter(file, document.index, "")
-    converted = (
-        routing.clean_virtual_service(spec, namespace, name) if kind == "VirtualService" else None
-    )
+    clean = _CLEAN_CONVERTERS.get(kind)
+    converted = clean(spec, namespace, name) if clean is not None else None
     if converted is None:
         converted = _CONVERTERS[kind](spec, namespace, name, report)
     annotations = metadata.get("annotations")

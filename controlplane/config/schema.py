@@ -448,7 +448,11 @@ def _clean_message(value: Any, message: _CleanMessage) -> bool:
             continue
         check, argument, kind = entry
         if kind == _SINGLE:
-            if not check(item, argument):
+            # Strings are most fields: checked here rather than by a call.
+            if check is _clean_string:
+                if type(item) is not str:
+                    return False
+            elif not check(item, argument):
                 return False
         elif type(item) is not list:
             return False
@@ -459,9 +463,11 @@ def _clean_message(value: Any, message: _CleanMessage) -> bool:
                         return False
                 elif not check(element, argument):
                     return False
-    return not any(
-        sum(value.get(name) is not None for name in group) > 1 for group in message.oneofs
-    )
+    if message.oneofs:
+        return not any(
+            sum(value.get(name) is not None for name in group) > 1 for group in message.oneofs
+        )
+    return True
 
 
 _SCALAR_CHECKS: dict[str, tuple[_Checker, Any]] = {
