@@ -394,8 +394,8 @@ def clean_virtual_service(spec: dict[str, Any], namespace: str, name: str) -> Vi
     hosts = spec.get("hosts")
     if not hosts or spec.get("tcp") or spec.get("exportTo"):
         return None
-    gateways = tuple(_gateway_ref(g, namespace) for g in spec.get("gateways") or ()) or ("mesh",)
-    expanded = tuple(fqdn(host, namespace) for host in hosts)
+    gateways = tuple([_gateway_ref(g, namespace) for g in spec.get("gateways") or ()]) or ("mesh",)
+    expanded = tuple([fqdn(host, namespace) for host in hosts])
     if len(set(expanded)) != len(expanded) or ("*" in hosts and "mesh" in gateways):
         return None
     http: list[HttpRoute] = []
@@ -439,7 +439,7 @@ def _clean_http_route(value: dict[str, Any], namespace: str) -> HttpRoute | None
             return None
         if attempts < 0:
             return None
-        retry_on = tuple(p.strip() for p in (r.get("retryOn") or "").split(",") if p.strip())
+        retry_on = tuple([p.strip() for p in (r.get("retryOn") or "").split(",") if p.strip()])
         retries = Retries(attempts=attempts, per_try_timeout=per_try_timeout, retry_on=retry_on)
     mirror = None
     if (m := value.get("mirror")) is not None:
@@ -550,7 +550,7 @@ def _clean_http_match(value: dict[str, Any], namespace: str) -> HttpMatch | None
         query_params=query_params,
         port=port,
         ignore_uri_case=bool(value.get("ignoreUriCase")),
-        gateways=tuple(_gateway_ref(g, namespace) for g in value.get("gateways") or ()),
+        gateways=tuple([_gateway_ref(g, namespace) for g in value.get("gateways") or ()]),
     )
 
 

@@ -427,6 +427,11 @@ def _clean_map(value: Any, inner: tuple[_Checker, Any, bool]) -> bool:
     if type(value) is not dict:
         return False
     check, argument, none_checked = inner
+    if check is _clean_string:  # map:string (labels, annotations): no call per item
+        for item in value.values():  # noqa: SIM110 - a loop, cheaper than all() of a generator
+            if type(item) is not str:
+                return False
+        return True
     for item in value.values():
         if item is None:
             if none_checked:
@@ -463,10 +468,13 @@ def _clean_message(value: Any, message: _CleanMessage) -> bool:
                         return False
                 elif not check(element, argument):
                     return False
-    if message.oneofs:
-        return not any(
-            sum(value.get(name) is not None for name in group) > 1 for group in message.oneofs
-        )
+    for group in message.oneofs:
+        chosen = 0
+        for name in group:
+            if value.get(name) is not None:
+                chosen += 1
+        if chosen > 1:
+            return False
     return True
 
 
