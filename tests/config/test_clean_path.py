@@ -135,7 +135,7 @@ NEAR_MISSES = [
     doc("VirtualService", ROUTE.replace("timeout: 2s", "timeouts: 2s")),
     doc("VirtualService", ROUTE.replace("timeout: 2s", "corsPolicy: {allowOrigins: []}")),
     doc("VirtualService", ROUTE.replace("weight: 90", "weight: 0").replace("10\n", "0\n")),
-    doc("VirtualService", ROUTE.replace("weight: 90", "weight: -90")),
+    doc("VirtualService", ROUTE.replace("weight: 10\n", "weight: -10\n")),
     doc("VirtualService", ROUTE.replace("hosts: [reviews]", "hosts: [reviews, reviews]")),
     doc("VirtualService", ROUTE.replace("hosts: [reviews]", "hosts: ['*']")),
     doc("VirtualService", ROUTE.replace("{exact: jason}", "{regex: '(?=x)'}")),
@@ -144,7 +144,7 @@ NEAR_MISSES = [
     doc("VirtualService", ROUTE.replace("subset: v2}", "subset: v2, port: {number: 0}}", 1)),
     doc("VirtualService", ROUTE.replace("attempts: 3", "attempts: -1")),
     doc("VirtualService", ROUTE + "exportTo: ['.', '.']\n"),
-    doc("VirtualService", ROUTE + "tls: [{route: []}]\n"),
+    doc("VirtualService", ROUTE + "tls: [{}]\n"),
     doc(
         "VirtualService",
         ROUTE.replace("- route:\n", "- mirrorPercentage: {value: 150}\n  route:\n"),
@@ -194,6 +194,11 @@ NEAR_MISSES = [
         "metadata:", "metadata:\n  annotations: {pilotfish.io/latency-decay: 10s}\n"
     ),
     doc("Gateway", "selector: {istio: ingress}\nservers: []\n"),
+    doc(
+        "Gateway",
+        "servers: [{port: {number: 443, name: https, protocol: HTTP}, hosts: ['*'], "
+        "tls: {mode: SIMPLE}}]\n",
+    ),
 ]
 
 
