@@ -392,11 +392,14 @@ def _clean_string(value: Any, _: Any) -> bool:
 
 def _clean_int(value: Any, bounds: tuple[int, int, bool]) -> bool:
     low, high, text_ok = bounds
-    if type(value) is not int:
-        if not (text_ok and type(value) is str and _INT_TEXT.match(value)):
-            return False
-        value = int(value)
-    return low <= value <= high
+    number: int
+    if type(value) is int:
+        number = value
+    elif text_ok and type(value) is str and _INT_TEXT.match(value):
+        number = int(value)
+    else:
+        return False
+    return low <= number <= high
 
 
 def _clean_bool(value: Any, _: Any) -> bool:
