@@ -383,12 +383,15 @@ _NODE_LINE = re.compile(r"^[ ]*[^ \n#]", re.MULTILINE)
 _MAX_FAST_FLOW = 200
 # Every pattern above looks at one line only and treats the digits 1-9 alike, so a line
 # is judged by its shape (digits 2-9 read as 1), once: a directory repeats a few shapes.
-_SHAPE = str.maketrans("23456789", "11111111")
+# Shapes are bytes (UTF-8), which translate far quicker than text: no byte of a
+# multi-byte character is an ASCII digit or a newline, so lines and shapes are the same.
+_SHAPE = bytes.maketrans(b"23456789", b"11111111")
 _INEXACT_LINE, _FLOW_LINE, _COLON_LINE = 1, 2, 4
-_line_kinds: dict[str, int] = {}
+_line_kinds: dict[bytes, int] = {}
 
 
-def _line_kind(line: str) -> int:
+def _line_kind(shape: bytes) -> int:
+    line = shape.decode("utf-8", "surrogatepass")
     if line.lstrip(" ").startswith("#"):
         # A comment, or text in a quoted or block scalar: a string on both paths.
         kind = 0
@@ -399,7 +402,7 @@ def _line_kind(line: str) -> int:
             | (_COLON_LINE if _COLON_IN_SCALAR.search(line) is not None else 0)
         )
     if len(_line_kinds) < 100_000:
-        _line_kinds[line] = kind
+        _line_kinds[shape] = kind
     return kind
 
 
@@ -409,7 +412,7 @@ def is_fast_exact(text: str) -> bool:
         return False
     kinds = 0
     known = _line_kinds.get
-    for line in set(text.translate(_SHAPE).split("\n")):
+    for line in set(text.encode("utf-8", "surrogatepass").translate(_SHAPE).split(b"\n")):
         kind = known(line)
         kinds |= _line_kind(line) if kind is None else kind
     return not kinds & _INEXACT_LINE and kinds & (_FLOW_LINE | _COLON_LINE) != (
