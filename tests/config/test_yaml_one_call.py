@@ -108,3 +108,10 @@ def test_document_streams_with_markers_in_odd_places_read_the_same_on_both_paths
 
 def test_the_benchmark_file_takes_the_fast_path() -> None:
     assert is_fast_exact(service_file(3))
+
+
+def test_text_beyond_ascii_in_comments_takes_the_fast_path_and_in_values_does_not() -> None:
+    assert is_fast_exact("# café, 2020\u20142026\na: 1\n")
+    assert is_fast_exact("# \ud800\na: 1\n")
+    assert not is_fast_exact("a: café\n")
+    assert not is_fast_exact("# ok\na: 1\u2028\n")
