@@ -134,6 +134,7 @@ _CONVERTERS: dict[str, Callable[[dict[str, Any], str, str, Reporter], Spec]] = {
 _CLEAN_CONVERTERS: dict[str, Callable[[dict[str, Any], str, str], Spec | None]] = {
     "VirtualService": routing.clean_virtual_service,
     "DestinationRule": policies.clean_destination_rule,
+    "WorkloadEntry": services.clean_workload,
 }
 
 
@@ -321,12 +322,14 @@ def _read_clean(file: str, document: Document) -> Resource | None:
     spec = data.get("spec")
     if spec is None or not is_clean(spec, message):
         return None
-    report = Reporter(file, document.index, "")
     clean = _CLEAN_CONVERTERS.get(kind)
     converted = clean(spec, namespace, name) if clean is not None else None
+    annotations = metadata.get("annotations")
+    if converted is not None and not annotations:
+        return Resource(_meta(kind, namespace, name, file, document, metadata), converted)
+    report = Reporter(file, document.index, "")
     if converted is None:
         converted = _CONVERTERS[kind](spec, namespace, name, report)
-    annotations = metadata.get("annotations")
     if annotations and kind == "DestinationRule":
         converted = policies.annotated_policy(converted, annotations, report)  # type: ignore[arg-type]
     elif annotations and kind == "Service":
@@ -338,11 +341,16 @@ def _read_clean(file: str, document: Document) -> Resource | None:
         )
     if report.findings:
         return None
+    return Resource(_meta(kind, namespace, name, file, document, metadata), converted)
+
+
+def _meta(
+    kind: str, namespace: str, name: str, file: str, document: Document, metadata: dict[str, Any]
+) -> Meta:
     labels = metadata.get("labels") or {}
-    meta = Meta(
+    return Meta(
         kind, namespace, name, file, document.index, document.line, tuple(sorted(labels.items()))
     )
-    return Resource(meta, converted)
 
 
 def _read(data: Any, document: Document, report: Reporter) -> Resource | None:

@@ -263,6 +263,37 @@ def workload(
     )
 
 
+def clean_workload(spec: dict[str, Any], namespace: str, name: str) -> WorkloadSpec | None:
+    """:func:`workload` of a WorkloadEntry spec it would report nothing about, else None.
+
+    For a spec the schema check passed; unix addresses are left to :func:`workload`.
+    """
+    address = spec.get("address")
+    if not address or address.startswith(UNIX_PREFIX) or not is_valid_address(address):
+        return None
+    ports = spec.get("ports") or {}
+    for port_name, number in ports.items():
+        if not (
+            type(port_name) is str
+            and _DNS_LABEL.match(port_name)
+            and number is not None
+            and 1 <= number <= 65535
+        ):
+            return None
+    labels = spec.get("labels")
+    weight = spec.get("weight")
+    if (weight is not None and weight < 1) or not labels_clean(labels):
+        return None
+    locality = spec.get("locality")
+    return WorkloadSpec(
+        address=address,
+        ports=tuple(sorted(ports.items())),
+        labels=tuple(sorted((labels or {}).items())),
+        weight=weight or 1,
+        locality=Locality.parse(locality) if locality else _NO_LOCALITY,
+    )
+
+
 def annotated_service(
     service: KubeServiceSpec, annotations: object, namespace: str, report: Reporter
 ) -> KubeServiceSpec:
