@@ -8,6 +8,15 @@ whole is usable only when it has no errors at all (see
 :class:`FileResult.ok`). Everything here depends on the file's text alone,
 so results are cached by content and can be computed in worker processes.
 
+Most documents of a large directory are valid, so :func:`read_document`
+first tries :func:`_read_clean`: one pass over the envelope, the schema's
+clean check (:func:`~controlplane.config.schema.is_clean`) and the kind's
+converter without paths or reporter (``clean_*`` in the kind's module, or
+the converter itself on a scratch reporter). It returns a resource only when
+the exact reading would report nothing at all; on anything else it stands
+aside and :func:`_read` reads the document again and reports, so every
+diagnostic comes from one place (``tests/config/test_clean_path.py``).
+
 The input limits (:class:`~controlplane.config.limits.ConfigLimits`) come
 first: a file, document or string over them is reported and goes no further,
 so no validator ever sees it.
