@@ -8,6 +8,15 @@ whole is usable only when it has no errors at all (see
 :class:`FileResult.ok`). Everything here depends on the file's text alone,
 so results are cached by content and can be computed in worker processes.
 
+Most documents of a large directory are valid, so :func:`read_document`
+first tries :func:`_read_clean`: one pass over the envelope, the schema's
+clean check (:func:`~controlplane.config.schema.is_clean`) and the kind's
+converter without paths or reporter (``clean_*`` in the kind's module, or
+the converter itself on a scratch reporter). It returns a resource only when
+the exact reading would report nothing at all; on anything else it stands
+aside and :func:`_read` reads the document again and reports, so every
+diagnostic comes from one place (``tests/config/test_clean_path.py``).
+
 The input limits (:class:`~controlplane.config.limits.ConfigLimits`) come
 first: a file, document or string over them is reported and goes no further,
 so no validator ever sees it.
@@ -33,7 +42,7 @@ from controlplane.config.istio_schema import KINDS, TOP_LEVEL_FIELDS
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, describe_bytes
 from controlplane.config.report import Reporter
 from controlplane.config.resources import Meta, Resource, Spec
-from controlplane.config.schema import check_message, suggest
+from controlplane.config.schema import check_message, is_clean, suggest
 from controlplane.config.yamlsource import Document, YamlLimitError, YamlSyntaxError, parse
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -130,6 +139,14 @@ _CONVERTERS: dict[str, Callable[[dict[str, Any], str, str, Reporter], Spec]] = {
 }
 
 
+# Converters of the common case, without reporter: None means "not sure" (see _read_clean).
+_CLEAN_CONVERTERS: dict[str, Callable[[dict[str, Any], str, str], Spec | None]] = {
+    "VirtualService": routing.clean_virtual_service,
+    "DestinationRule": policies.clean_destination_rule,
+    "WorkloadEntry": services.clean_workload,
+}
+
+
 def read_text(file: str, text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> FileResult:
     """Parse and validate every document of ``text`` (the content of ``file``)."""
     size = len(text)
@@ -204,6 +221,11 @@ def read_document(
     findings: list[Finding],
     limits: ConfigLimits = DEFAULT_LIMITS,
 ) -> Resource | None:
+    # Only a document longer than the limit can hold a string over it.
+    if document.size <= limits.max_string_bytes:
+        resource = _read_clean(file, document)
+        if resource is not None:
+            return resource
     data = document.data
     report = Reporter(file, document.index, "")
     try:
@@ -277,6 +299,69 @@ def _too_long(
     return True
 
 
+_TOP_LEVEL_KEYS = frozenset(TOP_LEVEL_FIELDS)
+
+
+def _read_clean(file: str, document: Document) -> Resource | None:
+    """The resource of a document :func:`_read` would report nothing about, else None.
+
+    The common case, taken in one pass: a kind Pilotfish reads, a valid
+    envelope, a spec :func:`is_clean` accepts and a conversion without
+    findings. None means only "not sure": :func:`_read` then reads the
+    document again, and reports.
+    """
+    data = document.data
+    if type(data) is not dict:
+        return None
+    kind = data.get("kind")
+    if type(kind) is not str or kind not in KINDS:
+        return None
+    versions, message = KINDS[kind]
+    if data.get("apiVersion") not in versions or not data.keys() <= _TOP_LEVEL_KEYS:
+        return None
+    metadata = data.get("metadata")
+    if type(metadata) is not dict or not is_clean(metadata, "ObjectMeta"):
+        return None
+    name = metadata.get("name")
+    if type(name) is not str or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        return None
+    namespace = metadata.get("namespace") or DEFAULT_NAMESPACE
+    if type(namespace) is not str or len(namespace) > 63 or not _DNS_LABEL.match(namespace):
+        return None
+    spec = data.get("spec")
+    if spec is None or not is_clean(spec, message):
+        return None
+    clean = _CLEAN_CONVERTERS.get(kind)
+    converted = clean(spec, namespace, name) if clean is not None else None
+    annotations = metadata.get("annotations")
+    if converted is not None and not annotations:
+        return Resource(_meta(kind, namespace, name, file, document, metadata), converted)
+    report = Reporter(file, document.index, "")
+    if converted is None:
+        converted = _CONVERTERS[kind](spec, namespace, name, report)
+    if annotations and kind == "DestinationRule":
+        converted = policies.annotated_policy(converted, annotations, report)  # type: ignore[arg-type]
+    elif annotations and kind == "Service":
+        converted = services.annotated_service(
+            converted,  # type: ignore[arg-type]
+            annotations,
+            namespace,
+            report,
+        )
+    if report.findings:
+        return None
+    return Resource(_meta(kind, namespace, name, file, document, metadata), converted)
+
+
+def _meta(
+    kind: str, namespace: str, name: str, file: str, document: Document, metadata: dict[str, Any]
+) -> Meta:
+    labels = metadata.get("labels") or {}
+    return Meta(
+        kind, namespace, name, file, document.index, document.line, tuple(sorted(labels.items()))
+    )
+
+
 def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
     if not isinstance(data, dict):
         report.error("PF101", (), "a document must be a mapping with apiVersion, kind and metadata")
@@ -333,7 +418,8 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
     if metadata is None:
         report.error("PF104", ("metadata",), "the document has no metadata; add metadata.name")
         return None
-    check_message(metadata, "ObjectMeta", ("metadata",), report)
+    if not is_clean(metadata, "ObjectMeta"):
+        check_message(metadata, "ObjectMeta", ("metadata",), report)
     if report.failed:
         return None
     if name is None:
@@ -354,7 +440,8 @@ def _read(data: Any, document: Document, report: Reporter) -> Resource | None:
     if spec is None:
         report.error("PF113", ("spec",), f"a {kind} needs a spec")
         return None
-    check_message(spec, message, ("spec",), report)
+    if not is_clean(spec, message):
+        check_message(spec, message, ("spec",), report)
     if report.failed:
         return None
     converted = _CONVERTERS[kind](spec, namespace, name, report)  # type: ignore[arg-type]

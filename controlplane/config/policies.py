@@ -20,9 +20,10 @@ from typing import Any
 
 from controlplane.config.durations import parse_duration
 from controlplane.config.report import Path, Reporter
-from controlplane.config.services import check_labels
+from controlplane.config.services import check_labels, labels_clean
 from controlplane.config.visibility import export_to
 from controlplane.model import (
+    EXPORTED_EVERYWHERE,
     ConnectionPool,
     ConsistentHash,
     DestinationPolicy,
@@ -70,7 +71,8 @@ def _check_warmup(value: Any, path: Path, report: Reporter) -> None:
 
 
 def _load_balancer(value: dict[str, Any], path: Path, report: Reporter) -> LoadBalancer | None:
-    _check_warmup(value.get("warmup"), (*path, "warmup"), report)
+    if (warmup := value.get("warmup")) is not None:
+        _check_warmup(warmup, (*path, "warmup"), report)
     simple = value.get("simple")
     hashing = value.get("consistentHash")
     if hashing is not None:
@@ -201,7 +203,7 @@ def traffic_policy(value: dict[str, Any], path: Path, report: Reporter) -> Traff
         outlier_detection=_outlier(value["outlierDetection"], (*path, "outlierDetection"), report)
         if value.get("outlierDetection")
         else None,
-        port_level=tuple(sorted(levels, key=lambda p: p.port)),
+        port_level=tuple(sorted(levels, key=lambda p: p.port)) if levels else (),
     )
 
 
@@ -230,7 +232,8 @@ def destination_rule(
             )
             continue
         first[subset_name] = index
-        check_labels(subset.get("labels"), (*here, "labels"), report)
+        if not labels_clean(subset.get("labels")):
+            check_labels(subset.get("labels"), (*here, "labels"), report)
         policy = subset.get("trafficPolicy")
         subsets.append(
             Subset(
@@ -252,6 +255,56 @@ def destination_rule(
         subsets=tuple(subsets),
         export_to=_rule_export_to(spec, namespace, report),
     )
+
+
+def clean_destination_rule(
+    spec: dict[str, Any], namespace: str, name: str
+) -> DestinationPolicy | None:
+    """:func:`destination_rule` of a spec it would report nothing about, else None ("not sure").
+
+    For a spec the schema check passed: one pass without paths; exportTo is left to
+    :func:`destination_rule`.
+    """
+    host = spec.get("host")
+    if not host or spec.get("exportTo"):
+        return None
+    subsets: list[Subset] = []
+    names: set[str] = set()
+    for subset in spec.get("subsets") or ():
+        subset_name = subset.get("name") if subset else None
+        if not subset_name or subset_name in names:
+            return None
+        names.add(subset_name)
+        labels = subset.get("labels")
+        policy = subset.get("trafficPolicy")
+        traffic = _clean_traffic_policy(policy) if policy else None
+        if not labels_clean(labels) or (policy and traffic is None):
+            return None
+        subsets.append(
+            Subset(
+                name=subset_name,
+                labels=tuple(sorted((labels or {}).items())),
+                traffic_policy=traffic,
+            )
+        )
+    policy = spec.get("trafficPolicy")
+    traffic = _clean_traffic_policy(policy) if policy else TrafficPolicy()
+    if traffic is None:
+        return None
+    return DestinationPolicy(
+        host=fqdn(host, namespace),
+        namespace=namespace,
+        name=name,
+        traffic_policy=traffic,
+        subsets=tuple(subsets),
+        export_to=EXPORTED_EVERYWHERE,
+    )
+
+
+def _clean_traffic_policy(value: dict[str, Any]) -> TrafficPolicy | None:
+    report = Reporter("", 0, "")
+    policy = traffic_policy(value, (), report)
+    return None if report.findings else policy
 
 
 def _rule_export_to(spec: dict[str, Any], namespace: str, report: Reporter) -> ExportTo:

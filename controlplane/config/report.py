@@ -31,4 +31,4 @@ class Reporter:
 
     @property
     def failed(self) -> bool:
-        return any(f.is_error for f in self.findings)
+        return bool(self.findings) and any(f.is_error for f in self.findings)

@@ -20,6 +20,7 @@ from controlplane.config.durations import parse_duration
 from controlplane.config.report import Path, Reporter
 from controlplane.config.visibility import export_to
 from controlplane.model import (
+    EXPORTED_EVERYWHERE,
     Abort,
     Delay,
     Fault,
@@ -95,9 +96,12 @@ def _match_map(
     return tuple(out)
 
 
+_NO_HEADER_OPERATIONS = HeaderOperations()
+
+
 def header_operations(value: dict[str, Any] | None) -> HeaderOperations:
     if not value:
-        return HeaderOperations()
+        return _NO_HEADER_OPERATIONS
     return HeaderOperations(
         set=tuple(sorted((k.lower(), str(v)) for k, v in (value.get("set") or {}).items())),
         add=tuple(sorted((k.lower(), str(v)) for k, v in (value.get("add") or {}).items())),
@@ -374,3 +378,199 @@ def virtual_service(
             spec.get("exportTo") or (), namespace, ("spec", "exportTo"), report, allow_nobody=False
         ),
     )
+
+
+# The common case in one pass. Each clean_* function below returns what its
+# counterpart above returns for a value the schema check passed, when that
+# counterpart would report nothing; on anything else (or anything rare: tcp
+# routes, redirects, faults, exportTo) it returns None, "not sure", and the
+# caller converts with the functions above, which report.
+
+_MATCH_KINDS = {kind.value: kind for kind in StringMatchKind}
+
+
+def clean_virtual_service(spec: dict[str, Any], namespace: str, name: str) -> VirtualService | None:
+    """:func:`virtual_service` of a spec it would report nothing about, else None."""
+    hosts = spec.get("hosts")
+    if not hosts or spec.get("tcp") or spec.get("exportTo"):
+        return None
+    gateways = tuple([_gateway_ref(g, namespace) for g in spec.get("gateways") or ()]) or ("mesh",)
+    expanded = tuple([fqdn(host, namespace) for host in hosts])
+    if len(set(expanded)) != len(expanded) or ("*" in hosts and "mesh" in gateways):
+        return None
+    http: list[HttpRoute] = []
+    for rule in spec.get("http") or ():
+        route = _clean_http_route(rule, namespace) if rule else None
+        if route is None:
+            return None
+        http.append(route)
+    return VirtualService(
+        namespace=namespace,
+        name=name,
+        hosts=expanded,
+        gateways=gateways,
+        http=tuple(http),
+        tcp=(),
+        export_to=EXPORTED_EVERYWHERE,
+    )
+
+
+def _clean_http_route(value: dict[str, Any], namespace: str) -> HttpRoute | None:
+    routes = value.get("route")
+    if not routes or value.get("redirect") is not None or value.get("fault"):
+        return None
+    destinations = _clean_weighted(routes, namespace)
+    if destinations is None:
+        return None
+    matches: list[HttpMatch] = []
+    for item in value.get("match") or ():
+        match = _clean_http_match(item or {}, namespace)
+        if match is None:
+            return None
+        matches.append(match)
+    retries = None
+    if (r := value.get("retries")) is not None:
+        attempts = r.get("attempts") or 0
+        per_try_timeout = r.get("perTryTimeout")
+        if (
+            per_try_timeout is not None
+            and (per_try_timeout := parse_duration(per_try_timeout)) is None
+        ):
+            return None
+        if attempts < 0:
+            return None
+        retry_on = tuple([p.strip() for p in (r.get("retryOn") or "").split(",") if p.strip()])
+        retries = Retries(attempts=attempts, per_try_timeout=per_try_timeout, retry_on=retry_on)
+    mirror = None
+    if (m := value.get("mirror")) is not None:
+        dest = _clean_destination(m, namespace)
+        if dest is None:
+            return None
+        mirror = RouteDestination(host=dest[0], subset=dest[1], port=dest[2])
+    rewrite = None
+    if (rw := value.get("rewrite")) is not None:
+        rewrite = Rewrite(uri=rw.get("uri"), authority=rw.get("authority"))
+    timeout = value.get("timeout")
+    if timeout is not None and (timeout := parse_duration(timeout)) is None:
+        return None
+    mirror_percentage = None
+    if (percent := value.get("mirrorPercentage")) is not None:
+        mirror_percentage = float(percent.get("value") or 0.0)
+        if not 0.0 <= mirror_percentage <= 100.0:
+            return None
+    headers = value.get("headers") or {}
+    return HttpRoute(
+        name=value.get("name") or "",
+        matches=tuple(matches),
+        destinations=destinations,
+        redirect=None,
+        rewrite=rewrite,
+        timeout=timeout,
+        retries=retries,
+        fault=None,
+        mirror=mirror,
+        mirror_percentage=mirror_percentage,
+        request_headers=header_operations(headers.get("request")),
+        response_headers=header_operations(headers.get("response")),
+    )
+
+
+def _clean_weighted(
+    routes: list[dict[str, Any]], namespace: str
+) -> tuple[RouteDestination, ...] | None:
+    out: list[RouteDestination] = []
+    total = 0
+    single = len(routes) == 1
+    for item in routes:
+        dest = _clean_destination(item.get("destination"), namespace) if item else None
+        if dest is None:
+            return None
+        weight = item.get("weight")
+        if weight is None:
+            weight = 100 if single else 0
+        elif weight < 0:
+            return None
+        total += weight
+        headers = item.get("headers") or {}
+        out.append(
+            RouteDestination(
+                host=dest[0],
+                subset=dest[1],
+                port=dest[2],
+                weight=weight,
+                request_headers=header_operations(headers.get("request")),
+                response_headers=header_operations(headers.get("response")),
+            )
+        )
+    if not single and not 0 < total <= MAX_TOTAL_WEIGHT:
+        return None
+    return tuple(out)
+
+
+def _clean_destination(
+    value: dict[str, Any] | None, namespace: str
+) -> tuple[str, str | None, int | None] | None:
+    if not value or not value.get("host"):
+        return None
+    port = (value.get("port") or {}).get("number")
+    if port is not None and not 1 <= port <= 65535:
+        return None
+    return fqdn(value["host"], namespace), value.get("subset") or None, port
+
+
+def _clean_http_match(value: dict[str, Any], namespace: str) -> HttpMatch | None:
+    single: list[StringMatch | None] = []
+    for key in ("uri", "scheme", "method", "authority"):
+        item = value.get(key)
+        parsed = _clean_string_match(item) if item is not None else None
+        if item is not None and parsed is None:
+            return None
+        single.append(parsed)
+    headers = _clean_match_map(value.get("headers"), lower=True)
+    query_params = _clean_match_map(value.get("queryParams"), lower=False)
+    if headers is None or query_params is None:
+        return None
+    without: list[tuple[str, StringMatch | None]] = []
+    for header, match in sorted((value.get("withoutHeaders") or {}).items()):
+        parsed = _clean_string_match(match) if match else None
+        if match and parsed is None:
+            return None
+        without.append((header.lower(), parsed))
+    port = value.get("port")
+    if port is not None and not 1 <= port <= 65535:
+        return None
+    return HttpMatch(
+        name=value.get("name") or "",
+        uri=single[0],
+        scheme=single[1],
+        method=single[2],
+        authority=single[3],
+        headers=headers,
+        without_headers=tuple(without),
+        query_params=query_params,
+        port=port,
+        ignore_uri_case=bool(value.get("ignoreUriCase")),
+        gateways=tuple([_gateway_ref(g, namespace) for g in value.get("gateways") or ()]),
+    )
+
+
+def _clean_match_map(
+    value: dict[str, Any] | None, *, lower: bool
+) -> tuple[tuple[str, StringMatch], ...] | None:
+    out: list[tuple[str, StringMatch]] = []
+    for name, match in sorted((value or {}).items()):
+        parsed = _clean_string_match(match) if match else None
+        if parsed is None:
+            return None
+        out.append((name.lower() if lower else name, parsed))
+    return tuple(out)
+
+
+def _clean_string_match(value: dict[str, Any]) -> StringMatch | None:
+    for kind in ("exact", "prefix", "regex"):
+        text = value.get(kind)
+        if text is not None:
+            if kind == "regex" and regex_error(text) is not None:
+                return None
+            return StringMatch(_MATCH_KINDS[kind], text)
+    return None

@@ -16,12 +16,21 @@ in :mod:`controlplane.config.istio_schema` and reports
 ``SUPPORTED`` lists, per message, the fields Pilotfish acts on. Below a field
 that is not acted on, types are still checked but no further warnings are
 given: one warning per ignored subtree is enough.
+
+Almost every document of a large directory is clean, so :func:`is_clean`
+answers first whether :func:`check_message` would find anything at all, from
+tables compiled once per message (field -> checker, without the fields that
+would be warned about or that ask for TLS). It only ever says yes when the
+walk would report nothing; at the first thing it is not sure of it says no,
+and the caller runs the walk, which produces every finding. Diagnostics come
+from one place only.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from typing import Any
 
 from controlplane.config.durations import parse_duration
@@ -357,3 +366,180 @@ def _check_value(value: Any, type_: str, path: Path, report: Reporter, *, warn: 
                 _check_value(item, inner, (*path, key), report, warn=warn)
     else:  # pragma: no cover - the table is closed, see tests/config/test_istio_schema.py
         raise AssertionError(f"unknown schema type {type_!r}")
+
+
+# The clean check: one table per message, compiled from MESSAGES and SUPPORTED.
+# A field's entry is (checker, argument, list kind); a checker says whether a
+# value would pass _check_value without a finding.
+_SINGLE, _MESSAGE_LIST, _SCALAR_LIST = 0, 1, 2
+_Checker = Callable[[Any, Any], bool]
+_Entry = tuple[_Checker, Any, int]
+
+
+class _CleanMessage:
+    """What :func:`is_clean` needs of one message: its checked fields and oneof groups."""
+
+    __slots__ = ("fields", "oneofs")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, _Entry] = {}
+        self.oneofs: tuple[tuple[str, ...], ...] = ()
+
+
+def _clean_string(value: Any, _: Any) -> bool:
+    return type(value) is str
+
+
+def _clean_int(value: Any, bounds: tuple[int, int, bool]) -> bool:
+    low, high, text_ok = bounds
+    number: int
+    if type(value) is int:
+        number = value
+    elif text_ok and type(value) is str and _INT_TEXT.match(value):
+        number = int(value)
+    else:
+        return False
+    return low <= number <= high
+
+
+def _clean_bool(value: Any, _: Any) -> bool:
+    return type(value) is bool
+
+
+def _clean_number(value: Any, _: Any) -> bool:
+    return type(value) is float or type(value) is int
+
+
+def _clean_duration(value: Any, _: Any) -> bool:
+    return type(value) is str and parse_duration(value) is not None
+
+
+def _clean_int_or_string(value: Any, _: Any) -> bool:
+    return type(value) is int or type(value) is str
+
+
+def _clean_struct(value: Any, _: Any) -> bool:
+    return True
+
+
+def _clean_enum(value: Any, allowed: frozenset[str]) -> bool:
+    return type(value) is str and value in allowed
+
+
+def _clean_map(value: Any, inner: tuple[_Checker, Any, bool]) -> bool:
+    if type(value) is not dict:
+        return False
+    check, argument, none_checked = inner
+    if check is _clean_string:  # map:string (labels, annotations): no call per item
+        for item in value.values():  # noqa: SIM110 - a loop, cheaper than all() of a generator
+            if type(item) is not str:
+                return False
+        return True
+    for item in value.values():
+        if item is None:
+            if none_checked:
+                return False
+        elif not check(item, argument):
+            return False
+    return True
+
+
+def _clean_message(value: Any, message: _CleanMessage) -> bool:
+    if type(value) is not dict:
+        return False
+    fields = message.fields
+    for name, item in value.items():
+        entry = fields.get(name)
+        if entry is None:
+            return False
+        if item is None:
+            continue
+        check, argument, kind = entry
+        if kind == _SINGLE:
+            # Strings are most fields: checked here rather than by a call.
+            if check is _clean_string:
+                if type(item) is not str:
+                    return False
+            elif not check(item, argument):
+                return False
+        elif type(item) is not list:
+            return False
+        else:
+            for element in item:
+                if element is None:
+                    if kind == _SCALAR_LIST:
+                        return False
+                elif not check(element, argument):
+                    return False
+    if len(value) < 2:
+        return True  # two fields of a oneof need two keys
+    for group in message.oneofs:
+        chosen = 0
+        for name in group:
+            if value.get(name) is not None:
+                chosen += 1
+        if chosen > 1:
+            return False
+    return True
+
+
+_SCALAR_CHECKS: dict[str, tuple[_Checker, Any]] = {
+    "string": (_clean_string, None),
+    "bool": (_clean_bool, None),
+    "double": (_clean_number, None),
+    "float": (_clean_number, None),
+    "duration": (_clean_duration, None),
+    "int-or-string": (_clean_int_or_string, None),
+    "struct": (_clean_struct, None),
+    **{
+        name: (_clean_int, (low, high, name.endswith("64")))
+        for name, (low, high) in _INT_RANGES.items()
+    },
+}
+
+
+def _compile_type(type_: str, tables: dict[str, _CleanMessage]) -> tuple[_Checker, Any]:
+    if type_ in _SCALAR_CHECKS:
+        return _SCALAR_CHECKS[type_]
+    if type_.startswith("enum:"):
+        return _clean_enum, frozenset(ENUMS[type_[5:]])
+    if type_.startswith("message:"):
+        return _clean_message, tables[type_[8:]]
+    if type_.startswith("map:"):
+        inner = type_[4:]
+        return _clean_map, (*_compile_type(inner, tables), inner == "string")
+    raise AssertionError(f"unknown schema type {type_!r}")  # pragma: no cover
+
+
+def _compile_tables() -> dict[str, _CleanMessage]:
+    tables = {message: _CleanMessage() for message in MESSAGES}
+    for message, fields in MESSAGES.items():
+        table = tables[message]
+        supported = SUPPORTED.get(message, frozenset())
+        for name, spec in fields.items():
+            # Left out, so that is_clean says no: fields that would be warned about, and
+            # the one field name whose value can ask for TLS.
+            if name == "tls" or not (supported is _ALL or name in supported):
+                continue
+            check, argument = _compile_type(spec.type, tables)
+            kind = _SINGLE
+            if spec.repeated:
+                kind = _MESSAGE_LIST if spec.type.startswith("message:") else _SCALAR_LIST
+            table.fields[name] = (check, argument, kind)
+        groups: dict[str, list[str]] = {}
+        for name, spec in fields.items():
+            if spec.oneof is not None:
+                groups.setdefault(spec.oneof, []).append(name)
+        table.oneofs = tuple(tuple(names) for names in groups.values())
+    return tables
+
+
+_CLEAN_TABLES = _compile_tables()
+
+
+def is_clean(value: Any, message: str) -> bool:
+    """Whether ``check_message(value, message, ...)`` (with warnings) would report nothing.
+
+    False means "not sure": the caller runs :func:`check_message` for the findings.
+    """
+    return _clean_message(value, _CLEAN_TABLES[message])

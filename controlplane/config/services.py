@@ -54,6 +54,37 @@ _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 UNIX_PREFIX = "unix://"
+_NO_LOCALITY = Locality()
+
+
+_LABEL_KEYS_SEEN: set[str] = set()  # valid label keys met so far (few distinct ones: app, version)
+_MAX_LABEL_KEYS_SEEN = 4096
+
+
+def _label_key_ok(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    valid = bool(_LABEL_NAME.match(name)) and (not prefix or bool(_HOSTNAME.match(prefix)))
+    if valid and len(_LABEL_KEYS_SEEN) < _MAX_LABEL_KEYS_SEEN:
+        _LABEL_KEYS_SEEN.add(key)
+    return valid
+
+
+def labels_clean(labels: Any) -> bool:
+    """Whether :func:`check_labels` (selector or not) would report nothing about ``labels``.
+
+    A valid label name or value has no ``*``, so one answer covers selectors too.
+    """
+    if not isinstance(labels, dict):
+        return True
+    for key, value in labels.items():
+        if not (
+            type(key) is str
+            and type(value) is str
+            and _LABEL_VALUE.match(value)
+            and (key in _LABEL_KEYS_SEEN or _label_key_ok(key))
+        ):
+            return False
+    return True
 
 
 def check_labels(labels: Any, path: Path, report: Reporter, *, selector: bool = False) -> None:
@@ -167,7 +198,8 @@ def kube_service(spec: dict[str, Any], report: Reporter) -> KubeServiceSpec:
             )
         )
     selector = spec.get("selector")
-    check_labels(selector, ("spec", "selector"), report, selector=True)
+    if not labels_clean(selector):
+        check_labels(selector, ("spec", "selector"), report, selector=True)
     return KubeServiceSpec(
         selector=tuple(sorted(selector.items())) if selector else None,
         ports=tuple(ports),
@@ -205,18 +237,60 @@ def workload(
         report.error("PF114", (*path, "address"), f"{address!r} is not an IP address or host name")
     ports = spec.get("ports") or {}
     for name, number in ports.items():
-        check_port_name(name, (*path, "ports", name), report)
-        _check_port(number, (*path, "ports", name), report)
-    check_labels(spec.get("labels"), (*path, "labels"), report)
+        if (
+            type(name) is str
+            and _DNS_LABEL.match(name)
+            and number is not None
+            and 1 <= number <= 65535
+        ):
+            continue  # the common case: nothing to report, no path to build
+        here = (*path, "ports", name)
+        check_port_name(name, here, report)
+        _check_port(number, here, report)
+    labels = spec.get("labels")
+    if not labels_clean(labels):
+        check_labels(labels, (*path, "labels"), report)
     weight = spec.get("weight")
     if weight is not None and weight < 1:
         report.error("PF114", (*path, "weight"), "a weight must be at least 1 (omit it for 1)")
+    locality = spec.get("locality")
     return WorkloadSpec(
         address=address,
         ports=tuple(sorted(ports.items())),
-        labels=tuple(sorted((spec.get("labels") or {}).items())),
+        labels=tuple(sorted((labels or {}).items())),
         weight=weight or 1,
-        locality=Locality.parse(spec.get("locality") or ""),
+        locality=Locality.parse(locality) if locality else _NO_LOCALITY,
+    )
+
+
+def clean_workload(spec: dict[str, Any], namespace: str, name: str) -> WorkloadSpec | None:
+    """:func:`workload` of a WorkloadEntry spec it would report nothing about, else None.
+
+    For a spec the schema check passed; unix addresses are left to :func:`workload`.
+    """
+    address = spec.get("address")
+    if not address or address.startswith(UNIX_PREFIX) or not is_valid_address(address):
+        return None
+    ports = spec.get("ports") or {}
+    for port_name, number in ports.items():
+        if not (
+            type(port_name) is str
+            and _DNS_LABEL.match(port_name)
+            and number is not None
+            and 1 <= number <= 65535
+        ):
+            return None
+    labels = spec.get("labels")
+    weight = spec.get("weight")
+    if (weight is not None and weight < 1) or not labels_clean(labels):
+        return None
+    locality = spec.get("locality")
+    return WorkloadSpec(
+        address=address,
+        ports=tuple(sorted(ports.items())),
+        labels=tuple(sorted((labels or {}).items())),
+        weight=weight or 1,
+        locality=Locality.parse(locality) if locality else _NO_LOCALITY,
     )
 
 

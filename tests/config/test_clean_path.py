@@ -1,0 +1,230 @@
+"""The clean path of reading a document agrees with the exact one, or stands aside.
+
+``document._read_clean`` (with ``schema.is_clean`` and the ``clean_*``
+converters) reads the common, valid document in one pass; ``document._read``
+is the exact path that reports. The clean path may say "not sure" (None) as
+often as it likes, but when it returns a resource, the exact path must give
+the same resource and report nothing at all, not even a warning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench.config_scale import service_file, six_file
+from controlplane.config import document as document_module
+from controlplane.config.diagnostics import Finding
+from controlplane.config.document import read_text
+from controlplane.config.istio_schema import KINDS, MESSAGES
+from controlplane.config.report import Reporter
+from controlplane.config.resources import Resource
+from controlplane.config.schema import check_message, is_clean
+from controlplane.config.yamlsource import Document, parse
+from tests.config.helpers import dedent, doc
+from tests.config.test_fuzz import DOCUMENTS, FUZZ, mutated_documents, resources, structures
+
+BENCH_DOCUMENTS = [d.data for text in (service_file(7), six_file(3)) for d in parse(text)]
+
+
+def exact(document: Document) -> tuple[Resource | None, list[Finding]]:
+    report = Reporter("f.yaml", document.index, "")
+    resource = document_module._read(document.data, document, report)
+    return resource, report.findings
+
+
+def assert_agrees(documents: list[Any]) -> int:
+    """The clean read of each document is the exact one, when there is one; how many there were."""
+    taken = 0
+    for document in parse(yaml.safe_dump_all(documents, sort_keys=False)):
+        clean = document_module._read_clean("f.yaml", document)
+        if clean is not None:
+            assert exact(document) == (clean, [])
+            taken += 1
+    return taken
+
+
+def test_the_clean_path_reads_every_valid_example_as_the_exact_path_does() -> None:
+    documents = DOCUMENTS + BENCH_DOCUMENTS
+    assert assert_agrees(documents) == len(documents)
+
+
+@FUZZ
+@given(st.lists(mutated_documents(), min_size=1, max_size=3))
+def test_mutated_examples_read_clean_only_as_the_exact_path_reads_them(
+    documents: list[Any],
+) -> None:
+    assert_agrees(documents)
+
+
+@FUZZ
+@given(st.lists(resources, min_size=1, max_size=3))
+def test_resource_shaped_documents_read_clean_only_as_the_exact_path_reads_them(
+    documents: list[Any],
+) -> None:
+    assert_agrees(documents)
+
+
+@FUZZ
+@given(st.sampled_from(sorted(MESSAGES)), structures)
+def test_is_clean_only_when_check_message_reports_nothing(message: str, value: Any) -> None:
+    report = Reporter("f.yaml", 0, "")
+    check_message(value, message, ("spec",), report)
+    if is_clean(value, message):
+        assert report.findings == []
+
+
+def test_is_clean_accepts_the_specs_of_the_examples() -> None:
+    for data in DOCUMENTS + BENCH_DOCUMENTS:
+        assert is_clean(data["metadata"], "ObjectMeta")
+        assert is_clean(data["spec"], KINDS[data["kind"]][1]), data
+
+
+ROUTE = dedent(
+    """
+    hosts: [reviews]
+    http:
+    - match:
+      - headers: {end-user: {exact: jason}}
+        uri: {prefix: /api}
+      route:
+      - destination: {host: reviews, subset: v2}
+    - route:
+      - destination: {host: reviews, subset: v1}
+        weight: 90
+      - destination: {host: reviews, subset: v2}
+        weight: 10
+      timeout: 2s
+      retries: {attempts: 3, perTryTimeout: 500ms}
+    """
+)
+RULE = dedent(
+    """
+    host: reviews
+    trafficPolicy:
+      loadBalancer: {simple: LEAST_REQUEST}
+      connectionPool: {tcp: {maxConnections: 100}}
+    subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}}
+    """
+)
+WORKLOAD = dedent(
+    """
+    address: 10.0.0.1
+    labels: {app: reviews, version: v1}
+    ports: {http: 9080}
+    """
+)
+SERVICE = dedent(
+    """
+    selector: {app: reviews}
+    ports:
+    - {name: http, port: 9080, targetPort: 9080}
+    """
+)
+
+# Each a small step away from a clean document, into something the exact path reports
+# (an error or a warning): the clean path must stand aside for every one.
+NEAR_MISSES = [
+    doc("VirtualService", ROUTE.replace("timeout: 2s", "timeout: 2 s")),
+    doc("VirtualService", ROUTE.replace("timeout: 2s", "timeouts: 2s")),
+    doc("VirtualService", ROUTE.replace("timeout: 2s", "corsPolicy: {allowOrigins: []}")),
+    doc("VirtualService", ROUTE.replace("weight: 90", "weight: 0").replace("10\n", "0\n")),
+    doc("VirtualService", ROUTE.replace("weight: 10\n", "weight: -10\n")),
+    doc("VirtualService", ROUTE.replace("hosts: [reviews]", "hosts: [reviews, reviews]")),
+    doc("VirtualService", ROUTE.replace("hosts: [reviews]", "hosts: ['*']")),
+    doc("VirtualService", ROUTE.replace("{exact: jason}", "{regex: '(?=x)'}")),
+    doc("VirtualService", ROUTE.replace("{exact: jason}", "{exact: a, prefix: b}")),
+    doc("VirtualService", ROUTE.replace("{exact: jason}", "{}")),
+    doc("VirtualService", ROUTE.replace("subset: v2}", "subset: v2, port: {number: 0}}", 1)),
+    doc("VirtualService", ROUTE.replace("attempts: 3", "attempts: -1")),
+    doc("VirtualService", ROUTE + "exportTo: ['.', '.']\n"),
+    doc("VirtualService", ROUTE + "tls: [{}]\n"),
+    doc(
+        "VirtualService",
+        ROUTE.replace("- route:\n", "- mirrorPercentage: {value: 150}\n  route:\n"),
+    ),
+    doc("DestinationRule", RULE.replace("LEAST_REQUEST", "LEAST_REQUESTS")),
+    doc("DestinationRule", RULE.replace("{name: v2,", "{name: v1,")),
+    doc("DestinationRule", RULE.replace("version: v2", "version: v2*")),
+    doc(
+        "DestinationRule",
+        RULE.replace(
+            "connectionPool: {tcp: {maxConnections: 100}}",
+            "outlierDetection: {maxEjectionPercent: 150}",
+        ),
+    ),
+    doc(
+        "DestinationRule",
+        RULE.replace("trafficPolicy:\n", "trafficPolicy:\n  tls: {mode: SIMPLE}\n"),
+    ),
+    doc(
+        "DestinationRule",
+        RULE.replace(
+            "labels: {version: v2}}", "labels: {version: v2}, trafficPolicy: {tls: {mode: SIMPLE}}}"
+        ),
+    ),
+    doc("DestinationRule", RULE + "exportTo: ['~']\n"),
+    doc("WorkloadEntry", WORKLOAD.replace("10.0.0.1", "10.0.0.1/8")),
+    doc("WorkloadEntry", WORKLOAD.replace("10.0.0.1", "")),
+    doc("WorkloadEntry", WORKLOAD.replace("http: 9080", "Http: 9080")),
+    doc("WorkloadEntry", WORKLOAD.replace("http: 9080", "http: 0")),
+    doc("WorkloadEntry", WORKLOAD.replace("version: v1", "version: -v1")),
+    doc("WorkloadEntry", WORKLOAD.replace("app: reviews", "a/b/c: reviews")),
+    doc("WorkloadEntry", WORKLOAD + "weight: 0\n"),
+    doc("WorkloadEntry", WORKLOAD + "network: west\n"),
+    doc("Service", SERVICE.replace("name: http, ", "") + "- {port: 9081}\n", api="v1"),
+    doc("Service", SERVICE.replace("reviews", "'*'"), api="v1"),
+    doc("Service", SERVICE.replace("port: 9080,", "port: 70000,"), api="v1"),
+    doc("Service", SERVICE.replace("targetPort: 9080", "nodePort: 30000"), api="v1"),
+    doc("Service", SERVICE, name="Reviews", api="v1"),
+    doc("Service", SERVICE, namespace="a_b", api="v1"),
+    doc("Service", SERVICE, api="networking.istio.io/v1"),
+    doc("Service", SERVICE, api="v1").replace("metadata:", "metadata:\n  uid: 7\n"),
+    doc("Service", SERVICE, api="v1").replace("metadata:", "extra: 1\nmetadata:"),
+    doc("Service", SERVICE, api="v1").replace(
+        "metadata:", "metadata:\n  annotations: {networking.istio.io/exportTo: '~, *'}\n"
+    ),
+    doc("DestinationRule", RULE).replace(
+        "metadata:", "metadata:\n  annotations: {pilotfish.io/latency-decay: 10s}\n"
+    ),
+    doc("Gateway", "selector: {istio: ingress}\nservers: []\n"),
+    doc(
+        "Gateway",
+        "servers: [{port: {number: 443, name: https, protocol: HTTP}, hosts: ['*'], "
+        "tls: {mode: SIMPLE}}]\n",
+    ),
+]
+
+
+def test_the_near_misses_start_from_documents_the_clean_path_takes() -> None:
+    for kind, spec, api in [
+        ("VirtualService", ROUTE, None),
+        ("DestinationRule", RULE, None),
+        ("WorkloadEntry", WORKLOAD, None),
+        ("Service", SERVICE, "v1"),
+    ]:
+        (document,) = parse(doc(kind, spec, **({"api": api} if api else {})))
+        assert document_module._read_clean("f.yaml", document) is not None
+
+
+@pytest.mark.parametrize("text", NEAR_MISSES, ids=range(len(NEAR_MISSES)))
+def test_the_clean_path_stands_aside_for_anything_the_exact_path_reports(text: str) -> None:
+    (document,) = parse(dedent(text))
+    assert exact(document)[1] != []
+    assert document_module._read_clean("f.yaml", document) is None
+
+
+@pytest.mark.parametrize("text", NEAR_MISSES, ids=range(len(NEAR_MISSES)))
+def test_read_text_reports_as_the_exact_path_alone_does(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_clean_path = read_text("f.yaml", dedent(text))
+    monkeypatch.setattr(document_module, "_read_clean", lambda file, document: None)
+    assert with_clean_path == read_text("f.yaml", dedent(text))
+    assert with_clean_path.findings != ()
