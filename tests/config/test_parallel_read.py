@@ -13,7 +13,13 @@ from structlog.testing import capture_logs
 from controlplane.config import parallel_read
 from controlplane.config.files import scan
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits
-from controlplane.config.parallel_read import MIN_FILES, Reader, cores_available, read_files
+from controlplane.config.parallel_read import (
+    MIN_FILES,
+    FilesRead,
+    Reader,
+    cores_available,
+    read_files,
+)
 from controlplane.config.store import ConfigStore, FileVersion, _read, validate_directory
 
 FILES = MIN_FILES + 44
@@ -88,6 +94,12 @@ def test_a_helper_reads_part_of_the_files_and_the_results_equal_reading_alone(
     assert alone.by_helper == 0
     assert 0 < shared.by_helper < len(paths)
     assert shared.results == alone.results
+
+    # Fields left out of equality came across too.
+    def keys(read: FilesRead[FileVersion | None]) -> dict[str, list[tuple[str, str, str]]]:
+        return {p: [r.meta.key for r in v.result.resources] for p, v in read.results.items() if v}
+
+    assert keys(shared) == keys(alone)
     assert list(alone.results) == paths
     codes = {f.code for v in alone.results.values() if v is not None for f in v.result.findings}
     assert codes == {"PF100", "PF102", "PF105", "PF106", "PF114"}
