@@ -172,13 +172,9 @@ class Resource:
 
 def content_version(resources: Mapping[str, Resource]) -> str:
     """The version of one type: a digest of its sorted ``(name, hash)`` pairs."""
-    digest = hashlib.sha256()
-    for name in sorted(resources):
-        digest.update(name.encode())
-        digest.update(b"\x00")
-        digest.update(resources[name].hash.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:16]
+    # One update over the joined lines hashes the same bytes as an update per part.
+    lines = "".join([f"{name}\x00{resources[name].hash}\n" for name in sorted(resources)])
+    return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
 class Snapshot:
@@ -284,30 +280,87 @@ def _kind(type_url: str) -> str:
     return type_url.rsplit(".", 1)[-1]
 
 
-class ResourceCache:
-    """Snapshots whose unchanged messages are not serialized or hashed again.
+class ResourcePool:
+    """The :class:`Resource` of each message that some :class:`ResourceCache` holds.
 
-    Keeps, by message identity, the :class:`Resource` made from each message
-    of the last snapshot. A translator that hands back the same message object
-    for unchanged input (see :class:`controlplane.translate.translator.Translator`)
-    thus pays only for what changed. Keep one cache per stream of snapshots
-    (per proxy class); messages must not be mutated after they are cached.
+    Proxy classes share most messages (every class of a namespace gets the same
+    cluster and load assignment objects from the translator), so the caches of
+    all classes draw on one pool: a message is serialized and hashed once, however
+    many classes send it, and its bytes are kept once. An entry is counted by the
+    caches whose last snapshot holds its message and dropped when none does; it
+    holds the message itself, so the message's ``id()`` cannot be reused by another
+    object while the entry exists.
     """
+
+    __slots__ = ("_entries", "_users")
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[Any, Resource]] = {}
+        self._users: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _acquire(self, entries: Mapping[int, tuple[Any, Resource]]) -> None:
+        shared, users = self._entries, self._users
+        for key, entry in entries.items():
+            count = users.get(key)
+            if count is None:
+                shared[key] = entry
+                users[key] = 1
+            else:
+                users[key] = count + 1
+
+    def _release(self, keys: Iterable[int]) -> None:
+        shared, users = self._entries, self._users
+        for key in keys:
+            count = users[key] - 1
+            if count:
+                users[key] = count
+            else:
+                del users[key], shared[key]
+
+
+class ResourceCache:
+    """Snapshots whose unchanged messages are not serialized or hashed again.
+
+    Holds, by message identity, the :class:`Resource` made from each message
+    of the last snapshot, in a :class:`ResourcePool` it may share with the caches
+    of other proxy classes. A translator that hands back the same message object
+    for unchanged input (see :class:`controlplane.translate.translator.Translator`)
+    thus pays only for what changed, once for all classes. Keep one cache per
+    stream of snapshots (per proxy class) and :meth:`close` it when the class
+    goes; messages must not be mutated after they are cached.
+    """
+
+    __slots__ = ("_entries", "_pool")
+
+    def __init__(self, pool: ResourcePool | None = None) -> None:
+        self._pool = pool if pool is not None else ResourcePool()
+        self._entries: dict[int, tuple[Any, Resource]] = {}
 
     def snapshot(self, resources: Mapping[str, Iterable[Any]]) -> Snapshot:
+        shared = self._pool._entries
         entries: dict[int, tuple[Any, Resource]] = {}
         by_type: dict[str, list[Resource]] = {}
         for url, messages in resources.items():
             items: list[Resource] = []
             for message in messages:
-                entry = self._entries.get(id(message))
+                key = id(message)
+                entry = shared.get(key)
                 if entry is None or entry[0] is not message:
                     entry = (message, Resource.from_message(message))
-                entries[id(message)] = entry
+                entries[key] = entry
                 items.append(entry[1])
             by_type[url] = items
+        snapshot = Snapshot(by_type)
+        old = self._entries
+        self._pool._acquire({key: entries[key] for key in entries.keys() - old.keys()})
+        self._pool._release(old.keys() - entries.keys())
         self._entries = entries
-        return Snapshot(by_type)
+        return snapshot
+
+    def close(self) -> None:
+        """Give this cache's entries back to the pool (its class is gone)."""
+        self._pool._release(self._entries.keys())
+        self._entries = {}
