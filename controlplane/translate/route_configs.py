@@ -155,7 +155,6 @@ def _route_configuration(
         if not fresh:
             continue
         claimed.update(fresh)
-        config.virtual_hosts.append(
-            route_components_pb2.VirtualHost(name=host_name, domains=fresh, routes=routes)
-        )
+        # Added in place: a VirtualHost built apart would copy its routes once more.
+        config.virtual_hosts.add(name=host_name, domains=fresh, routes=routes)
     return config
