@@ -61,7 +61,10 @@ def resource_references(message: Any) -> frozenset[Reference]:
     needs that RouteConfiguration. Route-to-cluster links are not included:
     a route to a missing cluster is valid configuration (it answers 503).
     """
-    url = type_url_of(message)
+    return _references(message, type_url_of(message))
+
+
+def _references(message: Any, url: str) -> frozenset[Reference]:
     if url == CLUSTER:
         if message.type == cluster_pb2.Cluster.EDS:
             service = message.eds_cluster_config.service_name or message.name
@@ -148,17 +151,20 @@ class Resource:
 
     @classmethod
     def from_message(cls, message: Any) -> Resource:
-        url = type_url_of(message)
-        kind = RESOURCE_TYPES.get(url)
+        kind = _KINDS.get(type(message))
         if kind is None:
-            raise InconsistentSnapshotError(f"unsupported resource type {url}")
+            url = type_url_of(message)
+            kind = RESOURCE_TYPES.get(url)
+            if kind is None:
+                raise InconsistentSnapshotError(f"unsupported resource type {url}")
         data = message.SerializeToString(deterministic=True)
+        url = kind.type_url
         return cls(
-            name=kind.name_of(message),
-            type_url=kind.type_url,
-            hash=hashlib.sha256(data).hexdigest(),
-            value=data,
-            references=resource_references(message),
+            kind.name_of(message),
+            url,
+            hashlib.sha256(data).hexdigest(),
+            data,
+            _references(message, url),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -168,6 +174,10 @@ class Resource:
 
     def __hash__(self) -> int:
         return hash((self.type_url, self.name, self.hash))
+
+
+_KINDS = {kind.message_class: kind for kind in RESOURCE_TYPES.values()}
+"""The resource types by generated class: a dictionary lookup instead of a type URL."""
 
 
 def content_version(resources: Mapping[str, Resource]) -> str:
