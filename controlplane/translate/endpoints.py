@@ -73,14 +73,12 @@ _IPV4_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}")
 
 
+@functools.lru_cache(maxsize=65536)
 def is_ip(address: str) -> bool:
     # Dotted IPv4, the common case, is what this pattern accepts (no leading zeros,
     # as ipaddress); anything else (IPv6, names, mistakes) takes the precise path.
-    return _IPV4.fullmatch(address) is not None or _parses_as_ip(address)
-
-
-@functools.lru_cache(maxsize=4096)
-def _parses_as_ip(address: str) -> bool:
+    if _IPV4.fullmatch(address) is not None:
+        return True
     try:
         ipaddress.ip_address(address)
     except ValueError:

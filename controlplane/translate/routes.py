@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from envoy.config.core.v3 import base_pb2
@@ -53,7 +53,7 @@ from controlplane.model import (
 from controlplane.translate.binding import match_applies
 from controlplane.translate.destinations import resolve
 from controlplane.translate.filters import FAULT_FILTER, http_fault
-from controlplane.translate.matches import regex, route_match
+from controlplane.translate.matches import fill_route_match, regex
 from controlplane.translate.names import BLACKHOLE_CLUSTER
 from controlplane.translate.protos import Message, duration, fraction, pack
 from controlplane.translate.upstreams import Upstream
@@ -90,33 +90,72 @@ class RouteContext:
     port: int
     gateways: tuple[str, ...]
     infer_port: bool
+    _resolved: dict[tuple[str, int | None, str | None], Upstream | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def listener_port(self) -> int | None:
         return self.port if self.infer_port else None
 
+    def resolve(self, destination: RouteDestination) -> Upstream | None:
+        """:func:`~controlplane.translate.destinations.resolve` here, once per destination."""
+        key = (destination.host, destination.port, destination.subset)
+        if key in self._resolved:
+            return self._resolved[key]
+        upstream = self._resolved[key] = resolve(self.mesh, destination, self.listener_port)
+        return upstream
+
 
 def build_routes(context: RouteContext, rule: HttpRoute) -> list[Message]:
+    routes = []
+    for match in _applicable(context, rule):
+        route = Route()
+        _fill_route(route, context, rule, match)
+        routes.append(route)
+    return routes
+
+
+def add_routes(context: RouteContext, rule: HttpRoute, into: Message) -> int:
+    """:func:`build_routes` added to the repeated field ``into``; how many were added.
+
+    Written in place: a route built apart would be copied into its virtual host.
+    """
+    matches = _applicable(context, rule)
+    for match in matches:
+        _fill_route(into.add(), context, rule, match)
+    return len(matches)
+
+
+def _applicable(context: RouteContext, rule: HttpRoute) -> tuple[HttpMatch | None, ...]:
     if not rule.matches:
-        return [_route(context, rule, None)]
-    return [
-        _route(context, rule, match)
-        for match in rule.matches
-        if match_applies(match, context.port, context.gateways)
-    ]
+        return (None,)
+    return tuple(m for m in rule.matches if match_applies(m, context.port, context.gateways))
 
 
 def default_route(context: RouteContext, service: Service) -> Message:
     """The catch-all route to ``service`` on the context port, for hosts without rules."""
-    rule = HttpRoute(
+    route = Route()
+    _fill_route(route, context, _default_rule(context, service), None)
+    return route
+
+
+def add_default_route(context: RouteContext, service: Service, into: Message) -> None:
+    """:func:`default_route` added to the repeated field ``into``."""
+    _fill_route(into.add(), context, _default_rule(context, service), None)
+
+
+def _default_rule(context: RouteContext, service: Service) -> HttpRoute:
+    return HttpRoute(
         name="default",
         destinations=(RouteDestination(host=service.host, port=context.port),),
     )
-    return _route(context, rule, None)
 
 
-def _route(context: RouteContext, rule: HttpRoute, match: HttpMatch | None) -> Message:
-    route = Route(match=route_match(match))
+def _fill_route(
+    route: Message, context: RouteContext, rule: HttpRoute, match: HttpMatch | None
+) -> None:
+    fill_route_match(route.match, match)
     name = ".".join(part for part in (rule.name, match.name if match else "") if part)
     if name:
         route.name = name
@@ -130,12 +169,11 @@ def _route(context: RouteContext, rule: HttpRoute, match: HttpMatch | None) -> M
             request.append(destinations[0].request_headers)
             response.append(destinations[0].response_headers)
     for operations in request:
-        _add_headers(route.request_headers_to_add, route.request_headers_to_remove, operations)
+        _add_request_headers(route, operations)
     for operations in response:
-        _add_headers(route.response_headers_to_add, route.response_headers_to_remove, operations)
+        _add_response_headers(route, operations)
     if rule.fault is not None:
         route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(http_fault(rule.fault)))
-    return route
 
 
 def _fill_action(
@@ -146,7 +184,7 @@ def _fill_action(
     destinations: Sequence[RouteDestination],
 ) -> None:
     """Set the route's ``RouteAction`` in place (a message built apart would be copied in)."""
-    upstreams = [resolve(context.mesh, d, context.listener_port) for d in destinations]
+    upstreams = [context.resolve(d) for d in destinations]
     if not destinations:
         action.cluster = BLACKHOLE_CLUSTER
     elif len(destinations) == 1:
@@ -156,16 +194,8 @@ def _fill_action(
         for destination, upstream in zip(destinations, upstreams, strict=True):
             weight = add_weight(name=_cluster(upstream))
             weight.weight.value = destination.weight
-            _add_headers(
-                weight.request_headers_to_add,
-                weight.request_headers_to_remove,
-                destination.request_headers,
-            )
-            _add_headers(
-                weight.response_headers_to_add,
-                weight.response_headers_to_remove,
-                destination.response_headers,
-            )
+            _add_request_headers(weight, destination.request_headers)
+            _add_response_headers(weight, destination.response_headers)
     action.timeout.CopyFrom(_timeout(rule.timeout or _NO_TIMEOUT))
     retry = _retry_policy(rule.retries)
     if retry is not None:
@@ -220,11 +250,19 @@ def _cluster(upstream: Upstream | None) -> str:
     return upstream.name if upstream is not None else BLACKHOLE_CLUSTER
 
 
-def _add_headers(to_add: Message, to_remove: Message, operations: HeaderOperations) -> None:
+# Most routes change no headers: their header fields are not even looked up then.
+def _add_request_headers(message: Message, operations: HeaderOperations) -> None:
     if operations.set or operations.add:
-        to_add.extend(_header_values(operations))
+        message.request_headers_to_add.extend(_header_values(operations))
     if operations.remove:
-        to_remove.extend(operations.remove)
+        message.request_headers_to_remove.extend(operations.remove)
+
+
+def _add_response_headers(message: Message, operations: HeaderOperations) -> None:
+    if operations.set or operations.add:
+        message.response_headers_to_add.extend(_header_values(operations))
+    if operations.remove:
+        message.response_headers_to_remove.extend(operations.remove)
 
 
 def retry_policy(retries: Retries | None) -> Message | None:

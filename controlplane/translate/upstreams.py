@@ -21,6 +21,7 @@ hosts, which Envoy accepts and answers with 503s.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -74,7 +75,7 @@ class Upstream:
         selected = self.service.endpoints_for(self.port.port)
         if self.subset is not None:
             selector = self.subset.labels
-            selected = tuple(e for e in selected if labels_match(selector, e.labels))
+            selected = tuple([e for e in selected if _selects(selector, e.labels)])
         return selected
 
     @property
@@ -105,6 +106,9 @@ class Upstream:
 
 
 _address_and_port = attrgetter("address", "port")
+
+# The endpoints of a service mostly repeat a few label sets (one per version).
+_selects = functools.lru_cache(maxsize=4096)(labels_match)
 
 
 def upstreams(mesh: Mesh) -> tuple[Upstream, ...]:
