@@ -271,7 +271,10 @@ class ControlPlane:
         limit = self.options.server.max_message_bytes
         for url in snapshot.type_urls:
             version = snapshot.version(url)
-            size = sizes.get((url, version)) or self._sizes.get((url, version))
+            # Classes that share a type's resources share its version: sized once.
+            size = sizes.get((url, version))
+            if size is None:
+                size = self._sizes.get((url, version))
             if size is None:
                 # About the encoded size of a response carrying every resource.
                 size = sum(len(r.value) + len(url) + 12 for r in snapshot.resources(url).values())

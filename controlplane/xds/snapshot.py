@@ -254,6 +254,18 @@ class Snapshot:
     def check_consistency(self) -> None:
         """Raise :class:`InconsistentSnapshotError` listing every dangling or orphan link."""
         referenced: dict[str, set[str]] = {ENDPOINT: set(), ROUTE: set()}
+        for parent_url in (CLUSTER, LISTENER):
+            for parent in self.resources(parent_url).values():
+                for url, name in parent.references:
+                    referenced.setdefault(url, set()).add(name)
+        if all(names <= self.resources(url).keys() for url, names in referenced.items()) and all(
+            self.resources(url).keys() <= referenced[url] for url in (ENDPOINT, ROUTE)
+        ):
+            return
+        self._report_inconsistency()
+
+    def _report_inconsistency(self) -> None:
+        referenced: dict[str, set[str]] = {ENDPOINT: set(), ROUTE: set()}
         problems: list[str] = []
         for parent_url in (CLUSTER, LISTENER):
             for parent in self.resources(parent_url).values():
