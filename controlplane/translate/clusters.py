@@ -100,7 +100,7 @@ def build_cluster(upstream: Upstream) -> Message:
         # EDS clusters of one policy and protocol differ only in their name: a copy of
         # one template costs a fraction of setting their fields one by one.
         cluster = Cluster()
-        cluster.CopyFrom(_eds_template(upstream.policy, upstream.port.protocol))
+        cluster.CopyFrom(_template_for(upstream.policy, upstream.port.protocol))
         name = upstream.name
         cluster.name = name
         cluster.eds_cluster_config.service_name = name
@@ -109,6 +109,21 @@ def build_cluster(upstream: Upstream) -> Message:
     _set_policy(cluster, upstream.policy, upstream.port.protocol, discovery)
     _set_discovery(cluster, upstream, discovery)
     return cluster
+
+
+def _template_for(policy: TrafficPolicy, protocol: Protocol) -> Message:
+    # The upstreams of a service mostly share one policy object: checked by identity
+    # before the policies are hashed. One tuple, so that threads read a consistent one.
+    global _last_template
+    last = _last_template
+    if last[0] is policy and last[1] is protocol:
+        return last[2]
+    template = _eds_template(policy, protocol)
+    _last_template = (policy, protocol, template)
+    return template
+
+
+_last_template: tuple[object, object, Message] = (None, None, None)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -29,6 +29,7 @@ handed out must be treated as immutable.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Any
 
 from controlplane.model import DestinationPolicy, Mesh, Service
@@ -53,6 +54,10 @@ class _ServiceOutput:
     policy: DestinationPolicy | None
     clusters: tuple[Message, ...]
     assignments: tuple[Message, ...]
+
+
+_name = attrgetter("name")
+_cluster_name = attrgetter("cluster_name")
 
 
 def _routing_view(mesh: Mesh) -> tuple[Any, ...]:
@@ -127,8 +132,8 @@ class Translator:
             self._services[key] = output
             clusters.extend(output.clusters)
             assignments.extend(output.assignments)
-        clusters.sort(key=lambda c: str(c.name))
-        assignments.sort(key=lambda a: str(a.cluster_name))
+        clusters.sort(key=_name)
+        assignments.sort(key=_cluster_name)
         return tuple(clusters), tuple(assignments)
 
     def _routes_and_listeners(

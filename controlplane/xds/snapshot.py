@@ -23,6 +23,7 @@ would leave clusters warming or listeners without routes.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -198,17 +199,10 @@ class Snapshot:
     def __init__(self, resources: Mapping[str, Iterable[Resource]]) -> None:
         by_type: dict[str, Mapping[str, Resource]] = {}
         for url in (*PUSH_ORDER, *sorted(set(resources) - set(PUSH_ORDER))):
-            named: dict[str, Resource] = {}
-            for resource in resources.get(url, ()):
-                if resource.type_url != url:
-                    raise InconsistentSnapshotError(
-                        f"{resource.type_url} resource {resource.name!r} filed under {url}"
-                    )
-                if resource.name in named:
-                    raise InconsistentSnapshotError(
-                        f"duplicate {url} resource name {resource.name!r}"
-                    )
-                named[resource.name] = resource
+            items = list(resources.get(url, ()))
+            named = {resource.name: resource for resource in items}
+            if len(named) != len(items) or any(r.type_url != url for r in items):
+                _reject(url, items)
             by_type[url] = MappingProxyType(named)
         self._resources: Mapping[str, Mapping[str, Resource]] = MappingProxyType(by_type)
         self._versions: Mapping[str, str] = MappingProxyType(
@@ -298,6 +292,19 @@ class Snapshot:
         return f"Snapshot({parts})"
 
 
+def _reject(url: str, resources: Iterable[Resource]) -> None:
+    """Raise for the first resource of ``url`` filed under the wrong type or named twice."""
+    names: set[str] = set()
+    for resource in resources:
+        if resource.type_url != url:
+            raise InconsistentSnapshotError(
+                f"{resource.type_url} resource {resource.name!r} filed under {url}"
+            )
+        if resource.name in names:
+            raise InconsistentSnapshotError(f"duplicate {url} resource name {resource.name!r}")
+        names.add(resource.name)
+
+
 def _kind(type_url: str) -> str:
     return type_url.rsplit(".", 1)[-1]
 
@@ -318,20 +325,16 @@ class ResourcePool:
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[Any, Resource]] = {}
-        self._users: dict[int, int] = {}
+        self._users: Counter[int] = Counter()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def _acquire(self, entries: Mapping[int, tuple[Any, Resource]]) -> None:
-        shared, users = self._entries, self._users
-        for key, entry in entries.items():
-            count = users.get(key)
-            if count is None:
-                shared[key] = entry
-                users[key] = 1
-            else:
-                users[key] = count + 1
+        shared = self._entries
+        for key in entries.keys() - shared.keys():
+            shared[key] = entries[key]
+        self._users.update(entries.keys())  # counted in C: most keys are shared
 
     def _release(self, keys: Iterable[int]) -> None:
         shared, users = self._entries, self._users
@@ -377,8 +380,11 @@ class ResourceCache:
             by_type[url] = items
         snapshot = Snapshot(by_type)
         old = self._entries
-        self._pool._acquire({key: entries[key] for key in entries.keys() - old.keys()})
-        self._pool._release(old.keys() - entries.keys())
+        if old:
+            self._pool._acquire({key: entries[key] for key in entries.keys() - old.keys()})
+            self._pool._release(old.keys() - entries.keys())
+        else:
+            self._pool._acquire(entries)
         self._entries = entries
         return snapshot
 
