@@ -26,6 +26,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -346,6 +347,9 @@ class ResourcePool:
                 del users[key], shared[key]
 
 
+_resource_of = itemgetter(1)
+
+
 class ResourceCache:
     """Snapshots whose unchanged messages are not serialized or hashed again.
 
@@ -369,15 +373,19 @@ class ResourceCache:
         entries: dict[int, tuple[Any, Resource]] = {}
         by_type: dict[str, list[Resource]] = {}
         for url, messages in resources.items():
-            items: list[Resource] = []
-            for message in messages:
-                key = id(message)
-                entry = shared.get(key)
-                if entry is None or entry[0] is not message:
-                    entry = (message, Resource.from_message(message))
-                entries[key] = entry
-                items.append(entry[1])
-            by_type[url] = items
+            # A message found in the pool is the very one its entry holds: the entry
+            # keeps that object alive, so no other object can have its id. The lookups
+            # run in C; only messages new to the pool take the Python path.
+            listed = list(messages)
+            keys = list(map(id, listed))
+            found = list(map(shared.get, keys))
+            if None in found:
+                for index, entry in enumerate(found):
+                    if entry is None:
+                        message = listed[index]
+                        found[index] = (message, Resource.from_message(message))
+            entries.update(zip(keys, found, strict=True))
+            by_type[url] = list(map(_resource_of, found))
         snapshot = Snapshot(by_type)
         old = self._entries
         if old:
