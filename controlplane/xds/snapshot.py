@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -347,7 +347,7 @@ class ResourcePool:
                 del users[key], shared[key]
 
 
-_resource_of = itemgetter(1)
+_resource_of: Callable[[tuple[Any, Resource]], Resource] = itemgetter(1)
 
 
 class ResourceCache:
@@ -384,8 +384,9 @@ class ResourceCache:
                     if entry is None:
                         message = listed[index]
                         found[index] = (message, Resource.from_message(message))
-            entries.update(zip(keys, found, strict=True))
-            by_type[url] = list(map(_resource_of, found))
+            complete = cast(list[tuple[Any, Resource]], found)
+            entries.update(zip(keys, complete, strict=True))
+            by_type[url] = list(map(_resource_of, complete))
         snapshot = Snapshot(by_type)
         old = self._entries
         if old:
