@@ -333,8 +333,11 @@ class ResourcePool:
 
     def _acquire(self, entries: Mapping[int, tuple[Any, Resource]]) -> None:
         shared = self._entries
-        for key in entries.keys() - shared.keys():
-            shared[key] = entries[key]
+        if shared:
+            for key in entries.keys() - shared.keys():
+                shared[key] = entries[key]
+        else:
+            shared.update(entries)
         self._users.update(entries.keys())  # counted in C: most keys are shared
 
     def _release(self, keys: Iterable[int]) -> None:
