@@ -63,7 +63,7 @@ from controlplane.translate import ProxyClass, ProxyRole
 from controlplane.translate.translator import Translator
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.load_reports import LoadReports
-from controlplane.xds.snapshot import ResourceCache, Snapshot
+from controlplane.xds.snapshot import ResourceCache, ResourcePool, Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -124,6 +124,8 @@ class ControlPlane:
         self._classes: dict[str, ProxyClass] = {}
         self._classes_lock = threading.Lock()
         self._translator = Translator()
+        # One pool for every class: the messages classes share are serialized once.
+        self._resource_pool = ResourcePool()
         self._resource_caches: dict[str, ResourceCache] = {}
         self.cache = SnapshotCache(
             self._classify,
@@ -199,7 +201,7 @@ class ControlPlane:
         with self._classes_lock:
             self._classes.pop(key, None)
         with self._translate_lock:
-            self._resource_caches.pop(key, None)
+            self._drop_resource_cache(key)
             self._translator.forget(key)
 
     def _builder(self, mesh: Mesh) -> Callable[[str], Snapshot]:
@@ -215,8 +217,15 @@ class ControlPlane:
         return build
 
     def _translate(self, mesh: Mesh, key: str, proxy: ProxyClass) -> Snapshot:
-        resources = self._resource_caches.setdefault(key, ResourceCache())
+        resources = self._resource_caches.get(key)
+        if resources is None:
+            resources = self._resource_caches[key] = ResourceCache(self._resource_pool)
         return resources.snapshot(self._translator.translate(mesh, proxy))
+
+    def _drop_resource_cache(self, key: str) -> None:
+        resources = self._resource_caches.pop(key, None)
+        if resources is not None:
+            resources.close()
 
     def _verify(self, mesh: Mesh) -> str | None:
         """Why ``mesh`` cannot be served, or None; the store calls this before accepting it.
@@ -250,7 +259,7 @@ class ControlPlane:
                 for default in (_DEFAULT_SIDECAR, _DEFAULT_GATEWAY):
                     if default.key not in classes and default.key not in self._classes:
                         # No longer checked: its serialized resources would only go stale.
-                        self._resource_caches.pop(default.key, None)
+                        self._drop_resource_cache(default.key)
         return None
 
     def _check(
@@ -265,7 +274,10 @@ class ControlPlane:
         limit = self.options.server.max_message_bytes
         for url in snapshot.type_urls:
             version = snapshot.version(url)
-            size = self._sizes.get((url, version))
+            # Classes that share a type's resources share its version: sized once.
+            size = sizes.get((url, version))
+            if size is None:
+                size = self._sizes.get((url, version))
             if size is None:
                 # About the encoded size of a response carrying every resource.
                 size = sum(len(r.value) + len(url) + 12 for r in snapshot.resources(url).values())

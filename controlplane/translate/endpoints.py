@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable
 from itertools import groupby
+from operator import attrgetter
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 
@@ -30,17 +32,19 @@ from controlplane.translate.upstreams import Discovery, Upstream, upstreams
 
 def load_assignment(cluster: str, endpoints: Iterable[Endpoint]) -> Message:
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster)
-    ordered = sorted(endpoints, key=_order)
-    for locality, group in groupby(ordered, key=_locality_of):
+    add_group = assignment.endpoints.add
+    for locality, group in groupby(sorted(endpoints, key=_order), key=_locality_of):
         # Filled in place: nested constructors cost twice as much, for the same bytes.
-        entry = assignment.endpoints.add()
+        entry = add_group()
         entry.locality.SetInParent()
-        entry.locality.region, entry.locality.zone, entry.locality.sub_zone = locality
+        if locality != _NO_LOCALITY:
+            entry.locality.region, entry.locality.zone, entry.locality.sub_zone = locality
+        add_endpoint = entry.lb_endpoints.add
         total = 0
         for endpoint in group:
-            weight = _weight(endpoint)
+            weight = endpoint.weight if endpoint.weight > 1 else 1  # Envoy rejects 0
             total += weight
-            lb_endpoint = entry.lb_endpoints.add()
+            lb_endpoint = add_endpoint()
             socket = lb_endpoint.endpoint.address.socket_address
             socket.address = endpoint.address
             socket.port_value = endpoint.port
@@ -49,13 +53,9 @@ def load_assignment(cluster: str, endpoints: Iterable[Endpoint]) -> Message:
     return assignment
 
 
-def _locality_of(endpoint: Endpoint) -> tuple[str, str, str]:
-    locality = endpoint.locality
-    return (locality.region, locality.zone, locality.subzone)
-
-
-def _order(endpoint: Endpoint) -> tuple[tuple[str, str, str], str, int]:
-    return (_locality_of(endpoint), endpoint.address, endpoint.port)
+_locality_of = attrgetter("locality.region", "locality.zone", "locality.subzone")
+_order = attrgetter("locality.region", "locality.zone", "locality.subzone", "address", "port")
+_NO_LOCALITY = ("", "", "")
 
 
 def build_load_assignments(mesh: Mesh) -> list[Message]:
@@ -65,15 +65,20 @@ def build_load_assignments(mesh: Mesh) -> list[Message]:
 
 def upstream_assignment(upstream: Upstream) -> Message:
     """The assignment of an EDS upstream: its endpoints with an IP address."""
-    return load_assignment(upstream.name, (e for e in upstream.endpoints if is_ip(e.address)))
+    selected = upstream.selected_endpoints
+    return load_assignment(upstream.name, [e for e in selected if is_ip(e.address)])
 
 
-def _weight(endpoint: Endpoint) -> int:
-    return max(endpoint.weight, 1)
+_IPV4_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}")
 
 
 @functools.lru_cache(maxsize=65536)
 def is_ip(address: str) -> bool:
+    # Dotted IPv4, the common case, is what this pattern accepts (no leading zeros,
+    # as ipaddress); anything else (IPv6, names, mistakes) takes the precise path.
+    if _IPV4.fullmatch(address) is not None:
+        return True
     try:
         ipaddress.ip_address(address)
     except ValueError:

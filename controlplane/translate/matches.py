@@ -33,17 +33,36 @@ def string_matcher(match: StringMatch) -> Message:
 
 
 def header_matcher(name: str, match: StringMatch | None, *, invert: bool = False) -> Message:
-    matcher = route_components_pb2.HeaderMatcher(name=name, invert_match=invert)
+    matcher = route_components_pb2.HeaderMatcher()
+    _fill_header_matcher(matcher, name, match, invert)
+    return matcher
+
+
+def _fill_header_matcher(
+    matcher: Message, name: str, match: StringMatch | None, invert: bool
+) -> None:
+    matcher.name = name
+    if invert:
+        matcher.invert_match = True
     if match is None:
         matcher.present_match = True
+    elif match.kind is StringMatchKind.EXACT:
+        matcher.string_match.exact = match.value
+    elif match.kind is StringMatchKind.PREFIX:
+        matcher.string_match.prefix = match.value
     else:
         matcher.string_match.CopyFrom(string_matcher(match))
-    return matcher
 
 
 def route_match(match: HttpMatch | None) -> Message:
     """The Envoy match for ``match``; ``None`` (a rule without matches) matches everything."""
     result = route_components_pb2.RouteMatch()
+    fill_route_match(result, match)
+    return result
+
+
+def fill_route_match(result: Message, match: HttpMatch | None) -> None:
+    """:func:`route_match` written into ``result`` (a route's own, so nothing is copied)."""
     if match is None or match.uri is None:
         result.prefix = "/"
     elif match.uri.kind is StringMatchKind.EXACT:
@@ -53,21 +72,21 @@ def route_match(match: HttpMatch | None) -> Message:
     else:
         result.safe_regex.CopyFrom(regex(match.uri.value))
     if match is None:
-        return result
+        return
     if match.ignore_uri_case:
         result.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
+    add_header = result.headers.add
     pseudo = ((":scheme", match.scheme), (":method", match.method), (":authority", match.authority))
     for name, value in pseudo:
         if value is not None:
-            result.headers.append(header_matcher(name, value))
+            _fill_header_matcher(add_header(), name, value, False)
     for name, value in match.headers:
-        result.headers.append(header_matcher(name, value))
+        _fill_header_matcher(add_header(), name, value, False)
     for name, maybe in match.without_headers:
-        result.headers.append(header_matcher(name, maybe, invert=True))
+        _fill_header_matcher(add_header(), name, maybe, True)
     for name, value in match.query_params:
         result.query_parameters.append(
             route_components_pb2.QueryParameterMatcher(
                 name=name, string_match=string_matcher(value)
             )
         )
-    return result

@@ -29,8 +29,9 @@ order is not repeated.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
@@ -49,7 +50,12 @@ from controlplane.translate.names import (
 )
 from controlplane.translate.ports import gateway_ports, sidecar_ports
 from controlplane.translate.protos import Message
-from controlplane.translate.routes import RouteContext, build_routes, default_route
+from controlplane.translate.routes import (
+    RouteContext,
+    add_default_route,
+    add_routes,
+    build_routes,
+)
 
 
 def sidecar_route_configs(mesh: Mesh) -> list[Message]:
@@ -59,11 +65,11 @@ def sidecar_route_configs(mesh: Mesh) -> list[Message]:
         if not port.is_http:
             continue
         context = RouteContext(mesh, port.port, (MESH_GATEWAY,), infer_port=True)
-        hosts = [
+        hosts: list[_Host] = [
             (
                 virtual_host_name(service.host, port.port),
                 _service_domains(service, port.port, ambiguous),
-                _service_routes(context, service),
+                functools.partial(_add_service_routes, context, service),
             )
             for service in port.http_services
         ]
@@ -82,7 +88,7 @@ def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:
             if server.https_redirect
             for h in server.hosts
         ]
-        hosts = []
+        hosts: list[_Host] = []
         for host, bindings in gateway_bindings(mesh, port.servers):
             if any(host_matches(p, host) for p in redirected):
                 routes = [_https_redirect()]
@@ -97,13 +103,13 @@ def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:
                 ]
             if routes:
                 hosts.append(
-                    (virtual_host_name(host, port.port), _domains(host, port.port), routes)
+                    (virtual_host_name(host, port.port), _domains(host, port.port), _copies(routes))
                 )
         served = {name for name, _, _ in hosts}
         for pattern in dict.fromkeys(redirected):
             name = virtual_host_name(pattern, port.port)
             if name not in served:
-                hosts.append((name, _domains(pattern, port.port), [_https_redirect()]))
+                hosts.append((name, _domains(pattern, port.port), _copies([_https_redirect()])))
         configs.append(_route_configuration(gateway_route_config_name(port.port), hosts))
     return configs
 
@@ -121,14 +127,13 @@ def _domains(host: str, port: int) -> list[str]:
     return [host] if host == "*" else [host, f"{host}:{port}"]
 
 
-def _service_routes(context: RouteContext, service: Service) -> list[Message]:
-    routes = [
-        route
-        for vs in mesh_virtual_services(context.mesh, service.host)
-        for rule in vs.http
-        for route in build_routes(context, rule)
-    ]
-    return routes or [default_route(context, service)]
+def _add_service_routes(context: RouteContext, service: Service, into: Message) -> None:
+    added = 0
+    for vs in mesh_virtual_services(context.mesh, service.host):
+        for rule in vs.http:
+            added += add_routes(context, rule, into)
+    if not added:
+        add_default_route(context, service, into)
 
 
 def _service_domains(service: Service, port: int, ambiguous: set[str]) -> list[str]:
@@ -145,17 +150,24 @@ def _ambiguous_short_names(mesh: Mesh) -> set[str]:
     return {name for name, count in shorts.items() if count > 1}
 
 
-def _route_configuration(
-    name: str, hosts: Iterable[tuple[str, list[str], list[Message]]]
-) -> Message:
+_Host = tuple[str, list[str], Callable[[Message], None]]
+"""A virtual host to be: its name, its domains, and what adds its routes to a repeated field."""
+
+
+def _copies(routes: list[Message]) -> Callable[[Message], None]:
+    return lambda into: into.extend(routes)
+
+
+def _route_configuration(name: str, hosts: Iterable[_Host]) -> Message:
     config = route_pb2.RouteConfiguration(name=name)
     claimed: set[str] = set()
-    for host_name, domains, routes in sorted(hosts, key=lambda h: h[0]):
+    for host_name, domains, fill in sorted(hosts, key=lambda h: h[0]):
         fresh = [d for d in dict.fromkeys(domains) if d not in claimed]
         if not fresh:
+            # Built all the same, as when every route was built before its host was known.
+            fill(route_components_pb2.VirtualHost().routes)
             continue
         claimed.update(fresh)
-        config.virtual_hosts.append(
-            route_components_pb2.VirtualHost(name=host_name, domains=fresh, routes=routes)
-        )
+        # Routes are added in place: built apart, they would be copied in.
+        fill(config.virtual_hosts.add(name=host_name, domains=fresh).routes)
     return config

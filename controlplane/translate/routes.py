@@ -27,8 +27,9 @@ dropped. The action follows Istio's translation:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from envoy.config.core.v3 import base_pb2
@@ -52,9 +53,10 @@ from controlplane.model import (
 from controlplane.translate.binding import match_applies
 from controlplane.translate.destinations import resolve
 from controlplane.translate.filters import FAULT_FILTER, http_fault
-from controlplane.translate.matches import regex, route_match
+from controlplane.translate.matches import fill_route_match, regex
 from controlplane.translate.names import BLACKHOLE_CLUSTER
-from controlplane.translate.protos import Message, duration, fraction, pack, uint32
+from controlplane.translate.protos import Message, duration, fraction, pack
+from controlplane.translate.upstreams import Upstream
 
 Route = route_components_pb2.Route
 RouteAction = route_components_pb2.RouteAction
@@ -88,33 +90,72 @@ class RouteContext:
     port: int
     gateways: tuple[str, ...]
     infer_port: bool
+    _resolved: dict[tuple[str, int | None, str | None], Upstream | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def listener_port(self) -> int | None:
         return self.port if self.infer_port else None
 
+    def resolve(self, destination: RouteDestination) -> Upstream | None:
+        """:func:`~controlplane.translate.destinations.resolve` here, once per destination."""
+        key = (destination.host, destination.port, destination.subset)
+        if key in self._resolved:
+            return self._resolved[key]
+        upstream = self._resolved[key] = resolve(self.mesh, destination, self.listener_port)
+        return upstream
+
 
 def build_routes(context: RouteContext, rule: HttpRoute) -> list[Message]:
+    routes = []
+    for match in _applicable(context, rule):
+        route = Route()
+        _fill_route(route, context, rule, match)
+        routes.append(route)
+    return routes
+
+
+def add_routes(context: RouteContext, rule: HttpRoute, into: Message) -> int:
+    """:func:`build_routes` added to the repeated field ``into``; how many were added.
+
+    Written in place: a route built apart would be copied into its virtual host.
+    """
+    matches = _applicable(context, rule)
+    for match in matches:
+        _fill_route(into.add(), context, rule, match)
+    return len(matches)
+
+
+def _applicable(context: RouteContext, rule: HttpRoute) -> tuple[HttpMatch | None, ...]:
     if not rule.matches:
-        return [_route(context, rule, None)]
-    return [
-        _route(context, rule, match)
-        for match in rule.matches
-        if match_applies(match, context.port, context.gateways)
-    ]
+        return (None,)
+    return tuple(m for m in rule.matches if match_applies(m, context.port, context.gateways))
 
 
 def default_route(context: RouteContext, service: Service) -> Message:
     """The catch-all route to ``service`` on the context port, for hosts without rules."""
-    rule = HttpRoute(
+    route = Route()
+    _fill_route(route, context, _default_rule(context, service), None)
+    return route
+
+
+def add_default_route(context: RouteContext, service: Service, into: Message) -> None:
+    """:func:`default_route` added to the repeated field ``into``."""
+    _fill_route(into.add(), context, _default_rule(context, service), None)
+
+
+def _default_rule(context: RouteContext, service: Service) -> HttpRoute:
+    return HttpRoute(
         name="default",
         destinations=(RouteDestination(host=service.host, port=context.port),),
     )
-    return _route(context, rule, None)
 
 
-def _route(context: RouteContext, rule: HttpRoute, match: HttpMatch | None) -> Message:
-    route = Route(match=route_match(match))
+def _fill_route(
+    route: Message, context: RouteContext, rule: HttpRoute, match: HttpMatch | None
+) -> None:
+    fill_route_match(route.match, match)
     name = ".".join(part for part in (rule.name, match.name if match else "") if part)
     if name:
         route.name = name
@@ -123,37 +164,40 @@ def _route(context: RouteContext, rule: HttpRoute, match: HttpMatch | None) -> M
         route.redirect.CopyFrom(_redirect(rule.redirect))
     else:
         destinations = _weighted(rule.destinations)
-        route.route.CopyFrom(_action(context, rule, match, destinations))
+        _fill_action(route.route, context, rule, match, destinations)
         if len(destinations) == 1:
             request.append(destinations[0].request_headers)
             response.append(destinations[0].response_headers)
     for operations in request:
-        route.request_headers_to_add.extend(_header_values(operations))
-        route.request_headers_to_remove.extend(operations.remove)
+        _add_request_headers(route, operations)
     for operations in response:
-        route.response_headers_to_add.extend(_header_values(operations))
-        route.response_headers_to_remove.extend(operations.remove)
+        _add_response_headers(route, operations)
     if rule.fault is not None:
         route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(http_fault(rule.fault)))
-    return route
 
 
-def _action(
+def _fill_action(
+    action: Message,
     context: RouteContext,
     rule: HttpRoute,
     match: HttpMatch | None,
     destinations: Sequence[RouteDestination],
-) -> Message:
-    action = RouteAction()
+) -> None:
+    """Set the route's ``RouteAction`` in place (a message built apart would be copied in)."""
+    upstreams = [context.resolve(d) for d in destinations]
     if not destinations:
         action.cluster = BLACKHOLE_CLUSTER
     elif len(destinations) == 1:
-        action.cluster = _cluster(context, destinations[0])
+        action.cluster = _cluster(upstreams[0])
     else:
-        for destination in destinations:
-            action.weighted_clusters.clusters.append(_cluster_weight(context, destination))
-    action.timeout.CopyFrom(duration(rule.timeout or timedelta(0)))
-    retry = retry_policy(rule.retries)
+        add_weight = action.weighted_clusters.clusters.add
+        for destination, upstream in zip(destinations, upstreams, strict=True):
+            weight = add_weight(name=_cluster(upstream))
+            weight.weight.value = destination.weight
+            _add_request_headers(weight, destination.request_headers)
+            _add_response_headers(weight, destination.response_headers)
+    action.timeout.CopyFrom(_timeout(rule.timeout or _NO_TIMEOUT))
+    retry = _retry_policy(rule.retries)
     if retry is not None:
         action.retry_policy.CopyFrom(retry)
     if rule.rewrite is not None:
@@ -173,12 +217,17 @@ def _action(
                     ),
                 )
             )
-    hashing = _consistent_hash(context, destinations)
+    hashing = _consistent_hash(upstreams)
     if hashing is not None:
         policy = hash_policy(hashing)
         if policy is not None:
             action.hash_policy.append(policy)
-    return action
+
+
+_NO_TIMEOUT = timedelta(0)
+
+# Many routes share a timeout and a retry policy: each is built once and copied in.
+_timeout = functools.lru_cache(maxsize=1024)(duration)
 
 
 def _set_uri_rewrite(action: Message, match: HttpMatch | None, uri: str) -> None:
@@ -197,20 +246,23 @@ def _weighted(destinations: Sequence[RouteDestination]) -> tuple[RouteDestinatio
     return tuple(d for d in destinations if d.weight > 0) or tuple(destinations[:1])
 
 
-def _cluster(context: RouteContext, destination: RouteDestination) -> str:
-    upstream = resolve(context.mesh, destination, context.listener_port)
+def _cluster(upstream: Upstream | None) -> str:
     return upstream.name if upstream is not None else BLACKHOLE_CLUSTER
 
 
-def _cluster_weight(context: RouteContext, destination: RouteDestination) -> Message:
-    weight = route_components_pb2.WeightedCluster.ClusterWeight(
-        name=_cluster(context, destination), weight=uint32(destination.weight)
-    )
-    weight.request_headers_to_add.extend(_header_values(destination.request_headers))
-    weight.request_headers_to_remove.extend(destination.request_headers.remove)
-    weight.response_headers_to_add.extend(_header_values(destination.response_headers))
-    weight.response_headers_to_remove.extend(destination.response_headers.remove)
-    return weight
+# Most routes change no headers: their header fields are not even looked up then.
+def _add_request_headers(message: Message, operations: HeaderOperations) -> None:
+    if operations.set or operations.add:
+        message.request_headers_to_add.extend(_header_values(operations))
+    if operations.remove:
+        message.request_headers_to_remove.extend(operations.remove)
+
+
+def _add_response_headers(message: Message, operations: HeaderOperations) -> None:
+    if operations.set or operations.add:
+        message.response_headers_to_add.extend(_header_values(operations))
+    if operations.remove:
+        message.response_headers_to_remove.extend(operations.remove)
 
 
 def retry_policy(retries: Retries | None) -> Message | None:
@@ -246,6 +298,9 @@ def retry_policy(retries: Retries | None) -> Message | None:
     return policy
 
 
+_retry_policy = functools.lru_cache(maxsize=1024)(retry_policy)
+
+
 def hash_policy(hashing: ConsistentHash) -> Message | None:
     """The route ``hash_policy`` keying a consistent-hash ring (None without a hash key)."""
     policy = RouteAction.HashPolicy
@@ -265,12 +320,9 @@ def hash_policy(hashing: ConsistentHash) -> Message | None:
     return None
 
 
-def _consistent_hash(
-    context: RouteContext, destinations: Sequence[RouteDestination]
-) -> ConsistentHash | None:
+def _consistent_hash(upstreams: Sequence[Upstream | None]) -> ConsistentHash | None:
     """The hash of the first destination that hashes (Envoy keys a route once)."""
-    for destination in destinations:
-        upstream = resolve(context.mesh, destination, context.listener_port)
+    for upstream in upstreams:
         balancer = upstream.policy.load_balancer if upstream is not None else None
         if balancer is not None and balancer.kind is LoadBalancerKind.CONSISTENT_HASH:
             return balancer.consistent_hash

@@ -8,7 +8,8 @@ message objects whose inputs are unchanged:
 * clusters and load assignments are built per service and remembered per
   ``(Service, DestinationPolicy)`` pair, by identity (the config layer keeps
   the model objects of untouched services, see
-  :class:`~controlplane.config.build.MeshBuilder`);
+  :class:`~controlplane.config.build.MeshBuilder`); the sorted lists of a
+  view are assembled once per mesh, for every class that shares the view;
 * route configurations and listeners do not depend on endpoints, so they are
   remembered per proxy class together with a *routing view* of the mesh (the
   model without endpoints) and rebuilt only when that view changes.
@@ -28,6 +29,7 @@ handed out must be treated as immutable.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Any
 
 from controlplane.model import DestinationPolicy, Mesh, Service
@@ -54,6 +56,10 @@ class _ServiceOutput:
     assignments: tuple[Message, ...]
 
 
+_name = attrgetter("name")
+_cluster_name = attrgetter("cluster_name")
+
+
 def _routing_view(mesh: Mesh) -> tuple[Any, ...]:
     """What routes and listeners depend on: the mesh minus endpoints, compared by value."""
     return (
@@ -78,6 +84,9 @@ class Translator:
         self._services: dict[tuple[int, int], _ServiceOutput] = {}
         self._previous: dict[tuple[int, int], _ServiceOutput] = {}
         self._blackhole = blackhole_cluster()
+        # Per view of the current mesh (classes of namespaces that see the same share
+        # one), its sorted clusters and assignments, held with the view they belong to.
+        self._upstreams: dict[int, tuple[Mesh, tuple[Message, ...], tuple[Message, ...]]] = {}
         self._routing: dict[str, tuple[tuple[Any, ...], list[Message], list[Message]]] = {}
         # Per shared view (the class with its namespace replaced by its view name), the
         # class whose routes and listeners others of that view may reuse.
@@ -95,7 +104,23 @@ class Translator:
         if mesh is not self._mesh:
             self._mesh = mesh
             self._previous, self._services = self._services, {}
+            self._upstreams = {}
         view = mesh.seen_from(proxy.namespace)
+        upstreams = self._upstreams.get(id(view))
+        if upstreams is None or upstreams[0] is not view:
+            upstreams = self._upstreams[id(view)] = (view, *self._upstream_outputs(view))
+        clusters, assignments = list(upstreams[1]), list(upstreams[2])
+        shared = replace(proxy, namespace=mesh.view_name(proxy.namespace)).key
+        routes, listeners = self._routes_and_listeners(view, proxy, shared)
+        return {
+            CLUSTER_TYPE: clusters,
+            ENDPOINT_TYPE: assignments,
+            ROUTE_TYPE: routes,
+            LISTENER_TYPE: listeners,
+        }
+
+    def _upstream_outputs(self, view: Mesh) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+        """The clusters and load assignments of ``view``, each sorted by name."""
         clusters: list[Message] = [self._blackhole]
         assignments: list[Message] = []
         for service in view.services:
@@ -107,16 +132,9 @@ class Translator:
             self._services[key] = output
             clusters.extend(output.clusters)
             assignments.extend(output.assignments)
-        clusters.sort(key=lambda c: str(c.name))
-        assignments.sort(key=lambda a: str(a.cluster_name))
-        shared = replace(proxy, namespace=mesh.view_name(proxy.namespace)).key
-        routes, listeners = self._routes_and_listeners(view, proxy, shared)
-        return {
-            CLUSTER_TYPE: clusters,
-            ENDPOINT_TYPE: assignments,
-            ROUTE_TYPE: routes,
-            LISTENER_TYPE: listeners,
-        }
+        clusters.sort(key=_name)
+        assignments.sort(key=_cluster_name)
+        return tuple(clusters), tuple(assignments)
 
     def _routes_and_listeners(
         self, mesh: Mesh, proxy: ProxyClass, shared: str

@@ -21,7 +21,9 @@ hosts, which Envoy accepts and answers with 503s.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
+from operator import attrgetter
 
 from controlplane.model import (
     DestinationPolicy,
@@ -65,11 +67,16 @@ class Upstream:
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
         """The port's endpoints this upstream selects, sorted by address then port."""
+        return tuple(sorted(self.selected_endpoints, key=_address_and_port))
+
+    @property
+    def selected_endpoints(self) -> tuple[Endpoint, ...]:
+        """The port's endpoints this upstream selects, in the service's order."""
         selected = self.service.endpoints_for(self.port.port)
         if self.subset is not None:
             selector = self.subset.labels
-            selected = tuple(e for e in selected if labels_match(selector, e.labels))
-        return tuple(sorted(selected, key=lambda e: (e.address, e.port)))
+            selected = tuple([e for e in selected if _selects(selector, e.labels)])
+        return selected
 
     @property
     def dns_endpoints(self) -> tuple[Endpoint, ...]:
@@ -96,6 +103,12 @@ class Upstream:
                 return Discovery.STATIC
             return Discovery.LOGICAL_DNS
         return Discovery.EDS
+
+
+_address_and_port = attrgetter("address", "port")
+
+# The endpoints of a service mostly repeat a few label sets (one per version).
+_selects = functools.lru_cache(maxsize=4096)(labels_match)
 
 
 def upstreams(mesh: Mesh) -> tuple[Upstream, ...]:

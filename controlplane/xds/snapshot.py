@@ -23,10 +23,12 @@ would leave clusters warming or listeners without routes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -61,7 +63,10 @@ def resource_references(message: Any) -> frozenset[Reference]:
     needs that RouteConfiguration. Route-to-cluster links are not included:
     a route to a missing cluster is valid configuration (it answers 503).
     """
-    url = type_url_of(message)
+    return _references(message, type_url_of(message))
+
+
+def _references(message: Any, url: str) -> frozenset[Reference]:
     if url == CLUSTER:
         if message.type == cluster_pb2.Cluster.EDS:
             service = message.eds_cluster_config.service_name or message.name
@@ -148,17 +153,20 @@ class Resource:
 
     @classmethod
     def from_message(cls, message: Any) -> Resource:
-        url = type_url_of(message)
-        kind = RESOURCE_TYPES.get(url)
+        kind = _KINDS.get(type(message))
         if kind is None:
-            raise InconsistentSnapshotError(f"unsupported resource type {url}")
+            url = type_url_of(message)
+            kind = RESOURCE_TYPES.get(url)
+            if kind is None:
+                raise InconsistentSnapshotError(f"unsupported resource type {url}")
         data = message.SerializeToString(deterministic=True)
+        url = kind.type_url
         return cls(
-            name=kind.name_of(message),
-            type_url=kind.type_url,
-            hash=hashlib.sha256(data).hexdigest(),
-            value=data,
-            references=resource_references(message),
+            kind.name_of(message),
+            url,
+            hashlib.sha256(data).hexdigest(),
+            data,
+            _references(message, url),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -170,15 +178,15 @@ class Resource:
         return hash((self.type_url, self.name, self.hash))
 
 
+_KINDS = {kind.message_class: kind for kind in RESOURCE_TYPES.values()}
+"""The resource types by generated class: a dictionary lookup instead of a type URL."""
+
+
 def content_version(resources: Mapping[str, Resource]) -> str:
     """The version of one type: a digest of its sorted ``(name, hash)`` pairs."""
-    digest = hashlib.sha256()
-    for name in sorted(resources):
-        digest.update(name.encode())
-        digest.update(b"\x00")
-        digest.update(resources[name].hash.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:16]
+    # One update over the joined lines hashes the same bytes as an update per part.
+    lines = "".join([f"{name}\x00{resources[name].hash}\n" for name in sorted(resources)])
+    return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
 class Snapshot:
@@ -192,17 +200,10 @@ class Snapshot:
     def __init__(self, resources: Mapping[str, Iterable[Resource]]) -> None:
         by_type: dict[str, Mapping[str, Resource]] = {}
         for url in (*PUSH_ORDER, *sorted(set(resources) - set(PUSH_ORDER))):
-            named: dict[str, Resource] = {}
-            for resource in resources.get(url, ()):
-                if resource.type_url != url:
-                    raise InconsistentSnapshotError(
-                        f"{resource.type_url} resource {resource.name!r} filed under {url}"
-                    )
-                if resource.name in named:
-                    raise InconsistentSnapshotError(
-                        f"duplicate {url} resource name {resource.name!r}"
-                    )
-                named[resource.name] = resource
+            items = list(resources.get(url, ()))
+            named = {resource.name: resource for resource in items}
+            if len(named) != len(items) or any(r.type_url != url for r in items):
+                _reject(url, items)
             by_type[url] = MappingProxyType(named)
         self._resources: Mapping[str, Mapping[str, Resource]] = MappingProxyType(by_type)
         self._versions: Mapping[str, str] = MappingProxyType(
@@ -248,6 +249,18 @@ class Snapshot:
     def check_consistency(self) -> None:
         """Raise :class:`InconsistentSnapshotError` listing every dangling or orphan link."""
         referenced: dict[str, set[str]] = {ENDPOINT: set(), ROUTE: set()}
+        for parent_url in (CLUSTER, LISTENER):
+            for parent in self.resources(parent_url).values():
+                for url, name in parent.references:
+                    referenced.setdefault(url, set()).add(name)
+        if all(names <= self.resources(url).keys() for url, names in referenced.items()) and all(
+            self.resources(url).keys() <= referenced[url] for url in (ENDPOINT, ROUTE)
+        ):
+            return
+        self._report_inconsistency()
+
+    def _report_inconsistency(self) -> None:
+        referenced: dict[str, set[str]] = {ENDPOINT: set(), ROUTE: set()}
         problems: list[str] = []
         for parent_url in (CLUSTER, LISTENER):
             for parent in self.resources(parent_url).values():
@@ -280,34 +293,114 @@ class Snapshot:
         return f"Snapshot({parts})"
 
 
+def _reject(url: str, resources: Iterable[Resource]) -> None:
+    """Raise for the first resource of ``url`` filed under the wrong type or named twice."""
+    names: set[str] = set()
+    for resource in resources:
+        if resource.type_url != url:
+            raise InconsistentSnapshotError(
+                f"{resource.type_url} resource {resource.name!r} filed under {url}"
+            )
+        if resource.name in names:
+            raise InconsistentSnapshotError(f"duplicate {url} resource name {resource.name!r}")
+        names.add(resource.name)
+
+
 def _kind(type_url: str) -> str:
     return type_url.rsplit(".", 1)[-1]
+
+
+class ResourcePool:
+    """The :class:`Resource` of each message that some :class:`ResourceCache` holds.
+
+    Proxy classes share most messages (every class of a namespace gets the same
+    cluster and load assignment objects from the translator), so the caches of
+    all classes draw on one pool: a message is serialized and hashed once, however
+    many classes send it, and its bytes are kept once. An entry is counted by the
+    caches whose last snapshot holds its message and dropped when none does; it
+    holds the message itself, so the message's ``id()`` cannot be reused by another
+    object while the entry exists.
+    """
+
+    __slots__ = ("_entries", "_users")
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, Resource]] = {}
+        self._users: Counter[int] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _acquire(self, entries: Mapping[int, tuple[Any, Resource]]) -> None:
+        shared = self._entries
+        if shared:
+            for key in entries.keys() - shared.keys():
+                shared[key] = entries[key]
+        else:
+            shared.update(entries)
+        self._users.update(entries.keys())  # counted in C: most keys are shared
+
+    def _release(self, keys: Iterable[int]) -> None:
+        shared, users = self._entries, self._users
+        for key in keys:
+            count = users[key] - 1
+            if count:
+                users[key] = count
+            else:
+                del users[key], shared[key]
+
+
+_resource_of: Callable[[tuple[Any, Resource]], Resource] = itemgetter(1)
 
 
 class ResourceCache:
     """Snapshots whose unchanged messages are not serialized or hashed again.
 
-    Keeps, by message identity, the :class:`Resource` made from each message
-    of the last snapshot. A translator that hands back the same message object
+    Holds, by message identity, the :class:`Resource` made from each message
+    of the last snapshot, in a :class:`ResourcePool` it may share with the caches
+    of other proxy classes. A translator that hands back the same message object
     for unchanged input (see :class:`controlplane.translate.translator.Translator`)
-    thus pays only for what changed. Keep one cache per stream of snapshots
-    (per proxy class); messages must not be mutated after they are cached.
+    thus pays only for what changed, once for all classes. Keep one cache per
+    stream of snapshots (per proxy class) and :meth:`close` it when the class
+    goes; messages must not be mutated after they are cached.
     """
 
-    def __init__(self) -> None:
+    __slots__ = ("_entries", "_pool")
+
+    def __init__(self, pool: ResourcePool | None = None) -> None:
+        self._pool = pool if pool is not None else ResourcePool()
         self._entries: dict[int, tuple[Any, Resource]] = {}
 
     def snapshot(self, resources: Mapping[str, Iterable[Any]]) -> Snapshot:
+        shared = self._pool._entries
         entries: dict[int, tuple[Any, Resource]] = {}
         by_type: dict[str, list[Resource]] = {}
         for url, messages in resources.items():
-            items: list[Resource] = []
-            for message in messages:
-                entry = self._entries.get(id(message))
-                if entry is None or entry[0] is not message:
-                    entry = (message, Resource.from_message(message))
-                entries[id(message)] = entry
-                items.append(entry[1])
-            by_type[url] = items
+            # A message found in the pool is the very one its entry holds: the entry
+            # keeps that object alive, so no other object can have its id. The lookups
+            # run in C; only messages new to the pool take the Python path.
+            listed = list(messages)
+            keys = list(map(id, listed))
+            found = list(map(shared.get, keys))
+            if None in found:
+                for index, entry in enumerate(found):
+                    if entry is None:
+                        message = listed[index]
+                        found[index] = (message, Resource.from_message(message))
+            complete = cast(list[tuple[Any, Resource]], found)
+            entries.update(zip(keys, complete, strict=True))
+            by_type[url] = list(map(_resource_of, complete))
+        snapshot = Snapshot(by_type)
+        old = self._entries
+        if old:
+            self._pool._acquire({key: entries[key] for key in entries.keys() - old.keys()})
+            self._pool._release(old.keys() - entries.keys())
+        else:
+            self._pool._acquire(entries)
         self._entries = entries
-        return Snapshot(by_type)
+        return snapshot
+
+    def close(self) -> None:
+        """Give this cache's entries back to the pool (its class is gone)."""
+        self._pool._release(self._entries.keys())
+        self._entries = {}

@@ -1,4 +1,5 @@
-"""ControlPlane wiring that no protocol test sees: housekeeping waits for a due reload."""
+"""ControlPlane wiring that no protocol test sees: housekeeping waits for a due reload,
+the default classes verified at start share their serialized resources."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import pytest
 
 from controlplane.server import memory
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
+from controlplane.translate import CLUSTER_TYPE, ENDPOINT_TYPE, ProxyClass, ProxyRole, translate
+from controlplane.xds import Snapshot
+from tests.translate.support import kitchen_sink_mesh
+
+SIDECAR = ProxyClass()
+GATEWAY = ProxyClass(role=ProxyRole.GATEWAY)
 
 
 async def test_housekeeping_waits_while_a_reload_is_due(
@@ -39,3 +46,28 @@ async def test_housekeeping_waits_while_a_reload_is_due(
         assert plane.reloads == reloads + 1
     finally:
         await plane.stop(grace=0.1)
+
+
+def test_the_default_sidecar_and_gateway_share_each_serialized_cluster_and_assignment(
+    tmp_path: Path,
+) -> None:
+    plane = ControlPlane(ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0"))
+    mesh = kitchen_sink_mesh()
+    assert plane._verify(mesh) is None
+    assert plane._verified is not None
+    built = plane._verified[1]
+    assert sorted(built) == sorted(proxy.key for proxy in (GATEWAY, SIDECAR))
+    gateway, sidecar = built[GATEWAY.key], built[SIDECAR.key]
+    for url in (CLUSTER_TYPE, ENDPOINT_TYPE):
+        assert sidecar.resources(url)
+        assert all(
+            resource is gateway.resources(url)[name]
+            for name, resource in sidecar.resources(url).items()
+        )
+    for proxy, snapshot in ((SIDECAR, sidecar), (GATEWAY, gateway)):
+        fresh = Snapshot.from_resources(translate(mesh, proxy))
+        assert snapshot.versions == fresh.versions
+        for url in fresh.type_urls:
+            assert {n: r.value for n, r in snapshot.resources(url).items()} == {
+                n: r.value for n, r in fresh.resources(url).items()
+            }

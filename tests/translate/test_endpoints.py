@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
@@ -17,7 +19,7 @@ from controlplane.model import (
     TrafficPolicy,
 )
 from controlplane.translate import ENDPOINT_TYPE, ProxyClass, translate
-from controlplane.translate.endpoints import build_load_assignments, load_assignment
+from controlplane.translate.endpoints import build_load_assignments, is_ip, load_assignment
 from tests.translate.support import REVIEWS, ZONE_A, ZONE_B, http_service, mesh_of, named
 
 
@@ -168,3 +170,44 @@ def test_passthrough_clusters_get_no_assignment() -> None:
     assert [a.cluster_name for a in build_load_assignments(mesh)] == [
         "outbound|9080|v1|web.default.svc.cluster.local"
     ]
+
+
+def _parses(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def test_an_eds_host_is_an_ip_exactly_when_ipaddress_parses_it() -> None:
+    addresses = [
+        "10.0.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "1.2.3.4",
+        "199.249.250.9",
+        "010.0.0.1",
+        "1.2.3.04",
+        "00.1.2.3",
+        "256.1.1.1",
+        "1.2.3.260",
+        "1.2.3",
+        "1.2.3.4.5",
+        "1..2.3",
+        "a.b.c.d",
+        "",
+        " 1.2.3.4",
+        "1.2.3.4 ",
+        "1.2.3.4\n",
+        "\u0661.2.3.4",
+        "::1",
+        "fe80::1",
+        "2001:db8::8a2e:370:7334",
+        "::ffff:10.0.0.1",
+        "fe80::1%eth0",
+        "reviews.default.svc.cluster.local",
+        "unix:///var/run/app.sock",
+    ]
+    assert [is_ip(a) for a in addresses] == [_parses(a) for a in addresses]
+    assert [is_ip(a) for a in addresses[:5]] == [True] * 5

@@ -79,3 +79,17 @@ def test_the_resource_cache_serializes_a_reused_message_once() -> None:
     assert same == sorted(first.resources(ROUTE_TYPE))
     assert second.version(ROUTE_TYPE) == first.version(ROUTE_TYPE)
     assert second.version(ENDPOINT_TYPE) != first.version(ENDPOINT_TYPE)
+
+
+def test_classes_that_share_a_view_get_the_same_messages_in_lists_of_their_own() -> None:
+    translator = Translator()
+    mesh = kitchen_sink_mesh()
+    sidecar = translator.translate(mesh, SIDECAR)
+    gateway = translator.translate(mesh, GATEWAY)
+    for url in (CLUSTER_TYPE, ENDPOINT_TYPE):
+        assert sidecar[url] is not gateway[url]
+        assert len(sidecar[url]) == len(gateway[url]) > 0
+        assert all(a is b for a, b in zip(sidecar[url], gateway[url], strict=True))
+    sidecar[CLUSTER_TYPE].clear()
+    again = translator.translate(mesh, GATEWAY)
+    assert _bytes(again) == _bytes(translate(mesh, GATEWAY))
