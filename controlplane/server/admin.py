@@ -198,9 +198,7 @@ class AdminServices:
         return proxy
 
     def streams_of(self, node_id: str) -> list[_Stream]:
-        return [
-            s for s in self.ads.streams() if s.core.has_node and s.core.node_id == node_id
-        ]
+        return [s for s in self.ads.streams() if s.core.has_node and s.core.node_id == node_id]
 
     async def ListProxies(
         self, request: admin_pb2.ListProxiesRequest, context: Any
