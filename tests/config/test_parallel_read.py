@@ -14,7 +14,6 @@ from controlplane.config import parallel_read
 from controlplane.config.files import scan
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits
 from controlplane.config.parallel_read import (
-    MIN_FILES,
     FilesRead,
     Reader,
     cores_available,
@@ -22,7 +21,15 @@ from controlplane.config.parallel_read import (
 )
 from controlplane.config.store import ConfigStore, FileVersion, _read, validate_directory
 
+MIN_FILES = 256
 FILES = MIN_FILES + 44
+
+
+@pytest.fixture(autouse=True)
+def fewer_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper for a few hundred files already, to keep the tests quick."""
+    monkeypatch.setattr(parallel_read, "MIN_FILES", MIN_FILES)
+
 
 SERVICE = """\
 apiVersion: v1
