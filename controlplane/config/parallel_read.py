@@ -16,8 +16,13 @@ two share the work:
   objects, exactly what this process would have made of the same files (it
   runs the same reader function on the same paths);
 * this process takes in and unpickles the answers between its own chunks;
-  unpickling costs about a quarter of reading, which is why this process
-  ends up with more than half of the chunks.
+  unpickling costs a quarter to a third of reading (frozen slotted
+  dataclasses are pickled as their slot values, which halved it), which is
+  why this process ends up with more than half of the chunks;
+* the control plane asks for a helper only when it may use 1.5 CPUs or
+  more (:func:`cores_available`: the affinity, capped by a cgroup quota)
+  and serves alone: on a machine whose other core is busy a helper costs
+  time instead of saving it.
 
 The helper is an optimisation and nothing else depends on it: if it cannot
 start, dies, or answers garbage, every chunk it has not answered is read here
@@ -190,14 +195,13 @@ class _Helper:
             self._process.kill()
 
     def close(self) -> None:
+        # Nothing it still has is needed, and it may be blocked writing an answer
+        # nobody will read: stop it rather than wait for it.
         self.alive = False
+        self._process.kill()
+        self._process.wait()
         with contextlib.suppress(OSError):
             self._stdin.close()
-        try:
-            self._process.wait(5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
         if self._process.stdout is not None:
             self._process.stdout.close()
 
