@@ -64,7 +64,7 @@ from controlplane.config.diagnostics import Diagnostic, Finding, Severity
 from controlplane.config.document import FileResult, file_too_large, read_text
 from controlplane.config.files import FileStamp, scan
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, FileTooLargeError, read_limited
-from controlplane.config.parallel_read import read_files
+from controlplane.config.parallel_read import cores_available, read_files
 from controlplane.config.resources import Resource
 from controlplane.config.state import StateDir
 from controlplane.config.yamlsource import forget_scalars, locate_all
@@ -649,7 +649,8 @@ def validate_directory(
     skipped documents of kinds Pilotfish does not read (``PF122``) errors.
     """
     unlisted: dict[str, OSError] = {}
-    read = read_files(root, list(scan(root, unlisted)), limits, _read)
+    paths = list(scan(root, unlisted))
+    read = read_files(root, paths, limits, _read, helper=cores_available() >= 1.5)
     versions = [v for v in read.results.values() if v is not None]
     texts = {v.path: v.text for v in versions}
     diagnostics: list[Diagnostic] = [
