@@ -19,10 +19,11 @@ two share the work:
   unpickling costs a quarter to a third of reading (frozen slotted
   dataclasses are pickled as their slot values, which halved it), which is
   why this process ends up with more than half of the chunks;
-* the control plane asks for a helper only when it may use 1.5 CPUs or
-  more (:func:`cores_available`: the affinity, capped by a cgroup quota)
-  and serves alone: on a machine whose other core is busy a helper costs
-  time instead of saving it.
+* a helper is asked for only when this process may use :data:`MIN_CORES`
+  CPUs or more (:func:`helper_pays`: the affinity, capped by a cgroup
+  quota), and by the control plane only when it serves alone: on a
+  machine whose other core is busy a helper costs time instead of saving
+  it.
 
 The helper is an optimisation and nothing else depends on it: if it cannot
 start, dies, or answers garbage, every chunk it has not answered is read here
@@ -60,6 +61,8 @@ CHUNK = 32
 """Files per request to the helper."""
 AHEAD = 2
 """Chunks requested from the helper before it answers the first of them."""
+MIN_CORES = 1.5
+"""CPUs this process must be allowed for a helper to pay (see :func:`helper_pays`)."""
 PIPE_BYTES = 1 << 20
 """Capacity asked for the answer pipe: about ten chunks' answers."""
 
@@ -207,7 +210,7 @@ class _Helper:
 
     def _send(self, message: object) -> None:
         try:
-            _write(self._stdin, message)
+            _write_frame(self._stdin, message)
         except OSError:
             self.fail("the helper process stopped reading")
 
@@ -241,6 +244,11 @@ class _Helper:
             offset = start + size
         del buffer[:offset]
         return frames
+
+
+def helper_pays() -> bool:
+    """Whether this process may use enough CPUs for a helper to save time."""
+    return cores_available() >= MIN_CORES
 
 
 def cores_available(root: Path = Path("/")) -> float:
@@ -284,7 +292,7 @@ def _child_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
 
 
-def _write(stream: IO[bytes], message: object) -> None:
+def _write_frame(stream: IO[bytes], message: object) -> None:
     buffer = io.BytesIO()
     buffer.write(_HEADER.pack(0))
     _SlotPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
@@ -335,7 +343,7 @@ def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
     return obj
 
 
-def _read(stream: IO[bytes]) -> Any:
+def _read_frame(stream: IO[bytes]) -> Any:
     header = stream.read(_HEADER.size)
     if len(header) < _HEADER.size:
         return None
@@ -348,14 +356,14 @@ def _read(stream: IO[bytes]) -> Any:
 
 def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """The helper's side: read each requested chunk and answer it, until the input ends."""
-    setup = _read(requests)
+    setup = _read_frame(requests)
     if setup is None:
         return
     root, limits, module, name = setup
     read = getattr(__import__(module, fromlist=[name]), name)
-    while (message := _read(requests)) is not None:
+    while (message := _read_frame(requests)) is not None:
         number, chunk = message
-        _write(answers, (number, [read(Path(root), path, limits) for path in chunk]))
+        _write_frame(answers, (number, [read(Path(root), path, limits) for path in chunk]))
 
 
 def main() -> None:

@@ -140,6 +140,19 @@ def _destination(
     return fqdn(value["host"], namespace), value.get("subset") or None, port
 
 
+def _route_destination(
+    dest: tuple[str, str | None, int | None], weight: int, headers: dict[str, Any]
+) -> RouteDestination:
+    return RouteDestination(
+        host=dest[0],
+        subset=dest[1],
+        port=dest[2],
+        weight=weight,
+        request_headers=header_operations(headers.get("request")),
+        response_headers=header_operations(headers.get("response")),
+    )
+
+
 def _weighted(
     routes: list[dict[str, Any]], path: Path, namespace: str, report: Reporter
 ) -> tuple[RouteDestination, ...]:
@@ -158,17 +171,7 @@ def _weighted(
         total += weight
         if dest is None:
             continue
-        headers = item.get("headers") or {}
-        out.append(
-            RouteDestination(
-                host=dest[0],
-                subset=dest[1],
-                port=dest[2],
-                weight=weight,
-                request_headers=header_operations(headers.get("request")),
-                response_headers=header_operations(headers.get("response")),
-            )
-        )
+        out.append(_route_destination(dest, weight, item.get("headers") or {}))
     if len(routes) > 1 and not 0 < total <= MAX_TOTAL_WEIGHT:
         weights = ", ".join(str((r or {}).get("weight", "unset")) for r in routes)
         fix = (
@@ -491,17 +494,7 @@ def _clean_weighted(
         elif weight < 0:
             return None
         total += weight
-        headers = item.get("headers") or {}
-        out.append(
-            RouteDestination(
-                host=dest[0],
-                subset=dest[1],
-                port=dest[2],
-                weight=weight,
-                request_headers=header_operations(headers.get("request")),
-                response_headers=header_operations(headers.get("response")),
-            )
-        )
+        out.append(_route_destination(dest, weight, item.get("headers") or {}))
     if not single and not 0 < total <= MAX_TOTAL_WEIGHT:
         return None
     return tuple(out)

@@ -253,7 +253,12 @@ def workload(
     weight = spec.get("weight")
     if weight is not None and weight < 1:
         report.error("PF114", (*path, "weight"), "a weight must be at least 1 (omit it for 1)")
-    locality = spec.get("locality")
+    return _workload_spec(address, ports, labels, weight, spec.get("locality"))
+
+
+def _workload_spec(
+    address: str, ports: dict[str, int], labels: Any, weight: Any, locality: Any
+) -> WorkloadSpec:
     return WorkloadSpec(
         address=address,
         ports=tuple(sorted(ports.items())),
@@ -284,14 +289,7 @@ def clean_workload(spec: dict[str, Any], namespace: str, name: str) -> WorkloadS
     weight = spec.get("weight")
     if (weight is not None and weight < 1) or not labels_clean(labels):
         return None
-    locality = spec.get("locality")
-    return WorkloadSpec(
-        address=address,
-        ports=tuple(sorted(ports.items())),
-        labels=tuple(sorted((labels or {}).items())),
-        weight=weight or 1,
-        locality=Locality.parse(locality) if locality else _NO_LOCALITY,
-    )
+    return _workload_spec(address, ports, labels, weight, spec.get("locality"))
 
 
 def annotated_service(

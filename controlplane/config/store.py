@@ -64,7 +64,7 @@ from controlplane.config.diagnostics import Diagnostic, Finding, Severity
 from controlplane.config.document import FileResult, file_too_large, read_text
 from controlplane.config.files import FileStamp, scan
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, FileTooLargeError, read_limited
-from controlplane.config.parallel_read import cores_available, read_files
+from controlplane.config.parallel_read import helper_pays, read_files
 from controlplane.config.resources import Resource
 from controlplane.config.state import StateDir
 from controlplane.config.yamlsource import forget_scalars, locate_all
@@ -650,7 +650,7 @@ def validate_directory(
     """
     unlisted: dict[str, OSError] = {}
     paths = list(scan(root, unlisted))
-    read = read_files(root, paths, limits, _read, helper=cores_available() >= 1.5)
+    read = read_files(root, paths, limits, _read, helper=helper_pays())
     versions = [v for v in read.results.values() if v is not None]
     texts = {v.path: v.text for v in versions}
     diagnostics: list[Diagnostic] = [

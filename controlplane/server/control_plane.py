@@ -47,7 +47,7 @@ from envoy.config.core.v3 import base_pb2
 
 from controlplane import collector
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits
-from controlplane.config.parallel_read import cores_available
+from controlplane.config.parallel_read import helper_pays
 from controlplane.config.state import StateDir
 from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.config.watcher import DirectoryWatcher
@@ -119,7 +119,7 @@ class ControlPlane:
             withdraw_grace=options.withdraw_grace,
             max_withdraw_share=options.max_withdraw_share,
             # Workers already share the cores; alone, a cold start reads on two if it may.
-            read_helper=options.worker is None and cores_available() >= 1.5,
+            read_helper=options.worker is None and helper_pays(),
         )
         self._classes: dict[str, ProxyClass] = {}
         self._classes_lock = threading.Lock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -554,3 +555,18 @@ def unpack(packed: Any, message_type: Any) -> Any:
 
 def mesh_of(*services: Service, **rest: Any) -> Mesh:
     return Mesh(services=tuple(sorted(services, key=lambda s: s.host)), **rest)
+
+
+def reweighted(mesh: Mesh, host: str) -> Mesh:
+    """``mesh`` with the first endpoint of ``host`` given another weight (a new Service)."""
+
+    def change(service: Service) -> Service:
+        if service.host != host:
+            return service
+        port, endpoints = service.endpoints[0]
+        first = dataclasses.replace(endpoints[0], weight=endpoints[0].weight + 7)
+        return dataclasses.replace(
+            service, endpoints=((port, (first, *endpoints[1:])), *service.endpoints[1:])
+        )
+
+    return dataclasses.replace(mesh, services=tuple(change(s) for s in mesh.services))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from controlplane.model import Mesh, Service
+from controlplane.model import Mesh
 from controlplane.translate import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, ProxyClass, translate
 from controlplane.translate.proxy import ProxyRole
 from controlplane.translate.translator import Translator
 from controlplane.xds.snapshot import ResourceCache
-from tests.translate.support import bookinfo_mesh, kitchen_sink_mesh
+from tests.translate.support import bookinfo_mesh, kitchen_sink_mesh, reweighted
 
 SIDECAR = ProxyClass()
 GATEWAY = ProxyClass(role=ProxyRole.GATEWAY, labels=(("istio", "ingressgateway"),))
@@ -22,27 +20,12 @@ def _bytes(resources: dict[str, list[object]]) -> dict[str, list[bytes]]:
     }
 
 
-def _reweighted(mesh: Mesh, host: str) -> Mesh:
-    """``mesh`` with the first endpoint of ``host`` given another weight (a new Service)."""
-
-    def change(service: Service) -> Service:
-        if service.host != host:
-            return service
-        port, endpoints = service.endpoints[0]
-        first = dataclasses.replace(endpoints[0], weight=endpoints[0].weight + 7)
-        return dataclasses.replace(
-            service, endpoints=((port, (first, *endpoints[1:])), *service.endpoints[1:])
-        )
-
-    return dataclasses.replace(mesh, services=tuple(change(s) for s in mesh.services))
-
-
 def test_the_translator_gives_exactly_what_translate_gives_across_changes() -> None:
     translator = Translator()
     for mesh in (bookinfo_mesh(), kitchen_sink_mesh(), bookinfo_mesh(), Mesh()):
         for proxy in (SIDECAR, GATEWAY):
             assert _bytes(translator.translate(mesh, proxy)) == _bytes(translate(mesh, proxy))
-        changed = _reweighted(mesh, mesh.services[0].host) if mesh.services else mesh
+        changed = reweighted(mesh, mesh.services[0].host) if mesh.services else mesh
         for proxy in (SIDECAR, GATEWAY):
             assert _bytes(translator.translate(changed, proxy)) == _bytes(translate(changed, proxy))
 
@@ -52,7 +35,7 @@ def test_an_endpoint_change_rebuilds_only_that_services_clusters_and_assignments
     mesh = bookinfo_mesh()
     before = translator.translate(mesh, SIDECAR)
     target = mesh.services[0].host
-    after = translator.translate(_reweighted(mesh, target), SIDECAR)
+    after = translator.translate(reweighted(mesh, target), SIDECAR)
     rebuilt = {
         url: sorted(
             str(getattr(m, "cluster_name", "") or m.name)
@@ -70,7 +53,7 @@ def test_the_resource_cache_serializes_a_reused_message_once() -> None:
     translator, cache = Translator(), ResourceCache()
     mesh = bookinfo_mesh()
     first = cache.snapshot(translator.translate(mesh, SIDECAR))
-    second = cache.snapshot(translator.translate(_reweighted(mesh, mesh.services[0].host), SIDECAR))
+    second = cache.snapshot(translator.translate(reweighted(mesh, mesh.services[0].host), SIDECAR))
     same = [
         name
         for name, resource in second.resources(ROUTE_TYPE).items()

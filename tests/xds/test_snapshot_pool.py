@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from controlplane.errors import InconsistentSnapshotError
-from controlplane.model import Mesh, Service
 from controlplane.translate import CLUSTER_TYPE, ENDPOINT_TYPE, ProxyClass, ProxyRole
 from controlplane.translate.translator import Translator
 from controlplane.xds import CLUSTER, Snapshot
 from controlplane.xds.snapshot import ResourceCache, ResourcePool
-from tests.translate.support import kitchen_sink_mesh
+from tests.translate.support import kitchen_sink_mesh, reweighted
 from tests.xds.resources import static_cluster
 
 SIDECAR = ProxyClass()
@@ -24,19 +21,6 @@ def _wire(snapshot: Snapshot) -> dict[str, dict[str, tuple[str, bytes]]]:
         url: {name: (r.hash, r.value) for name, r in snapshot.resources(url).items()}
         for url in snapshot.type_urls
     }
-
-
-def _reweighted(mesh: Mesh, host: str) -> Mesh:
-    def change(service: Service) -> Service:
-        if service.host != host:
-            return service
-        port, endpoints = service.endpoints[0]
-        first = dataclasses.replace(endpoints[0], weight=endpoints[0].weight + 7)
-        return dataclasses.replace(
-            service, endpoints=((port, (first, *endpoints[1:])), *service.endpoints[1:])
-        )
-
-    return dataclasses.replace(mesh, services=tuple(change(s) for s in mesh.services))
 
 
 def test_two_classes_share_one_serialization_of_their_shared_messages() -> None:
@@ -74,7 +58,7 @@ def test_an_edited_service_is_serialized_again_for_every_class_and_the_rest_is_r
         proxy: cache.snapshot(translator.translate(mesh, proxy)) for proxy, cache in caches.items()
     }
     target = "web.shop.svc.cluster.local"
-    edited = _reweighted(mesh, target)
+    edited = reweighted(mesh, target)
     after = {}
     for proxy, cache in caches.items():
         messages = translator.translate(edited, proxy)
