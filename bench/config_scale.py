@@ -352,7 +352,14 @@ async def first_responses(address: str, clusters: int, deadline: float) -> tuple
     node = base_pb2.Node(id="bench-sidecar", cluster="bench")
     while True:
         try:
-            options = [("grpc.max_receive_message_length", -1)]
+            # gRPC waits 1 s (with jitter) before its first reconnect: a client that
+            # came too early would add that wait to the server's start-up time.
+            options = [
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.initial_reconnect_backoff_ms", 50),
+                ("grpc.min_reconnect_backoff_ms", 50),
+                ("grpc.max_reconnect_backoff_ms", 50),
+            ]
             async with grpc.aio.insecure_channel(address, options=options) as channel:
                 await asyncio.wait_for(channel.channel_ready(), 1.0)
                 stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
