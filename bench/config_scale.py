@@ -16,8 +16,9 @@ then prints for every N:
   ``CSafeLoader`` over the same texts beside it), validate (every document),
   both again as ``pilotfish serve`` runs them, on two cores (a read helper
   process, :mod:`controlplane.config.parallel_read`), build (the mesh),
-  translate and serialize (a sidecar's snapshot); the sum is of the stages
-  ``serve`` runs;
+  translate+encode (a sidecar's resources, serialized as the server's
+  translator does as it builds them) and its snapshot (versions); the sum
+  is of the stages ``serve`` runs;
 * the same path as ``ConfigStore.reload()`` runs it in ``serve`` (one
   figure, with the read helper);
 * ``pilotfish serve`` started as a process, to the first complete CDS
@@ -68,7 +69,8 @@ from controlplane.config.store import _read as store_read
 from controlplane.config.yamlsource import Document, parse, parse_exact
 from controlplane.translate import ProxyClass
 from controlplane.translate.translator import Translator
-from controlplane.xds.snapshot import ResourceCache
+from controlplane.xds.snapshot import Resource as XdsResource
+from controlplane.xds.snapshot import Snapshot
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -335,9 +337,10 @@ def cold_stages(root: Path, count: int) -> Stages:
         build = stages.run("build: the mesh", lambda: MeshBuilder().build(resources))
         assert build.ok and len(build.mesh.services) == count
         translated = stages.run(
-            "translate: a sidecar", lambda: Translator().translate(build.mesh, ProxyClass())
+            "translate+encode: a sidecar",
+            lambda: Translator(encode=XdsResource.from_message).translate(build.mesh, ProxyClass()),
         )
-        stages.run("serialize: its snapshot", lambda: ResourceCache().snapshot(translated))
+        stages.run("snapshot: its versions", lambda: Snapshot(translated))
     return stages
 
 
@@ -443,7 +446,7 @@ def main() -> None:
                     print(f"  {name:32s} {wall:7.2f} s  (cpu {cpu:6.2f} s)")
                     if index in stages.notes:
                         print(f"    {stages.notes[index]}")
-                served = ("scan", "parse+validate on two cores", "build", "translate", "serialize")
+                served = ("scan", "parse+validate on two cores", "build", "translate", "snapshot")
                 total = sum(wall for name, wall, _ in stages.rows if name.startswith(served))
                 print(f"  {'stages in sum (as serve runs)':32s} {total:7.2f} s")
                 store = ConfigStore(root, read_helper=True)

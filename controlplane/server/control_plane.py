@@ -23,8 +23,8 @@ it is worker 0.
 
 Proxy classes are bookkept here and in the cache: :meth:`ControlPlane._classify`
 remembers each class the cache asks about, and the cache's ``forget`` callback
-(:meth:`ControlPlane._forget`) drops a class's entry, its resource cache and
-the translator's memory of it when the cache drops or refuses the class (no
+(:meth:`ControlPlane._forget`) drops a class's entry and the translator's
+memory of it (its encoded routes and listeners) when the cache drops or refuses the class (no
 stream for ``proxy_class_grace`` seconds, or more than ``max_proxy_classes``).
 
 Reloads and translation run on the watcher's thread; the cache hands each
@@ -63,7 +63,7 @@ from controlplane.translate import ProxyClass, ProxyRole
 from controlplane.translate.translator import Translator
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.load_reports import LoadReports
-from controlplane.xds.snapshot import ResourceCache, ResourcePool, Snapshot
+from controlplane.xds.snapshot import Resource, Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -123,10 +123,9 @@ class ControlPlane:
         )
         self._classes: dict[str, ProxyClass] = {}
         self._classes_lock = threading.Lock()
-        self._translator = Translator()
-        # One pool for every class: the messages classes share are serialized once.
-        self._resource_pool = ResourcePool()
-        self._resource_caches: dict[str, ResourceCache] = {}
+        # Keeps each message only as its serialized resource, shared by every class
+        # that sends it: serialized once, and once more only when its input changes.
+        self._translator = Translator(encode=Resource.from_message)
         self.cache = SnapshotCache(
             self._classify,
             self._builder(Mesh()),
@@ -134,7 +133,7 @@ class ControlPlane:
             grace=options.proxy_class_grace,
             forget=self._forget,
         )
-        # The translator and the resource caches are used by the cache's builds and by
+        # The translator is used by the cache's builds and by
         # the store's verification, on different threads.
         self._translate_lock = threading.Lock()
         self._verified: tuple[Mesh, dict[str, Snapshot]] | None = None
@@ -201,7 +200,6 @@ class ControlPlane:
         with self._classes_lock:
             self._classes.pop(key, None)
         with self._translate_lock:
-            self._drop_resource_cache(key)
             self._translator.forget(key)
 
     def _builder(self, mesh: Mesh) -> Callable[[str], Snapshot]:
@@ -212,20 +210,12 @@ class ControlPlane:
                 verified = self._verified
                 if verified is not None and verified[0] is mesh and key in verified[1]:
                     return verified[1][key]
-                return self._translate(mesh, key, proxy)
+                return self._translate(mesh, proxy)
 
         return build
 
-    def _translate(self, mesh: Mesh, key: str, proxy: ProxyClass) -> Snapshot:
-        resources = self._resource_caches.get(key)
-        if resources is None:
-            resources = self._resource_caches[key] = ResourceCache(self._resource_pool)
-        return resources.snapshot(self._translator.translate(mesh, proxy))
-
-    def _drop_resource_cache(self, key: str) -> None:
-        resources = self._resource_caches.pop(key, None)
-        if resources is not None:
-            resources.close()
+    def _translate(self, mesh: Mesh, proxy: ProxyClass) -> Snapshot:
+        return Snapshot(self._translator.translate(mesh, proxy))
 
     def _verify(self, mesh: Mesh) -> str | None:
         """Why ``mesh`` cannot be served, or None; the store calls this before accepting it.
@@ -258,8 +248,8 @@ class ControlPlane:
             with self._classes_lock:
                 for default in (_DEFAULT_SIDECAR, _DEFAULT_GATEWAY):
                     if default.key not in classes and default.key not in self._classes:
-                        # No longer checked: its serialized resources would only go stale.
-                        self._drop_resource_cache(default.key)
+                        # No longer checked: its routes and listeners would only go stale.
+                        self._translator.forget(default.key)
         return None
 
     def _check(
@@ -267,7 +257,7 @@ class ControlPlane:
     ) -> tuple[Snapshot | None, str | None]:
         """The snapshot of ``key`` for ``mesh``, or what keeps it from being served."""
         try:
-            snapshot = self._translate(mesh, key, proxy)
+            snapshot = self._translate(mesh, proxy)
             snapshot.check_consistency()
         except Exception as exc:
             return None, f"{type(exc).__name__} for proxy class {key}: {exc}"

@@ -2,8 +2,9 @@
 
 A control plane translates the whole mesh again after every change, but a
 typical change touches one service. :class:`Translator` returns exactly what
-:func:`~controlplane.translate.resources.translate` returns, and reuses
-message objects whose inputs are unchanged:
+:func:`~controlplane.translate.resources.translate` returns, each message
+passed through an *encoder* (by default none: the messages themselves), and
+reuses the encoded outputs whose inputs are unchanged:
 
 * clusters and load assignments are built per service and remembered per
   ``(Service, DestinationPolicy)`` pair, by identity (the config layer keeps
@@ -20,17 +21,22 @@ and listeners (they differ only in their snapshot key), and the per-service
 outputs are shared by every class whatever its namespace, so namespaces cost
 a translation only where ``exportTo`` makes their views differ.
 
-Reused messages are the same Python objects as before, so
-:class:`~controlplane.xds.snapshot.ResourceCache` can skip serializing and
-hashing them too: one endpoint change costs one load assignment. Messages
-handed out must be treated as immutable.
+The server encodes each message into its serialized, hashed xDS resource
+(``Translator(encode=Resource.from_message)``, from the xds layer) the moment
+it is built and keeps only that: a message is encoded once however many
+classes send it, an unchanged service costs nothing after an edit, and the
+protobuf objects, several times the size of their bytes, are dropped at once.
+Reused outputs are the same Python objects as before and must be treated as
+immutable. Proxyless gRPC classes are translated afresh every time (their
+resources are rewritten per class) and encoded likewise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from operator import attrgetter
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from controlplane.model import DestinationPolicy, Mesh, Service
 from controlplane.translate.clusters import blackhole_cluster, build_cluster
@@ -48,12 +54,23 @@ from controlplane.translate.resources import (
 from controlplane.translate.upstreams import Discovery, service_upstreams
 
 
+class Named(Protocol):
+    """What an encoder makes of a message: it keeps the resource's xDS name."""
+
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T")
+N = TypeVar("N", bound=Named)
+
+
 @dataclass(frozen=True, slots=True)
-class _ServiceOutput:
+class _ServiceOutput(Generic[T]):
     service: Service
     policy: DestinationPolicy | None
-    clusters: tuple[Message, ...]
-    assignments: tuple[Message, ...]
+    clusters: tuple[T, ...]
+    assignments: tuple[T, ...]
 
 
 _name = attrgetter("name")
@@ -73,24 +90,47 @@ def _routing_view(mesh: Mesh) -> tuple[Any, ...]:
     )
 
 
-class Translator:
-    """Memoizing :func:`translate`; not thread-safe (one per snapshot cache)."""
+class Translator(Generic[T]):
+    """Memoizing :func:`translate`; not thread-safe (one per snapshot cache).
 
-    def __init__(self) -> None:
+    ``encode``, if given, turns each message into what is returned and remembered
+    instead (its results name the resource as ``name``); without it the
+    messages themselves are.
+    """
+
+    @overload
+    def __init__(self: Translator[Message]) -> None: ...
+
+    @overload
+    def __init__(self: Translator[N], encode: Callable[[Message], N]) -> None: ...
+
+    def __init__(self, encode: Callable[[Message], Any] | None = None) -> None:
+        self._encode: Callable[[Message], T] | None = encode
+        # Sort keys of encoded outputs: a load assignment message names its resource
+        # ``cluster_name``, what an encoder makes of it ``name``.
+        self._assignment_name = _cluster_name if encode is None else _name
         # Per-service outputs of the current mesh and of the one before it, by the
         # identity of (service, policy): a new mesh starts a new generation, so what
         # no class of two meshes in a row used is dropped.
         self._mesh: Mesh | None = None
-        self._services: dict[tuple[int, int], _ServiceOutput] = {}
-        self._previous: dict[tuple[int, int], _ServiceOutput] = {}
-        self._blackhole = blackhole_cluster()
+        self._services: dict[tuple[int, int], _ServiceOutput[T]] = {}
+        self._previous: dict[tuple[int, int], _ServiceOutput[T]] = {}
+        self._blackhole: T = self._encoded(blackhole_cluster())
         # Per view of the current mesh (classes of namespaces that see the same share
         # one), its sorted clusters and assignments, held with the view they belong to.
-        self._upstreams: dict[int, tuple[Mesh, tuple[Message, ...], tuple[Message, ...]]] = {}
-        self._routing: dict[str, tuple[tuple[Any, ...], list[Message], list[Message]]] = {}
+        self._upstreams: dict[int, tuple[Mesh, tuple[T, ...], tuple[T, ...]]] = {}
+        self._routing: dict[str, tuple[tuple[Any, ...], list[T], list[T]]] = {}
         # Per shared view (the class with its namespace replaced by its view name), the
         # class whose routes and listeners others of that view may reuse.
         self._donors: dict[str, str] = {}
+
+    def _encoded(self, message: Message) -> T:
+        encode = self._encode
+        return message if encode is None else encode(message)  # type: ignore[no-any-return]
+
+    def _all_encoded(self, messages: list[Message]) -> list[T]:
+        encode = self._encode
+        return messages if encode is None else list(map(encode, messages))
 
     def forget(self, key: str) -> None:
         """Drop what is remembered for the proxy class ``key`` (its proxies are gone)."""
@@ -98,9 +138,9 @@ class Translator:
         for shared in [s for s, donor in self._donors.items() if donor == key]:
             del self._donors[shared]
 
-    def translate(self, mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
+    def translate(self, mesh: Mesh, proxy: ProxyClass) -> dict[str, list[T]]:
         if proxy.role is ProxyRole.GRPC:
-            return translate(mesh, proxy)
+            return {url: self._all_encoded(ms) for url, ms in translate(mesh, proxy).items()}
         if mesh is not self._mesh:
             self._mesh = mesh
             self._previous, self._services = self._services, {}
@@ -119,26 +159,42 @@ class Translator:
             LISTENER_TYPE: listeners,
         }
 
-    def _upstream_outputs(self, view: Mesh) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+    def _upstream_outputs(self, view: Mesh) -> tuple[tuple[T, ...], tuple[T, ...]]:
         """The clusters and load assignments of ``view``, each sorted by name."""
-        clusters: list[Message] = [self._blackhole]
-        assignments: list[Message] = []
+        clusters: list[T] = [self._blackhole]
+        assignments: list[T] = []
         for service in view.services:
             policy = view.policy(service.host)
             key = (id(service), id(policy))
             output = self._services.get(key) or self._previous.get(key)
             if output is None or output.service is not service or output.policy is not policy:
-                output = _service_output(service, policy)
+                output = self._service_output(service, policy)
             self._services[key] = output
             clusters.extend(output.clusters)
             assignments.extend(output.assignments)
         clusters.sort(key=_name)
-        assignments.sort(key=_cluster_name)
+        assignments.sort(key=self._assignment_name)
         return tuple(clusters), tuple(assignments)
+
+    def _service_output(
+        self, service: Service, policy: DestinationPolicy | None
+    ) -> _ServiceOutput[T]:
+        clusters: list[Message] = []
+        assignments: list[Message] = []
+        for upstream in service_upstreams(service, policy):
+            clusters.append(build_cluster(upstream))
+            if upstream.discovery is Discovery.EDS:
+                assignments.append(upstream_assignment(upstream))
+        return _ServiceOutput(
+            service,
+            policy,
+            tuple(self._all_encoded(clusters)),
+            tuple(self._all_encoded(assignments)),
+        )
 
     def _routes_and_listeners(
         self, mesh: Mesh, proxy: ProxyClass, shared: str
-    ) -> tuple[list[Message], list[Message]]:
+    ) -> tuple[list[T], list[T]]:
         view = _routing_view(mesh)
         cached = self._routing.get(proxy.key)
         if cached is None or cached[0] != view:
@@ -146,17 +202,7 @@ class Translator:
             cached = self._routing.get(donor) if donor is not None else None
             if cached is None or cached[0] != view:
                 routes, listeners = routes_and_listeners(mesh, proxy)
-                cached = (view, routes, listeners)
+                cached = (view, self._all_encoded(routes), self._all_encoded(listeners))
                 self._donors[shared] = proxy.key
             self._routing[proxy.key] = cached
         return cached[1], cached[2]
-
-
-def _service_output(service: Service, policy: DestinationPolicy | None) -> _ServiceOutput:
-    clusters: list[Message] = []
-    assignments: list[Message] = []
-    for upstream in service_upstreams(service, policy):
-        clusters.append(build_cluster(upstream))
-        if upstream.discovery is Discovery.EDS:
-            assignments.append(upstream_assignment(upstream))
-    return _ServiceOutput(service, policy, tuple(clusters), tuple(assignments))

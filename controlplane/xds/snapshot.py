@@ -23,12 +23,10 @@ would leave clusters warming or listeners without routes.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -308,99 +306,3 @@ def _reject(url: str, resources: Iterable[Resource]) -> None:
 
 def _kind(type_url: str) -> str:
     return type_url.rsplit(".", 1)[-1]
-
-
-class ResourcePool:
-    """The :class:`Resource` of each message that some :class:`ResourceCache` holds.
-
-    Proxy classes share most messages (every class of a namespace gets the same
-    cluster and load assignment objects from the translator), so the caches of
-    all classes draw on one pool: a message is serialized and hashed once, however
-    many classes send it, and its bytes are kept once. An entry is counted by the
-    caches whose last snapshot holds its message and dropped when none does; it
-    holds the message itself, so the message's ``id()`` cannot be reused by another
-    object while the entry exists.
-    """
-
-    __slots__ = ("_entries", "_users")
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[Any, Resource]] = {}
-        self._users: Counter[int] = Counter()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _acquire(self, entries: Mapping[int, tuple[Any, Resource]]) -> None:
-        shared = self._entries
-        if shared:
-            for key in entries.keys() - shared.keys():
-                shared[key] = entries[key]
-        else:
-            shared.update(entries)
-        self._users.update(entries.keys())  # counted in C: most keys are shared
-
-    def _release(self, keys: Iterable[int]) -> None:
-        shared, users = self._entries, self._users
-        for key in keys:
-            count = users[key] - 1
-            if count:
-                users[key] = count
-            else:
-                del users[key], shared[key]
-
-
-_resource_of: Callable[[tuple[Any, Resource]], Resource] = itemgetter(1)
-
-
-class ResourceCache:
-    """Snapshots whose unchanged messages are not serialized or hashed again.
-
-    Holds, by message identity, the :class:`Resource` made from each message
-    of the last snapshot, in a :class:`ResourcePool` it may share with the caches
-    of other proxy classes. A translator that hands back the same message object
-    for unchanged input (see :class:`controlplane.translate.translator.Translator`)
-    thus pays only for what changed, once for all classes. Keep one cache per
-    stream of snapshots (per proxy class) and :meth:`close` it when the class
-    goes; messages must not be mutated after they are cached.
-    """
-
-    __slots__ = ("_entries", "_pool")
-
-    def __init__(self, pool: ResourcePool | None = None) -> None:
-        self._pool = pool if pool is not None else ResourcePool()
-        self._entries: dict[int, tuple[Any, Resource]] = {}
-
-    def snapshot(self, resources: Mapping[str, Iterable[Any]]) -> Snapshot:
-        shared = self._pool._entries
-        entries: dict[int, tuple[Any, Resource]] = {}
-        by_type: dict[str, list[Resource]] = {}
-        for url, messages in resources.items():
-            # A message found in the pool is the very one its entry holds: the entry
-            # keeps that object alive, so no other object can have its id. The lookups
-            # run in C; only messages new to the pool take the Python path.
-            listed = list(messages)
-            keys = list(map(id, listed))
-            found = list(map(shared.get, keys))
-            if None in found:
-                for index, entry in enumerate(found):
-                    if entry is None:
-                        message = listed[index]
-                        found[index] = (message, Resource.from_message(message))
-            complete = cast(list[tuple[Any, Resource]], found)
-            entries.update(zip(keys, complete, strict=True))
-            by_type[url] = list(map(_resource_of, complete))
-        snapshot = Snapshot(by_type)
-        old = self._entries
-        if old:
-            self._pool._acquire({key: entries[key] for key in entries.keys() - old.keys()})
-            self._pool._release(old.keys() - entries.keys())
-        else:
-            self._pool._acquire(entries)
-        self._entries = entries
-        return snapshot
-
-    def close(self) -> None:
-        """Give this cache's entries back to the pool (its class is gone)."""
-        self._pool._release(self._entries.keys())
-        self._entries = {}

@@ -20,8 +20,7 @@ from controlplane.server.grpc_server import XdsServerOptions
 from controlplane.translate import ProxyClass, ProxyRole
 from controlplane.translate.resources import CLUSTER_TYPE
 from controlplane.translate.translator import Translator
-from controlplane.xds import CLUSTER
-from controlplane.xds.snapshot import ResourceCache
+from controlplane.xds import CLUSTER, Snapshot
 from tests.server.support import MiB, eventually, read
 
 HELLO = Path(__file__).parents[2] / "examples" / "hello-world" / "hello.yaml"
@@ -174,7 +173,7 @@ async def test_a_file_that_breaks_translation_is_held_back_and_a_new_sidecar_get
     plane = plane_for(config_dir)
     await plane.start()
     try:
-        good = ResourceCache().snapshot(Translator().translate(plane.store.mesh, ProxyClass()))
+        good = Snapshot.from_resources(Translator().translate(plane.store.mesh, ProxyClass()))
         with capture_logs() as logs:
             (config_dir / "api.yaml").write_text(API_ENTRY)
             await eventually(lambda: any(d.code == "PF212" for d in plane.store.diagnostics))

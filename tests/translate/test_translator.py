@@ -6,7 +6,7 @@ from controlplane.model import Mesh
 from controlplane.translate import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, ProxyClass, translate
 from controlplane.translate.proxy import ProxyRole
 from controlplane.translate.translator import Translator
-from controlplane.xds.snapshot import ResourceCache
+from controlplane.xds.snapshot import Resource, Snapshot
 from tests.translate.support import bookinfo_mesh, kitchen_sink_mesh, reweighted
 
 SIDECAR = ProxyClass()
@@ -49,11 +49,11 @@ def test_an_endpoint_change_rebuilds_only_that_services_clusters_and_assignments
     assert rebuilt[ROUTE_TYPE] == []
 
 
-def test_the_resource_cache_serializes_a_reused_message_once() -> None:
-    translator, cache = Translator(), ResourceCache()
+def test_an_encoding_translator_reuses_the_encoded_routes_of_an_unchanged_view() -> None:
+    translator = Translator(encode=Resource.from_message)
     mesh = bookinfo_mesh()
-    first = cache.snapshot(translator.translate(mesh, SIDECAR))
-    second = cache.snapshot(translator.translate(reweighted(mesh, mesh.services[0].host), SIDECAR))
+    first = Snapshot(translator.translate(mesh, SIDECAR))
+    second = Snapshot(translator.translate(reweighted(mesh, mesh.services[0].host), SIDECAR))
     same = [
         name
         for name, resource in second.resources(ROUTE_TYPE).items()

@@ -1,0 +1,166 @@
+"""A translator with an encoder keeps each output only encoded, once for every class.
+
+The server's translator encodes every message into its xDS resource
+(``Resource.from_message``) as soon as it is built; these tests count the
+encodings and compare the snapshots with a fresh, unmemoized translation.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections import Counter
+from dataclasses import dataclass
+
+from controlplane.translate import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    ProxyClass,
+    ProxyRole,
+    translate,
+)
+from controlplane.translate.protos import Message
+from controlplane.translate.translator import Translator
+from controlplane.xds import Snapshot
+from controlplane.xds.snapshot import Resource
+from tests.translate.support import kitchen_sink_mesh, reweighted
+
+SIDECAR = ProxyClass()
+GATEWAY = ProxyClass(role=ProxyRole.GATEWAY, labels=(("app", "edge"),))
+GRPC = ProxyClass(role=ProxyRole.GRPC)
+TARGET = "web.shop.svc.cluster.local"
+
+
+class CountingEncoder:
+    """``Resource.from_message``, counting what it encodes by ``(type_url, name)``."""
+
+    def __init__(self) -> None:
+        self.encoded: Counter[tuple[str, str]] = Counter()
+
+    def __call__(self, message: Message) -> Resource:
+        resource = Resource.from_message(message)
+        self.encoded[(resource.type_url, resource.name)] += 1
+        return resource
+
+
+def wire(snapshot: Snapshot) -> dict[str, list[tuple[str, str, bytes]]]:
+    """Every resource in the order it goes out, with its hash and bytes."""
+    return {
+        url: [(name, r.hash, r.value) for name, r in snapshot.resources(url).items()]
+        for url in snapshot.type_urls
+    }
+
+
+def assert_as_translated(snapshot: Snapshot, mesh: object, proxy: ProxyClass) -> None:
+    fresh = Snapshot.from_resources(translate(mesh, proxy))  # type: ignore[arg-type]
+    assert wire(snapshot) == wire(fresh)
+    assert snapshot.versions == fresh.versions
+
+
+def of_target(name: str) -> bool:
+    return name.rsplit("|", 1)[-1] == TARGET
+
+
+def test_two_classes_get_the_very_same_resource_of_a_service_encoded_once() -> None:
+    encode = CountingEncoder()
+    translator = Translator(encode=encode)
+    mesh = kitchen_sink_mesh()
+    sidecar = Snapshot(translator.translate(mesh, SIDECAR))
+    gateway = Snapshot(translator.translate(mesh, GATEWAY))
+
+    assert_as_translated(sidecar, mesh, SIDECAR)
+    assert_as_translated(gateway, mesh, GATEWAY)
+    for url in (CLUSTER_TYPE, ENDPOINT_TYPE):
+        assert len(sidecar.resources(url)) > 3
+        assert sidecar.resources(url).keys() == gateway.resources(url).keys()
+        assert all(
+            resource is gateway.resources(url)[name]
+            for name, resource in sidecar.resources(url).items()
+        )
+        assert all(encode.encoded[(url, name)] == 1 for name in sidecar.resources(url))
+    # Routes and listeners are each class's own (some share a name, not a content).
+    assert sum(encode.encoded.values()) == sum(
+        len(snapshot.resources(url))
+        for snapshot in (sidecar, gateway)
+        for url in (ROUTE_TYPE, LISTENER_TYPE)
+    ) + len(sidecar.resources(CLUSTER_TYPE)) + len(sidecar.resources(ENDPOINT_TYPE))
+
+
+def test_an_edit_encodes_only_the_changed_service_and_reuses_the_rest_for_every_class() -> None:
+    encode = CountingEncoder()
+    translator = Translator(encode=encode)
+    mesh = kitchen_sink_mesh()
+    before = {proxy: Snapshot(translator.translate(mesh, proxy)) for proxy in (SIDECAR, GATEWAY)}
+    encode.encoded.clear()
+    edited = reweighted(mesh, TARGET)
+    after = {proxy: Snapshot(translator.translate(edited, proxy)) for proxy in (SIDECAR, GATEWAY)}
+
+    targets = {
+        (url, name)
+        for url in (CLUSTER_TYPE, ENDPOINT_TYPE)
+        for name in after[SIDECAR].resources(url)
+        if of_target(name)
+    }
+    assert {url for url, _ in targets} == {CLUSTER_TYPE, ENDPOINT_TYPE}
+    assert encode.encoded == Counter(dict.fromkeys(targets, 1))
+    for proxy, snapshot in after.items():
+        assert_as_translated(snapshot, edited, proxy)
+        for url in snapshot.type_urls:
+            old = before[proxy].resources(url)
+            for name, resource in snapshot.resources(url).items():
+                assert (resource is old[name]) is not ((url, name) in targets)
+        assert snapshot.version(ENDPOINT_TYPE) != before[proxy].version(ENDPOINT_TYPE)
+        assert snapshot.version(CLUSTER_TYPE) == before[proxy].version(CLUSTER_TYPE)
+        assert snapshot.version(ROUTE_TYPE) == before[proxy].version(ROUTE_TYPE)
+    for url in (CLUSTER_TYPE, ENDPOINT_TYPE):
+        assert all(
+            resource is after[GATEWAY].resources(url)[name]
+            for name, resource in after[SIDECAR].resources(url).items()
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Boxed:
+    """An encoded output that a weak reference can watch."""
+
+    resource: Resource
+
+    @property
+    def name(self) -> str:
+        return self.resource.name
+
+
+def test_forgetting_a_class_frees_its_encoded_routes_and_listeners() -> None:
+    translator = Translator(encode=lambda message: Boxed(Resource.from_message(message)))
+    mesh = kitchen_sink_mesh()
+    kept = translator.translate(mesh, SIDECAR)
+    out = translator.translate(mesh, GATEWAY)
+    watched = [weakref.ref(box) for url in (ROUTE_TYPE, LISTENER_TYPE) for box in out[url]]
+    assert watched
+    del out
+    gc.collect()
+    assert all(ref() is not None for ref in watched)
+
+    translator.forget(GATEWAY.key)
+    gc.collect()
+    assert all(ref() is None for ref in watched)
+    assert translator.translate(mesh, SIDECAR)[ROUTE_TYPE] is kept[ROUTE_TYPE]
+
+
+def test_a_grpc_class_gets_its_own_resources_encoded_as_translated() -> None:
+    encode = CountingEncoder()
+    translator = Translator(encode=encode)
+    mesh = kitchen_sink_mesh()
+    translator.translate(mesh, SIDECAR)
+    encode.encoded.clear()
+    grpc = Snapshot(translator.translate(mesh, GRPC))
+
+    assert_as_translated(grpc, mesh, GRPC)
+    grpc.check_consistency()
+    assert sum(encode.encoded.values()) == sum(len(grpc.resources(u)) for u in grpc.type_urls)
+    # Not memoized: another translation encodes everything again, into equal resources.
+    again = Snapshot(translator.translate(mesh, GRPC))
+    assert wire(again) == wire(grpc)
+    assert sum(encode.encoded.values()) == 2 * sum(len(grpc.resources(u)) for u in grpc.type_urls)
