@@ -1,5 +1,5 @@
 """ControlPlane wiring that no protocol test sees: housekeeping waits for a due reload,
-the default classes verified at start share their serialized resources."""
+the default classes verified at start share their serialized resources, also after an edit."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from controlplane.server import memory
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
 from controlplane.translate import CLUSTER_TYPE, ENDPOINT_TYPE, ProxyClass, ProxyRole, translate
 from controlplane.xds import Snapshot
-from tests.translate.support import kitchen_sink_mesh
+from tests.translate.support import kitchen_sink_mesh, reweighted
 
 SIDECAR = ProxyClass()
 GATEWAY = ProxyClass(role=ProxyRole.GATEWAY)
@@ -71,3 +71,29 @@ def test_the_default_sidecar_and_gateway_share_each_serialized_cluster_and_assig
             assert {n: r.value for n, r in snapshot.resources(url).items()} == {
                 n: r.value for n, r in fresh.resources(url).items()
             }
+
+
+def test_after_an_edit_the_default_classes_reuse_every_resource_of_the_unchanged_services(
+    tmp_path: Path,
+) -> None:
+    plane = ControlPlane(ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0"))
+    mesh = kitchen_sink_mesh()
+    assert plane._verify(mesh) is None
+    assert plane._verified is not None
+    before = plane._verified[1]
+    target = "web.shop.svc.cluster.local"
+    edited = reweighted(mesh, target)
+    assert plane._verify(edited) is None
+    after = plane._verified[1]
+    for proxy in (SIDECAR, GATEWAY):
+        old, new = before[proxy.key], after[proxy.key]
+        for url in (CLUSTER_TYPE, ENDPOINT_TYPE):
+            reused = {
+                name for name, r in new.resources(url).items() if r is old.resources(url)[name]
+            }
+            assert set(new.resources(url)) - reused == {
+                name for name in new.resources(url) if name.endswith("|" + target)
+            }
+        fresh = Snapshot.from_resources(translate(edited, proxy))
+        assert new.versions == fresh.versions
+        assert new.version(ENDPOINT_TYPE) != old.version(ENDPOINT_TYPE)
