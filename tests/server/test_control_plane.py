@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from envoy.config.core.v3 import base_pb2
 
 from controlplane.server import memory
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
@@ -97,3 +98,21 @@ def test_after_an_edit_the_default_classes_reuse_every_resource_of_the_unchanged
         fresh = Snapshot.from_resources(translate(edited, proxy))
         assert new.versions == fresh.versions
         assert new.version(ENDPOINT_TYPE) != old.version(ENDPOINT_TYPE)
+
+
+def test_once_a_gateway_connects_the_default_gateways_routes_and_listeners_are_dropped(
+    tmp_path: Path,
+) -> None:
+    plane = ControlPlane(ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0"))
+    mesh = kitchen_sink_mesh()
+    assert plane._verify(mesh) is None
+    assert set(plane._translator._routing) == {SIDECAR.key, GATEWAY.key}
+    edge = base_pb2.Node(id="edge-1")
+    edge.metadata.update({"pilotfish.io/role": "gateway", "labels": {"app": "edge"}})
+    key = plane._classify(edge)
+    assert plane._verify(mesh) is None
+    assert plane._verified is not None
+    assert sorted(plane._verified[1]) == sorted([SIDECAR.key, key])
+    assert set(plane._translator._routing) == {SIDECAR.key, key}
+    fresh = Snapshot.from_resources(translate(mesh, ProxyClass.from_node(edge)))
+    assert plane._verified[1][key].versions == fresh.versions
