@@ -24,8 +24,9 @@ it is worker 0.
 Proxy classes are bookkept here and in the cache: :meth:`ControlPlane._classify`
 remembers each class the cache asks about, and the cache's ``forget`` callback
 (:meth:`ControlPlane._forget`) drops a class's entry and the translator's
-memory of it (its encoded routes and listeners) when the cache drops or refuses the class (no
-stream for ``proxy_class_grace`` seconds, or more than ``max_proxy_classes``).
+memory of it (its encoded routes and listeners) when the cache drops or
+refuses the class (no stream for ``proxy_class_grace`` seconds, or more than
+``max_proxy_classes``).
 
 Reloads and translation run on the watcher's thread; the cache hands each
 publication to the event loop, where streams pick up the latest snapshot.
@@ -133,8 +134,8 @@ class ControlPlane:
             grace=options.proxy_class_grace,
             forget=self._forget,
         )
-        # The translator is used by the cache's builds and by
-        # the store's verification, on different threads.
+        # The translator is used by the cache's builds and by the store's verification,
+        # on different threads.
         self._translate_lock = threading.Lock()
         self._verified: tuple[Mesh, dict[str, Snapshot]] | None = None
         self._sizes: dict[tuple[str, str], int] = {}
