@@ -27,8 +27,8 @@ it is built and keeps only that: a message is encoded once however many
 classes send it, an unchanged service costs nothing after an edit, and the
 protobuf objects, several times the size of their bytes, are dropped at once.
 Reused outputs are the same Python objects as before and must be treated as
-immutable. Proxyless gRPC classes are translated afresh every time (their
-resources are rewritten per class) and encoded likewise.
+immutable. Proxyless gRPC classes are not memoized: translated afresh each
+time, then encoded likewise.
 """
 
 from __future__ import annotations
