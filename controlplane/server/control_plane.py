@@ -61,7 +61,7 @@ from controlplane.server.http_admin import HttpAdmin
 from controlplane.server.peers import AggregatingAdmin, Peers, WorkerSlot
 from controlplane.server.stats import RELOAD_BUCKETS, Histogram
 from controlplane.translate import ProxyClass, ProxyRole
-from controlplane.translate.translator import Translator
+from controlplane.translate.translator import FORK_MIN_SERVICES, Translator
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.load_reports import LoadReports
 from controlplane.xds.snapshot import Resource, Snapshot
@@ -126,7 +126,11 @@ class ControlPlane:
         self._classes_lock = threading.Lock()
         # Keeps each message only as its serialized resource, shared by every class
         # that sends it: serialized once, and once more only when its input changes.
-        self._translator = Translator(encode=Resource.from_message)
+        # A cold start translates on two cores under the read helper's rule.
+        self._translator = Translator(
+            encode=Resource.from_message,
+            fork_from=FORK_MIN_SERVICES if options.worker is None and helper_pays() else None,
+        )
         self.cache = SnapshotCache(
             self._classify,
             self._builder(Mesh()),

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any, Generic, Protocol, TypeVar, overload
 
+from controlplane.forked_map import forked_map
 from controlplane.model import DestinationPolicy, Mesh, Service
 from controlplane.translate.clusters import blackhole_cluster, build_cluster
 from controlplane.translate.endpoints import upstream_assignment
@@ -52,6 +53,12 @@ from controlplane.translate.resources import (
     translate,
 )
 from controlplane.translate.upstreams import Discovery, service_upstreams
+
+FORK_MIN_SERVICES = 2000
+"""Services to translate anew from which a server with a second core forks for it: the
+cold start of a large mesh (at 10,000 services it saves about a third of translation)."""
+FORK_CHUNK = 128
+"""Services per chunk of a forked translation (about 0.3 MB of answer at most)."""
 
 
 class Named(Protocol):
@@ -95,17 +102,25 @@ class Translator(Generic[T]):
 
     ``encode``, if given, turns each message into what is returned and remembered
     instead (its results name the resource as ``name``); without it the
-    messages themselves are.
+    messages themselves are. With ``fork_from``, a mesh with that many services
+    or more to translate anew (a cold start) is translated on two cores
+    (:func:`~controlplane.forked_map.forked_map`: encoded outputs must pickle);
+    the caller says whether a second core is there to use.
     """
 
     @overload
-    def __init__(self: Translator[Message]) -> None: ...
+    def __init__(self: Translator[Message], *, fork_from: int | None = None) -> None: ...
 
     @overload
-    def __init__(self: Translator[N], encode: Callable[[Message], N]) -> None: ...
+    def __init__(
+        self: Translator[N], encode: Callable[[Message], N], *, fork_from: int | None = None
+    ) -> None: ...
 
-    def __init__(self, encode: Callable[[Message], Any] | None = None) -> None:
+    def __init__(
+        self, encode: Callable[[Message], Any] | None = None, *, fork_from: int | None = None
+    ) -> None:
         self._encode: Callable[[Message], T] | None = encode
+        self._fork_from = fork_from
         # Sort keys of encoded outputs: a load assignment message names its resource
         # ``cluster_name``, what an encoder makes of it ``name``.
         self._assignment_name = _cluster_name if encode is None else _name
@@ -161,36 +176,55 @@ class Translator(Generic[T]):
 
     def _upstream_outputs(self, view: Mesh) -> tuple[tuple[T, ...], tuple[T, ...]]:
         """The clusters and load assignments of ``view``, each sorted by name."""
-        clusters: list[T] = [self._blackhole]
-        assignments: list[T] = []
+        outputs: list[_ServiceOutput[T] | None] = []
+        missing: list[tuple[Service, DestinationPolicy | None]] = []
         for service in view.services:
             policy = view.policy(service.host)
             key = (id(service), id(policy))
             output = self._services.get(key) or self._previous.get(key)
             if output is None or output.service is not service or output.policy is not policy:
-                output = self._service_output(service, policy)
-            self._services[key] = output
+                missing.append((service, policy))
+                output = None
+            else:
+                self._services[key] = output
+            outputs.append(output)
+        made = iter(self._upstreams_of(missing))
+        clusters: list[T] = [self._blackhole]
+        assignments: list[T] = []
+        for output in outputs:
+            if output is None:
+                output = next(made)
+                self._services[(id(output.service), id(output.policy))] = output
             clusters.extend(output.clusters)
             assignments.extend(output.assignments)
         clusters.sort(key=_name)
         assignments.sort(key=self._assignment_name)
         return tuple(clusters), tuple(assignments)
 
-    def _service_output(
-        self, service: Service, policy: DestinationPolicy | None
-    ) -> _ServiceOutput[T]:
+    def _upstreams_of(
+        self, services: list[tuple[Service, DestinationPolicy | None]]
+    ) -> list[_ServiceOutput[T]]:
+        fork_from = self._fork_from
+        if fork_from is not None and len(services) >= fork_from:
+            made = forked_map(self._encoded_upstreams, services, FORK_CHUNK)
+        else:
+            made = list(map(self._encoded_upstreams, services))
+        return [
+            _ServiceOutput(service, policy, clusters, assignments)
+            for (service, policy), (clusters, assignments) in zip(services, made, strict=True)
+        ]
+
+    def _encoded_upstreams(
+        self, service_and_policy: tuple[Service, DestinationPolicy | None]
+    ) -> tuple[tuple[T, ...], tuple[T, ...]]:
+        """The encoded clusters and load assignments of one service."""
         clusters: list[Message] = []
         assignments: list[Message] = []
-        for upstream in service_upstreams(service, policy):
+        for upstream in service_upstreams(*service_and_policy):
             clusters.append(build_cluster(upstream))
             if upstream.discovery is Discovery.EDS:
                 assignments.append(upstream_assignment(upstream))
-        return _ServiceOutput(
-            service,
-            policy,
-            tuple(self._all_encoded(clusters)),
-            tuple(self._all_encoded(assignments)),
-        )
+        return tuple(self._all_encoded(clusters)), tuple(self._all_encoded(assignments))
 
     def _routes_and_listeners(
         self, mesh: Mesh, proxy: ProxyClass, shared: str

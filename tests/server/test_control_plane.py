@@ -4,15 +4,21 @@ the default classes verified at start share their serialized resources, also aft
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
+import grpc
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from controlplane.server import memory
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
 from controlplane.translate import CLUSTER_TYPE, ENDPOINT_TYPE, ProxyClass, ProxyRole, translate
-from controlplane.xds import Snapshot
+from controlplane.translate import translator as translator_module
+from controlplane.xds import CLUSTER, Snapshot
+from tests.server.support import read
 from tests.translate.support import kitchen_sink_mesh, reweighted
 
 SIDECAR = ProxyClass()
@@ -116,3 +122,70 @@ def test_once_a_gateway_connects_the_default_gateways_routes_and_listeners_are_d
     assert set(plane._translator._routing) == {SIDECAR.key, key}
     fresh = Snapshot.from_resources(translate(mesh, ProxyClass.from_node(edge)))
     assert plane._verified[1][key].versions == fresh.versions
+
+
+def _service(index: int, port: int) -> str:
+    return f"""\
+apiVersion: v1
+kind: Service
+metadata:
+  name: svc-{index}
+  namespace: default
+spec:
+  ports:
+  - name: http
+    port: {port}
+"""
+
+
+async def test_a_reload_forked_onto_two_cores_reaches_connected_proxies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(translator_module, "FORK_CHUNK", 1)
+    for i in range(6):
+        (tmp_path / f"svc-{i}.yaml").write_text(_service(i, 80))
+    plane = ControlPlane(ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0"))
+    plane._translator._fork_from = 2
+    await plane.start()
+    try:
+        assert len(forks) == 1  # the cold start
+        async with grpc.aio.insecure_channel(plane.address) as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call = stub.StreamAggregatedResources()
+            await call.write(
+                discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="p"), type_url=CLUSTER)
+            )
+            first = await read(call)
+            await call.write(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=CLUSTER, version_info=first.version_info, response_nonce=first.nonce
+                )
+            )
+            for i in range(6):
+                (tmp_path / f"svc-{i}.yaml").write_text(_service(i, 8080))
+            await asyncio.get_running_loop().run_in_executor(None, plane.reload)
+            assert len(forks) == 2  # every service changed: translated on two cores again
+            update = await read(call)
+            names = set()
+            for any_message in update.resources:
+                cluster = cluster_pb2.Cluster()
+                any_message.Unpack(cluster)
+                names.add(cluster.name)
+            assert {f"outbound|8080||svc-{i}.default.svc.cluster.local" for i in range(6)} <= names
+            assert not any("|80||" in name for name in names)
+            call.cancel()
+    finally:
+        await plane.stop(grace=0.1)
+    for pid in forks:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)

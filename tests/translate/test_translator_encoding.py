@@ -8,9 +8,14 @@ encodings and compare the snapshots with a fresh, unmemoized translation.
 from __future__ import annotations
 
 import gc
+import os
+import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
+
+import pytest
 
 from controlplane.translate import (
     CLUSTER_TYPE,
@@ -21,6 +26,7 @@ from controlplane.translate import (
     ProxyRole,
     translate,
 )
+from controlplane.translate import translator as translator_module
 from controlplane.translate.protos import Message
 from controlplane.translate.translator import Translator
 from controlplane.xds import Snapshot
@@ -164,3 +170,50 @@ def test_a_grpc_class_gets_its_own_resources_encoded_as_translated() -> None:
     again = Snapshot(translator.translate(mesh, GRPC))
     assert wire(again) == wire(grpc)
     assert sum(encode.encoded.values()) == 2 * sum(len(grpc.resources(u)) for u in grpc.type_urls)
+
+
+def test_a_translation_forked_onto_two_cores_is_the_translation_on_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mesh = kitchen_sink_mesh()
+    parent = os.getpid()
+    encoded_here: list[str] = []
+
+    def encode(message: Message) -> Resource:
+        resource = Resource.from_message(message)
+        if os.getpid() == parent:
+            encoded_here.append(resource.name)
+            time.sleep(0.02)  # so that the child answers the last services first
+        return resource
+
+    monkeypatch.setattr(translator_module, "FORK_CHUNK", 1)
+    forked = Translator(encode=encode, fork_from=1)
+    snapshot = Snapshot(forked.translate(mesh, SIDECAR))
+
+    assert_as_translated(snapshot, mesh, SIDECAR)
+    last = mesh.services[-1].host
+    assert not [name for name in encoded_here if last in name]
+    # The resources the child made are remembered like any others.
+    encoded_here.clear()
+    assert_as_translated(Snapshot(forked.translate(mesh, SIDECAR)), mesh, SIDECAR)
+    assert encoded_here == []
+
+
+def test_a_translator_forks_only_from_the_given_number_of_services(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mesh = kitchen_sink_mesh()
+    calls: list[int] = []
+
+    def counting_map(fn: Any, items: Any, chunk: int) -> list[Any]:
+        calls.append(len(items))
+        return [fn(item) for item in items]
+
+    monkeypatch.setattr(translator_module, "forked_map", counting_map)
+    Translator(encode=Resource.from_message, fork_from=len(mesh.services) + 1).translate(
+        mesh, SIDECAR
+    )
+    Translator(encode=Resource.from_message).translate(mesh, SIDECAR)
+    assert calls == []
+    Translator(encode=Resource.from_message, fork_from=len(mesh.services)).translate(mesh, SIDECAR)
+    assert calls == [len(mesh.services)]

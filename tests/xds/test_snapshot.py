@@ -1,4 +1,5 @@
 import hashlib
+import pickle
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
@@ -65,6 +66,26 @@ def test_a_resource_keeps_bytes_not_a_message_and_builds_a_fresh_any_on_demand()
     assert type(resource.value) is bytes
     assert resource.body is not resource.body
     assert resource.body == resource.body
+
+
+def test_a_resource_pickles_as_its_fields_and_comes_back_equal():
+    for message in (eds_cluster("a"), rds_listener("l", "r")):
+        resource = Resource.from_message(message)
+        assert resource.sotw_entry  # cached now, and not sent along
+        back = pickle.loads(pickle.dumps(resource, pickle.HIGHEST_PROTOCOL))
+        assert resource.__reduce__() == (
+            Resource,
+            (resource.name, resource.type_url, resource.hash, resource.value, resource.references),
+        )
+        assert (back.name, back.type_url, back.hash, back.value, back.references) == (
+            resource.name,
+            resource.type_url,
+            resource.hash,
+            resource.value,
+            resource.references,
+        )
+        assert back.sotw_entry == resource.sotw_entry
+        assert back.delta_entry == resource.delta_entry
 
 
 def test_load_assignment_is_named_by_its_cluster_name():
