@@ -9,6 +9,14 @@ the control plane does not depend on the agents). Exit codes follow
 the usual convention: 0 fine, 1 the command ran and found errors, 2 the
 command was used wrongly. ``pilotfish`` alone prints the full help on stdout and
 exits 2, like ``git`` with no command.
+
+This module imports little: the server, the store and the status commands
+are imported by the functions that need them. ``serve`` on a large directory
+first starts its read helper (:func:`_read_ahead`, see
+:mod:`controlplane.config.parallel_read`), which parses files on another core
+while this process imports the server (most of a second); the helper is
+stopped when ``serve`` returns, whatever happened, if the first reload has not
+stopped it already.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ def __getattr__(name: str) -> ModuleType:
 
 
 def configure_logging(log_format: str, level: str) -> None:
+    """:func:`controlplane.logs.configure` (structlog is imported when serve needs it)."""
     from controlplane.logs import configure
 
     configure(log_format, level)
