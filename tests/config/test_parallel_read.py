@@ -26,7 +26,6 @@ from controlplane.config.parallel_read import (
     read_files,
 )
 from controlplane.config.store import ConfigStore, FileVersion, _read, validate_directory
-from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
 
 MIN_FILES = 256
 FILES = MIN_FILES + 44
@@ -330,18 +329,16 @@ def test_answers_of_a_helper_started_ahead_without_the_servers_stamps_are_not_ta
     assert read.results == alone(tmp_path, paths)
 
 
-def test_a_helper_started_ahead_that_dies_leaves_the_rest_read_here(
-    tmp_path: Path, slow: Reader[FileVersion | None]
-) -> None:
+def test_a_helper_started_ahead_that_dies_leaves_the_rest_read_here(tmp_path: Path) -> None:
     paths = mixed_directory(tmp_path)
-    helper = ReadHelper.ahead(tmp_path, DEFAULT_LIMITS, f"{__name__}:slow_here")
+    helper = ReadHelper.ahead(tmp_path, DEFAULT_LIMITS, READER)
     answered_once(helper)
     assert helper._process is not None
     helper._process.kill()
     helper._process.wait()
 
     with capture_logs() as logs:
-        read = read_now(tmp_path, helper, slow)
+        read = read_now(tmp_path, helper)
 
     assert 0 < read.by_helper < len(paths)  # what it answered before it died
     assert read.results == alone(tmp_path, paths)
@@ -468,6 +465,8 @@ def test_serve_starts_no_read_helper_for_a_small_directory_or_under_workers(
 def test_serve_hands_its_read_helper_to_the_first_reload_which_stops_it(
     tmp_path: Path, started: list[tuple[ReadHelper, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
+
     config = tmp_path / "config"
     config.mkdir()
     mixed_directory(config)
