@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -485,3 +486,52 @@ def test_serve_hands_its_read_helper_to_the_first_reload_which_stops_it(
     [(handed, result)] = seen
     assert handed is helper and not alive(pid)
     assert result.mesh == ConfigStore(config).reload().mesh
+
+
+def processes_with(marker: str) -> list[int]:
+    """The processes whose environment holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_read_helper_ends_when_serve_is_killed_before_its_first_reload(
+    tmp_path: Path,
+) -> None:
+    if not parallel_read.helper_pays():
+        pytest.skip("serve starts no read helper with fewer than 1.5 CPUs")
+    config = tmp_path / "config"
+    config.mkdir()
+    for i in range(2000):  # serve's own minimum: this is another process
+        (config / f"svc-{i:04d}.yaml").write_text(SERVICE.format(i=i, a=i // 250, b=i % 250))
+    value = f"{os.getpid()}-{tmp_path.name}"
+    marker = f"PILOTFISH_TEST_MARKER={value}"
+    argv = ["serve", "--config-dir", str(config), "--state-dir", str(tmp_path / "state")]
+    addresses = ["--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"]
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", *argv, *addresses],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PILOTFISH_TEST_MARKER": value},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(processes_with(marker)) < 2 and serve.poll() is None:
+            assert time.monotonic() < deadline, "serve started no read helper"
+            time.sleep(0.01)
+        assert serve.poll() is None
+    finally:
+        serve.kill()
+        serve.wait()
+    deadline = time.monotonic() + 60
+    while processes_with(marker):
+        assert time.monotonic() < deadline, f"left running: {processes_with(marker)}"
+        time.sleep(0.05)
