@@ -9,45 +9,61 @@ the control plane does not depend on the agents). Exit codes follow
 the usual convention: 0 fine, 1 the command ran and found errors, 2 the
 command was used wrongly. ``pilotfish`` alone prints the full help on stdout and
 exits 2, like ``git`` with no command.
+
+This module imports little: the server, the store and the status commands
+are imported by the functions that need them. ``serve`` on a large directory
+first starts its read helper (:func:`_read_ahead`, see
+:mod:`controlplane.config.parallel_read`), which parses files on another core
+while this process imports the server (most of a second); the helper is
+stopped when ``serve`` returns, whatever happened, if the first reload has not
+stopped it already.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
+from typing import TYPE_CHECKING
 
 from controlplane import __version__
-from controlplane.config.diagnostics import render_json
 from controlplane.config.durations import parse_duration
-from controlplane.config.files import CONFIG_SUFFIXES, scan
 from controlplane.config.limits import KIB, MIB, ConfigLimits
-from controlplane.config.state import default_state_dir
-from controlplane.config.store import validate_directory
+from controlplane.config.parallel_read import ReadHelper, enough_files, helper_pays
 from controlplane.errors import PilotfishError
-from controlplane.logs import configure as configure_logging
-from controlplane.server import event_loop
-from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
-from controlplane.server.grpc_server import (
-    AddressInUseError,
-    ServerStartError,
-    XdsServerOptions,
-    check_address,
-    split_address,
-)
-from controlplane.server.http_admin import AdminStartError
-from controlplane.server.peers import WorkerSlot
-from controlplane.server.workers import Supervisor, announce_ready, die_with_parent, guard, leave
-from controlplane.status_cli import add_status_commands
+
+if TYPE_CHECKING:
+    from controlplane.server.control_plane import ControlPlaneOptions
+    from controlplane.server.grpc_server import ServerStartError
+    from controlplane.server.peers import WorkerSlot
+
+# What the store reads each file with, named for a read helper started before the store is
+# imported (parallel_read checks the name against the reader when it takes the helper over).
+_CONFIG_READER = "controlplane.config.store:_read"
+
+
+def __getattr__(name: str) -> ModuleType:
+    # The server is imported when a command needs it (`serve` starts its read helper
+    # first); `event_loop` stays an attribute of this module for whoever replaces its run.
+    if name == "event_loop":
+        from controlplane.server import event_loop
+
+        return event_loop
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    """:func:`controlplane.logs.configure` (structlog is imported when serve needs it)."""
+    from controlplane.logs import configure
+
+    configure(log_format, level)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +83,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from controlplane.config.diagnostics import render_json
+    from controlplane.config.files import CONFIG_SUFFIXES, scan
+    from controlplane.config.store import validate_directory
+
     root = Path(args.directory)
     if not root.is_dir():
         print(f"pilotfish validate: {root} is not a directory", file=sys.stderr)
@@ -96,6 +116,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _address(text: str) -> str:
+    from controlplane.server.grpc_server import split_address
+
     try:
         split_address(text)
     except ValueError:
@@ -106,6 +128,8 @@ def _address(text: str) -> str:
 
 
 def _admin_address(text: str) -> str | None:
+    from controlplane.server.grpc_server import split_address
+
     if text in ("", "off"):
         return None
     try:
@@ -211,6 +235,13 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from controlplane.config.state import default_state_dir
+    from controlplane.server import event_loop
+    from controlplane.server.control_plane import ControlPlaneOptions
+    from controlplane.server.grpc_server import ServerStartError, XdsServerOptions, check_address
+    from controlplane.server.http_admin import AdminStartError
+    from controlplane.server.workers import leave
+
     root = Path(args.config_dir)
     if not root.is_dir():
         print(f"pilotfish serve: {root} is not a directory", file=sys.stderr)
@@ -268,6 +299,7 @@ def _serve(args: argparse.Namespace) -> int:
         limits=_limits(args),
         admin_address=args.admin_address,
         worker=worker,
+        read_helper=args.read_helper,
     )
     try:
         event_loop.run(_run_until_signalled(options, args.grace), args.event_loop)
@@ -286,6 +318,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker_slot(args: argparse.Namespace) -> WorkerSlot | None:
     """This process's slot when a ``--workers`` supervisor started it (it dies with it)."""
+    from controlplane.server.peers import WorkerSlot
+    from controlplane.server.workers import die_with_parent
+
     if args.worker is None:
         return None
     slot = WorkerSlot(args.worker, args.workers, Path(args.run_dir or "."))
@@ -295,6 +330,11 @@ def _worker_slot(args: argparse.Namespace) -> WorkerSlot | None:
 
 def _supervise(args: argparse.Namespace, state_dir: Path) -> int:
     """``--workers N``: reserve the ports, run N copies of this command, supervise them."""
+    import socket
+
+    from controlplane.server.grpc_server import ServerStartError
+    from controlplane.server.workers import Supervisor, guard
+
     if not sys.platform.startswith("linux"):
         print(
             "pilotfish serve: --workers needs Linux's SO_REUSEPORT; run one serve per core "
@@ -345,6 +385,9 @@ def _supervise(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def _cannot_listen(exc: ServerStartError, flag: str = "--xds-address") -> int:
+    from controlplane.server.grpc_server import AddressInUseError
+    from controlplane.server.http_admin import AdminStartError
+
     in_use = exc.in_use if isinstance(exc, AdminStartError) else isinstance(exc, AddressInUseError)
     hint = f"pick another with {flag}" if in_use else f"check {flag}"
     print(f"pilotfish serve: {exc}; {hint}", file=sys.stderr)
@@ -352,6 +395,11 @@ def _cannot_listen(exc: ServerStartError, flag: str = "--xds-address") -> int:
 
 
 async def _run_until_signalled(options: ControlPlaneOptions, grace: float) -> None:
+    import asyncio
+
+    from controlplane.server.control_plane import ControlPlane
+    from controlplane.server.workers import announce_ready
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -443,6 +491,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from controlplane.server import event_loop
+    from controlplane.status_cli import add_status_commands
+
     parser = _Parser(
         prog="pilotfish",
         description="A file-driven xDS control plane.",
@@ -708,18 +759,62 @@ def _agent(argv: Sequence[str]) -> int:
     return agent_main(argv, prog="pilotfish agent")
 
 
+class _Unparsed(Exception):
+    pass
+
+
+class _QuietParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _Unparsed(message)
+
+
+def _read_ahead(argv: Sequence[str]) -> ReadHelper | None:
+    """``serve``'s read helper, started before the server is imported, when it pays.
+
+    The helper scans the config directory and parses files while this process
+    imports the server; the first reload takes it over
+    (:mod:`controlplane.config.parallel_read`). The flags it needs are picked out
+    of ``argv`` here; ``serve`` parses them properly later, and a helper for
+    another directory or other limits is not taken over but stopped.
+    """
+    if {"-h", "--help"} & set(argv):
+        return None
+    parser = _QuietParser(add_help=False)
+    parser.add_argument("--config-dir")
+    parser.add_argument("--workers", type=_count, default=1)
+    parser.add_argument("--worker", type=int, default=None)
+    _add_limit_flags(parser)
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except _Unparsed:
+        return None
+    if args.config_dir is None or args.workers > 1 or args.worker is not None:
+        return None
+    root = Path(args.config_dir)
+    if not helper_pays() or not enough_files(root):
+        return None
+    return ReadHelper.ahead(root, _limits(args), _CONFIG_READER)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["agent"]:
         return _agent(argv[1:])
-    parser = build_parser()
-    if not argv:
-        parser.print_help()
-        return 2
-    args = parser.parse_args(argv)
-    args.argv = tuple(argv)
-    result: int = args.run(args)
-    return result
+    read_helper = _read_ahead(argv[1:]) if argv[:1] == ["serve"] else None
+    try:
+        parser = build_parser()
+        if not argv:
+            parser.print_help()
+            return 2
+        args = parser.parse_args(argv)
+        args.argv = tuple(argv)
+        args.read_helper = read_helper
+        result: int = args.run(args)
+        return result
+    finally:
+        # Taken over and stopped by the first reload; here if serve never got that far.
+        if read_helper is not None:
+            read_helper.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

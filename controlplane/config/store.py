@@ -64,7 +64,7 @@ from controlplane.config.diagnostics import Diagnostic, Finding, Severity
 from controlplane.config.document import FileResult, file_too_large, read_text
 from controlplane.config.files import FileStamp, scan
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, FileTooLargeError, read_limited
-from controlplane.config.parallel_read import helper_pays, read_files
+from controlplane.config.parallel_read import ReadHelper, helper_pays, read_files
 from controlplane.config.resources import Resource
 from controlplane.config.state import StateDir
 from controlplane.config.yamlsource import forget_scalars, locate_all
@@ -180,7 +180,8 @@ class ConfigStore:
     more than ``max_withdraw_share`` of the accepted resources (or all of them)
     is held back for ``withdraw_grace`` seconds (0: never); see the module
     docstring. With ``read_helper``, a reload with many files to read shares
-    them with a helper process (:mod:`~controlplane.config.parallel_read`).
+    them with a helper process (:mod:`~controlplane.config.parallel_read`);
+    a :class:`ReadHelper` already started is taken over by the first reload.
     """
 
     def __init__(
@@ -193,7 +194,7 @@ class ConfigStore:
         withdraw_grace: float = 0.0,
         max_withdraw_share: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
-        read_helper: bool = False,
+        read_helper: bool | ReadHelper = False,
     ) -> None:
         self.root = Path(root)
         self._helper = read_helper
@@ -241,7 +242,9 @@ class ConfigStore:
                 forget_scalars()
 
     def close(self) -> None:
-        """Finish writing the state directory."""
+        """Finish writing the state directory (and stop a read helper never taken over)."""
+        if isinstance(self._helper, ReadHelper):
+            self._helper.close()
         if self.state is not None:
             self.state.close()
 
@@ -272,7 +275,10 @@ class ConfigStore:
                 current[rel] = previous
             else:
                 to_read.append(rel)
-        read = read_files(self.root, to_read, self.limits, _read, helper=self._helper)
+        helper = self._helper
+        if isinstance(helper, ReadHelper):
+            self._helper = True  # this read takes it over; later ones start their own
+        read = read_files(self.root, to_read, self.limits, _read, helper=helper, stamps=stamps)
         for rel in to_read:
             version = read.results[rel]
             if version is None:

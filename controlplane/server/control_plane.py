@@ -48,7 +48,7 @@ from envoy.config.core.v3 import base_pb2
 
 from controlplane import collector
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits
-from controlplane.config.parallel_read import helper_pays
+from controlplane.config.parallel_read import ReadHelper, helper_pays
 from controlplane.config.state import StateDir
 from controlplane.config.store import ConfigStore, ReloadResult
 from controlplane.config.watcher import DirectoryWatcher
@@ -91,6 +91,8 @@ class ControlPlaneOptions:
     """HOST:PORT of the HTTP admin endpoint (/metrics, /readyz...); None: not served."""
     worker: WorkerSlot | None = None
     """This process's place among ``pilotfish serve --workers`` (None: serving alone)."""
+    read_helper: ReadHelper | None = field(default=None, compare=False, repr=False)
+    """A read helper already reading the directory, for the first reload to take over."""
 
 
 # Verified while no proxy of their kind has connected, so that the first to connect
@@ -120,7 +122,7 @@ class ControlPlane:
             withdraw_grace=options.withdraw_grace,
             max_withdraw_share=options.max_withdraw_share,
             # Workers already share the cores; alone, a cold start reads on two if it may.
-            read_helper=options.worker is None and helper_pays(),
+            read_helper=options.read_helper or (options.worker is None and helper_pays()),
         )
         self._classes: dict[str, ProxyClass] = {}
         self._classes_lock = threading.Lock()

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import os
+import select
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from controlplane import cli
 from controlplane.config import parallel_read
 from controlplane.config.files import scan
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits
 from controlplane.config.parallel_read import (
     FilesRead,
     Reader,
+    ReadHelper,
     cores_available,
+    enough_files,
     read_files,
 )
 from controlplane.config.store import ConfigStore, FileVersion, _read, validate_directory
@@ -142,11 +149,11 @@ def test_a_helper_that_dies_after_its_first_answer_leaves_the_rest_read_here(
         "import os, sys\n"
         f"sys.path.insert(0, {os.getcwd()!r})\n"
         "from controlplane.config import parallel_read as p\n"
-        "setup = p._read_frame(sys.stdin.buffer)\n"
-        "number, chunk = p._read_frame(sys.stdin.buffer)\n"
+        "root, limits, module, name, paths = p._read_frame(sys.stdin.buffer)\n"
+        "chunk = paths[(len(paths) - 1) // p.CHUNK * p.CHUNK :]\n"
         "from controlplane.config.store import _read\n"
         "from pathlib import Path\n"
-        "p._write_frame(sys.stdout.buffer, (number, [_read(Path(setup[0]), c, setup[1]) "
+        "p._write_frame(sys.stdout.buffer, (chunk, None, [_read(Path(root), c, limits) "
         "for c in chunk]))\n"
         "os._exit(3)\n"
     )
@@ -230,3 +237,301 @@ def test_cores_available_without_a_quota_is_the_affinity(tmp_path: Path) -> None
     write(tmp_path, "sys/fs/cgroup/cpu/cpu.cfs_quota_us", "-1\n")
 
     assert cores_available(tmp_path) == len(os.sched_getaffinity(0))
+
+
+# -- a helper started ahead (`pilotfish serve` starts it before importing the server) --
+
+READER = f"{_read.__module__}:{_read.__qualname__}"
+
+
+def answered_once(helper: ReadHelper) -> None:
+    """Wait until the helper's first answer (the last files of its sorted scan) is in the pipe."""
+    assert helper.alive
+    readable, _, _ = select.select([helper._fd], [], [], 60)
+    assert readable, "the helper answered nothing within 60 s"
+
+
+def read_now(root: Path, helper: ReadHelper | bool, reader: Reader[Any] = _read) -> FilesRead[Any]:
+    """What the first reload does: scan, then read with the helper and the scan's stamps."""
+    stamps = scan(root)
+    return read_files(root, list(stamps), DEFAULT_LIMITS, reader, helper=helper, stamps=stamps)
+
+
+def alone(root: Path, paths: list[str]) -> dict[str, Any]:
+    return read_files(root, paths, DEFAULT_LIMITS, _read, helper=False).results
+
+
+def test_the_cli_names_the_reader_the_store_reads_with() -> None:
+    assert cli._CONFIG_READER == READER
+
+
+def test_a_helper_started_ahead_is_taken_over_and_the_results_equal_reading_alone(
+    tmp_path: Path, slow: Reader[FileVersion | None]
+) -> None:
+    paths = mixed_directory(tmp_path)
+    helper = ReadHelper.ahead(tmp_path, DEFAULT_LIMITS, f"{__name__}:slow_here")
+    answered_once(helper)
+
+    shared = read_now(tmp_path, helper, slow)
+
+    assert 0 < shared.by_helper < len(paths)
+    assert shared.results == alone(tmp_path, paths)
+    assert list(shared.results) == list(scan(tmp_path))
+    assert helper._process is None and not helper.alive  # stopped at the end of the read
+
+
+def test_a_file_changed_after_the_helper_read_it_is_read_again_and_its_new_content_wins(
+    tmp_path: Path,
+) -> None:
+    paths = mixed_directory(tmp_path)
+    helper = ReadHelper.ahead(tmp_path, DEFAULT_LIMITS, READER)
+    answered_once(helper)
+    edited = paths[-3]  # the last service, in the helper's first answer
+    assert edited.startswith("d2/")
+    path = tmp_path / edited
+    path.write_text(path.read_text().replace("port: 8080", "port: 9090") + "# edited\n")
+
+    shared = read_now(tmp_path, helper)
+
+    version = shared.results[edited]
+    assert version is not None and "port: 9090" in version.text
+    assert shared.results == alone(tmp_path, paths)
+    assert shared.by_helper > 0
+
+
+def test_files_added_and_removed_after_the_helper_scanned_are_read_as_the_server_scans_them(
+    tmp_path: Path,
+) -> None:
+    paths = mixed_directory(tmp_path)
+    helper = ReadHelper.ahead(tmp_path, DEFAULT_LIMITS, READER)
+    answered_once(helper)
+    (tmp_path / paths[-1]).unlink()  # answered by the helper
+    (tmp_path / "d2" / "svc-9999.yaml").write_text(SERVICE.format(i=9999, a=1, b=2))  # last
+
+    shared = read_now(tmp_path, helper)
+
+    now = sorted(scan(tmp_path))
+    assert paths[-1] not in now and "d2/svc-9999.yaml" in now
+    assert sorted(shared.results) == now
+    assert shared.results == alone(tmp_path, now)
+    assert shared.by_helper > 0
+
+
+def test_answers_of_a_helper_started_ahead_without_the_servers_stamps_are_not_taken(
+    tmp_path: Path,
+) -> None:
+    paths = mixed_directory(tmp_path)
+    helper = ReadHelper.ahead(tmp_path, DEFAULT_LIMITS, READER)
+    answered_once(helper)
+
+    read = read_files(tmp_path, paths, DEFAULT_LIMITS, _read, helper=helper)
+
+    assert read.by_helper == 0
+    assert read.results == alone(tmp_path, paths)
+
+
+def test_a_helper_started_ahead_that_dies_leaves_the_rest_read_here(tmp_path: Path) -> None:
+    paths = mixed_directory(tmp_path)
+    helper = ReadHelper.ahead(tmp_path, DEFAULT_LIMITS, READER)
+    answered_once(helper)
+    assert helper._process is not None
+    helper._process.kill()
+    helper._process.wait()
+
+    with capture_logs() as logs:
+        read = read_now(tmp_path, helper)
+
+    assert 0 < read.by_helper < len(paths)  # what it answered before it died
+    assert read.results == alone(tmp_path, paths)
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("config_read_helper_failed", "the helper process ended")
+    ]
+
+
+def test_a_helper_that_could_not_start_ahead_says_so_when_taken_over(tmp_path: Path) -> None:
+    paths = mixed_directory(tmp_path)
+
+    with capture_logs() as started:
+        helper = ReadHelper.ahead(tmp_path, DEFAULT_LIMITS, READER, python=str(tmp_path / "none"))
+    with capture_logs() as logs:
+        read = read_now(tmp_path, helper)
+
+    assert started == []  # before serve has set up its logging
+    assert read.by_helper == 0
+    assert read.results == alone(tmp_path, paths)
+    assert [e["event"] for e in logs] == ["config_read_helper_failed"]
+
+
+def test_a_helper_started_ahead_with_other_limits_is_stopped_and_not_used(tmp_path: Path) -> None:
+    paths = mixed_directory(tmp_path)
+    helper = ReadHelper.ahead(tmp_path, SMALL_FILES, READER)
+    assert helper._process is not None
+    pid = helper._process.pid
+
+    read = read_files(tmp_path, paths, DEFAULT_LIMITS, _read, helper=helper, stamps=scan(tmp_path))
+
+    assert helper._process is None and not alive(pid)
+    assert read.results == alone(tmp_path, paths)
+
+
+def test_a_store_takes_over_a_helper_started_ahead_and_loads_the_same(tmp_path: Path) -> None:
+    mixed_directory(tmp_path)
+    alone = ConfigStore(tmp_path).reload()
+    helper = ReadHelper.ahead(tmp_path, DEFAULT_LIMITS, READER)
+    store = ConfigStore(tmp_path, read_helper=helper)
+
+    shared = store.reload()
+
+    assert shared.mesh == alone.mesh
+    assert shared.diagnostics == alone.diagnostics
+    assert helper._process is None
+    assert store._helper is True  # later reloads start their own
+
+
+def test_enough_files_counts_config_files_as_the_scan_finds_them(tmp_path: Path) -> None:
+    for rel in ("a.yaml", "b/c.yml", "b/.hidden.yaml", ".git/d.yaml", "e.txt", "f/g/h.yaml"):
+        write(tmp_path, rel, "")
+    (tmp_path / "loop").symlink_to(tmp_path)
+
+    assert enough_files(tmp_path, 3)
+    assert not enough_files(tmp_path, 4)
+    assert not enough_files(tmp_path / "missing", 1)
+
+
+# -- `pilotfish serve` starts the helper before importing the server --
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[ReadHelper, int]]:
+    """The helpers `serve` starts ahead, with their process ids."""
+    helpers: list[tuple[ReadHelper, int]] = []
+    ahead = ReadHelper.ahead
+
+    def record(root: Path, limits: ConfigLimits, reader: str, **kwargs: Any) -> ReadHelper:
+        helper = ahead(root, limits, reader, **kwargs)
+        assert helper._process is not None
+        helpers.append((helper, helper._process.pid))
+        return helper
+
+    monkeypatch.setattr(ReadHelper, "ahead", staticmethod(record))
+    monkeypatch.setattr(cli, "helper_pays", lambda: True)
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
+    return helpers
+
+
+def test_serve_stops_its_read_helper_when_the_xds_port_is_taken(
+    tmp_path: Path, started: list[tuple[ReadHelper, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    mixed_directory(config)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["serve", "--config-dir", str(config), "--state-dir", str(tmp_path / "state")]
+        code = cli.main([*argv, "--xds-address", f"127.0.0.1:{port}"])
+
+    assert code == 2
+    assert "already in use" in capsys.readouterr().err
+    [(helper, pid)] = started
+    assert helper.reads_for(config, DEFAULT_LIMITS, _read)
+    assert not alive(pid)
+
+
+def test_serve_starts_no_read_helper_for_a_small_directory_or_under_workers(
+    tmp_path: Path, started: list[tuple[ReadHelper, int]]
+) -> None:
+    mixed_directory(tmp_path, MIN_FILES - 3)  # and two more files
+
+    assert cli._read_ahead(["--config-dir", str(tmp_path)]) is None
+    mixed_directory(tmp_path, MIN_FILES)
+    assert cli._read_ahead(["--config-dir", str(tmp_path), "--workers", "2"]) is None
+    assert cli._read_ahead(["--config-dir", str(tmp_path), "--help"]) is None
+    assert started == []
+    helper = cli._read_ahead(["--log-level", "debug", f"--config-dir={tmp_path}", "--grace", "1s"])
+    assert helper is not None
+    helper.close()
+    assert [h for h, _ in started] == [helper]
+
+
+def test_serve_hands_its_read_helper_to_the_first_reload_which_stops_it(
+    tmp_path: Path, started: list[tuple[ReadHelper, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
+
+    config = tmp_path / "config"
+    config.mkdir()
+    mixed_directory(config)
+    seen: list[Any] = []
+
+    async def first_reload(options: ControlPlaneOptions, grace: float) -> None:
+        plane = ControlPlane(options)
+        seen.append((options.read_helper, plane.store.reload()))
+        plane.store.close()
+
+    monkeypatch.setattr(cli, "_run_until_signalled", first_reload)
+    argv = ["serve", "--config-dir", str(config), "--state-dir", str(tmp_path / "state")]
+    assert cli.main([*argv, "--xds-address", "127.0.0.1:0", "--admin-address", "off"]) == 0
+
+    [(helper, pid)] = started
+    [(handed, result)] = seen
+    assert handed is helper and not alive(pid)
+    assert result.mesh == ConfigStore(config).reload().mesh
+
+
+def processes_with(marker: str) -> list[int]:
+    """The processes whose environment holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_read_helper_ends_when_serve_is_killed_before_its_first_reload(
+    tmp_path: Path,
+) -> None:
+    if not parallel_read.helper_pays():
+        pytest.skip("serve starts no read helper with fewer than 1.5 CPUs")
+    config = tmp_path / "config"
+    config.mkdir()
+    for i in range(2000):  # serve's own minimum: this is another process
+        (config / f"svc-{i:04d}.yaml").write_text(SERVICE.format(i=i, a=i // 250, b=i % 250))
+    value = f"{os.getpid()}-{tmp_path.name}"
+    marker = f"PILOTFISH_TEST_MARKER={value}"
+    argv = ["serve", "--config-dir", str(config), "--state-dir", str(tmp_path / "state")]
+    addresses = ["--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"]
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", *argv, *addresses],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PILOTFISH_TEST_MARKER": value},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(processes_with(marker)) < 2 and serve.poll() is None:
+            assert time.monotonic() < deadline, "serve started no read helper"
+            time.sleep(0.01)
+        assert serve.poll() is None
+    finally:
+        serve.kill()
+        serve.wait()
+    deadline = time.monotonic() + 60
+    while processes_with(marker):
+        assert time.monotonic() < deadline, f"left running: {processes_with(marker)}"
+        time.sleep(0.05)
