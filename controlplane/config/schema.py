@@ -543,3 +543,13 @@ def is_clean(value: Any, message: str) -> bool:
     False means "not sure": the caller runs :func:`check_message` for the findings.
     """
     return _clean_message(value, _CLEAN_TABLES[message])
+
+
+CleanTable = _CleanMessage
+is_clean_by: Callable[[Any, CleanTable], bool] = _clean_message
+"""``is_clean_by(value, clean_table(message))`` is ``is_clean(value, message)``, one lookup less."""
+
+
+def clean_table(message: str) -> CleanTable:
+    """The compiled table of ``message`` that :func:`is_clean_by` checks against."""
+    return _CLEAN_TABLES[message]

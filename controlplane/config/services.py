@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import replace
+from sys import intern
 from typing import Any
 
 from controlplane.config.report import Path, Reporter
@@ -25,9 +26,18 @@ from controlplane.config.resources import (
     KubeServiceSpec,
     ServiceEntrySpec,
     WorkloadSpec,
+    slot_constructor,
 )
 from controlplane.config.visibility import export_to, service_export_to
-from controlplane.model import Locality, Protocol, Resolution, ServicePort
+from controlplane.config.yamlsource import load_cache
+from controlplane.model import (
+    EXPORTED_EVERYWHERE,
+    Labels,
+    Locality,
+    Protocol,
+    Resolution,
+    ServicePort,
+)
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*$"
@@ -57,16 +67,37 @@ UNIX_PREFIX = "unix://"
 _NO_LOCALITY = Locality()
 
 
-_LABEL_KEYS_SEEN: set[str] = set()  # valid label keys met so far (few distinct ones: app, version)
-_MAX_LABEL_KEYS_SEEN = 4096
+# Valid strings met in this load, by what they are valid as: a directory repeats a few
+# label keys and port names on thousands of documents, and label values (``v1``,
+# ``app: reviews``) on many. Bounded within a load too, for a directory of ever new ones.
+_LABEL_KEYS_SEEN: set[str] = load_cache(set())
+_LABEL_VALUES_SEEN: set[str] = load_cache(set())
+_PORT_NAMES_SEEN: set[str] = load_cache(set())
+MAX_SEEN = 100_000
 
 
 def _label_key_ok(key: str) -> bool:
     prefix, _, name = key.rpartition("/")
     valid = bool(_LABEL_NAME.match(name)) and (not prefix or bool(_HOSTNAME.match(prefix)))
-    if valid and len(_LABEL_KEYS_SEEN) < _MAX_LABEL_KEYS_SEEN:
+    if valid and len(_LABEL_KEYS_SEEN) < MAX_SEEN:
         _LABEL_KEYS_SEEN.add(key)
     return valid
+
+
+def _label_value_ok(value: str) -> bool:
+    if not _LABEL_VALUE.match(value):
+        return False
+    if len(_LABEL_VALUES_SEEN) < MAX_SEEN:
+        _LABEL_VALUES_SEEN.add(value)
+    return True
+
+
+def _port_name_ok(name: str) -> bool:
+    if not _DNS_LABEL.match(name):
+        return False
+    if len(_PORT_NAMES_SEEN) < MAX_SEEN:
+        _PORT_NAMES_SEEN.add(name)
+    return True
 
 
 def labels_clean(labels: Any) -> bool:
@@ -80,11 +111,54 @@ def labels_clean(labels: Any) -> bool:
         if not (
             type(key) is str
             and type(value) is str
-            and _LABEL_VALUE.match(value)
+            and (value in _LABEL_VALUES_SEEN or _label_value_ok(value))
             and (key in _LABEL_KEYS_SEEN or _label_key_ok(key))
         ):
             return False
     return True
+
+
+def clean_labels(labels: Any) -> Labels | None:
+    """``labels`` as a resource holds them (sorted pairs of interned strings), when
+    :func:`labels_clean` accepts them; else None. None or empty: no labels.
+
+    Interned, because a directory repeats the same few keys and values on
+    thousands of documents.
+    """
+    if not labels:
+        return ()
+    if type(labels) is not dict:
+        return None
+    pairs: list[tuple[str, str]] = []
+    for key, value in labels.items():
+        if not (
+            type(key) is str
+            and type(value) is str
+            and (value in _LABEL_VALUES_SEEN or _label_value_ok(value))
+            and (key in _LABEL_KEYS_SEEN or _label_key_ok(key))
+        ):
+            return None
+        pairs.append((intern(key), intern(value)))
+    if len(pairs) > 1:
+        pairs.sort()
+    return tuple(pairs)
+
+
+def interned_labels(labels: dict[str, Any] | None) -> Labels:
+    """``tuple(sorted(labels.items()))`` with its strings interned (see :func:`clean_labels`)."""
+    if not labels:
+        return ()
+    return tuple(
+        sorted(
+            [
+                (
+                    intern(key) if type(key) is str else key,
+                    intern(value) if type(value) is str else value,
+                )
+                for key, value in labels.items()
+            ]
+        )
+    )
 
 
 def check_labels(labels: Any, path: Path, report: Reporter, *, selector: bool = False) -> None:
@@ -276,20 +350,86 @@ def clean_workload(spec: dict[str, Any], namespace: str, name: str) -> WorkloadS
     address = spec.get("address")
     if not address or address.startswith(UNIX_PREFIX) or not is_valid_address(address):
         return None
-    ports = spec.get("ports") or {}
-    for port_name, number in ports.items():
-        if not (
-            type(port_name) is str
-            and _DNS_LABEL.match(port_name)
-            and number is not None
-            and 1 <= number <= 65535
-        ):
-            return None
-    labels = spec.get("labels")
+    ports = spec.get("ports")
+    port_pairs: tuple[tuple[str, int], ...] = ()
+    if ports:
+        pairs: list[tuple[str, int]] = []
+        for port_name, number in ports.items():
+            if not (
+                type(port_name) is str
+                and (port_name in _PORT_NAMES_SEEN or _port_name_ok(port_name))
+                and number is not None
+                and 1 <= number <= 65535
+            ):
+                return None
+            pairs.append((intern(port_name), number))
+        if len(pairs) > 1:
+            pairs.sort()
+        port_pairs = tuple(pairs)
     weight = spec.get("weight")
-    if (weight is not None and weight < 1) or not labels_clean(labels):
+    if weight is not None and weight < 1:
         return None
-    return _workload_spec(address, ports, labels, weight, spec.get("locality"))
+    labels = clean_labels(spec.get("labels"))
+    if labels is None:
+        return None
+    locality = spec.get("locality")
+    return WorkloadSpec(
+        address,
+        port_pairs,
+        labels,
+        weight or 1,
+        Locality.parse(locality) if locality else _NO_LOCALITY,
+    )
+
+
+_new_kube_port = slot_constructor(KubePort)
+_new_kube_service = slot_constructor(KubeServiceSpec)
+
+
+def clean_kube_service(spec: dict[str, Any], namespace: str, name: str) -> KubeServiceSpec | None:
+    """:func:`kube_service` of a spec it would report nothing about, else None."""
+    raw = spec.get("ports")
+    if not raw:
+        return None
+    several = len(raw) > 1
+    ports: list[KubePort] = []
+    names: set[str] = set()
+    numbers: set[tuple[int, str]] = set()
+    for port in raw:
+        if not port:
+            return None
+        port_name = port.get("name") or ""
+        if port_name:
+            if port_name in names:
+                return None
+            names.add(port_name)
+        elif several:
+            return None
+        number = port.get("port")
+        if number is None or not 1 <= number <= 65535:
+            return None
+        protocol = port.get("protocol") or "TCP"
+        if (number, protocol) in numbers:
+            return None
+        numbers.add((number, protocol))
+        target = port.get("targetPort")
+        if isinstance(target, int) and not 1 <= target <= 65535:
+            return None
+        ports.append(
+            _new_kube_port(
+                intern(port_name),
+                number,
+                target,
+                protocol_of(port.get("appProtocol"), port_name, None)
+                if protocol == "TCP"
+                else Protocol.UDP,
+            )
+        )
+    selector = spec.get("selector")
+    labels = clean_labels(selector)
+    if labels is None:
+        return None
+    return _new_kube_service(labels if selector else None, tuple(ports), EXPORTED_EVERYWHERE)
 
 
 def annotated_service(

@@ -43,7 +43,7 @@ import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -156,10 +156,18 @@ else:  # pragma: no cover
 
 
 _scalar_cache: dict[tuple[str, str], Any] = {}
+_Cache = TypeVar("_Cache", set[str], dict[str, str])
+_load_caches: list[set[str] | dict[str, str]] = []
+
+
+def load_cache(cache: _Cache) -> _Cache:
+    """``cache`` (of strings met while reading), emptied with the scalar caches after each load."""
+    _load_caches.append(cache)
+    return cache
 
 
 def forget_scalars() -> None:
-    """Empty the caches of scalar tags and values.
+    """Empty the caches of scalar tags and values, and those of :func:`load_cache`.
 
     They pay off within one load, where the same strings repeat thousands of
     times; kept for good, their entries (scattered among the objects of the
@@ -168,6 +176,8 @@ def forget_scalars() -> None:
     _implicit_tags.clear()
     _scalar_cache.clear()
     _line_kinds.clear()
+    for cache in _load_caches:
+        cache.clear()
 
 
 def _scalar(node: ScalarNode) -> Any:
