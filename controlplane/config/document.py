@@ -389,7 +389,17 @@ def _read_clean(file: str, document: Document) -> Resource | None:
     converted = clean(spec, namespace, name) if clean is not None else None
     annotations = metadata.get("annotations")
     if converted is not None and not annotations:
-        return Resource(_meta(kind, namespace, name, file, document, metadata), converted)
+        labels = metadata.get("labels")
+        meta = Meta(
+            kind,
+            namespace,
+            name,
+            file,
+            document.index,
+            document.line,
+            interned_labels(labels) if labels else (),
+        )
+        return Resource(meta, converted)
     report = Reporter(file, document.index, "")
     if converted is None:
         converted = _CONVERTERS[kind](spec, namespace, name, report)

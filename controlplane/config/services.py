@@ -73,6 +73,10 @@ _NO_LOCALITY = Locality()
 _LABEL_KEYS_SEEN: set[str] = load_cache(set())
 _LABEL_VALUES_SEEN: set[str] = load_cache(set())
 _PORT_NAMES_SEEN: set[str] = load_cache(set())
+# Whole label sets and port maps, as written -> as held: one tuple for the many documents
+# that repeat one (the workloads of a version, the subsets of every DestinationRule).
+_LABEL_SETS: dict[tuple[tuple[Any, Any], ...], Labels] = load_cache({})
+_PORT_SETS: dict[tuple[tuple[Any, Any], ...], tuple[tuple[str, int], ...]] = load_cache({})
 MAX_SEEN = 100_000
 
 
@@ -129,6 +133,13 @@ def clean_labels(labels: Any) -> Labels | None:
         return ()
     if type(labels) is not dict:
         return None
+    items = tuple(labels.items())
+    try:
+        known = _LABEL_SETS.get(items)
+    except TypeError:  # an unhashable value, no label value
+        return None
+    if known is not None:
+        return known
     pairs: list[tuple[str, str]] = []
     for key, value in labels.items():
         if not (
@@ -141,7 +152,10 @@ def clean_labels(labels: Any) -> Labels | None:
         pairs.append((intern(key), intern(value)))
     if len(pairs) > 1:
         pairs.sort()
-    return tuple(pairs)
+    result = tuple(pairs)
+    if len(_LABEL_SETS) < MAX_SEEN:
+        _LABEL_SETS[items] = result
+    return result
 
 
 def interned_labels(labels: dict[str, Any] | None) -> Labels:
@@ -351,21 +365,9 @@ def clean_workload(spec: dict[str, Any], namespace: str, name: str) -> WorkloadS
     if not address or address.startswith(UNIX_PREFIX) or not is_valid_address(address):
         return None
     ports = spec.get("ports")
-    port_pairs: tuple[tuple[str, int], ...] = ()
-    if ports:
-        pairs: list[tuple[str, int]] = []
-        for port_name, number in ports.items():
-            if not (
-                type(port_name) is str
-                and (port_name in _PORT_NAMES_SEEN or _port_name_ok(port_name))
-                and number is not None
-                and 1 <= number <= 65535
-            ):
-                return None
-            pairs.append((intern(port_name), number))
-        if len(pairs) > 1:
-            pairs.sort()
-        port_pairs = tuple(pairs)
+    port_pairs = _clean_ports(ports) if ports else ()
+    if port_pairs is None:
+        return None
     weight = spec.get("weight")
     if weight is not None and weight < 1:
         return None
@@ -380,6 +382,30 @@ def clean_workload(spec: dict[str, Any], namespace: str, name: str) -> WorkloadS
         weight or 1,
         Locality.parse(locality) if locality else _NO_LOCALITY,
     )
+
+
+def _clean_ports(ports: dict[str, Any]) -> tuple[tuple[str, int], ...] | None:
+    """A workload's ``ports`` as held, when :func:`workload` would report nothing about them."""
+    items = tuple(ports.items())
+    known = _PORT_SETS.get(items)  # the values of a schema-checked map:uint32 are hashable
+    if known is not None:
+        return known
+    pairs: list[tuple[str, int]] = []
+    for port_name, number in items:
+        if not (
+            type(port_name) is str
+            and (port_name in _PORT_NAMES_SEEN or _port_name_ok(port_name))
+            and number is not None
+            and 1 <= number <= 65535
+        ):
+            return None
+        pairs.append((intern(port_name), number))
+    if len(pairs) > 1:
+        pairs.sort()
+    result = tuple(pairs)
+    if len(_PORT_SETS) < MAX_SEEN:
+        _PORT_SETS[items] = result
+    return result
 
 
 _new_kube_port = slot_constructor(KubePort)

@@ -93,7 +93,7 @@ class YamlLimitError(YamlSyntaxError):
         super().__init__(message, line, column)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Document:
     """One YAML document of a file: its index, first line (1-based) and plain data.
 
@@ -105,6 +105,18 @@ class Document:
     line: int
     data: Any
     size: int = field(default=0, compare=False)
+
+    def __init__(self, index: int, line: int, data: Any, size: int = 0) -> None:
+        # Set directly, as the records of controlplane.config.resources: one per document.
+        _set_index(self, index)
+        _set_line(self, line)
+        _set_data(self, data)
+        _set_size(self, size)
+
+
+_set_index, _set_line, _set_data, _set_size = (
+    getattr(Document, name).__set__ for name in ("index", "line", "data", "size")
+)
 
 
 _implicit_tags: dict[str, str] = {}
@@ -156,8 +168,8 @@ else:  # pragma: no cover
 
 
 _scalar_cache: dict[tuple[str, str], Any] = {}
-_Cache = TypeVar("_Cache", set[str], dict[str, str])
-_load_caches: list[set[str] | dict[str, str]] = []
+_Cache = TypeVar("_Cache", bound=set[Any] | dict[Any, Any])
+_load_caches: list[set[Any] | dict[Any, Any]] = []
 
 
 def load_cache(cache: _Cache) -> _Cache:
