@@ -159,22 +159,30 @@ _CLEAN_CONVERTERS: dict[str, Callable[[dict[str, Any], str, str], Spec | None]] 
     "Service": services.clean_kube_service,
     "VirtualService": routing.clean_virtual_service,
     "DestinationRule": policies.clean_destination_rule,
-    "WorkloadEntry": services.clean_workload,
+    "WorkloadEntry": services.clean_workload_entry,
 }
+# Those that make the schema's clean check of the spec themselves, in the same pass.
+_CHECKING_CONVERTERS = frozenset({"WorkloadEntry"})
 
 
 @dataclass(frozen=True, slots=True)
 class _Kind:
-    """What :func:`_read_clean` needs of a kind, in one lookup."""
+    """What :func:`_read_clean` needs of a kind, in one lookup (``spec``: None when
+    ``clean`` checks the spec against the schema itself)."""
 
     name: str
     versions: tuple[str, ...]
-    spec: CleanTable
+    spec: CleanTable | None
     clean: Callable[[dict[str, Any], str, str], Spec | None] | None
 
 
 _CLEAN_KINDS = {
-    kind: _Kind(kind, tuple(versions), clean_table(message), _CLEAN_CONVERTERS.get(kind))
+    kind: _Kind(
+        kind,
+        tuple(versions),
+        None if kind in _CHECKING_CONVERTERS else clean_table(message),
+        _CLEAN_CONVERTERS.get(kind),
+    )
     for kind, (versions, message) in KINDS.items()
 }
 _OBJECT_META = clean_table("ObjectMeta")
@@ -381,7 +389,7 @@ def _read_clean(file: str, document: Document) -> Resource | None:
     else:
         return None
     spec = data.get("spec")
-    if spec is None or not is_clean_by(spec, found.spec):
+    if spec is None or (found.spec is not None and not is_clean_by(spec, found.spec)):
         return None
     kind = found.name
     name = intern(name)
@@ -400,6 +408,8 @@ def _read_clean(file: str, document: Document) -> Resource | None:
             interned_labels(labels) if labels else (),
         )
         return Resource(meta, converted)
+    if converted is None and found.spec is None:
+        return None  # not even the schema's clean check passed
     report = Reporter(file, document.index, "")
     if converted is None:
         converted = _CONVERTERS[kind](spec, namespace, name, report)

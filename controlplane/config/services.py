@@ -28,6 +28,7 @@ from controlplane.config.resources import (
     WorkloadSpec,
     slot_constructor,
 )
+from controlplane.config.schema import is_clean
 from controlplane.config.visibility import export_to, service_export_to
 from controlplane.config.yamlsource import load_cache
 from controlplane.model import (
@@ -384,10 +385,56 @@ def clean_workload(spec: dict[str, Any], namespace: str, name: str) -> WorkloadS
     )
 
 
+# The fields of the common WorkloadEntry, whose schema check clean_workload_entry makes
+# itself, in the same pass: address (string), weight (uint32), ports (map:uint32) and
+# labels (map:string). tests/config/test_clean_path.py pins these types to the schema.
+PLAIN_WORKLOAD_FIELDS = frozenset({"address", "ports", "labels", "weight"})
+_MAX_UINT32 = 2**32 - 1
+
+
+def clean_workload_entry(spec: Any, namespace: str, name: str) -> WorkloadSpec | None:
+    """:func:`clean_workload` of a WorkloadEntry spec that ``is_clean`` accepts, else None.
+
+    The schema check and the conversion in one pass for a spec of
+    :data:`PLAIN_WORKLOAD_FIELDS`; any other spec is checked by the schema first.
+    """
+    if type(spec) is not dict:
+        return None
+    if not spec.keys() <= PLAIN_WORKLOAD_FIELDS:
+        return clean_workload(spec, namespace, name) if is_clean(spec, "WorkloadEntry") else None
+    address = spec.get("address")
+    if (
+        type(address) is not str
+        or not address
+        or address.startswith(UNIX_PREFIX)
+        or not is_valid_address(address)
+    ):
+        return None
+    weight = spec.get("weight")
+    if weight is not None and (type(weight) is not int or not 1 <= weight <= _MAX_UINT32):
+        return None
+    ports = spec.get("ports")
+    if ports is not None and type(ports) is not dict:
+        return None
+    port_pairs = _clean_ports(ports) if ports else ()
+    if port_pairs is None:
+        return None
+    labels = spec.get("labels")
+    if labels is not None and type(labels) is not dict:
+        return None
+    label_pairs = clean_labels(labels)
+    if label_pairs is None:
+        return None
+    return WorkloadSpec(address, port_pairs, label_pairs, weight or 1, _NO_LOCALITY)
+
+
 def _clean_ports(ports: dict[str, Any]) -> tuple[tuple[str, int], ...] | None:
     """A workload's ``ports`` as held, when :func:`workload` would report nothing about them."""
     items = tuple(ports.items())
-    known = _PORT_SETS.get(items)  # the values of a schema-checked map:uint32 are hashable
+    try:
+        known = _PORT_SETS.get(items)
+    except TypeError:  # an unhashable value, no port number
+        return None
     if known is not None:
         return known
     pairs: list[tuple[str, int]] = []
@@ -395,7 +442,7 @@ def _clean_ports(ports: dict[str, Any]) -> tuple[tuple[str, int], ...] | None:
         if not (
             type(port_name) is str
             and (port_name in _PORT_NAMES_SEEN or _port_name_ok(port_name))
-            and number is not None
+            and type(number) is int
             and 1 <= number <= 65535
         ):
             return None

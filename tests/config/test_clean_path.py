@@ -25,7 +25,7 @@ from controlplane.config.document import read_text
 from controlplane.config.istio_schema import KINDS, MESSAGES
 from controlplane.config.report import Reporter
 from controlplane.config.resources import Resource, slot_constructor
-from controlplane.config.schema import check_message, is_clean
+from controlplane.config.schema import SUPPORTED, check_message, is_clean
 from controlplane.config.yamlsource import Document, forget_scalars, parse
 from controlplane.model import RouteDestination
 from tests.config.helpers import dedent, doc
@@ -208,6 +208,20 @@ NEAR_MISSES = [
     doc("Service", SERVICE, namespace="x", api="v1").replace("namespace: x", "namespace: []"),
     doc("Service", SERVICE, namespace="x" * 64, api="v1"),
     doc("WorkloadEntry", WORKLOAD.replace("http: 9080", "http: 9080, http_2: 9081")),
+    doc("WorkloadEntry", WORKLOAD + "weight: 4294967296\n"),
+    doc("WorkloadEntry", WORKLOAD + "weight: '2'\n"),
+    doc("WorkloadEntry", WORKLOAD + "weight: true\n"),
+    doc("WorkloadEntry", WORKLOAD.replace("http: 9080", "http: '9080'")),
+    doc("WorkloadEntry", WORKLOAD.replace("http: 9080", "http: null")),
+    doc("WorkloadEntry", WORKLOAD.replace("http: 9080", "http: [9080]")),
+    doc("WorkloadEntry", WORKLOAD.replace("{http: 9080}", "[]")),
+    doc("WorkloadEntry", WORKLOAD.replace("{app: reviews, version: v1}", "[]")),
+    doc("WorkloadEntry", WORKLOAD.replace("{app: reviews, version: v1}", "''")),
+    doc("WorkloadEntry", WORKLOAD.replace("version: v1", "version: [v1]")),
+    doc("WorkloadEntry", WORKLOAD.replace("version: v1", "version: null")),
+    doc("WorkloadEntry", WORKLOAD.replace("10.0.0.1", "7")),
+    doc("WorkloadEntry", WORKLOAD + "serviceAccount: reviews\n"),
+    doc("WorkloadEntry", WORKLOAD + "locality: 7\n"),
     doc("DestinationRule", RULE.replace("{simple: LEAST_REQUEST}", "{consistentHash: {}}")),
     doc(
         "DestinationRule",
@@ -326,3 +340,26 @@ def test_the_load_caches_are_emptied_after_a_load() -> None:
     forget_scalars()
     assert not services._LABEL_VALUES_SEEN
     assert document_module._NAMESPACES_SEEN == {}
+
+
+def test_the_one_pass_workload_check_assumes_the_schemas_types() -> None:
+    fields = MESSAGES["WorkloadEntry"]
+    assert {name: fields[name].type for name in services.PLAIN_WORKLOAD_FIELDS} == {
+        "address": "string",
+        "weight": "uint32",
+        "ports": "map:uint32",
+        "labels": "map:string",
+    }
+    assert not any(fields[name].repeated for name in services.PLAIN_WORKLOAD_FIELDS)
+    assert SUPPORTED["WorkloadEntry"] >= services.PLAIN_WORKLOAD_FIELDS
+
+
+def test_a_workload_with_a_locality_or_a_unix_address_reads_as_the_exact_path_reads_it() -> None:
+    for spec in (
+        WORKLOAD + "locality: us-east/a\n",
+        "address: unix:///var/run/app.sock\nlabels: {app: reviews}\n",
+    ):
+        (document,) = parse(doc("WorkloadEntry", spec))
+        resource, findings = exact(document)
+        assert findings == [] and resource is not None
+        assert read_text("f.yaml", doc("WorkloadEntry", spec)).resources == (resource,)
