@@ -588,5 +588,5 @@ def _clean_string_match(value: dict[str, Any]) -> StringMatch | None:
         if text is not None:
             if kind == "regex" and regex_error(text) is not None:
                 return None
-            return _new_string_match(_MATCH_KINDS[kind], text)
+            return _new_string_match(_MATCH_KINDS[kind], intern(text))
     return None
