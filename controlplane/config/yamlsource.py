@@ -188,6 +188,7 @@ def forget_scalars() -> None:
     _implicit_tags.clear()
     _scalar_cache.clear()
     _line_kinds.clear()
+    _plain_shapes.clear()
     for cache in _load_caches:
         cache.clear()
 
@@ -410,6 +411,7 @@ _MAX_FAST_FLOW = 200
 _SHAPE = bytes.maketrans(b"23456789", b"11111111")
 _INEXACT_LINE, _FLOW_LINE, _COLON_LINE = 1, 2, 4
 _line_kinds: dict[bytes, int] = {}
+_plain_shapes: set[bytes] = set()  # the shapes of kind 0, most lines: skipped as a set
 
 
 def _line_kind(shape: bytes) -> int:
@@ -425,6 +427,8 @@ def _line_kind(shape: bytes) -> int:
         )
     if len(_line_kinds) < 100_000:
         _line_kinds[shape] = kind
+        if not kind:
+            _plain_shapes.add(shape)
     return kind
 
 
@@ -434,7 +438,8 @@ def is_fast_exact(text: str) -> bool:
         return False
     kinds = 0
     known = _line_kinds.get
-    for line in set(text.encode("utf-8", "surrogatepass").translate(_SHAPE).split(b"\n")):
+    shapes = set(text.encode("utf-8", "surrogatepass").translate(_SHAPE).split(b"\n"))
+    for line in shapes - _plain_shapes if _plain_shapes else shapes:
         kind = known(line)
         kinds |= _line_kind(line) if kind is None else kind
     return not kinds & _INEXACT_LINE and kinds & (_FLOW_LINE | _COLON_LINE) != (
