@@ -384,7 +384,7 @@ def _read_clean(file: str, document: Document) -> Resource | None:
             if len(_NAMESPACES_SEEN) < _MAX_NAMESPACES_SEEN:
                 _NAMESPACES_SEEN[seen] = seen
         namespace = seen
-    elif not namespace and (namespace is None or type(namespace) is str):
+    elif namespace is None or namespace == "":
         namespace = DEFAULT_NAMESPACE
     else:
         return None
@@ -409,7 +409,7 @@ def _read_clean(file: str, document: Document) -> Resource | None:
         )
         return Resource(meta, converted)
     if converted is None and found.spec is None:
-        return None  # not even the schema's clean check passed
+        return None  # the spec may not even pass the schema's check: the exact path decides
     report = Reporter(file, document.index, "")
     if converted is None:
         converted = _CONVERTERS[kind](spec, namespace, name, report)

@@ -134,6 +134,7 @@ def clean_labels(labels: Any) -> Labels | None:
         return ()
     if type(labels) is not dict:
         return None
+    # Only pairs of strings are ever stored, and nothing else is equal to a string.
     items = tuple(labels.items())
     try:
         known = _LABEL_SETS.get(items)
@@ -430,10 +431,13 @@ def clean_workload_entry(spec: Any, namespace: str, name: str) -> WorkloadSpec |
 
 def _clean_ports(ports: dict[str, Any]) -> tuple[tuple[str, int], ...] | None:
     """A workload's ``ports`` as held, when :func:`workload` would report nothing about them."""
+    for number in ports.values():
+        if type(number) is not int:
+            return None  # before the lookup: true and 80.0 are equal to 1 and 80 as keys
     items = tuple(ports.items())
     try:
         known = _PORT_SETS.get(items)
-    except TypeError:  # an unhashable value, no port number
+    except TypeError:  # an unhashable port name
         return None
     if known is not None:
         return known
@@ -442,7 +446,6 @@ def _clean_ports(ports: dict[str, Any]) -> tuple[tuple[str, int], ...] | None:
         if not (
             type(port_name) is str
             and (port_name in _PORT_NAMES_SEEN or _port_name_ok(port_name))
-            and type(number) is int
             and 1 <= number <= 65535
         ):
             return None

@@ -363,3 +363,17 @@ def test_a_workload_with_a_locality_or_a_unix_address_reads_as_the_exact_path_re
         resource, findings = exact(document)
         assert findings == [] and resource is not None
         assert read_text("f.yaml", doc("WorkloadEntry", spec)).resources == (resource,)
+
+
+@pytest.mark.parametrize("number", ["true", "1.0", "'1'"])
+def test_a_port_map_met_before_is_not_taken_for_one_that_only_compares_equal(
+    number: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    valid = doc("WorkloadEntry", "address: 10.0.0.1\nports: {http: 1}\n", name="a")
+    other = doc("WorkloadEntry", f"address: 10.0.0.2\nports: {{http: {number}}}\n", name="b")
+    text = valid + "---\n" + other
+    forget_scalars()
+    with_clean_path = read_text("f.yaml", text)
+    monkeypatch.setattr(document_module, "_read_clean", lambda file, document: None)
+    assert with_clean_path == read_text("f.yaml", text)
+    assert [f.code for f in with_clean_path.findings] == ["PF112"]
