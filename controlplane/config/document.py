@@ -34,7 +34,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from sys import intern
 from typing import Any
 
 from controlplane.config import gateways, policies, routing, services
@@ -51,13 +50,14 @@ from controlplane.config.schema import (
     is_clean_by,
     suggest,
 )
-from controlplane.config.services import interned_labels
+from controlplane.config.services import shared_labels
 from controlplane.config.yamlsource import (
     Document,
     YamlLimitError,
     YamlSyntaxError,
     load_cache,
     parse,
+    share,
 )
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -187,7 +187,7 @@ _CLEAN_KINDS = {
 }
 _OBJECT_META = clean_table("ObjectMeta")
 _NAME_ONLY = frozenset({"name", "namespace"})
-# Valid namespaces met in this load, each as its interned self: a directory names a few
+# Valid namespaces met in this load, each as its shared self: a directory names a few
 # on thousands of documents. Bounded within a load too, for a directory of ever new ones.
 _NAMESPACES_SEEN: dict[str, str] = load_cache({})
 _MAX_NAMESPACES_SEEN = 100_000
@@ -355,7 +355,7 @@ def _read_clean(file: str, document: Document) -> Resource | None:
     envelope, a spec :func:`is_clean` accepts and a conversion without
     findings. None means only "not sure": :func:`_read` then reads the
     document again, and reports. The strings a directory repeats (kind,
-    namespace, name, labels) are interned.
+    namespace, name, labels) are shared (:func:`~controlplane.config.yamlsource.share`).
     """
     data = document.data
     if type(data) is not dict:
@@ -380,7 +380,7 @@ def _read_clean(file: str, document: Document) -> Resource | None:
         if seen is None:
             if len(namespace) > 63 or not _DNS_LABEL.match(namespace):
                 return None
-            seen = intern(namespace)
+            seen = share(namespace)
             if len(_NAMESPACES_SEEN) < _MAX_NAMESPACES_SEEN:
                 _NAMESPACES_SEEN[seen] = seen
         namespace = seen
@@ -392,7 +392,7 @@ def _read_clean(file: str, document: Document) -> Resource | None:
     if spec is None or (found.spec is not None and not is_clean_by(spec, found.spec)):
         return None
     kind = found.name
-    name = intern(name)
+    name = share(name)
     clean = found.clean
     converted = clean(spec, namespace, name) if clean is not None else None
     annotations = metadata.get("annotations")
@@ -405,7 +405,7 @@ def _read_clean(file: str, document: Document) -> Resource | None:
             file,
             document.index,
             document.line,
-            interned_labels(labels) if labels else (),
+            shared_labels(labels) if labels else (),
         )
         return Resource(meta, converted)
     if converted is None and found.spec is None:
@@ -437,7 +437,7 @@ def _meta(
         file,
         document.index,
         document.line,
-        interned_labels(metadata.get("labels")),
+        shared_labels(metadata.get("labels")),
     )
 
 

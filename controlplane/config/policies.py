@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from sys import intern
 from typing import Any
 
 from controlplane.config.durations import parse_duration
@@ -24,6 +23,7 @@ from controlplane.config.report import Path, Reporter
 from controlplane.config.resources import slot_constructor
 from controlplane.config.services import check_labels, clean_labels, labels_clean
 from controlplane.config.visibility import export_to
+from controlplane.config.yamlsource import share
 from controlplane.model import (
     EXPORTED_EVERYWHERE,
     ConnectionPool,
@@ -289,13 +289,13 @@ def clean_destination_rule(
         traffic = _clean_traffic_policy(policy) if policy else None
         if labels is None or (policy and traffic is None):
             return None
-        subsets.append(_new_subset(intern(subset_name), labels, traffic))
+        subsets.append(_new_subset(share(subset_name), labels, traffic))
     policy = spec.get("trafficPolicy")
     traffic = _clean_traffic_policy(policy) if policy else _NO_TRAFFIC_POLICY
     if traffic is None:
         return None
     return _new_destination_policy(
-        intern(fqdn(host, namespace)), namespace, name, traffic, tuple(subsets), EXPORTED_EVERYWHERE
+        share(fqdn(host, namespace)), namespace, name, traffic, tuple(subsets), EXPORTED_EVERYWHERE
     )
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 import re
-from sys import intern
 from typing import Any
 
 from controlplane.config.durations import parse_duration
 from controlplane.config.report import Path, Reporter
 from controlplane.config.resources import slot_constructor
 from controlplane.config.visibility import export_to
+from controlplane.config.yamlsource import share
 from controlplane.model import (
     EXPORTED_EVERYWHERE,
     Abort,
@@ -411,7 +411,7 @@ def clean_virtual_service(spec: dict[str, Any], namespace: str, name: str) -> Vi
         return None
     gateways = spec.get("gateways")
     gateways = tuple([_gateway_ref(g, namespace) for g in gateways]) if gateways else ("mesh",)
-    expanded = tuple([intern(fqdn(host, namespace)) for host in hosts])
+    expanded = tuple([share(fqdn(host, namespace)) for host in hosts])
     if len(expanded) > 1 and len(set(expanded)) != len(expanded):
         return None
     if "*" in hosts and "mesh" in gateways:
@@ -525,7 +525,7 @@ def _clean_destination(
     if port is not None and (port := port.get("number")) is not None and not 1 <= port <= 65535:
         return None
     subset = value.get("subset")
-    return intern(fqdn(host, namespace)), intern(subset) if subset else None, port
+    return share(fqdn(host, namespace)), share(subset) if subset else None, port
 
 
 def _clean_http_match(value: dict[str, Any], namespace: str) -> HttpMatch | None:
@@ -548,7 +548,7 @@ def _clean_http_match(value: dict[str, Any], namespace: str) -> HttpMatch | None
         parsed = _clean_string_match(match) if match else None
         if match and parsed is None:
             return None
-        without.append((intern(header.lower()), parsed))
+        without.append((share(header.lower()), parsed))
     port = get("port")
     if port is not None and not 1 <= port <= 65535:
         return None
@@ -578,7 +578,7 @@ def _clean_match_map(
         parsed = _clean_string_match(match) if match else None
         if parsed is None:
             return None
-        out.append((intern(name.lower() if lower else name), parsed))
+        out.append((share(name.lower() if lower else name), parsed))
     return tuple(out)
 
 
@@ -588,5 +588,5 @@ def _clean_string_match(value: dict[str, Any]) -> StringMatch | None:
         if text is not None:
             if kind == "regex" and regex_error(text) is not None:
                 return None
-            return _new_string_match(_MATCH_KINDS[kind], intern(text))
+            return _new_string_match(_MATCH_KINDS[kind], share(text))
     return None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import replace
-from sys import intern
 from typing import Any
 
 from controlplane.config.report import Path, Reporter
@@ -30,7 +29,7 @@ from controlplane.config.resources import (
 )
 from controlplane.config.schema import is_clean
 from controlplane.config.visibility import export_to, service_export_to
-from controlplane.config.yamlsource import load_cache
+from controlplane.config.yamlsource import load_cache, share
 from controlplane.model import (
     EXPORTED_EVERYWHERE,
     Labels,
@@ -124,11 +123,11 @@ def labels_clean(labels: Any) -> bool:
 
 
 def clean_labels(labels: Any) -> Labels | None:
-    """``labels`` as a resource holds them (sorted pairs of interned strings), when
+    """``labels`` as a resource holds them (sorted pairs of shared strings), when
     :func:`labels_clean` accepts them; else None. None or empty: no labels.
 
-    Interned, because a directory repeats the same few keys and values on
-    thousands of documents.
+    Shared (:func:`~controlplane.config.yamlsource.share`), because a
+    directory repeats the same few keys and values on thousands of documents.
     """
     if not labels:
         return ()
@@ -151,7 +150,7 @@ def clean_labels(labels: Any) -> Labels | None:
             and (key in _LABEL_KEYS_SEEN or _label_key_ok(key))
         ):
             return None
-        pairs.append((intern(key), intern(value)))
+        pairs.append((share(key), share(value)))
     if len(pairs) > 1:
         pairs.sort()
     result = tuple(pairs)
@@ -160,16 +159,16 @@ def clean_labels(labels: Any) -> Labels | None:
     return result
 
 
-def interned_labels(labels: dict[str, Any] | None) -> Labels:
-    """``tuple(sorted(labels.items()))`` with its strings interned (see :func:`clean_labels`)."""
+def shared_labels(labels: dict[str, Any] | None) -> Labels:
+    """``tuple(sorted(labels.items()))`` with its strings shared (see :func:`clean_labels`)."""
     if not labels:
         return ()
     return tuple(
         sorted(
             [
                 (
-                    intern(key) if type(key) is str else key,
-                    intern(value) if type(value) is str else value,
+                    share(key) if type(key) is str else key,
+                    share(value) if type(value) is str else value,
                 )
                 for key, value in labels.items()
             ]
@@ -449,7 +448,7 @@ def _clean_ports(ports: dict[str, Any]) -> tuple[tuple[str, int], ...] | None:
             and 1 <= number <= 65535
         ):
             return None
-        pairs.append((intern(port_name), number))
+        pairs.append((share(port_name), number))
     if len(pairs) > 1:
         pairs.sort()
     result = tuple(pairs)
@@ -493,7 +492,7 @@ def clean_kube_service(spec: dict[str, Any], namespace: str, name: str) -> KubeS
             return None
         ports.append(
             _new_kube_port(
-                intern(port_name),
+                share(port_name),
                 number,
                 target,
                 protocol_of(port.get("appProtocol"), port_name, None)

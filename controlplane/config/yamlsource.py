@@ -178,6 +178,25 @@ def load_cache(cache: _Cache) -> _Cache:
     return cache
 
 
+_shared: dict[str, str] = load_cache({})
+_MAX_SHARED = 200_000
+
+
+def share(text: str) -> str:
+    """``text``, or the equal string met first in this load: one object for the many
+    documents that repeat a namespace, a label or a host.
+
+    A table per load rather than ``sys.intern``, whose strings outlive the
+    files they came from on Python 3.12, where interned strings are immortal.
+    """
+    found = _shared.get(text)
+    if found is not None:
+        return found
+    if len(_shared) < _MAX_SHARED:
+        _shared[text] = text
+    return text
+
+
 def forget_scalars() -> None:
     """Empty the caches of scalar tags and values, and those of :func:`load_cache`.
 

@@ -26,7 +26,7 @@ from controlplane.config.istio_schema import KINDS, MESSAGES
 from controlplane.config.report import Reporter
 from controlplane.config.resources import Resource, slot_constructor
 from controlplane.config.schema import SUPPORTED, check_message, is_clean
-from controlplane.config.yamlsource import Document, forget_scalars, parse
+from controlplane.config.yamlsource import Document, forget_scalars, parse, share
 from controlplane.model import RouteDestination
 from tests.config.helpers import dedent, doc
 from tests.config.test_fuzz import DOCUMENTS, FUZZ, mutated_documents, resources, structures
@@ -337,7 +337,10 @@ def test_the_load_caches_are_emptied_after_a_load() -> None:
     read_text("svc-1.yaml", service_file(1))
     assert "svc-00001" in services._LABEL_VALUES_SEEN
     assert document_module._NAMESPACES_SEEN == {"bench": "bench"}
+    fresh = "".join(["ben", "ch"])
+    assert share(fresh) == "bench" and share(fresh) is not fresh
     forget_scalars()
+    assert share(fresh) is fresh
     assert not services._LABEL_VALUES_SEEN
     assert document_module._NAMESPACES_SEEN == {}
 
