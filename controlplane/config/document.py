@@ -42,8 +42,23 @@ from controlplane.config.istio_schema import KINDS, TOP_LEVEL_FIELDS
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, describe_bytes
 from controlplane.config.report import Reporter
 from controlplane.config.resources import Meta, Resource, Spec
-from controlplane.config.schema import check_message, is_clean, suggest
-from controlplane.config.yamlsource import Document, YamlLimitError, YamlSyntaxError, parse
+from controlplane.config.schema import (
+    CleanTable,
+    check_message,
+    clean_table,
+    is_clean,
+    is_clean_by,
+    suggest,
+)
+from controlplane.config.services import shared_labels
+from controlplane.config.yamlsource import (
+    Document,
+    YamlLimitError,
+    YamlSyntaxError,
+    load_cache,
+    parse,
+    share,
+)
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -141,10 +156,41 @@ _CONVERTERS: dict[str, Callable[[dict[str, Any], str, str, Reporter], Spec]] = {
 
 # Converters of the common case, without reporter: None means "not sure" (see _read_clean).
 _CLEAN_CONVERTERS: dict[str, Callable[[dict[str, Any], str, str], Spec | None]] = {
+    "Service": services.clean_kube_service,
     "VirtualService": routing.clean_virtual_service,
     "DestinationRule": policies.clean_destination_rule,
-    "WorkloadEntry": services.clean_workload,
+    "WorkloadEntry": services.clean_workload_entry,
 }
+# Those that make the schema's clean check of the spec themselves, in the same pass.
+_CHECKING_CONVERTERS = frozenset({"WorkloadEntry"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """What :func:`_read_clean` needs of a kind, in one lookup (``spec``: None when
+    ``clean`` checks the spec against the schema itself)."""
+
+    name: str
+    versions: tuple[str, ...]
+    spec: CleanTable | None
+    clean: Callable[[dict[str, Any], str, str], Spec | None] | None
+
+
+_CLEAN_KINDS = {
+    kind: _Kind(
+        kind,
+        tuple(versions),
+        None if kind in _CHECKING_CONVERTERS else clean_table(message),
+        _CLEAN_CONVERTERS.get(kind),
+    )
+    for kind, (versions, message) in KINDS.items()
+}
+_OBJECT_META = clean_table("ObjectMeta")
+_NAME_ONLY = frozenset({"name", "namespace"})
+# Valid namespaces met in this load, each as its shared self: a directory names a few
+# on thousands of documents. Bounded within a load too, for a directory of ever new ones.
+_NAMESPACES_SEEN: dict[str, str] = load_cache({})
+_MAX_NAMESPACES_SEEN = 100_000
 
 
 def read_text(file: str, text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> FileResult:
@@ -308,34 +354,62 @@ def _read_clean(file: str, document: Document) -> Resource | None:
     The common case, taken in one pass: a kind Pilotfish reads, a valid
     envelope, a spec :func:`is_clean` accepts and a conversion without
     findings. None means only "not sure": :func:`_read` then reads the
-    document again, and reports.
+    document again, and reports. The strings a directory repeats (kind,
+    namespace, name, labels) are shared (:func:`~controlplane.config.yamlsource.share`).
     """
     data = document.data
     if type(data) is not dict:
         return None
     kind = data.get("kind")
-    if type(kind) is not str or kind not in KINDS:
+    found = _CLEAN_KINDS.get(kind) if type(kind) is str else None
+    if found is None or data.get("apiVersion") not in found.versions:
         return None
-    versions, message = KINDS[kind]
-    if data.get("apiVersion") not in versions or not data.keys() <= _TOP_LEVEL_KEYS:
+    if not data.keys() <= _TOP_LEVEL_KEYS:
         return None
     metadata = data.get("metadata")
-    if type(metadata) is not dict or not is_clean(metadata, "ObjectMeta"):
+    if type(metadata) is not dict:
+        return None
+    if not metadata.keys() <= _NAME_ONLY and not is_clean_by(metadata, _OBJECT_META):
         return None
     name = metadata.get("name")
     if type(name) is not str or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
         return None
-    namespace = metadata.get("namespace") or DEFAULT_NAMESPACE
-    if type(namespace) is not str or len(namespace) > 63 or not _DNS_LABEL.match(namespace):
+    namespace = metadata.get("namespace")
+    if type(namespace) is str and namespace:
+        seen = _NAMESPACES_SEEN.get(namespace)
+        if seen is None:
+            if len(namespace) > 63 or not _DNS_LABEL.match(namespace):
+                return None
+            seen = share(namespace)
+            if len(_NAMESPACES_SEEN) < _MAX_NAMESPACES_SEEN:
+                _NAMESPACES_SEEN[seen] = seen
+        namespace = seen
+    elif namespace is None or namespace == "":
+        namespace = DEFAULT_NAMESPACE
+    else:
         return None
     spec = data.get("spec")
-    if spec is None or not is_clean(spec, message):
+    if spec is None or (found.spec is not None and not is_clean_by(spec, found.spec)):
         return None
-    clean = _CLEAN_CONVERTERS.get(kind)
+    kind = found.name
+    name = share(name)
+    clean = found.clean
     converted = clean(spec, namespace, name) if clean is not None else None
     annotations = metadata.get("annotations")
     if converted is not None and not annotations:
-        return Resource(_meta(kind, namespace, name, file, document, metadata), converted)
+        labels = metadata.get("labels")
+        meta = Meta(
+            kind,
+            namespace,
+            name,
+            file,
+            document.index,
+            document.line,
+            shared_labels(labels) if labels else (),
+        )
+        return Resource(meta, converted)
+    if converted is None and found.spec is None:
+        return None  # the spec may not even pass the schema's check: the exact path decides
     report = Reporter(file, document.index, "")
     if converted is None:
         converted = _CONVERTERS[kind](spec, namespace, name, report)
@@ -356,9 +430,14 @@ def _read_clean(file: str, document: Document) -> Resource | None:
 def _meta(
     kind: str, namespace: str, name: str, file: str, document: Document, metadata: dict[str, Any]
 ) -> Meta:
-    labels = metadata.get("labels") or {}
     return Meta(
-        kind, namespace, name, file, document.index, document.line, tuple(sorted(labels.items()))
+        kind,
+        namespace,
+        name,
+        file,
+        document.index,
+        document.line,
+        shared_labels(metadata.get("labels")),
     )
 
 

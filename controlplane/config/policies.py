@@ -20,8 +20,10 @@ from typing import Any
 
 from controlplane.config.durations import parse_duration
 from controlplane.config.report import Path, Reporter
-from controlplane.config.services import check_labels, labels_clean
+from controlplane.config.resources import slot_constructor
+from controlplane.config.services import check_labels, clean_labels, labels_clean
 from controlplane.config.visibility import export_to
+from controlplane.config.yamlsource import share
 from controlplane.model import (
     EXPORTED_EVERYWHERE,
     ConnectionPool,
@@ -257,6 +259,13 @@ def destination_rule(
     )
 
 
+_new_destination_policy = slot_constructor(DestinationPolicy)
+_new_subset = slot_constructor(Subset)
+_new_traffic_policy = slot_constructor(TrafficPolicy)
+_new_load_balancer = slot_constructor(LoadBalancer)
+_NO_TRAFFIC_POLICY = TrafficPolicy()
+
+
 def clean_destination_rule(
     spec: dict[str, Any], namespace: str, name: str
 ) -> DestinationPolicy | None:
@@ -275,36 +284,45 @@ def clean_destination_rule(
         if not subset_name or subset_name in names:
             return None
         names.add(subset_name)
-        labels = subset.get("labels")
+        labels = clean_labels(subset.get("labels"))
         policy = subset.get("trafficPolicy")
         traffic = _clean_traffic_policy(policy) if policy else None
-        if not labels_clean(labels) or (policy and traffic is None):
+        if labels is None or (policy and traffic is None):
             return None
-        subsets.append(
-            Subset(
-                name=subset_name,
-                labels=tuple(sorted((labels or {}).items())),
-                traffic_policy=traffic,
-            )
-        )
+        subsets.append(_new_subset(share(subset_name), labels, traffic))
     policy = spec.get("trafficPolicy")
-    traffic = _clean_traffic_policy(policy) if policy else TrafficPolicy()
+    traffic = _clean_traffic_policy(policy) if policy else _NO_TRAFFIC_POLICY
     if traffic is None:
         return None
-    return DestinationPolicy(
-        host=fqdn(host, namespace),
-        namespace=namespace,
-        name=name,
-        traffic_policy=traffic,
-        subsets=tuple(subsets),
-        export_to=EXPORTED_EVERYWHERE,
+    return _new_destination_policy(
+        share(fqdn(host, namespace)), namespace, name, traffic, tuple(subsets), EXPORTED_EVERYWHERE
     )
 
 
 def _clean_traffic_policy(value: dict[str, Any]) -> TrafficPolicy | None:
-    report = Reporter("", 0, "")
-    policy = traffic_policy(value, (), report)
-    return None if report.findings else policy
+    balancer = value.get("loadBalancer")
+    if (
+        value.get("portLevelSettings")
+        or value.get("outlierDetection")
+        or (
+            balancer
+            and (balancer.get("consistentHash") is not None or balancer.get("warmup") is not None)
+        )
+    ):
+        # Rarer settings, with checks of their own: the reporting conversion decides.
+        report = Reporter("", 0, "")
+        policy = traffic_policy(value, (), report)
+        return None if report.findings else policy
+    simple = balancer.get("simple") if balancer else None
+    pool = value.get("connectionPool")
+    return _new_traffic_policy(
+        _new_load_balancer(_SIMPLE[simple], None, None)
+        if simple is not None and simple != "UNSPECIFIED"
+        else None,
+        _connection_pool(pool) if pool else None,
+        None,
+        (),
+    )
 
 
 def _rule_export_to(spec: dict[str, Any], namespace: str, report: Reporter) -> ExportTo:

@@ -11,13 +11,16 @@ The records made once per document (:class:`Meta`, :class:`Resource`,
 directly: a frozen dataclass's generated one goes through
 ``object.__setattr__`` for every field, which is a large part of the cost of
 reading a document. They stay frozen dataclasses in every other respect.
+:func:`slot_constructor` does the same for the model's records that the
+one-pass read of the common document makes (routes, destinations, subsets):
+a function with the class's own signature that sets the slots directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ParamSpec, TypeVar
 
 from controlplane.model import (
     EXPORTED_EVERYWHERE,
@@ -35,6 +38,51 @@ from controlplane.model import (
 
 def _slot_setters(cls: type, names: str) -> tuple[Callable[[Any, Any], None], ...]:
     return tuple(getattr(cls, name).__set__ for name in names.split())
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def slot_constructor(cls: Callable[P, T]) -> Callable[P, T]:
+    """A function that makes a ``cls`` as ``cls(...)`` does, two to three times quicker.
+
+    For a frozen slotted dataclass whose fields are all set by ``__init__``
+    (with plain defaults) and that has no ``__post_init__``: the function,
+    with the same parameters and defaults, sets each slot directly instead of
+    through ``object.__setattr__``. The result is the same value in every way.
+    """
+    if (
+        not isinstance(cls, type)
+        or "__slots__" not in cls.__dict__
+        or hasattr(cls, "__post_init__")
+    ):
+        raise TypeError(f"{cls!r} is not a slotted dataclass without __post_init__")
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    parameters: list[str] = []
+    body: list[str] = []
+    for item in fields(cls):
+        if not item.init or item.default_factory is not MISSING:
+            raise TypeError(f"{cls.__name__}.{item.name} is not a plain __init__ field")
+        namespace[f"_set_{item.name}"] = getattr(cls, item.name).__set__
+        if item.default is MISSING:
+            parameters.append(item.name)
+        else:
+            namespace[f"_default_{item.name}"] = item.default
+            parameters.append(f"{item.name}=_default_{item.name}")
+        body.append(f"    _set_{item.name}(self, {item.name})\n")
+    source = "".join(
+        [
+            f"def make({', '.join(parameters)}):\n",
+            "    self = _new(_cls)\n",
+            *body,
+            "    return self\n",
+        ]
+    )
+    exec(source, namespace)  # generated from the class's own fields, as dataclasses does
+    make: Callable[P, T] = namespace["make"]
+    make.__qualname__ = make.__name__ = f"make_{cls.__name__}"
+    return make
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -13,12 +13,15 @@ more than Envoy's total allows are an error (``PF117``).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 from controlplane.config.durations import parse_duration
 from controlplane.config.report import Path, Reporter
+from controlplane.config.resources import slot_constructor
 from controlplane.config.visibility import export_to
+from controlplane.config.yamlsource import share
 from controlplane.model import (
     EXPORTED_EVERYWHERE,
     Abort,
@@ -41,33 +44,29 @@ from controlplane.model import (
 
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 MAX_TOTAL_WEIGHT = 2**32 - 1  # Envoy sums weighted clusters into a uint32
-_regex_ok: dict[str, str | None] = {}
+REGEX_CACHE_SIZE = 4096
+"""Patterns whose verdict :func:`regex_error` remembers: a directory repeats a few; many
+distinct ones (generated routes) must not grow the cache without end."""
 
 
+@functools.lru_cache(maxsize=REGEX_CACHE_SIZE)
 def regex_error(pattern: str) -> str | None:
     """Why ``pattern`` is not a usable (RE2-compatible) regex, or None when it is."""
-    try:
-        return _regex_ok[pattern]
-    except KeyError:
-        pass
-    problem: str | None = None
     unescaped = re.sub(r"\\\D", "", pattern)  # an escaped character is a literal
     if re.search(r"\(\?[=!<]|\\[1-9]", pattern):
-        problem = "lookaround and backreferences are not supported by Envoy's RE2 engine"
-    elif re.search(r"\(\?>|\(\?\(|\(\?P=|[*+?}]\+", unescaped):
-        problem = (
+        return "lookaround and backreferences are not supported by Envoy's RE2 engine"
+    if re.search(r"\(\?>|\(\?\(|\(\?P=|[*+?}]\+", unescaped):
+        return (
             "atomic groups, possessive quantifiers, conditionals and named backreferences "
             "are not supported by Envoy's RE2 engine"
         )
-    else:
-        try:
-            re.compile(pattern)
-        except (re.error, OverflowError) as exc:
-            problem = str(exc)
-        except RecursionError:
-            problem = "the pattern is nested too deeply"
-    _regex_ok[pattern] = problem
-    return problem
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError) as exc:
+        return str(exc)
+    except RecursionError:
+        return "the pattern is nested too deeply"
+    return None
 
 
 def string_match(value: dict[str, Any], path: Path, report: Reporter) -> StringMatch | None:
@@ -140,16 +139,23 @@ def _destination(
     return fqdn(value["host"], namespace), value.get("subset") or None, port
 
 
+_new_route_destination = slot_constructor(RouteDestination)
+
+
 def _route_destination(
-    dest: tuple[str, str | None, int | None], weight: int, headers: dict[str, Any]
+    dest: tuple[str, str | None, int | None], weight: int, headers: dict[str, Any] | None
 ) -> RouteDestination:
-    return RouteDestination(
-        host=dest[0],
-        subset=dest[1],
-        port=dest[2],
-        weight=weight,
-        request_headers=header_operations(headers.get("request")),
-        response_headers=header_operations(headers.get("response")),
+    if not headers:
+        return _new_route_destination(
+            dest[0], dest[1], dest[2], weight, _NO_HEADER_OPERATIONS, _NO_HEADER_OPERATIONS
+        )
+    return _new_route_destination(
+        dest[0],
+        dest[1],
+        dest[2],
+        weight,
+        header_operations(headers.get("request")),
+        header_operations(headers.get("response")),
     )
 
 
@@ -390,6 +396,12 @@ def virtual_service(
 # caller converts with the functions above, which report.
 
 _MATCH_KINDS = {kind.value: kind for kind in StringMatchKind}
+_new_virtual_service = slot_constructor(VirtualService)
+_new_http_route = slot_constructor(HttpRoute)
+_new_http_match = slot_constructor(HttpMatch)
+_new_string_match = slot_constructor(StringMatch)
+_new_retries = slot_constructor(Retries)
+_new_rewrite = slot_constructor(Rewrite)
 
 
 def clean_virtual_service(spec: dict[str, Any], namespace: str, name: str) -> VirtualService | None:
@@ -397,9 +409,12 @@ def clean_virtual_service(spec: dict[str, Any], namespace: str, name: str) -> Vi
     hosts = spec.get("hosts")
     if not hosts or spec.get("tcp") or spec.get("exportTo"):
         return None
-    gateways = tuple([_gateway_ref(g, namespace) for g in spec.get("gateways") or ()]) or ("mesh",)
-    expanded = tuple([fqdn(host, namespace) for host in hosts])
-    if len(set(expanded)) != len(expanded) or ("*" in hosts and "mesh" in gateways):
+    gateways = spec.get("gateways")
+    gateways = tuple([_gateway_ref(g, namespace) for g in gateways]) if gateways else ("mesh",)
+    expanded = tuple([share(fqdn(host, namespace)) for host in hosts])
+    if len(expanded) > 1 and len(set(expanded)) != len(expanded):
+        return None
+    if "*" in hosts and "mesh" in gateways:
         return None
     http: list[HttpRoute] = []
     for rule in spec.get("http") or ():
@@ -407,32 +422,30 @@ def clean_virtual_service(spec: dict[str, Any], namespace: str, name: str) -> Vi
         if route is None:
             return None
         http.append(route)
-    return VirtualService(
-        namespace=namespace,
-        name=name,
-        hosts=expanded,
-        gateways=gateways,
-        http=tuple(http),
-        tcp=(),
-        export_to=EXPORTED_EVERYWHERE,
+    return _new_virtual_service(
+        namespace, name, expanded, gateways, tuple(http), (), EXPORTED_EVERYWHERE
     )
 
 
 def _clean_http_route(value: dict[str, Any], namespace: str) -> HttpRoute | None:
-    routes = value.get("route")
-    if not routes or value.get("redirect") is not None or value.get("fault"):
+    get = value.get
+    routes = get("route")
+    if not routes or get("redirect") is not None or get("fault"):
         return None
     destinations = _clean_weighted(routes, namespace)
     if destinations is None:
         return None
-    matches: list[HttpMatch] = []
-    for item in value.get("match") or ():
-        match = _clean_http_match(item or {}, namespace)
-        if match is None:
-            return None
-        matches.append(match)
+    matches: tuple[HttpMatch, ...] = ()
+    if match_items := get("match"):
+        found: list[HttpMatch] = []
+        for item in match_items:
+            match = _clean_http_match(item or {}, namespace)
+            if match is None:
+                return None
+            found.append(match)
+        matches = tuple(found)
     retries = None
-    if (r := value.get("retries")) is not None:
+    if (r := get("retries")) is not None:
         attempts = r.get("attempts") or 0
         per_try_timeout = r.get("perTryTimeout")
         if (
@@ -443,38 +456,38 @@ def _clean_http_route(value: dict[str, Any], namespace: str) -> HttpRoute | None
         if attempts < 0:
             return None
         retry_on = tuple([p.strip() for p in (r.get("retryOn") or "").split(",") if p.strip()])
-        retries = Retries(attempts=attempts, per_try_timeout=per_try_timeout, retry_on=retry_on)
+        retries = _new_retries(attempts, per_try_timeout, retry_on)
     mirror = None
-    if (m := value.get("mirror")) is not None:
+    if (m := get("mirror")) is not None:
         dest = _clean_destination(m, namespace)
         if dest is None:
             return None
         mirror = RouteDestination(host=dest[0], subset=dest[1], port=dest[2])
     rewrite = None
-    if (rw := value.get("rewrite")) is not None:
-        rewrite = Rewrite(uri=rw.get("uri"), authority=rw.get("authority"))
-    timeout = value.get("timeout")
+    if (rw := get("rewrite")) is not None:
+        rewrite = _new_rewrite(rw.get("uri"), rw.get("authority"))
+    timeout = get("timeout")
     if timeout is not None and (timeout := parse_duration(timeout)) is None:
         return None
     mirror_percentage = None
-    if (percent := value.get("mirrorPercentage")) is not None:
+    if (percent := get("mirrorPercentage")) is not None:
         mirror_percentage = float(percent.get("value") or 0.0)
         if not 0.0 <= mirror_percentage <= 100.0:
             return None
-    headers = value.get("headers") or {}
-    return HttpRoute(
-        name=value.get("name") or "",
-        matches=tuple(matches),
-        destinations=destinations,
-        redirect=None,
-        rewrite=rewrite,
-        timeout=timeout,
-        retries=retries,
-        fault=None,
-        mirror=mirror,
-        mirror_percentage=mirror_percentage,
-        request_headers=header_operations(headers.get("request")),
-        response_headers=header_operations(headers.get("response")),
+    headers = get("headers")
+    return _new_http_route(
+        get("name") or "",
+        matches,
+        destinations,
+        None,
+        rewrite,
+        timeout,
+        retries,
+        None,
+        mirror,
+        mirror_percentage,
+        header_operations(headers.get("request")) if headers else _NO_HEADER_OPERATIONS,
+        header_operations(headers.get("response")) if headers else _NO_HEADER_OPERATIONS,
     )
 
 
@@ -494,7 +507,7 @@ def _clean_weighted(
         elif weight < 0:
             return None
         total += weight
-        out.append(_route_destination(dest, weight, item.get("headers") or {}))
+        out.append(_route_destination(dest, weight, item.get("headers")))
     if not single and not 0 < total <= MAX_TOTAL_WEIGHT:
         return None
     return tuple(out)
@@ -503,59 +516,69 @@ def _clean_weighted(
 def _clean_destination(
     value: dict[str, Any] | None, namespace: str
 ) -> tuple[str, str | None, int | None] | None:
-    if not value or not value.get("host"):
+    if not value:
         return None
-    port = (value.get("port") or {}).get("number")
-    if port is not None and not 1 <= port <= 65535:
+    host = value.get("host")
+    if not host:
         return None
-    return fqdn(value["host"], namespace), value.get("subset") or None, port
+    port = value.get("port")
+    if port is not None and (port := port.get("number")) is not None and not 1 <= port <= 65535:
+        return None
+    subset = value.get("subset")
+    return share(fqdn(host, namespace)), share(subset) if subset else None, port
 
 
 def _clean_http_match(value: dict[str, Any], namespace: str) -> HttpMatch | None:
-    single: list[StringMatch | None] = []
-    for key in ("uri", "scheme", "method", "authority"):
-        item = value.get(key)
-        parsed = _clean_string_match(item) if item is not None else None
-        if item is not None and parsed is None:
-            return None
-        single.append(parsed)
-    headers = _clean_match_map(value.get("headers"), lower=True)
-    query_params = _clean_match_map(value.get("queryParams"), lower=False)
+    get = value.get
+    uri, scheme, method, authority = get("uri"), get("scheme"), get("method"), get("authority")
+    if uri is not None and (uri := _clean_string_match(uri)) is None:
+        return None
+    if scheme is not None and (scheme := _clean_string_match(scheme)) is None:
+        return None
+    if method is not None and (method := _clean_string_match(method)) is None:
+        return None
+    if authority is not None and (authority := _clean_string_match(authority)) is None:
+        return None
+    headers = _clean_match_map(get("headers"), lower=True)
+    query_params = _clean_match_map(get("queryParams"), lower=False)
     if headers is None or query_params is None:
         return None
     without: list[tuple[str, StringMatch | None]] = []
-    for header, match in sorted((value.get("withoutHeaders") or {}).items()):
+    for header, match in sorted((get("withoutHeaders") or {}).items()):
         parsed = _clean_string_match(match) if match else None
         if match and parsed is None:
             return None
-        without.append((header.lower(), parsed))
-    port = value.get("port")
+        without.append((share(header.lower()), parsed))
+    port = get("port")
     if port is not None and not 1 <= port <= 65535:
         return None
-    return HttpMatch(
-        name=value.get("name") or "",
-        uri=single[0],
-        scheme=single[1],
-        method=single[2],
-        authority=single[3],
-        headers=headers,
-        without_headers=tuple(without),
-        query_params=query_params,
-        port=port,
-        ignore_uri_case=bool(value.get("ignoreUriCase")),
-        gateways=tuple([_gateway_ref(g, namespace) for g in value.get("gateways") or ()]),
+    gateways = get("gateways")
+    return _new_http_match(
+        get("name") or "",
+        uri,
+        scheme,
+        method,
+        authority,
+        headers,
+        tuple(without),
+        query_params,
+        port,
+        bool(get("ignoreUriCase")),
+        tuple([_gateway_ref(g, namespace) for g in gateways]) if gateways else (),
     )
 
 
 def _clean_match_map(
     value: dict[str, Any] | None, *, lower: bool
 ) -> tuple[tuple[str, StringMatch], ...] | None:
+    if not value:
+        return ()
     out: list[tuple[str, StringMatch]] = []
-    for name, match in sorted((value or {}).items()):
+    for name, match in sorted(value.items()):
         parsed = _clean_string_match(match) if match else None
         if parsed is None:
             return None
-        out.append((name.lower() if lower else name, parsed))
+        out.append((share(name.lower() if lower else name), parsed))
     return tuple(out)
 
 
@@ -565,5 +588,5 @@ def _clean_string_match(value: dict[str, Any]) -> StringMatch | None:
         if text is not None:
             if kind == "regex" and regex_error(text) is not None:
                 return None
-            return StringMatch(_MATCH_KINDS[kind], text)
+            return _new_string_match(_MATCH_KINDS[kind], share(text))
     return None

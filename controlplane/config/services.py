@@ -25,9 +25,19 @@ from controlplane.config.resources import (
     KubeServiceSpec,
     ServiceEntrySpec,
     WorkloadSpec,
+    slot_constructor,
 )
+from controlplane.config.schema import is_clean
 from controlplane.config.visibility import export_to, service_export_to
-from controlplane.model import Locality, Protocol, Resolution, ServicePort
+from controlplane.config.yamlsource import load_cache, share
+from controlplane.model import (
+    EXPORTED_EVERYWHERE,
+    Labels,
+    Locality,
+    Protocol,
+    Resolution,
+    ServicePort,
+)
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*$"
@@ -57,16 +67,41 @@ UNIX_PREFIX = "unix://"
 _NO_LOCALITY = Locality()
 
 
-_LABEL_KEYS_SEEN: set[str] = set()  # valid label keys met so far (few distinct ones: app, version)
-_MAX_LABEL_KEYS_SEEN = 4096
+# Valid strings met in this load, by what they are valid as: a directory repeats a few
+# label keys and port names on thousands of documents, and label values (``v1``,
+# ``app: reviews``) on many. Bounded within a load too, for a directory of ever new ones.
+_LABEL_KEYS_SEEN: set[str] = load_cache(set())
+_LABEL_VALUES_SEEN: set[str] = load_cache(set())
+_PORT_NAMES_SEEN: set[str] = load_cache(set())
+# Whole label sets and port maps, as written -> as held: one tuple for the many documents
+# that repeat one (the workloads of a version, the subsets of every DestinationRule).
+_LABEL_SETS: dict[tuple[tuple[Any, Any], ...], Labels] = load_cache({})
+_PORT_SETS: dict[tuple[tuple[Any, Any], ...], tuple[tuple[str, int], ...]] = load_cache({})
+MAX_SEEN = 100_000
 
 
 def _label_key_ok(key: str) -> bool:
     prefix, _, name = key.rpartition("/")
     valid = bool(_LABEL_NAME.match(name)) and (not prefix or bool(_HOSTNAME.match(prefix)))
-    if valid and len(_LABEL_KEYS_SEEN) < _MAX_LABEL_KEYS_SEEN:
+    if valid and len(_LABEL_KEYS_SEEN) < MAX_SEEN:
         _LABEL_KEYS_SEEN.add(key)
     return valid
+
+
+def _label_value_ok(value: str) -> bool:
+    if not _LABEL_VALUE.match(value):
+        return False
+    if len(_LABEL_VALUES_SEEN) < MAX_SEEN:
+        _LABEL_VALUES_SEEN.add(value)
+    return True
+
+
+def _port_name_ok(name: str) -> bool:
+    if not _DNS_LABEL.match(name):
+        return False
+    if len(_PORT_NAMES_SEEN) < MAX_SEEN:
+        _PORT_NAMES_SEEN.add(name)
+    return True
 
 
 def labels_clean(labels: Any) -> bool:
@@ -80,11 +115,65 @@ def labels_clean(labels: Any) -> bool:
         if not (
             type(key) is str
             and type(value) is str
-            and _LABEL_VALUE.match(value)
+            and (value in _LABEL_VALUES_SEEN or _label_value_ok(value))
             and (key in _LABEL_KEYS_SEEN or _label_key_ok(key))
         ):
             return False
     return True
+
+
+def clean_labels(labels: Any) -> Labels | None:
+    """``labels`` as a resource holds them (sorted pairs of shared strings), when
+    :func:`labels_clean` accepts them; else None. None or empty: no labels.
+
+    Shared (:func:`~controlplane.config.yamlsource.share`), because a
+    directory repeats the same few keys and values on thousands of documents.
+    """
+    if not labels:
+        return ()
+    if type(labels) is not dict:
+        return None
+    # Only pairs of strings are ever stored, and nothing else is equal to a string.
+    items = tuple(labels.items())
+    try:
+        known = _LABEL_SETS.get(items)
+    except TypeError:  # an unhashable value, no label value
+        return None
+    if known is not None:
+        return known
+    pairs: list[tuple[str, str]] = []
+    for key, value in labels.items():
+        if not (
+            type(key) is str
+            and type(value) is str
+            and (value in _LABEL_VALUES_SEEN or _label_value_ok(value))
+            and (key in _LABEL_KEYS_SEEN or _label_key_ok(key))
+        ):
+            return None
+        pairs.append((share(key), share(value)))
+    if len(pairs) > 1:
+        pairs.sort()
+    result = tuple(pairs)
+    if len(_LABEL_SETS) < MAX_SEEN:
+        _LABEL_SETS[items] = result
+    return result
+
+
+def shared_labels(labels: dict[str, Any] | None) -> Labels:
+    """``tuple(sorted(labels.items()))`` with its strings shared (see :func:`clean_labels`)."""
+    if not labels:
+        return ()
+    return tuple(
+        sorted(
+            [
+                (
+                    share(key) if type(key) is str else key,
+                    share(value) if type(value) is str else value,
+                )
+                for key, value in labels.items()
+            ]
+        )
+    )
 
 
 def check_labels(labels: Any, path: Path, report: Reporter, *, selector: bool = False) -> None:
@@ -276,20 +365,146 @@ def clean_workload(spec: dict[str, Any], namespace: str, name: str) -> WorkloadS
     address = spec.get("address")
     if not address or address.startswith(UNIX_PREFIX) or not is_valid_address(address):
         return None
-    ports = spec.get("ports") or {}
-    for port_name, number in ports.items():
+    ports = spec.get("ports")
+    port_pairs = _clean_ports(ports) if ports else ()
+    if port_pairs is None:
+        return None
+    weight = spec.get("weight")
+    if weight is not None and weight < 1:
+        return None
+    labels = clean_labels(spec.get("labels"))
+    if labels is None:
+        return None
+    locality = spec.get("locality")
+    return WorkloadSpec(
+        address,
+        port_pairs,
+        labels,
+        weight or 1,
+        Locality.parse(locality) if locality else _NO_LOCALITY,
+    )
+
+
+# The fields of the common WorkloadEntry, whose schema check clean_workload_entry makes
+# itself, in the same pass: address (string), weight (uint32), ports (map:uint32) and
+# labels (map:string). tests/config/test_clean_path.py pins these types to the schema.
+PLAIN_WORKLOAD_FIELDS = frozenset({"address", "ports", "labels", "weight"})
+_MAX_UINT32 = 2**32 - 1
+
+
+def clean_workload_entry(spec: Any, namespace: str, name: str) -> WorkloadSpec | None:
+    """:func:`clean_workload` of a WorkloadEntry spec that ``is_clean`` accepts, else None.
+
+    The schema check and the conversion in one pass for a spec of
+    :data:`PLAIN_WORKLOAD_FIELDS`; any other spec is checked by the schema first.
+    """
+    if type(spec) is not dict:
+        return None
+    if not spec.keys() <= PLAIN_WORKLOAD_FIELDS:
+        return clean_workload(spec, namespace, name) if is_clean(spec, "WorkloadEntry") else None
+    address = spec.get("address")
+    if (
+        type(address) is not str
+        or not address
+        or address.startswith(UNIX_PREFIX)
+        or not is_valid_address(address)
+    ):
+        return None
+    weight = spec.get("weight")
+    if weight is not None and (type(weight) is not int or not 1 <= weight <= _MAX_UINT32):
+        return None
+    ports = spec.get("ports")
+    if ports is not None and type(ports) is not dict:
+        return None
+    port_pairs = _clean_ports(ports) if ports else ()
+    if port_pairs is None:
+        return None
+    labels = spec.get("labels")
+    if labels is not None and type(labels) is not dict:
+        return None
+    label_pairs = clean_labels(labels)
+    if label_pairs is None:
+        return None
+    return WorkloadSpec(address, port_pairs, label_pairs, weight or 1, _NO_LOCALITY)
+
+
+def _clean_ports(ports: dict[str, Any]) -> tuple[tuple[str, int], ...] | None:
+    """A workload's ``ports`` as held, when :func:`workload` would report nothing about them."""
+    for number in ports.values():
+        if type(number) is not int:
+            return None  # before the lookup: true and 80.0 are equal to 1 and 80 as keys
+    items = tuple(ports.items())
+    try:
+        known = _PORT_SETS.get(items)
+    except TypeError:  # an unhashable port name
+        return None
+    if known is not None:
+        return known
+    pairs: list[tuple[str, int]] = []
+    for port_name, number in items:
         if not (
             type(port_name) is str
-            and _DNS_LABEL.match(port_name)
-            and number is not None
+            and (port_name in _PORT_NAMES_SEEN or _port_name_ok(port_name))
             and 1 <= number <= 65535
         ):
             return None
-    labels = spec.get("labels")
-    weight = spec.get("weight")
-    if (weight is not None and weight < 1) or not labels_clean(labels):
+        pairs.append((share(port_name), number))
+    if len(pairs) > 1:
+        pairs.sort()
+    result = tuple(pairs)
+    if len(_PORT_SETS) < MAX_SEEN:
+        _PORT_SETS[items] = result
+    return result
+
+
+_new_kube_port = slot_constructor(KubePort)
+_new_kube_service = slot_constructor(KubeServiceSpec)
+
+
+def clean_kube_service(spec: dict[str, Any], namespace: str, name: str) -> KubeServiceSpec | None:
+    """:func:`kube_service` of a spec it would report nothing about, else None."""
+    raw = spec.get("ports")
+    if not raw:
         return None
-    return _workload_spec(address, ports, labels, weight, spec.get("locality"))
+    several = len(raw) > 1
+    ports: list[KubePort] = []
+    names: set[str] = set()
+    numbers: set[tuple[int, str]] = set()
+    for port in raw:
+        if not port:
+            return None
+        port_name = port.get("name") or ""
+        if port_name:
+            if port_name in names:
+                return None
+            names.add(port_name)
+        elif several:
+            return None
+        number = port.get("port")
+        if number is None or not 1 <= number <= 65535:
+            return None
+        protocol = port.get("protocol") or "TCP"
+        if (number, protocol) in numbers:
+            return None
+        numbers.add((number, protocol))
+        target = port.get("targetPort")
+        if isinstance(target, int) and not 1 <= target <= 65535:
+            return None
+        ports.append(
+            _new_kube_port(
+                share(port_name),
+                number,
+                target,
+                protocol_of(port.get("appProtocol"), port_name, None)
+                if protocol == "TCP"
+                else Protocol.UDP,
+            )
+        )
+    selector = spec.get("selector")
+    labels = clean_labels(selector)
+    if labels is None:
+        return None
+    return _new_kube_service(labels if selector else None, tuple(ports), EXPORTED_EVERYWHERE)
 
 
 def annotated_service(

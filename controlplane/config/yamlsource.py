@@ -43,7 +43,7 @@ import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -93,7 +93,7 @@ class YamlLimitError(YamlSyntaxError):
         super().__init__(message, line, column)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Document:
     """One YAML document of a file: its index, first line (1-based) and plain data.
 
@@ -105,6 +105,18 @@ class Document:
     line: int
     data: Any
     size: int = field(default=0, compare=False)
+
+    def __init__(self, index: int, line: int, data: Any, size: int = 0) -> None:
+        # Set directly, as the records of controlplane.config.resources: one per document.
+        _set_index(self, index)
+        _set_line(self, line)
+        _set_data(self, data)
+        _set_size(self, size)
+
+
+_set_index, _set_line, _set_data, _set_size = (
+    getattr(Document, name).__set__ for name in ("index", "line", "data", "size")
+)
 
 
 _implicit_tags: dict[str, str] = {}
@@ -156,10 +168,37 @@ else:  # pragma: no cover
 
 
 _scalar_cache: dict[tuple[str, str], Any] = {}
+_Cache = TypeVar("_Cache", bound=set[Any] | dict[Any, Any])
+_load_caches: list[set[Any] | dict[Any, Any]] = []
+
+
+def load_cache(cache: _Cache) -> _Cache:
+    """``cache`` (of strings met while reading), emptied with the scalar caches after each load."""
+    _load_caches.append(cache)
+    return cache
+
+
+_shared: dict[str, str] = load_cache({})
+_MAX_SHARED = 200_000
+
+
+def share(text: str) -> str:
+    """``text``, or the equal string met first in this load: one object for the many
+    documents that repeat a namespace, a label or a host.
+
+    A table per load rather than ``sys.intern``, whose strings outlive the
+    files they came from on Python 3.12, where interned strings are immortal.
+    """
+    found = _shared.get(text)
+    if found is not None:
+        return found
+    if len(_shared) < _MAX_SHARED:
+        _shared[text] = text
+    return text
 
 
 def forget_scalars() -> None:
-    """Empty the caches of scalar tags and values.
+    """Empty the caches of scalar tags and values, and those of :func:`load_cache`.
 
     They pay off within one load, where the same strings repeat thousands of
     times; kept for good, their entries (scattered among the objects of the
@@ -168,6 +207,9 @@ def forget_scalars() -> None:
     _implicit_tags.clear()
     _scalar_cache.clear()
     _line_kinds.clear()
+    _plain_shapes.clear()
+    for cache in _load_caches:
+        cache.clear()
 
 
 def _scalar(node: ScalarNode) -> Any:
@@ -388,6 +430,7 @@ _MAX_FAST_FLOW = 200
 _SHAPE = bytes.maketrans(b"23456789", b"11111111")
 _INEXACT_LINE, _FLOW_LINE, _COLON_LINE = 1, 2, 4
 _line_kinds: dict[bytes, int] = {}
+_plain_shapes: set[bytes] = set()  # the shapes of kind 0, most lines: skipped as a set
 
 
 def _line_kind(shape: bytes) -> int:
@@ -403,6 +446,8 @@ def _line_kind(shape: bytes) -> int:
         )
     if len(_line_kinds) < 100_000:
         _line_kinds[shape] = kind
+        if not kind:
+            _plain_shapes.add(shape)
     return kind
 
 
@@ -412,7 +457,8 @@ def is_fast_exact(text: str) -> bool:
         return False
     kinds = 0
     known = _line_kinds.get
-    for line in set(text.encode("utf-8", "surrogatepass").translate(_SHAPE).split(b"\n")):
+    shapes = set(text.encode("utf-8", "surrogatepass").translate(_SHAPE).split(b"\n"))
+    for line in shapes - _plain_shapes if _plain_shapes else shapes:
         kind = known(line)
         kinds |= _line_kind(line) if kind is None else kind
     return not kinds & _INEXACT_LINE and kinds & (_FLOW_LINE | _COLON_LINE) != (

@@ -9,6 +9,7 @@ the same resource and report nothing at all, not even a warning.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -18,13 +19,15 @@ from hypothesis import strategies as st
 
 from bench.config_scale import service_file, six_file
 from controlplane.config import document as document_module
+from controlplane.config import routing, services
 from controlplane.config.diagnostics import Finding
 from controlplane.config.document import read_text
 from controlplane.config.istio_schema import KINDS, MESSAGES
 from controlplane.config.report import Reporter
-from controlplane.config.resources import Resource
-from controlplane.config.schema import check_message, is_clean
-from controlplane.config.yamlsource import Document, parse
+from controlplane.config.resources import Resource, slot_constructor
+from controlplane.config.schema import SUPPORTED, check_message, is_clean
+from controlplane.config.yamlsource import Document, forget_scalars, parse, share
+from controlplane.model import RouteDestination
 from tests.config.helpers import dedent, doc
 from tests.config.test_fuzz import DOCUMENTS, FUZZ, mutated_documents, resources, structures
 
@@ -193,6 +196,39 @@ NEAR_MISSES = [
     doc("DestinationRule", RULE).replace(
         "metadata:", "metadata:\n  annotations: {pilotfish.io/latency-decay: 10s}\n"
     ),
+    doc("Service", SERVICE + "- {name: http, port: 9081}\n", api="v1"),
+    doc("Service", SERVICE + "- {name: web, port: 9080}\n", api="v1"),
+    doc("Service", SERVICE.replace("targetPort: 9080", "targetPort: 0"), api="v1"),
+    doc("Service", SERVICE.replace("version", "v").replace("reviews}", "re*}"), api="v1"),
+    doc("Service", "selector: {app: reviews}\nports: []\n", api="v1"),
+    doc("Service", "ports:\n- null\n", api="v1"),
+    doc("Service", SERVICE, name="'7'", api="v1").replace("name: '7'", "name: 7"),
+    doc("Service", SERVICE, namespace="x", api="v1").replace("namespace: x", "namespace: 0"),
+    doc("Service", SERVICE, namespace="x", api="v1").replace("namespace: x", "namespace: false"),
+    doc("Service", SERVICE, namespace="x", api="v1").replace("namespace: x", "namespace: []"),
+    doc("Service", SERVICE, namespace="x" * 64, api="v1"),
+    doc("WorkloadEntry", WORKLOAD.replace("http: 9080", "http: 9080, http_2: 9081")),
+    doc("WorkloadEntry", WORKLOAD + "weight: 4294967296\n"),
+    doc("WorkloadEntry", WORKLOAD + "weight: '2'\n"),
+    doc("WorkloadEntry", WORKLOAD + "weight: true\n"),
+    doc("WorkloadEntry", WORKLOAD.replace("http: 9080", "http: '9080'")),
+    doc("WorkloadEntry", WORKLOAD.replace("http: 9080", "http: null")),
+    doc("WorkloadEntry", WORKLOAD.replace("http: 9080", "http: [9080]")),
+    doc("WorkloadEntry", WORKLOAD.replace("{http: 9080}", "[]")),
+    doc("WorkloadEntry", WORKLOAD.replace("{app: reviews, version: v1}", "[]")),
+    doc("WorkloadEntry", WORKLOAD.replace("{app: reviews, version: v1}", "''")),
+    doc("WorkloadEntry", WORKLOAD.replace("version: v1", "version: [v1]")),
+    doc("WorkloadEntry", WORKLOAD.replace("version: v1", "version: null")),
+    doc("WorkloadEntry", WORKLOAD.replace("10.0.0.1", "7")),
+    doc("WorkloadEntry", WORKLOAD + "serviceAccount: reviews\n"),
+    doc("WorkloadEntry", WORKLOAD + "locality: 7\n"),
+    doc("DestinationRule", RULE.replace("{simple: LEAST_REQUEST}", "{consistentHash: {}}")),
+    doc(
+        "DestinationRule",
+        RULE.replace(
+            "connectionPool: {tcp: {maxConnections: 100}}", "portLevelSettings: [{port: {}}]"
+        ),
+    ),
     doc("Gateway", "selector: {istio: ingress}\nservers: []\n"),
     doc(
         "Gateway",
@@ -228,3 +264,119 @@ def test_read_text_reports_as_the_exact_path_alone_does(
     monkeypatch.setattr(document_module, "_read_clean", lambda file, document: None)
     assert with_clean_path == read_text("f.yaml", dedent(text))
     assert with_clean_path.findings != ()
+
+
+def test_regex_verdicts_are_remembered_only_up_to_the_cache_size() -> None:
+    routing.regex_error.cache_clear()
+    for index in range(routing.REGEX_CACHE_SIZE + 100):
+        assert routing.regex_error(f"^/api/v{index}/.*$") is None
+    assert routing.regex_error.cache_info().currsize == routing.REGEX_CACHE_SIZE
+    assert routing.regex_error("(?=x)") == (
+        "lookaround and backreferences are not supported by Envoy's RE2 engine"
+    )
+    assert routing.regex_error("(?=x)") == routing.regex_error("(?=x)")
+    assert routing.regex_error.cache_info().currsize == routing.REGEX_CACHE_SIZE
+
+
+def test_a_slot_constructor_makes_what_the_class_makes() -> None:
+    make = slot_constructor(RouteDestination)
+    made = make("a.b.svc.cluster.local", "v1", weight=7)
+    assert made == RouteDestination("a.b.svc.cluster.local", "v1", weight=7)
+    assert hash(made) == hash(RouteDestination("a.b.svc.cluster.local", "v1", weight=7))
+    assert make("h") == RouteDestination("h")
+    assert repr(make("h", port=80)) == repr(RouteDestination("h", port=80))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.weight = 1  # type: ignore[misc]
+
+
+def test_a_slot_constructor_is_refused_for_a_class_it_would_not_make_alike() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        value: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclasses.dataclass(frozen=True)
+    class Unslotted:
+        value: int
+
+    for cls in (Checked, Unslotted, dict):
+        with pytest.raises(TypeError):
+            slot_constructor(cls)
+
+
+def test_the_clean_path_takes_the_bench_services_without_a_reporter() -> None:
+    for data in BENCH_DOCUMENTS:
+        if data["kind"] == "Service":
+            spec = data["spec"]
+            report = Reporter("f.yaml", 0, "")
+            exact_spec = services.kube_service(spec, report)
+            assert services.clean_kube_service(spec, "bench", "x") == exact_spec
+            assert report.findings == []
+
+
+def test_strings_repeated_across_files_are_held_once() -> None:
+    first, second = (read_text(f"svc-{i}.yaml", service_file(i)) for i in (1, 2))
+    (service_a, workload_a, *_), (service_b, workload_b, *_) = first.resources, second.resources
+    assert workload_a.meta.namespace == "bench"
+    assert workload_a.meta.namespace is workload_b.meta.namespace is service_b.meta.namespace
+    assert workload_a.meta.kind is workload_b.meta.kind
+    labels_a, labels_b = dict(workload_a.spec.labels), dict(workload_b.spec.labels)  # type: ignore[union-attr]
+    assert [k for k in labels_a] == ["app", "version"]
+    (key_a, _), (key_b, _) = workload_a.spec.labels[0], workload_b.spec.labels[0]  # type: ignore[union-attr]
+    assert key_a is key_b
+    assert labels_a["version"] is labels_b["version"]
+    # The service's name, its selector and its workloads' labels: one string.
+    assert service_a.meta.name is service_a.spec.selector[0][1]  # type: ignore[union-attr]
+    assert service_a.meta.name is labels_a["app"]
+
+
+def test_the_load_caches_are_emptied_after_a_load() -> None:
+    forget_scalars()
+    read_text("svc-1.yaml", service_file(1))
+    assert "svc-00001" in services._LABEL_VALUES_SEEN
+    assert document_module._NAMESPACES_SEEN == {"bench": "bench"}
+    fresh = "".join(["ben", "ch"])
+    assert share(fresh) == "bench" and share(fresh) is not fresh
+    forget_scalars()
+    assert share(fresh) is fresh
+    assert not services._LABEL_VALUES_SEEN
+    assert document_module._NAMESPACES_SEEN == {}
+
+
+def test_the_one_pass_workload_check_assumes_the_schemas_types() -> None:
+    fields = MESSAGES["WorkloadEntry"]
+    assert {name: fields[name].type for name in services.PLAIN_WORKLOAD_FIELDS} == {
+        "address": "string",
+        "weight": "uint32",
+        "ports": "map:uint32",
+        "labels": "map:string",
+    }
+    assert not any(fields[name].repeated for name in services.PLAIN_WORKLOAD_FIELDS)
+    assert SUPPORTED["WorkloadEntry"] >= services.PLAIN_WORKLOAD_FIELDS
+
+
+def test_a_workload_with_a_locality_or_a_unix_address_reads_as_the_exact_path_reads_it() -> None:
+    for spec in (
+        WORKLOAD + "locality: us-east/a\n",
+        "address: unix:///var/run/app.sock\nlabels: {app: reviews}\n",
+    ):
+        (document,) = parse(doc("WorkloadEntry", spec))
+        resource, findings = exact(document)
+        assert findings == [] and resource is not None
+        assert read_text("f.yaml", doc("WorkloadEntry", spec)).resources == (resource,)
+
+
+@pytest.mark.parametrize("number", ["true", "1.0", "'1'"])
+def test_a_port_map_met_before_is_not_taken_for_one_that_only_compares_equal(
+    number: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    valid = doc("WorkloadEntry", "address: 10.0.0.1\nports: {http: 1}\n", name="a")
+    other = doc("WorkloadEntry", f"address: 10.0.0.2\nports: {{http: {number}}}\n", name="b")
+    text = valid + "---\n" + other
+    forget_scalars()
+    with_clean_path = read_text("f.yaml", text)
+    monkeypatch.setattr(document_module, "_read_clean", lambda file, document: None)
+    assert with_clean_path == read_text("f.yaml", text)
+    assert [f.code for f in with_clean_path.findings] == ["PF112"]
