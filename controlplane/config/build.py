@@ -115,10 +115,14 @@ class _WorkloadIndex:
 
     def __init__(self) -> None:
         self._files: dict[str, Sequence[Resource]] = {}
-        self._buckets: dict[object, dict[int, Resource]] = {}
+        self._buckets: defaultdict[object, dict[int, Resource]] = defaultdict(dict)
 
-    def sync(self, files: Mapping[str, Sequence[Resource]]) -> set[object]:
-        """Follow ``files``; returns the names of the buckets that changed."""
+    def sync(self, files: Mapping[str, Sequence[Resource]], track: bool = True) -> set[object]:
+        """Follow ``files``; returns the names of the buckets that changed.
+
+        Without ``track`` (nothing reads the buckets yet: a cold build) the
+        names of the buckets added to are not collected.
+        """
         changed: set[object] = set()
         for path in [p for p in self._files if p not in files]:
             self._remove(self._files.pop(path), changed)
@@ -128,11 +132,11 @@ class _WorkloadIndex:
                 continue
             if old is not None:
                 self._remove(old, changed)
-            self._add(resources, changed)
+            self._add(resources, changed if track else None)
             self._files[path] = resources
         return changed
 
-    def _add(self, resources: Sequence[Resource], changed: set[object]) -> None:
+    def _add(self, resources: Sequence[Resource], changed: set[object] | None) -> None:
         buckets = self._buckets
         for resource in resources:
             meta = resource.meta
@@ -140,18 +144,14 @@ class _WorkloadIndex:
                 continue
             ident = id(resource)
             ns = meta.namespace
-            bucket = buckets.get(ns)
-            if bucket is None:
-                bucket = buckets[ns] = {}
-            bucket[ident] = resource
-            changed.add(ns)
+            buckets[ns][ident] = resource
+            if changed is not None:
+                changed.add(ns)
             for k, v in dict(resource.spec.labels).items():  # type: ignore[union-attr]
                 name = (ns, k, v)
-                bucket = buckets.get(name)
-                if bucket is None:
-                    bucket = buckets[name] = {}
-                bucket[ident] = resource
-                changed.add(name)
+                buckets[name][ident] = resource
+                if changed is not None:
+                    changed.add(name)
 
     def _remove(self, resources: Sequence[Resource], changed: set[object]) -> None:
         buckets = self._buckets
@@ -166,8 +166,15 @@ class _WorkloadIndex:
                         del buckets[name]
                 changed.add(name)
 
-    def select(self, namespace: str, selector: Labels) -> tuple[Resource, ...]:
-        """Workloads of ``namespace`` whose labels match ``selector``, sorted by name."""
+    def select(
+        self, namespace: str, selector: Labels, unique_names: bool = False
+    ) -> tuple[Resource, ...]:
+        """Workloads of ``namespace`` whose labels match ``selector``, sorted by name.
+
+        Workloads of one name (a key defined twice) are sorted by file and
+        document; ``unique_names`` says there are none, so the name alone is
+        the key, which is cheaper.
+        """
         buckets = self._buckets
         if not selector:
             found = list(buckets.get(namespace, _NO_WORKLOADS).values())
@@ -179,12 +186,13 @@ class _WorkloadIndex:
                 [buckets.get((namespace, k, v), _NO_WORKLOADS) for k, v in selector], key=len
             )
             found = [r for i, r in smallest.items() if all([i in other for other in others])]
-        found.sort(key=_workload_order)
+        found.sort(key=_workload_name if unique_names else _workload_order)
         return tuple(found)
 
 
 _NO_WORKLOADS: Mapping[int, Resource] = {}
 _workload_order = attrgetter("meta.name", "meta.file", "meta.doc")
+_workload_name = attrgetter("meta.name")
 
 
 def bucket_names(workload: Resource) -> list[object]:
@@ -343,7 +351,11 @@ class _ResourceTable:
         self.duplicates: dict[Key, list[Resource]] = {}
 
     def sync(self, files: Mapping[str, Sequence[Resource]]) -> dict[str, set[Key]]:
-        """Follow ``files``; returns the keys whose definitions changed, per kind."""
+        """Follow ``files``; returns the keys whose definitions changed, per kind.
+
+        WorkloadEntries are left out: the builder follows them through the
+        workload index, and they are most of a large mesh's resources.
+        """
         changed: dict[str, set[Key]] = defaultdict(set)
         for path in [p for p in self._files if p not in files]:
             self._remove(self._files.pop(path), changed)
@@ -361,7 +373,8 @@ class _ResourceTable:
         defined, duplicates = self.defined, self.duplicates
         for resource in resources:
             key = resource.meta.key
-            changed[key[0]].add(key)
+            if key[0] != "WorkloadEntry":
+                changed[key[0]].add(key)
             held = defined.get(key)
             if held is not None:
                 del defined[key]
@@ -375,7 +388,8 @@ class _ResourceTable:
         defined, duplicates = self.defined, self.duplicates
         for resource in resources:
             key = resource.meta.key
-            changed[key[0]].add(key)
+            if key[0] != "WorkloadEntry":
+                changed[key[0]].add(key)
             defs = duplicates.get(key)
             if defs is None:
                 del defined[key]
@@ -454,7 +468,7 @@ class MeshBuilder:
             self._reset()
         self._resources = resources
         dirty, shifted, dup_findings = self._resolve_definitions(files, changed)
-        buckets = self._index.sync(files)
+        buckets = self._index.sync(files, track=bool(self._readers))
         for resource in shifted:
             if resource.meta.kind == "WorkloadEntry":
                 buckets.update(bucket_names(resource))
@@ -608,7 +622,8 @@ class MeshBuilder:
     def _update_services(self, keys: set[Key]) -> set[str]:
         touched: set[str] = set()
         resolved = self._resolved
-        # Without duplicates every indexed workload is the one definition of its key.
+        # Without duplicates every indexed workload is the one definition of its key,
+        # so the only workload of its name in its namespace.
         check_selected = bool(self._winners)
         built_before = self._svc_built
         candidates = self._host_candidates
@@ -633,7 +648,7 @@ class MeshBuilder:
             selected: tuple[Resource, ...] = ()
             if selector is not None:
                 ns = resource.meta.namespace
-                selected = select(ns, selector)
+                selected = select(ns, selector, not check_selected)
                 reads = selector_buckets(ns, selector)
                 if check_selected:
                     selected = tuple(r for r in selected if resolved(r.meta.key) is r)
@@ -944,7 +959,10 @@ class MeshBuilder:
             mesh_policies = tuple(map(self._policies.__getitem__, self._policy_order))
         if virtual_services:
             if self._vs_order is None:
-                self._vs_order = sorted(self._vs, key=self._vs_position)
+                # In file order; no two VirtualServices share a file and document.
+                placed = [(r.meta.file, r.meta.doc, key) for key, (r, _) in self._vs.items()]
+                placed.sort()
+                self._vs_order = [key for _, _, key in placed]
             mesh_vs = tuple([self._vs[k][1] for k in self._vs_order])
         return Mesh(
             services=mesh_services if services else mesh.services,
@@ -954,9 +972,6 @@ class MeshBuilder:
             if gateways
             else mesh.gateways,
         )
-
-    def _vs_position(self, key: Key) -> tuple[str, int]:
-        return _position(self._vs[key][0])
 
 
 def _combinable(metas: Sequence[Meta]) -> bool:
