@@ -33,7 +33,7 @@ that the last-known-good logic can reject the change that introduced it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from operator import attrgetter
 
@@ -104,6 +104,23 @@ def _where(meta: Meta) -> str:
     return f"{meta.file}:{meta.line}"
 
 
+def _file_changes(
+    known: dict[str, Sequence[Resource]], files: Mapping[str, Sequence[Resource]]
+) -> Iterator[tuple[Sequence[Resource] | None, Sequence[Resource] | None]]:
+    """``(old, new)`` resources of each file that went, came or changed; ``known`` follows.
+
+    A file that did not change keeps its resource objects, so it is passed over
+    on identity alone.
+    """
+    for path in [p for p in known if p not in files]:
+        yield known.pop(path), None
+    for path, resources in files.items():
+        old = known.get(path)
+        if old is not resources:
+            known[path] = resources
+            yield old, resources
+
+
 class _WorkloadIndex:
     """WorkloadEntries per namespace and per label pair, kept in step with the files.
 
@@ -114,27 +131,37 @@ class _WorkloadIndex:
     """
 
     def __init__(self) -> None:
-        self._files: dict[str, Sequence[Resource]] = {}
+        self._files: dict[str, Sequence[Resource]] = {}  # for sync() alone
         self._buckets: defaultdict[object, dict[int, Resource]] = defaultdict(dict)
 
-    def sync(self, files: Mapping[str, Sequence[Resource]], track: bool = True) -> set[object]:
+    def sync(self, files: Mapping[str, Sequence[Resource]]) -> set[object]:
         """Follow ``files``; returns the names of the buckets that changed.
 
-        Without ``track`` (nothing reads the buckets yet: a cold build) the
-        names of the buckets added to are not collected.
+        The builder follows its files with :meth:`apply` instead, in one pass
+        with its definition table.
         """
         changed: set[object] = set()
-        for path in [p for p in self._files if p not in files]:
-            self._remove(self._files.pop(path), changed)
-        for path, resources in files.items():
-            old = self._files.get(path)
-            if old is resources:
-                continue
-            if old is not None:
-                self._remove(old, changed)
-            self._add(resources, changed if track else None)
-            self._files[path] = resources
+        for old, new in _file_changes(self._files, files):
+            self.apply(old, new, changed)
         return changed
+
+    def apply(
+        self,
+        old: Sequence[Resource] | None,
+        new: Sequence[Resource] | None,
+        changed: set[object],
+        track: bool = True,
+    ) -> None:
+        """Take a file's ``old`` resources out and its ``new`` ones in.
+
+        The names of the buckets that change go into ``changed``; without
+        ``track`` (nothing reads the buckets yet: a cold build) not those of
+        the buckets added to.
+        """
+        if old is not None:
+            self._remove(old, changed)
+        if new is not None:
+            self._add(new, changed if track else None)
 
     def _add(self, resources: Sequence[Resource], changed: set[object] | None) -> None:
         buckets = self._buckets
@@ -346,28 +373,25 @@ class _ResourceTable:
     """
 
     def __init__(self) -> None:
-        self._files: dict[str, Sequence[Resource]] = {}
         self.defined: dict[Key, Resource] = {}
         self.duplicates: dict[Key, list[Resource]] = {}
 
-    def sync(self, files: Mapping[str, Sequence[Resource]]) -> dict[str, set[Key]]:
-        """Follow ``files``; returns the keys whose definitions changed, per kind.
+    def apply(
+        self,
+        old: Sequence[Resource] | None,
+        new: Sequence[Resource] | None,
+        changed: dict[str, set[Key]],
+    ) -> None:
+        """Take a file's ``old`` resources out and its ``new`` ones in.
 
-        WorkloadEntries are left out: the builder follows them through the
-        workload index, and they are most of a large mesh's resources.
+        The keys whose definitions change go into ``changed``, per kind, but
+        for WorkloadEntries: the builder follows those through the workload
+        index, and they are most of a large mesh's resources.
         """
-        changed: dict[str, set[Key]] = defaultdict(set)
-        for path in [p for p in self._files if p not in files]:
-            self._remove(self._files.pop(path), changed)
-        for path, resources in files.items():
-            old = self._files.get(path)
-            if old is resources:
-                continue
-            if old is not None:
-                self._remove(old, changed)
-            self._add(resources, changed)
-            self._files[path] = resources
-        return changed
+        if old is not None:
+            self._remove(old, changed)
+        if new is not None:
+            self._add(new, changed)
 
     def _add(self, resources: Sequence[Resource], changed: dict[str, set[Key]]) -> None:
         defined, duplicates = self.defined, self.duplicates
@@ -421,6 +445,7 @@ class MeshBuilder:
         self._reset()
 
     def _reset(self) -> None:
+        self._files: dict[str, Sequence[Resource]] = {}
         self._table = _ResourceTable()
         self._index = _WorkloadIndex()
         self._winners: dict[Key, Resource] = {}  # per key defined more than once
@@ -467,8 +492,8 @@ class MeshBuilder:
             # costs less than removing what went did.
             self._reset()
         self._resources = resources
-        dirty, shifted, dup_findings = self._resolve_definitions(files, changed)
-        buckets = self._index.sync(files, track=bool(self._readers))
+        dirty, buckets = self._follow(files)
+        shifted, dup_findings = self._resolve_definitions(dirty, changed)
         for resource in shifted:
             if resource.meta.kind == "WorkloadEntry":
                 buckets.update(bucket_names(resource))
@@ -555,24 +580,43 @@ class MeshBuilder:
 
     # -- definitions ---------------------------------------------------------------------
 
+    def _follow(
+        self, files: Mapping[str, Sequence[Resource]]
+    ) -> tuple[dict[str, set[Key]], set[object]]:
+        """Bring the definition table and the workload index in step with ``files``.
+
+        Returns the keys whose definitions changed, per kind (WorkloadEntries
+        left out), and the names of the index buckets that changed. Both follow
+        a file in one pass: its resources are still in the processor's cache
+        for the second. Nothing reads the buckets before the first Service
+        selects workloads (a cold build), so until then those added to are not
+        named.
+        """
+        keys: dict[str, set[Key]] = defaultdict(set)
+        buckets: set[object] = set()
+        table, index, track = self._table, self._index, bool(self._readers)
+        for old, new in _file_changes(self._files, files):
+            table.apply(old, new, keys)
+            index.apply(old, new, buckets, track)
+        return keys, buckets
+
     def _resolve_definitions(
-        self, files: Mapping[str, Sequence[Resource]], changed: frozenset[str] | None
-    ) -> tuple[dict[str, set[Key]], list[Resource], list[Finding]]:
+        self, dirty: dict[str, set[Key]], changed: frozenset[str] | None
+    ) -> tuple[list[Resource], list[Finding]]:
         """Settle which definition of each key is in effect.
 
         A key defined once has that definition in effect; of a key defined more
         than once, the first in file order unless the change being applied is
-        blamed (``_winners``). Returns the keys whose definition in effect may
-        have changed, per kind (a superset: recomputing a key that did not
-        change gives the same objects); the resources that may have taken or
-        lost effect while their key was defined more than once (the index's sync
-        does not see those: their files may not have changed); and the PF208
-        findings.
+        blamed (``_winners``). Adds to ``dirty`` (the keys whose definitions
+        changed, per kind) the keys whose definition in effect may have changed
+        (a superset: recomputing a key that did not change gives the same
+        objects). Returns the resources that may have taken or lost effect while
+        their key was defined more than once (the index does not see those:
+        their files may not have changed), and the PF208 findings.
         """
         table = self._table
         winners = self._winners
-        dirty = table.sync(files)
-        # Keys defined more than once before or after this sync.
+        # Keys defined more than once before or after following the files.
         duplicated = winners.keys() | table.duplicates.keys()
         for keys in dirty.values():
             keys -= duplicated
@@ -611,7 +655,7 @@ class MeshBuilder:
             if winner is not None:
                 shifted.append(winner)
             dirty[key[0]].add(key)
-        return dirty, shifted, findings
+        return shifted, findings
 
     def _resolved(self, key: Key) -> Resource | None:
         """The definition of ``key`` in effect."""

@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import random
 import textwrap
+from collections.abc import Sequence
 
-from controlplane.config.build import BuildResult, MeshBuilder, _WorkloadIndex, bucket_names
+from controlplane.config.build import (
+    BuildResult,
+    MeshBuilder,
+    _file_changes,
+    _WorkloadIndex,
+    bucket_names,
+)
 from controlplane.config.document import read_text
 from controlplane.config.resources import Meta, Resource, WorkloadSpec
 from controlplane.model import Labels, labels_match
@@ -214,7 +221,7 @@ def test_index_selection_equals_labels_match_over_every_workload_after_any_syncs
         assert index.select("elsewhere", ()) == ()
 
 
-def test_an_index_filled_without_tracking_then_synced_selects_and_reports_as_one_that_tracks() -> (
+def test_an_index_filled_without_tracking_then_changed_selects_and_reports_as_one_that_tracks() -> (
     None
 ):
     rng = random.Random(5)
@@ -230,15 +237,26 @@ def test_an_index_filled_without_tracking_then_synced_selects_and_reports_as_one
             for n in range(rng.randrange(1, 5))
         }
 
-    files = random_files(0)
+    known: dict[str, Sequence[Resource]] = {}
     untracked, tracked = _WorkloadIndex(), _WorkloadIndex()
-    assert untracked.sync(files, track=False) == set()
-    assert tracked.sync(files) == {n for rs in files.values() for r in rs for n in bucket_names(r)}
+    files = random_files(0)
+    cold_untracked: set[object] = set()
+    cold_tracked: set[object] = set()
+    for old, new in _file_changes(known, files):
+        untracked.apply(old, new, cold_untracked, track=False)
+        tracked.apply(old, new, cold_tracked)
+    assert cold_untracked == set()
+    assert cold_tracked == {n for rs in files.values() for r in rs for n in bucket_names(r)}
     for step in range(1, 20):
         for selector in selectors:
             assert untracked.select("ns", selector) == tracked.select("ns", selector)
         files = {**files, **random_files(step)}
-        assert untracked.sync(files) == tracked.sync(files), step
+        changed_untracked: set[object] = set()
+        changed_tracked: set[object] = set()
+        for old, new in _file_changes(known, files):
+            untracked.apply(old, new, changed_untracked)
+            tracked.apply(old, new, changed_tracked)
+        assert changed_untracked == changed_tracked, step
 
 
 def test_a_service_added_after_a_cold_build_without_services_follows_later_workload_edits() -> None:
