@@ -21,9 +21,11 @@ A cold build is linear in the resources and keeps per-resource work small:
 a key defined once is read straight from the definition table (only keys
 defined more than once are resolved one by one), a selector reads the
 smallest index bucket of its pairs, and a VirtualService already spelled
-canonically is kept as written. The mesh's collections keep their sorted
-order from build to build and are sorted again only when members come, go
-or move.
+canonically is kept as written. The definition table and the workload index
+follow each file in one pass, and until a Service reads the index (a cold
+build) the buckets it fills are not named. The mesh's collections keep their
+sorted order from build to build and are sorted again only when members
+come, go or move.
 
 Where a problem involves two places (a duplicate), the finding is put on the
 one that is *newer* (in ``changed``), else on the later in file order, so
