@@ -21,9 +21,11 @@ A cold build is linear in the resources and keeps per-resource work small:
 a key defined once is read straight from the definition table (only keys
 defined more than once are resolved one by one), a selector reads the
 smallest index bucket of its pairs, and a VirtualService already spelled
-canonically is kept as written. The mesh's collections keep their sorted
-order from build to build and are sorted again only when members come, go
-or move.
+canonically is kept as written. The definition table and the workload index
+follow each file in one pass, and until a Service reads the index (a cold
+build) the buckets it fills are not named. The mesh's collections keep their
+sorted order from build to build and are sorted again only when members
+come, go or move.
 
 Where a problem involves two places (a duplicate), the finding is put on the
 one that is *newer* (in ``changed``), else on the later in file order, so
@@ -33,7 +35,7 @@ that the last-known-good logic can reject the change that introduced it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from operator import attrgetter
 
@@ -104,6 +106,23 @@ def _where(meta: Meta) -> str:
     return f"{meta.file}:{meta.line}"
 
 
+def _file_changes(
+    known: dict[str, Sequence[Resource]], files: Mapping[str, Sequence[Resource]]
+) -> Iterator[tuple[Sequence[Resource] | None, Sequence[Resource] | None]]:
+    """``(old, new)`` resources of each file that went, came or changed; ``known`` follows.
+
+    A file that did not change keeps its resource objects, so it is passed over
+    on identity alone.
+    """
+    for path in [p for p in known if p not in files]:
+        yield known.pop(path), None
+    for path, resources in files.items():
+        old = known.get(path)
+        if old is not resources:
+            known[path] = resources
+            yield old, resources
+
+
 class _WorkloadIndex:
     """WorkloadEntries per namespace and per label pair, kept in step with the files.
 
@@ -114,25 +133,39 @@ class _WorkloadIndex:
     """
 
     def __init__(self) -> None:
-        self._files: dict[str, Sequence[Resource]] = {}
-        self._buckets: dict[object, dict[int, Resource]] = {}
+        self._files: dict[str, Sequence[Resource]] = {}  # for sync() alone
+        self._buckets: defaultdict[object, dict[int, Resource]] = defaultdict(dict)
 
     def sync(self, files: Mapping[str, Sequence[Resource]]) -> set[object]:
-        """Follow ``files``; returns the names of the buckets that changed."""
+        """Follow ``files``; returns the names of the buckets that changed.
+
+        The builder follows its files with :meth:`apply` instead, in one pass
+        with its definition table.
+        """
         changed: set[object] = set()
-        for path in [p for p in self._files if p not in files]:
-            self._remove(self._files.pop(path), changed)
-        for path, resources in files.items():
-            old = self._files.get(path)
-            if old is resources:
-                continue
-            if old is not None:
-                self._remove(old, changed)
-            self._add(resources, changed)
-            self._files[path] = resources
+        for old, new in _file_changes(self._files, files):
+            self.apply(old, new, changed)
         return changed
 
-    def _add(self, resources: Sequence[Resource], changed: set[object]) -> None:
+    def apply(
+        self,
+        old: Sequence[Resource] | None,
+        new: Sequence[Resource] | None,
+        changed: set[object],
+        track: bool = True,
+    ) -> None:
+        """Take a file's ``old`` resources out and its ``new`` ones in.
+
+        The names of the buckets that change go into ``changed``; without
+        ``track`` (nothing reads the buckets yet: a cold build) not those of
+        the buckets added to.
+        """
+        if old is not None:
+            self._remove(old, changed)
+        if new is not None:
+            self._add(new, changed if track else None)
+
+    def _add(self, resources: Sequence[Resource], changed: set[object] | None) -> None:
         buckets = self._buckets
         for resource in resources:
             meta = resource.meta
@@ -140,18 +173,14 @@ class _WorkloadIndex:
                 continue
             ident = id(resource)
             ns = meta.namespace
-            bucket = buckets.get(ns)
-            if bucket is None:
-                bucket = buckets[ns] = {}
-            bucket[ident] = resource
-            changed.add(ns)
+            buckets[ns][ident] = resource
+            if changed is not None:
+                changed.add(ns)
             for k, v in dict(resource.spec.labels).items():  # type: ignore[union-attr]
                 name = (ns, k, v)
-                bucket = buckets.get(name)
-                if bucket is None:
-                    bucket = buckets[name] = {}
-                bucket[ident] = resource
-                changed.add(name)
+                buckets[name][ident] = resource
+                if changed is not None:
+                    changed.add(name)
 
     def _remove(self, resources: Sequence[Resource], changed: set[object]) -> None:
         buckets = self._buckets
@@ -166,8 +195,15 @@ class _WorkloadIndex:
                         del buckets[name]
                 changed.add(name)
 
-    def select(self, namespace: str, selector: Labels) -> tuple[Resource, ...]:
-        """Workloads of ``namespace`` whose labels match ``selector``, sorted by name."""
+    def select(
+        self, namespace: str, selector: Labels, unique_names: bool = False
+    ) -> tuple[Resource, ...]:
+        """Workloads of ``namespace`` whose labels match ``selector``, sorted by name.
+
+        Workloads of one name (a key defined twice) are sorted by file and
+        document; ``unique_names`` says there are none, so the name alone is
+        the key, which is cheaper.
+        """
         buckets = self._buckets
         if not selector:
             found = list(buckets.get(namespace, _NO_WORKLOADS).values())
@@ -179,12 +215,13 @@ class _WorkloadIndex:
                 [buckets.get((namespace, k, v), _NO_WORKLOADS) for k, v in selector], key=len
             )
             found = [r for i, r in smallest.items() if all([i in other for other in others])]
-        found.sort(key=_workload_order)
+        found.sort(key=_workload_name if unique_names else _workload_order)
         return tuple(found)
 
 
 _NO_WORKLOADS: Mapping[int, Resource] = {}
 _workload_order = attrgetter("meta.name", "meta.file", "meta.doc")
+_workload_name = attrgetter("meta.name")
 
 
 def bucket_names(workload: Resource) -> list[object]:
@@ -338,30 +375,32 @@ class _ResourceTable:
     """
 
     def __init__(self) -> None:
-        self._files: dict[str, Sequence[Resource]] = {}
         self.defined: dict[Key, Resource] = {}
         self.duplicates: dict[Key, list[Resource]] = {}
 
-    def sync(self, files: Mapping[str, Sequence[Resource]]) -> dict[str, set[Key]]:
-        """Follow ``files``; returns the keys whose definitions changed, per kind."""
-        changed: dict[str, set[Key]] = defaultdict(set)
-        for path in [p for p in self._files if p not in files]:
-            self._remove(self._files.pop(path), changed)
-        for path, resources in files.items():
-            old = self._files.get(path)
-            if old is resources:
-                continue
-            if old is not None:
-                self._remove(old, changed)
-            self._add(resources, changed)
-            self._files[path] = resources
-        return changed
+    def apply(
+        self,
+        old: Sequence[Resource] | None,
+        new: Sequence[Resource] | None,
+        changed: dict[str, set[Key]],
+    ) -> None:
+        """Take a file's ``old`` resources out and its ``new`` ones in.
+
+        The keys whose definitions change go into ``changed``, per kind, but
+        for WorkloadEntries: the builder follows those through the workload
+        index, and they are most of a large mesh's resources.
+        """
+        if old is not None:
+            self._remove(old, changed)
+        if new is not None:
+            self._add(new, changed)
 
     def _add(self, resources: Sequence[Resource], changed: dict[str, set[Key]]) -> None:
         defined, duplicates = self.defined, self.duplicates
         for resource in resources:
             key = resource.meta.key
-            changed[key[0]].add(key)
+            if key[0] != "WorkloadEntry":
+                changed[key[0]].add(key)
             held = defined.get(key)
             if held is not None:
                 del defined[key]
@@ -375,7 +414,8 @@ class _ResourceTable:
         defined, duplicates = self.defined, self.duplicates
         for resource in resources:
             key = resource.meta.key
-            changed[key[0]].add(key)
+            if key[0] != "WorkloadEntry":
+                changed[key[0]].add(key)
             defs = duplicates.get(key)
             if defs is None:
                 del defined[key]
@@ -407,6 +447,7 @@ class MeshBuilder:
         self._reset()
 
     def _reset(self) -> None:
+        self._files: dict[str, Sequence[Resource]] = {}
         self._table = _ResourceTable()
         self._index = _WorkloadIndex()
         self._winners: dict[Key, Resource] = {}  # per key defined more than once
@@ -453,8 +494,8 @@ class MeshBuilder:
             # costs less than removing what went did.
             self._reset()
         self._resources = resources
-        dirty, shifted, dup_findings = self._resolve_definitions(files, changed)
-        buckets = self._index.sync(files)
+        dirty, buckets = self._follow(files)
+        shifted, dup_findings = self._resolve_definitions(dirty, changed)
         for resource in shifted:
             if resource.meta.kind == "WorkloadEntry":
                 buckets.update(bucket_names(resource))
@@ -541,24 +582,43 @@ class MeshBuilder:
 
     # -- definitions ---------------------------------------------------------------------
 
+    def _follow(
+        self, files: Mapping[str, Sequence[Resource]]
+    ) -> tuple[dict[str, set[Key]], set[object]]:
+        """Bring the definition table and the workload index in step with ``files``.
+
+        Returns the keys whose definitions changed, per kind (WorkloadEntries
+        left out), and the names of the index buckets that changed. Both follow
+        a file in one pass: its resources are still in the processor's cache
+        for the second. Nothing reads the buckets before the first Service
+        selects workloads (a cold build), so until then those added to are not
+        named.
+        """
+        keys: dict[str, set[Key]] = defaultdict(set)
+        buckets: set[object] = set()
+        table, index, track = self._table, self._index, bool(self._readers)
+        for old, new in _file_changes(self._files, files):
+            table.apply(old, new, keys)
+            index.apply(old, new, buckets, track)
+        return keys, buckets
+
     def _resolve_definitions(
-        self, files: Mapping[str, Sequence[Resource]], changed: frozenset[str] | None
-    ) -> tuple[dict[str, set[Key]], list[Resource], list[Finding]]:
+        self, dirty: dict[str, set[Key]], changed: frozenset[str] | None
+    ) -> tuple[list[Resource], list[Finding]]:
         """Settle which definition of each key is in effect.
 
         A key defined once has that definition in effect; of a key defined more
         than once, the first in file order unless the change being applied is
-        blamed (``_winners``). Returns the keys whose definition in effect may
-        have changed, per kind (a superset: recomputing a key that did not
-        change gives the same objects); the resources that may have taken or
-        lost effect while their key was defined more than once (the index's sync
-        does not see those: their files may not have changed); and the PF208
-        findings.
+        blamed (``_winners``). Adds to ``dirty`` (the keys whose definitions
+        changed, per kind) the keys whose definition in effect may have changed
+        (a superset: recomputing a key that did not change gives the same
+        objects). Returns the resources that may have taken or lost effect while
+        their key was defined more than once (the index does not see those:
+        their files may not have changed), and the PF208 findings.
         """
         table = self._table
         winners = self._winners
-        dirty = table.sync(files)
-        # Keys defined more than once before or after this sync.
+        # Keys defined more than once before or after following the files.
         duplicated = winners.keys() | table.duplicates.keys()
         for keys in dirty.values():
             keys -= duplicated
@@ -597,7 +657,7 @@ class MeshBuilder:
             if winner is not None:
                 shifted.append(winner)
             dirty[key[0]].add(key)
-        return dirty, shifted, findings
+        return shifted, findings
 
     def _resolved(self, key: Key) -> Resource | None:
         """The definition of ``key`` in effect."""
@@ -608,7 +668,8 @@ class MeshBuilder:
     def _update_services(self, keys: set[Key]) -> set[str]:
         touched: set[str] = set()
         resolved = self._resolved
-        # Without duplicates every indexed workload is the one definition of its key.
+        # Without duplicates every indexed workload is the one definition of its key,
+        # so the only workload of its name in its namespace.
         check_selected = bool(self._winners)
         built_before = self._svc_built
         candidates = self._host_candidates
@@ -633,7 +694,7 @@ class MeshBuilder:
             selected: tuple[Resource, ...] = ()
             if selector is not None:
                 ns = resource.meta.namespace
-                selected = select(ns, selector)
+                selected = select(ns, selector, not check_selected)
                 reads = selector_buckets(ns, selector)
                 if check_selected:
                     selected = tuple(r for r in selected if resolved(r.meta.key) is r)
@@ -944,7 +1005,10 @@ class MeshBuilder:
             mesh_policies = tuple(map(self._policies.__getitem__, self._policy_order))
         if virtual_services:
             if self._vs_order is None:
-                self._vs_order = sorted(self._vs, key=self._vs_position)
+                # In file order; no two VirtualServices share a file and document.
+                placed = [(r.meta.file, r.meta.doc, key) for key, (r, _) in self._vs.items()]
+                placed.sort()
+                self._vs_order = [key for _, _, key in placed]
             mesh_vs = tuple([self._vs[k][1] for k in self._vs_order])
         return Mesh(
             services=mesh_services if services else mesh.services,
@@ -954,9 +1018,6 @@ class MeshBuilder:
             if gateways
             else mesh.gateways,
         )
-
-    def _vs_position(self, key: Key) -> tuple[str, int]:
-        return _position(self._vs[key][0])
 
 
 def _combinable(metas: Sequence[Meta]) -> bool:

@@ -72,13 +72,43 @@ class Locality:
         return "/".join(p for p in (self.region, self.zone, self.subzone) if p)
 
 
-@dataclass(frozen=True, slots=True)
+_NOWHERE = Locality()
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Endpoint:
+    """One address and port serving a service port.
+
+    Made once per workload and service port when the mesh is built, so its
+    ``__init__`` sets the slots directly: a frozen dataclass's generated one
+    goes through ``object.__setattr__`` for every field.
+    """
+
     address: str
     port: int
     labels: Labels = ()
     weight: int = 1
-    locality: Locality = Locality()
+    locality: Locality = _NOWHERE
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        labels: Labels = (),
+        weight: int = 1,
+        locality: Locality = _NOWHERE,
+    ) -> None:
+        set_address, set_port, set_labels, set_weight, set_locality = _ENDPOINT_SLOTS
+        set_address(self, address)
+        set_port(self, port)
+        set_labels(self, labels)
+        set_weight(self, weight)
+        set_locality(self, locality)
+
+
+_ENDPOINT_SLOTS = tuple(
+    getattr(Endpoint, name).__set__ for name in ("address", "port", "labels", "weight", "locality")
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import random
 import textwrap
+from collections.abc import Sequence
 
-from controlplane.config.build import BuildResult, MeshBuilder, _WorkloadIndex
+from controlplane.config.build import (
+    BuildResult,
+    MeshBuilder,
+    _file_changes,
+    _WorkloadIndex,
+    bucket_names,
+)
 from controlplane.config.document import read_text
 from controlplane.config.resources import Meta, Resource, WorkloadSpec
 from controlplane.model import Labels, labels_match
@@ -209,7 +216,66 @@ def test_index_selection_equals_labels_match_over_every_workload_after_any_syncs
                 key=lambda r: (r.meta.name, r.meta.file, r.meta.doc),
             )
             assert index.select("ns", selector) == tuple(expected), (step, selector)
+            # Every name here is unique: sorting by the name alone gives the same order.
+            assert index.select("ns", selector, unique_names=True) == tuple(expected)
         assert index.select("elsewhere", ()) == ()
+
+
+def test_an_index_filled_without_tracking_then_changed_selects_and_reports_as_one_that_tracks() -> (
+    None
+):
+    rng = random.Random(5)
+    pairs = [("app", "a"), ("app", "b"), ("tier", "web")]
+    selectors: list[Labels] = [(), *((p,) for p in pairs), (("app", "a"), ("tier", "web"))]
+
+    def random_files(step: int) -> dict[str, tuple[Resource, ...]]:
+        return {
+            f"f{n}.yaml": tuple(
+                _made_workload(f"w{step}-{n}-{i}", tuple(rng.sample(pairs, 2)), f"f{n}.yaml")
+                for i in range(3)
+            )
+            for n in range(rng.randrange(1, 5))
+        }
+
+    known: dict[str, Sequence[Resource]] = {}
+    untracked, tracked = _WorkloadIndex(), _WorkloadIndex()
+    files = random_files(0)
+    cold_untracked: set[object] = set()
+    cold_tracked: set[object] = set()
+    for old, new in _file_changes(known, files):
+        untracked.apply(old, new, cold_untracked, track=False)
+        tracked.apply(old, new, cold_tracked)
+    assert cold_untracked == set()
+    assert cold_tracked == {n for rs in files.values() for r in rs for n in bucket_names(r)}
+    for step in range(1, 20):
+        for selector in selectors:
+            assert untracked.select("ns", selector) == tracked.select("ns", selector)
+        files = {**files, **random_files(step)}
+        changed_untracked: set[object] = set()
+        changed_tracked: set[object] = set()
+        for old, new in _file_changes(known, files):
+            untracked.apply(old, new, changed_untracked)
+            tracked.apply(old, new, changed_tracked)
+        assert changed_untracked == changed_tracked, step
+
+
+def test_a_service_added_after_a_cold_build_without_services_follows_later_workload_edits() -> None:
+    builder = MeshBuilder()
+    workloads = {"10-w.yaml": parse("10-w.yaml", workload("w", "10.0.0.1", "app: a"))}
+    same_as_fresh(builder, workloads)
+    services = parse("00-services.yaml", SERVICES)
+    added = same_as_fresh(builder, {"00-services.yaml": services, **workloads}, frozenset())
+    assert addresses(added, HOST_A) == ["10.0.0.1"]
+    moved = same_as_fresh(
+        builder,
+        {
+            "00-services.yaml": services,
+            "10-w.yaml": parse("10-w.yaml", workload("w", "10.0.0.2", "app: b, tier: web")),
+        },
+        frozenset({"10-w.yaml"}),
+    )
+    assert addresses(moved, HOST_A) == []
+    assert addresses(moved, HOST_B) == ["10.0.0.2"]
 
 
 def test_a_new_earlier_definition_not_blamed_takes_over_from_an_unchanged_file() -> None:
