@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,10 +17,34 @@ from controlplane.forked_map import forked_map
 PARENT = os.getpid()
 
 
+class ChildFirst:
+    """Wraps ``fn`` so that the parent starts only once the child has begun.
+
+    The child, which starts from the back, leaves a mark at its first item; the
+    parent waits for it (at most 10 s) at its first item and then gives the child
+    a moment to send its first answer, so the order of events does not depend on
+    how quickly a fork of a large process gets going.
+    """
+
+    def __init__(self, fn: Callable[[int], Any], mark: Path) -> None:
+        self.fn, self.mark, self.waited = fn, mark, False
+
+    def __call__(self, item: int) -> Any:
+        if os.getpid() != PARENT:
+            self.mark.touch()
+        elif not self.waited:
+            self.waited = True
+            deadline = time.monotonic() + 10
+            while not self.mark.exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.2)
+        return self.fn(item)
+
+
 def _where(item: int) -> tuple[int, int]:
     """The item squared and the process that computed it; the parent is slow."""
     if os.getpid() == PARENT:
-        time.sleep(0.02)
+        time.sleep(0.005)
     return item * item, os.getpid()
 
 
@@ -48,9 +73,9 @@ def _reaped(pid: int) -> bool:
 
 
 def test_a_child_computes_the_chunks_from_the_back_and_the_results_keep_their_order(
-    forks: list[int],
+    forks: list[int], tmp_path: Path
 ) -> None:
-    results = forked_map(_where, list(range(100)), chunk=2)
+    results = forked_map(ChildFirst(_where, tmp_path / "mark"), list(range(100)), chunk=2)
 
     assert [square for square, _ in results] == [i * i for i in range(100)]
     pids = [pid for _, pid in results]
@@ -87,7 +112,7 @@ def test_a_child_whose_results_do_not_pickle_leaves_the_work_to_the_parent() -> 
 
 
 def test_garbage_from_the_child_is_ignored_with_a_warning(
-    monkeypatch: pytest.MonkeyPatch, forks: list[int]
+    monkeypatch: pytest.MonkeyPatch, forks: list[int], tmp_path: Path
 ) -> None:
     class Garbage:
         HIGHEST_PROTOCOL = 5
@@ -100,20 +125,16 @@ def test_garbage_from_the_child_is_ignored_with_a_warning(
 
     monkeypatch.setattr(forked_map_module, "pickle", Garbage)
     with capture_logs() as logs:
-        results = forked_map(_where, list(range(40)), chunk=2)
+        results = forked_map(ChildFirst(_where, tmp_path / "mark"), list(range(40)), chunk=2)
 
     assert results == [(i * i, PARENT) for i in range(40)]
     assert [entry["event"] for entry in logs] == ["forked_map_garbage"]
     assert _reaped(forks[0])
 
 
-def _wrong_length_in_child(item: int) -> int:
-    if os.getpid() == PARENT:
-        time.sleep(0.01)
-    return item
-
-
-def test_an_answer_of_the_wrong_length_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_answer_of_the_wrong_length_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     real_dumps = forked_map_module.pickle.dumps
 
     class Shortened:
@@ -126,7 +147,8 @@ def test_an_answer_of_the_wrong_length_is_refused(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(forked_map_module, "pickle", Shortened)
     with capture_logs() as logs:
-        assert forked_map(_wrong_length_in_child, list(range(30)), chunk=3) == list(range(30))
+        results = forked_map(ChildFirst(_where, tmp_path / "mark"), list(range(30)), chunk=3)
+    assert results == [(i * i, PARENT) for i in range(30)]
     assert [entry["event"] for entry in logs] == ["forked_map_garbage"]
 
 

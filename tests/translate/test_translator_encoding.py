@@ -13,6 +13,7 @@ import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from controlplane.translate import (
     translate,
 )
 from controlplane.translate import translator as translator_module
+from controlplane.translate.names import BLACKHOLE_CLUSTER
 from controlplane.translate.protos import Message
 from controlplane.translate.translator import Translator
 from controlplane.xds import Snapshot
@@ -173,17 +175,26 @@ def test_a_grpc_class_gets_its_own_resources_encoded_as_translated() -> None:
 
 
 def test_a_translation_forked_onto_two_cores_is_the_translation_on_one(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     mesh = kitchen_sink_mesh()
     parent = os.getpid()
     encoded_here: list[str] = []
+    mark = tmp_path / "child-began"
 
     def encode(message: Message) -> Resource:
         resource = Resource.from_message(message)
-        if os.getpid() == parent:
+        if os.getpid() != parent:
+            mark.touch()
+        elif resource.name != BLACKHOLE_CLUSTER:
+            if not encoded_here:
+                # Once the child (from the back) has begun, it answers the last
+                # service while the parent is still at the first.
+                deadline = time.monotonic() + 10
+                while not mark.exists() and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                time.sleep(0.2)
             encoded_here.append(resource.name)
-            time.sleep(0.02)  # so that the child answers the last services first
         return resource
 
     monkeypatch.setattr(translator_module, "FORK_CHUNK", 1)
