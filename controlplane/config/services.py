@@ -14,6 +14,7 @@ for ``NONE``, one at most for ``DNS_ROUND_ROBIN``, no CIDR for the DNS ones).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import replace
@@ -88,20 +89,17 @@ def _label_key_ok(key: str) -> bool:
     return valid
 
 
-def _label_value_ok(value: str) -> bool:
-    if not _LABEL_VALUE.match(value):
+def _matches_and_seen(pattern: re.Pattern[str], seen: set[str], text: str) -> bool:
+    """Whether ``pattern`` matches ``text``; a match is remembered in ``seen`` (bounded)."""
+    if not pattern.match(text):
         return False
-    if len(_LABEL_VALUES_SEEN) < MAX_SEEN:
-        _LABEL_VALUES_SEEN.add(value)
+    if len(seen) < MAX_SEEN:
+        seen.add(text)
     return True
 
 
-def _port_name_ok(name: str) -> bool:
-    if not _DNS_LABEL.match(name):
-        return False
-    if len(_PORT_NAMES_SEEN) < MAX_SEEN:
-        _PORT_NAMES_SEEN.add(name)
-    return True
+_label_value_ok = functools.partial(_matches_and_seen, _LABEL_VALUE, _LABEL_VALUES_SEEN)
+_port_name_ok = functools.partial(_matches_and_seen, _DNS_LABEL, _PORT_NAMES_SEEN)
 
 
 def labels_clean(labels: Any) -> bool:
