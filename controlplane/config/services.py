@@ -102,6 +102,15 @@ _label_value_ok = functools.partial(_matches_and_seen, _LABEL_VALUE, _LABEL_VALU
 _port_name_ok = functools.partial(_matches_and_seen, _DNS_LABEL, _PORT_NAMES_SEEN)
 
 
+def _label_ok(key: Any, value: Any) -> bool:
+    return (
+        type(key) is str
+        and type(value) is str
+        and (value in _LABEL_VALUES_SEEN or _label_value_ok(value))
+        and (key in _LABEL_KEYS_SEEN or _label_key_ok(key))
+    )
+
+
 def labels_clean(labels: Any) -> bool:
     """Whether :func:`check_labels` (selector or not) would report nothing about ``labels``.
 
@@ -109,15 +118,7 @@ def labels_clean(labels: Any) -> bool:
     """
     if not isinstance(labels, dict):
         return True
-    for key, value in labels.items():
-        if not (
-            type(key) is str
-            and type(value) is str
-            and (value in _LABEL_VALUES_SEEN or _label_value_ok(value))
-            and (key in _LABEL_KEYS_SEEN or _label_key_ok(key))
-        ):
-            return False
-    return True
+    return all([_label_ok(key, value) for key, value in labels.items()])
 
 
 def clean_labels(labels: Any) -> Labels | None:
@@ -141,12 +142,7 @@ def clean_labels(labels: Any) -> Labels | None:
         return known
     pairs: list[tuple[str, str]] = []
     for key, value in labels.items():
-        if not (
-            type(key) is str
-            and type(value) is str
-            and (value in _LABEL_VALUES_SEEN or _label_value_ok(value))
-            and (key in _LABEL_KEYS_SEEN or _label_key_ok(key))
-        ):
+        if not _label_ok(key, value):
             return None
         pairs.append((share(key), share(value)))
     if len(pairs) > 1:
