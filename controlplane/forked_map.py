@@ -15,16 +15,17 @@ services, and one Python process uses one core. :func:`forked_map` returns
   child: a child that is slow (its core busy), stuck or dead, or answers
   garbage, costs at most the chunk being computed twice where the two meet.
   The result never depends on the child;
-* the child closes every file it inherited but its end of the pipe, runs
-  nothing but ``fn`` and ``pickle`` and leaves with
+* the child runs nothing but ``fn`` and ``pickle`` and leaves with
   ``os._exit``: no logging (a lock another thread held at the fork stays
   held in the child), no atexit handlers, no buffers flushed twice. It is
   killed once this process has every result.
 
 Results must pickle. Where ``os.fork`` is missing or fails, everything is
-computed here. Only the caller knows whether a second core is there to use
-(``controlplane.config.parallel_read.helper_pays``) and whether the work is
-large enough to pay for a fork.
+computed here. Fork only where no gRPC channel or server has run yet: gRPC's
+own fork handlers run in the child and may stop it (then this process
+computes everything, as for any failed child). Only the caller knows whether
+a second core is there to use (``controlplane.config.parallel_read.helper_pays``)
+and whether the work is large enough to pay for a fork.
 """
 
 from __future__ import annotations
@@ -86,10 +87,6 @@ def _child(
 ) -> None:  # pragma: no cover - runs in the forked child
     status = 0
     try:
-        # The server's sockets too: a child outliving a crashed server must not hold its
-        # listening port (a new server's SO_REUSEPORT would share connections with it).
-        os.closerange(3, write_end)
-        os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
         if _F_SETPIPE_SZ is not None:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_BYTES)

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from controlplane import forked_map as forked_map_module
 from controlplane.forked_map import forked_map
+from tests.fresh_interpreter import in_fresh_interpreter
 
 PARENT = os.getpid()
 
@@ -73,8 +74,10 @@ def _reaped(pid: int) -> bool:
 
 
 def test_a_child_computes_the_chunks_from_the_back_and_the_results_keep_their_order(
-    forks: list[int], tmp_path: Path
+    forks: list[int], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    if not in_fresh_interpreter(request):
+        return
     results = forked_map(ChildFirst(_where, tmp_path / "mark"), list(range(100)), chunk=2)
 
     assert [square for square, _ in results] == [i * i for i in range(100)]
@@ -112,8 +115,14 @@ def test_a_child_whose_results_do_not_pickle_leaves_the_work_to_the_parent() -> 
 
 
 def test_garbage_from_the_child_is_ignored_with_a_warning(
-    monkeypatch: pytest.MonkeyPatch, forks: list[int], tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
+    forks: list[int],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if not in_fresh_interpreter(request):
+        return
+
     class Garbage:
         HIGHEST_PROTOCOL = 5
 
@@ -133,8 +142,10 @@ def test_garbage_from_the_child_is_ignored_with_a_warning(
 
 
 def test_an_answer_of_the_wrong_length_is_refused(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    if not in_fresh_interpreter(request):
+        return
     real_dumps = forked_map_module.pickle.dumps
 
     class Shortened:

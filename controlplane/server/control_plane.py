@@ -128,7 +128,7 @@ class ControlPlane:
         self._classes_lock = threading.Lock()
         # Keeps each message only as its serialized resource, shared by every class
         # that sends it: serialized once, and once more only when its input changes.
-        # A cold start translates on two cores under the read helper's rule.
+        # The cold start translates on two cores under the read helper's rule.
         self._translator = Translator(
             encode=Resource.from_message,
             fork_from=FORK_MIN_SERVICES if options.worker is None and helper_pays() else None,
@@ -358,6 +358,8 @@ class ControlPlane:
         with collector.paused():
             result = self.store.reload()
             gc.freeze()
+        # Later reloads run beside gRPC, whose fork handlers would run in a forked child.
+        self._translator.fork_from = None
         return result
 
     def _on_change(self) -> None:

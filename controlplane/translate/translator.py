@@ -56,7 +56,7 @@ from controlplane.translate.upstreams import Discovery, service_upstreams
 
 FORK_MIN_SERVICES = 2000
 """Services to translate anew from which a server with a second core forks for it: the
-cold start of a large mesh (at 10,000 services it saves about a third of translation)."""
+cold start of a large mesh (at 10,000 services it saves about a quarter of translation)."""
 FORK_CHUNK = 128
 """Services per chunk of a forked translation (about 0.3 MB of answer at most)."""
 
@@ -120,7 +120,8 @@ class Translator(Generic[T]):
         self, encode: Callable[[Message], Any] | None = None, *, fork_from: int | None = None
     ) -> None:
         self._encode: Callable[[Message], T] | None = encode
-        self._fork_from = fork_from
+        self.fork_from = fork_from
+        """Services to translate anew from which to fork (None: never); settable."""
         # Sort keys of encoded outputs: a load assignment message names its resource
         # ``cluster_name``, what an encoder makes of it ``name``.
         self._assignment_name = _cluster_name if encode is None else _name
@@ -204,7 +205,7 @@ class Translator(Generic[T]):
     def _upstreams_of(
         self, services: list[tuple[Service, DestinationPolicy | None]]
     ) -> list[_ServiceOutput[T]]:
-        fork_from = self._fork_from
+        fork_from = self.fork_from
         if fork_from is not None and len(services) >= fork_from:
             made = forked_map(self._encoded_upstreams, services, FORK_CHUNK)
         else:

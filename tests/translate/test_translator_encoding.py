@@ -33,6 +33,7 @@ from controlplane.translate.protos import Message
 from controlplane.translate.translator import Translator
 from controlplane.xds import Snapshot
 from controlplane.xds.snapshot import Resource
+from tests.fresh_interpreter import in_fresh_interpreter
 from tests.translate.support import kitchen_sink_mesh, reweighted
 
 SIDECAR = ProxyClass()
@@ -175,8 +176,10 @@ def test_a_grpc_class_gets_its_own_resources_encoded_as_translated() -> None:
 
 
 def test_a_translation_forked_onto_two_cores_is_the_translation_on_one(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    if not in_fresh_interpreter(request):
+        return
     mesh = kitchen_sink_mesh()
     parent = os.getpid()
     encoded_here: list[str] = []
