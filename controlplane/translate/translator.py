@@ -38,6 +38,9 @@ from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any, Generic, Protocol, TypeVar, overload
 
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.route.v3 import route_pb2
+
 from controlplane.forked_map import forked_map
 from controlplane.model import DestinationPolicy, Mesh, Service
 from controlplane.translate.clusters import blackhole_cluster, build_cluster
@@ -53,6 +56,7 @@ from controlplane.translate.resources import (
     translate,
 )
 from controlplane.translate.upstreams import Discovery, service_upstreams
+from controlplane.translate.wire import Serialized
 
 FORK_MIN_SERVICES = 2000
 """Services to translate anew from which a server with a second core forks for it: the
@@ -84,6 +88,17 @@ _name = attrgetter("name")
 _cluster_name = attrgetter("cluster_name")
 
 
+_MESSAGE_CLASSES: dict[str, Any] = {
+    ENDPOINT_TYPE: endpoint_pb2.ClusterLoadAssignment,
+    ROUTE_TYPE: route_pb2.RouteConfiguration,
+}
+
+
+def _parsed(serialized: Serialized) -> Message:
+    """The message whose serialization ``serialized`` holds (a translator without encoder)."""
+    return _MESSAGE_CLASSES[serialized.type_url].FromString(serialized.data)
+
+
 def _routing_view(mesh: Mesh) -> tuple[Any, ...]:
     """What routes and listeners depend on: the mesh minus endpoints, compared by value."""
     return (
@@ -102,8 +117,11 @@ class Translator(Generic[T]):
 
     ``encode``, if given, turns each message into what is returned and remembered
     instead (its results name the resource as ``name``); without it the
-    messages themselves are. With ``fork_from``, a mesh with that many services
-    or more to translate anew (a cold start) is translated on two cores
+    messages themselves are. Resources the translator writes straight to bytes
+    reach ``encode`` as :class:`~controlplane.translate.wire.Serialized`
+    instead of a message (without ``encode``, they are parsed back). With
+    ``fork_from``, a mesh with that many services or more to translate anew (a
+    cold start) is translated on two cores
     (:func:`~controlplane.forked_map.forked_map`: encoded outputs must pickle);
     the caller says whether a second core is there to use.
     """
@@ -140,13 +158,17 @@ class Translator(Generic[T]):
         # class whose routes and listeners others of that view may reuse.
         self._donors: dict[str, str] = {}
 
-    def _encoded(self, message: Message) -> T:
+    def _encoded(self, message: Message | Serialized) -> T:
         encode = self._encode
-        return message if encode is None else encode(message)  # type: ignore[no-any-return]
+        if encode is None:
+            return _parsed(message) if type(message) is Serialized else message  # type: ignore[return-value]
+        return encode(message)
 
-    def _all_encoded(self, messages: list[Message]) -> list[T]:
+    def _all_encoded(self, messages: list[Message | Serialized]) -> list[T]:
         encode = self._encode
-        return messages if encode is None else list(map(encode, messages))
+        if encode is None:
+            return [_parsed(m) if type(m) is Serialized else m for m in messages]  # type: ignore[misc]
+        return list(map(encode, messages))
 
     def forget(self, key: str) -> None:
         """Drop what is remembered for the proxy class ``key`` (its proxies are gone)."""

@@ -33,9 +33,9 @@ from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.translate.wire import length_delimited, string_field
 from controlplane.xds.interning import names_cost
 from controlplane.xds.snapshot import Resource
-from controlplane.xds.wire import length_delimited, string_field
 
 _NONCE_TAG = b"\x2a"  # field 5, length-delimited, in both response messages
 

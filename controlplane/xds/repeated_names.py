@@ -30,8 +30,8 @@ from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.translate.wire import read_varint
 from controlplane.xds.interning import Interner, MiB
-from controlplane.xds.wire import read_varint
 
 NAMES_TAG = 0x1A
 """``resource_names`` (field 3, length-delimited) as it opens each entry."""

@@ -35,6 +35,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import any_pb2
 
 from controlplane.errors import InconsistentSnapshotError
+from controlplane.translate.wire import Serialized, length_delimited, string_field
 from controlplane.xds.types import (
     CLUSTER,
     ENDPOINT,
@@ -45,12 +46,13 @@ from controlplane.xds.types import (
     ROUTE,
     type_url_of,
 )
-from controlplane.xds.wire import length_delimited, string_field
 
 Reference = tuple[str, str]
 """``(type_url, name)`` of a resource another resource depends on."""
 
 _NO_REFERENCES: frozenset[Reference] = frozenset()
+_WITHOUT_REFERENCES = frozenset({ENDPOINT, ROUTE})
+"""Types whose resources never depend on another (see :func:`resource_references`)."""
 
 
 def resource_references(message: Any) -> frozenset[Reference]:
@@ -151,8 +153,11 @@ class Resource:
 
     @classmethod
     def from_message(cls, message: Any) -> Resource:
+        """The resource of ``message``, or of a resource the translator wrote as bytes."""
         kind = _KINDS.get(type(message))
         if kind is None:
+            if type(message) is Serialized:
+                return cls._from_serialized(message)
             url = type_url_of(message)
             kind = RESOURCE_TYPES.get(url)
             if kind is None:
@@ -166,6 +171,18 @@ class Resource:
             data,
             _references(message, url),
         )
+
+    @classmethod
+    def _from_serialized(cls, serialized: Serialized) -> Resource:
+        url = serialized.type_url
+        if url not in _WITHOUT_REFERENCES:
+            kind = RESOURCE_TYPES.get(url)
+            if kind is None:
+                raise InconsistentSnapshotError(f"unsupported resource type {url}")
+            # Its references are read from the message (not written as bytes today).
+            return cls.from_message(kind.message_class.FromString(serialized.data))
+        data = serialized.data
+        return cls(serialized.name, url, hashlib.sha256(data).hexdigest(), data, _NO_REFERENCES)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Its fields, not the dataclass's state dictionary: a forked translation sends

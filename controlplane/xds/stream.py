@@ -23,10 +23,10 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import DecodeError
 
 from controlplane.errors import ProtocolError
+from controlplane.translate.wire import read_varint
 from controlplane.xds.repeated_names import ShrunkRequest
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from controlplane.xds.wire import read_varint
 
 _TYPE_URLS = {type_url: type_url for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
 

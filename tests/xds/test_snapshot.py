@@ -3,9 +3,11 @@ import pickle
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.errors import InconsistentSnapshotError
+from controlplane.translate.wire import Serialized
 from controlplane.xds import (
     CLUSTER,
     ENDPOINT,
@@ -201,3 +203,26 @@ def test_static_cluster_does_not_adopt_a_load_assignment_of_its_name():
     )
     with pytest.raises(InconsistentSnapshotError, match="'a' is referenced by nothing"):
         snapshot.check_consistency()
+
+
+def test_a_resource_written_as_bytes_is_the_resource_of_its_message() -> None:
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name="outbound|80||a.default")
+    assignment.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.address = (
+        "10.0.0.1"
+    )
+    data = assignment.SerializeToString(deterministic=True)
+    written = Resource.from_message(Serialized(ENDPOINT, "outbound|80||a.default", data))
+    made = Resource.from_message(assignment)
+    assert (written.name, written.type_url, written.hash, written.value, written.references) == (
+        made.name,
+        made.type_url,
+        made.hash,
+        made.value,
+        made.references,
+    )
+
+
+def test_a_cluster_written_as_bytes_keeps_its_reference_to_its_load_assignment() -> None:
+    cluster = cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.EDS)
+    written = Resource.from_message(Serialized(CLUSTER, "c", cluster.SerializeToString()))
+    assert written.references == frozenset({(ENDPOINT, "c")})
