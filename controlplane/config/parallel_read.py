@@ -15,9 +15,11 @@ them with one helper process (``python -m controlplane.config.parallel_read``):
 * this process takes in and unpickles the answers between its own chunks,
   and never waits: a file the helper has not answered when this process
   gets to it is read here (a late answer is ignored), so a helper slow to
-  start costs nothing. Unpickling costs a quarter to a third of reading
-  (frozen slotted dataclasses are pickled as their slot values, which halved
-  it), which is why this process ends up with more than half of the files;
+  start costs nothing. Frozen slotted dataclasses are pickled as their slot
+  values and a rebuild function made for their class, which sets the slots
+  directly (:func:`_rebuilder`): unpickling an answer then costs about a
+  tenth of reading its files, so this process ends up with somewhat more
+  than half of them;
 * ``pilotfish serve`` starts its helper before it imports the server
   (:meth:`ReadHelper.ahead`): that helper scans the directory itself, sorts
   the files and reads from the back of that list while the server is still
@@ -49,7 +51,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import io
+import operator
 import os
 import pickle
 import select
@@ -415,44 +419,86 @@ def _write_frame(stream: IO[bytes], message: object) -> None:
 
 
 class _SlotPickler(pickle.Pickler):
-    """Pickles frozen, slotted dataclasses as their class and slot values.
+    """Pickles frozen, slotted dataclasses as a rebuild function of their class and slot values.
 
     The dataclass's own ``__setstate__`` looks up its fields again for every
-    object; :func:`_rebuild` sets the slots through their descriptors, which
-    halves the unpickling that this process pays for every answer.
+    object; the rebuild function (:func:`_rebuilder`) is made for its class,
+    once per process, and sets the slots one after the other, which is what
+    this process pays for every object of every answer.
     """
 
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
         if "__dataclass_fields__" in cls.__dict__ and "__slots__" in cls.__dict__:
-            names, _ = _slots(cls)
-            return _rebuild, (cls, tuple([getattr(obj, name) for name in names]))
+            rebuild, values = _rebuilder(cls)
+            return rebuild, values(obj)
         return NotImplemented
 
 
-_SLOTS: dict[type, tuple[tuple[str, ...], tuple[Callable[[Any, Any], None], ...]]] = {}
+_REBUILD = "_rebuild:"
+_REBUILDERS: dict[type, tuple[Callable[..., Any], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
-def _slots(cls: type) -> tuple[tuple[str, ...], tuple[Callable[[Any, Any], None], ...]]:
-    """The slot names of ``cls`` (with its bases') and their descriptors' setters."""
-    known = _SLOTS.get(cls)
-    if known is None:
-        names = tuple(
-            name
-            for base in reversed(cls.__mro__)
-            for name in base.__dict__.get("__slots__", ())
-            if name not in ("__weakref__", "__dict__")
-        )
-        setters = tuple(getattr(cls, name).__set__ for name in names)
-        known = _SLOTS[cls] = (names, setters)
+def _rebuilder(cls: type) -> tuple[Callable[..., Any], Callable[[Any], tuple[Any, ...]]]:
+    """The function that makes a ``cls`` from its slot values, and the one that gives them.
+
+    The rebuild function takes the values positionally and sets each slot
+    through its descriptor: one call per object, nothing looked up. It is this
+    module's attribute ``_rebuild:<module>:<class>`` (dots written ``/``: a
+    pickle looks a dotted name up part by part), made on demand by
+    :func:`__getattr__` in the reading process as in the helper.
+    """
+    known = _REBUILDERS.get(cls)
+    if known is not None:
+        return known
+    names = [
+        name
+        for base in reversed(cls.__mro__)
+        for name in base.__dict__.get("__slots__", ())
+        if name not in ("__weakref__", "__dict__")
+    ]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    body = []
+    for index, name in enumerate(names):
+        namespace[f"_set{index}"] = getattr(cls, name).__set__
+        body.append(f"    _set{index}(self, v{index})\n")
+    source = "".join(
+        [
+            f"def rebuild({', '.join(f'v{index}' for index in range(len(names)))}):\n",
+            "    self = _new(_cls)\n",
+            *body,
+            "    return self\n",
+        ]
+    )
+    exec(source, namespace)  # generated from the class's own slots, as dataclasses does
+    rebuild = namespace["rebuild"]
+    rebuild.__module__ = __name__
+    rebuild.__name__ = rebuild.__qualname__ = (
+        f"{_REBUILD}{cls.__module__}:{cls.__qualname__}".replace(".", "/")
+    )
+    getter = operator.attrgetter(*names)
+    values: Callable[[Any], tuple[Any, ...]] = (
+        getter if len(names) > 1 else lambda obj: (getter(obj),)
+    )
+    known = _REBUILDERS[cls] = (rebuild, values)
+    globals()[rebuild.__name__] = rebuild
     return known
 
 
-def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
-    obj: Any = object.__new__(cls)
-    for setter, value in zip(_slots(cls)[1], values, strict=True):
-        setter(obj, value)
-    return obj
+def __getattr__(name: str) -> Any:
+    """A rebuild function named in a pickle (:func:`_rebuilder`), made when first needed."""
+    if name.startswith(_REBUILD):
+        module, _, qualname = name[len(_REBUILD) :].replace("/", ".").partition(":")
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part, None)
+        if (
+            isinstance(found, type)
+            and "__dataclass_fields__" in found.__dict__
+            and "__slots__" in found.__dict__
+        ):
+            return _rebuilder(found)[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _read_frame(stream: IO[bytes]) -> Any:

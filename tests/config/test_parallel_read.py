@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import socket
@@ -187,6 +188,67 @@ def test_a_helper_that_answers_garbage_is_dropped_and_its_files_read_here(
     assert [(e["event"], e["error"]) for e in logs] == [
         ("config_read_helper_failed", "an answer that does not unpickle")
     ]
+
+
+def _slot_values(value: Any) -> Any:
+    """``value`` with every slotted record spelt out as its class and all its slots."""
+    if isinstance(value, tuple | list):
+        return type(value)(_slot_values(item) for item in value)
+    slots = getattr(type(value), "__slots__", None)
+    if slots is None or not hasattr(type(value), "__dataclass_fields__"):
+        return value
+    names = [n for base in type(value).__mro__ for n in getattr(base, "__slots__", ())]
+    return (type(value), [(n, _slot_values(getattr(value, n))) for n in names])
+
+
+def test_answers_unpickle_in_a_fresh_interpreter_to_records_equal_in_every_slot(
+    tmp_path: Path,
+) -> None:
+    from bench.config_scale import service_file, six_file
+
+    paths = mixed_directory(tmp_path)
+    for index, text in enumerate([service_file(3, 1), six_file(4, 1)]):
+        (tmp_path / f"shape-{index}.yaml").write_text(text)
+        paths.append(f"shape-{index}.yaml")
+    versions = [_read(tmp_path, path, DEFAULT_LIMITS) for path in paths]
+    # The fresh interpreter has made no rebuild function yet: it finds them by name.
+    echo = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from controlplane.config import parallel_read as p\n"
+            "sys.stdout.buffer.write(p._frame(p._read_frame(sys.stdin.buffer)))\n",
+        ],
+        input=parallel_read._frame(versions),
+        capture_output=True,
+        check=True,
+    ).stdout
+
+    back = parallel_read._read_frame(io.BytesIO(echo))
+
+    assert back == versions
+    assert _slot_values(back) == _slot_values(versions)
+    assert {r.meta.kind for v in back if v is not None for r in v.result.resources} == {
+        "Service",
+        "WorkloadEntry",
+        "VirtualService",
+        "DestinationRule",
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "_rebuild:os:getcwd",  # not a class
+        "_rebuild:controlplane/config/store:ReloadResult",  # a dataclass without slots
+        "_rebuild:controlplane/config/store:Missing",
+        "_rebuild",
+    ],
+)
+def test_a_rebuild_name_of_anything_but_a_slotted_dataclass_is_no_attribute(name: str) -> None:
+    with pytest.raises(AttributeError):
+        getattr(parallel_read, name)
 
 
 def test_a_store_with_a_read_helper_loads_the_same_model_and_diagnostics(tmp_path: Path) -> None:
