@@ -428,11 +428,14 @@ class _SlotPickler(pickle.Pickler):
     """
 
     def reducer_override(self, obj: Any) -> Any:
-        cls = type(obj)
-        if "__dataclass_fields__" in cls.__dict__ and "__slots__" in cls.__dict__:
-            rebuild, values = _rebuilder(cls)
-            return rebuild, values(obj)
-        return NotImplemented
+        known = _REBUILDERS.get(type(obj))
+        if known is None:
+            cls = type(obj)
+            if "__dataclass_fields__" not in cls.__dict__ or "__slots__" not in cls.__dict__:
+                return NotImplemented
+            known = _rebuilder(cls)
+        rebuild, values = known
+        return rebuild, values(obj)
 
 
 _REBUILD = "_rebuild:"
