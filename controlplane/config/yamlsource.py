@@ -455,10 +455,12 @@ def is_fast_exact(text: str) -> bool:
     """Whether the fast path reads ``text`` exactly as the exact path would (when it parses)."""
     if text.count("[") + text.count("{") > _MAX_FAST_FLOW:
         return False
+    lines = text.encode("utf-8", "surrogatepass").translate(_SHAPE).split(b"\n")
+    if _plain_shapes.issuperset(lines):
+        return True
     kinds = 0
     known = _line_kinds.get
-    shapes = set(text.encode("utf-8", "surrogatepass").translate(_SHAPE).split(b"\n"))
-    for line in shapes - _plain_shapes if _plain_shapes else shapes:
+    for line in set(lines).difference(_plain_shapes):
         kind = known(line)
         kinds |= _line_kind(line) if kind is None else kind
     return not kinds & _INEXACT_LINE and kinds & (_FLOW_LINE | _COLON_LINE) != (
@@ -509,15 +511,12 @@ def _parse_fast(text: str, limits: ConfigLimits) -> list[Document] | None:
     if len(starts) > limits.max_documents_per_file:
         return None
     starts.append(len(text))
-    nodes = [
-        _NODE_LINE.search(text, start + 3 if start in markers else start, end)
-        for start, end in itertools.pairwise(starts)
-    ]
-    loaded = _load_all(text, len(nodes)) if None not in nodes else None
+    nodes = _node_starts(text, starts, markers)
+    loaded = _load_all(text, len(nodes)) if -1 not in nodes else None
     documents: list[Document] = []
     line, counted = 1, 0
     for index, node in enumerate(nodes):
-        if node is None:
+        if node < 0:
             continue
         start, end = starts[index], starts[index + 1]
         if loaded is not None:
@@ -530,10 +529,28 @@ def _parse_fast(text: str, limits: ConfigLimits) -> list[Document] | None:
                 return None
         if data is None:
             continue
-        line += text.count("\n", counted, node.start())
-        counted = node.start()
-        documents.append(Document(index, line, data, end - node.end() + 1))
+        line += text.count("\n", counted, node)
+        counted = node
+        documents.append(Document(index, line, data, end - node))
     return documents
+
+
+def _node_starts(text: str, starts: list[int], markers: dict[int, None]) -> list[int]:
+    """Where the first node of each part between ``starts`` begins (its first character), or -1.
+
+    The part of a document usually starts with its marker alone on its line and
+    the node on the next: that is seen without a search.
+    """
+    nodes: list[int] = []
+    for start, end in itertools.pairwise(starts):
+        if start in markers:
+            start += 3
+            if text.startswith("\n", start) and start + 1 < end and text[start + 1] not in " \n#":
+                nodes.append(start + 1)
+                continue
+        found = _NODE_LINE.search(text, start, end)
+        nodes.append(found.end() - 1 if found is not None else -1)
+    return nodes
 
 
 def parse(text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Document]:

@@ -82,6 +82,24 @@ def test_markers_near_scalars_read_the_same_on_both_paths(text: str) -> None:
     assert_paths_agree(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: 0\n---\n# c\nb: 1\n",
+        "---\n# c\na: 1\n---\n\nb: 2\n",
+        "a: 0\n---\n  \n# c\n  b: 2\n",
+        "---\n  a: 1\n---\n- 2\n",
+        "a: 0\n---\n---\nb: 1\n",
+        "---\n#\n#\n\n[1]\n---\nb: 1",
+    ],
+)
+def test_comments_and_blank_lines_between_a_marker_and_its_node_count_on_both_paths(
+    text: str,
+) -> None:
+    # The line of a document is its node's: after the marker, blank lines and comments.
+    assert_paths_agree(text)
+
+
 _PARTS = [
     "a: 1\n",
     "- 1\n",
