@@ -209,8 +209,12 @@ def read_text(file: str, text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> Fi
         return FileResult(file, (), (finding,), (exc.line, exc.column))
     resources: list[Resource] = []
     findings: list[Finding] = []
+    clean_below = limits.max_string_bytes
     for document in documents:
-        resource = read_document(file, document, findings, limits)
+        # read_document's first step, here: most documents go no further.
+        resource = _read_clean(file, document) if document.size <= clean_below else None
+        if resource is None:
+            resource = _read_reported(file, document, findings, limits)
         if resource is not None:
             resources.append(resource)
     return FileResult(file, tuple(resources), _one_skip_per_kind(findings))
@@ -272,6 +276,13 @@ def read_document(
         resource = _read_clean(file, document)
         if resource is not None:
             return resource
+    return _read_reported(file, document, findings, limits)
+
+
+def _read_reported(
+    file: str, document: Document, findings: list[Finding], limits: ConfigLimits
+) -> Resource | None:
+    """:func:`read_document` by the exact reading, whose findings go to ``findings``."""
     data = document.data
     report = Reporter(file, document.index, "")
     try:
@@ -397,7 +408,19 @@ def _read_clean(file: str, document: Document) -> Resource | None:
     converted = clean(spec, namespace, name) if clean is not None else None
     annotations = metadata.get("annotations")
     if converted is not None and not annotations:
-        return Resource(_meta(kind, namespace, name, file, document, metadata), converted)
+        labels = metadata.get("labels")
+        return Resource(
+            Meta(
+                kind,
+                namespace,
+                name,
+                file,
+                document.index,
+                document.line,
+                shared_labels(labels) if labels else (),
+            ),
+            converted,
+        )
     if converted is None and found.spec is None:
         return None  # the spec may not even pass the schema's check: the exact path decides
     report = Reporter(file, document.index, "")
