@@ -16,9 +16,9 @@ them with one helper process (``python -m controlplane.config.parallel_read``):
   and never waits: a file the helper has not answered when this process
   gets to it is read here (a late answer is ignored), so a helper slow to
   start costs nothing. Frozen slotted dataclasses are pickled as their slot
-  values and a rebuild function made for their class, which sets the slots
-  directly (:func:`_rebuilder`): unpickling an answer then costs about a
-  tenth of reading its files, so this process ends up with somewhat more
+  values and a rebuild function made for their class
+  (:mod:`~controlplane.config.slot_pickle`): unpickling an answer costs about
+  a tenth of reading its files, so this process ends up with somewhat more
   than half of them;
 * ``pilotfish serve`` starts its helper before it imports the server
   (:meth:`ReadHelper.ahead`): that helper scans the directory itself, sorts
@@ -51,9 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import io
-import operator
 import os
 import pickle
 import select
@@ -67,6 +65,7 @@ from typing import IO, Any, Generic, TypeVar
 
 from controlplane.config.files import CONFIG_SUFFIXES, FileStamp, scan
 from controlplane.config.limits import ConfigLimits
+from controlplane.config.slot_pickle import SlotPickler
 
 MIN_FILES = 2000
 """Fewer files to read than this are read here alone: at 1,000 files a helper, which
@@ -411,97 +410,11 @@ def _child_environment() -> dict[str, str]:
 def _write_frame(stream: IO[bytes], message: object) -> None:
     buffer = io.BytesIO()
     buffer.write(_HEADER.pack(0))
-    _SlotPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    SlotPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
     data = buffer.getbuffer()
     _HEADER.pack_into(data, 0, len(data) - _HEADER.size)
     stream.write(data)
     stream.flush()
-
-
-class _SlotPickler(pickle.Pickler):
-    """Pickles frozen, slotted dataclasses as a rebuild function of their class and slot values.
-
-    The dataclass's own ``__setstate__`` looks up its fields again for every
-    object; the rebuild function (:func:`_rebuilder`) is made for its class,
-    once per process, and sets the slots one after the other, which is what
-    this process pays for every object of every answer.
-    """
-
-    def reducer_override(self, obj: Any) -> Any:
-        known = _REBUILDERS.get(type(obj))
-        if known is None:
-            cls = type(obj)
-            if "__dataclass_fields__" not in cls.__dict__ or "__slots__" not in cls.__dict__:
-                return NotImplemented
-            known = _rebuilder(cls)
-        rebuild, values = known
-        return rebuild, values(obj)
-
-
-_REBUILD = "_rebuild:"
-_REBUILDERS: dict[type, tuple[Callable[..., Any], Callable[[Any], tuple[Any, ...]]]] = {}
-
-
-def _rebuilder(cls: type) -> tuple[Callable[..., Any], Callable[[Any], tuple[Any, ...]]]:
-    """The function that makes a ``cls`` from its slot values, and the one that gives them.
-
-    The rebuild function takes the values positionally and sets each slot
-    through its descriptor: one call per object, nothing looked up. It is this
-    module's attribute ``_rebuild:<module>:<class>`` (dots written ``/``: a
-    pickle looks a dotted name up part by part), made on demand by
-    :func:`__getattr__` in the reading process as in the helper.
-    """
-    known = _REBUILDERS.get(cls)
-    if known is not None:
-        return known
-    names = [
-        name
-        for base in reversed(cls.__mro__)
-        for name in base.__dict__.get("__slots__", ())
-        if name not in ("__weakref__", "__dict__")
-    ]
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    body = []
-    for index, name in enumerate(names):
-        namespace[f"_set{index}"] = getattr(cls, name).__set__
-        body.append(f"    _set{index}(self, v{index})\n")
-    source = "".join(
-        [
-            f"def rebuild({', '.join(f'v{index}' for index in range(len(names)))}):\n",
-            "    self = _new(_cls)\n",
-            *body,
-            "    return self\n",
-        ]
-    )
-    exec(source, namespace)  # generated from the class's own slots, as dataclasses does
-    rebuild = namespace["rebuild"]
-    rebuild.__module__ = __name__
-    rebuild.__name__ = rebuild.__qualname__ = (
-        f"{_REBUILD}{cls.__module__}:{cls.__qualname__}".replace(".", "/")
-    )
-    getter = operator.attrgetter(*names)
-    values: Callable[[Any], tuple[Any, ...]] = (
-        getter if len(names) > 1 else lambda obj: (getter(obj),)
-    )
-    known = _REBUILDERS[cls] = (rebuild, values)
-    globals()[rebuild.__name__] = rebuild
-    return known
-
-
-def __getattr__(name: str) -> Any:
-    """A rebuild function named in a pickle (:func:`_rebuilder`), made when first needed."""
-    if name.startswith(_REBUILD):
-        module, _, qualname = name[len(_REBUILD) :].replace("/", ".").partition(":")
-        found: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            found = getattr(found, part, None)
-        if (
-            isinstance(found, type)
-            and "__dataclass_fields__" in found.__dict__
-            and "__slots__" in found.__dict__
-        ):
-            return _rebuilder(found)[0]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _read_frame(stream: IO[bytes]) -> Any:

@@ -237,20 +237,6 @@ def test_answers_unpickle_in_a_fresh_interpreter_to_records_equal_in_every_slot(
     }
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "_rebuild:os:getcwd",  # not a class
-        "_rebuild:controlplane/config/store:ReloadResult",  # a dataclass without slots
-        "_rebuild:controlplane/config/store:Missing",
-        "_rebuild",
-    ],
-)
-def test_a_rebuild_name_of_anything_but_a_slotted_dataclass_is_no_attribute(name: str) -> None:
-    with pytest.raises(AttributeError):
-        getattr(parallel_read, name)
-
-
 def test_a_store_with_a_read_helper_loads_the_same_model_and_diagnostics(tmp_path: Path) -> None:
     mixed_directory(tmp_path)
     alone = ConfigStore(tmp_path).reload()
