@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from controlplane.model import Mesh
 from controlplane.translate.clusters import build_clusters
+from controlplane.translate.endpoints import ENDPOINT_TYPE as ENDPOINT_TYPE  # its home: the writer
 from controlplane.translate.endpoints import build_load_assignments
 from controlplane.translate.grpc_listeners import grpc_listeners
 from controlplane.translate.grpc_resources import grpc_clusters, grpc_route_configs
@@ -29,7 +30,6 @@ from controlplane.translate.proxy import ProxyClass, ProxyRole
 from controlplane.translate.route_configs import gateway_route_configs, sidecar_route_configs
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 

@@ -241,8 +241,8 @@ class Translator(Generic[T]):
         self, service_and_policy: tuple[Service, DestinationPolicy | None]
     ) -> tuple[tuple[T, ...], tuple[T, ...]]:
         """The encoded clusters and load assignments of one service."""
-        clusters: list[Message] = []
-        assignments: list[Message] = []
+        clusters: list[Message | Serialized] = []
+        assignments: list[Message | Serialized] = []
         for upstream in service_upstreams(*service_and_policy):
             clusters.append(build_cluster(upstream))
             if upstream.discovery is Discovery.EDS:

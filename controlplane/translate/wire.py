@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 
 def encode_varint(value: int) -> bytes:
+    # Lengths and ports, nearly all that is written, take one or two bytes.
+    if value < 0x80:
+        return bytes((value,))
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
