@@ -24,14 +24,27 @@ and the server's hosts get it even when no VirtualService is bound to them.
 
 Envoy rejects a route configuration in which two virtual hosts claim the
 same domain, so a domain already claimed by a virtual host earlier in name
-order is not repeated.
+order is not repeated; a virtual host left with no domain is left out.
+
+Route configurations are written straight to bytes: the routes of each
+virtual host are built as messages and serialized on their own (a
+``VirtualHost`` holding only its routes serializes to exactly its ``routes``
+field), then each virtual host (name, domains, routes) and each
+configuration (name, virtual hosts) is assembled around them with
+:mod:`~controlplane.translate.wire`, as protobuf's deterministic
+serialization would write it. The routes of a sidecar's virtual hosts, most
+of the work at a large mesh, are computed through a :class:`Mapper` the
+caller gives: one that computes part of them in another process (a cold
+start) only needs :func:`host_routes` and bytes to come back. The message
+forms (:func:`sidecar_route_configs`, :func:`gateway_route_configs`) are
+these bytes parsed back.
 """
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
@@ -56,28 +69,87 @@ from controlplane.translate.routes import (
     add_routes,
     build_routes,
 )
+from controlplane.translate.wire import length_delimited
+
+A = TypeVar("A")
+R = TypeVar("R")
+H = TypeVar("H")
+
+
+class Mapper(Protocol):
+    """``[fn(item) for item in items]``, computed wherever the caller likes."""
+
+    def __call__(self, fn: Callable[[A], R], items: Sequence[A], /) -> list[R]: ...
+
+
+def plain_map(fn: Callable[[A], R], items: Sequence[A]) -> list[R]:
+    """The :class:`Mapper` that computes everything here."""
+    return list(map(fn, items))
+
+
+EncodedRouteConfig = tuple[str, bytes]
+"""A route configuration's name and its serialization."""
+
+HostRoutes = tuple[RouteContext, Service]
+"""Where the routes of one sidecar virtual host come from: its port and its service."""
 
 
 def sidecar_route_configs(mesh: Mesh) -> list[Message]:
+    """The sidecar route configurations as messages (:func:`encoded_sidecar_route_configs`)."""
+    return [_parsed(data) for _, data in encoded_sidecar_route_configs(mesh)]
+
+
+def encoded_sidecar_route_configs(
+    mesh: Mesh, mapper: Mapper = plain_map
+) -> list[EncodedRouteConfig]:
+    """The sidecar route configurations, serialized, with the routes of each virtual host
+    computed by ``mapper`` (:func:`host_routes` over every host: it may run elsewhere)."""
     ambiguous = _ambiguous_short_names(mesh)
-    configs = []
+    plans: list[tuple[str, list[tuple[str, list[str], HostRoutes]]]] = []
     for port in sidecar_ports(mesh):
         if not port.is_http:
             continue
         context = RouteContext(mesh, port.port, (MESH_GATEWAY,), infer_port=True)
-        hosts: list[_Host] = [
+        hosts = _claimed(
             (
                 virtual_host_name(service.host, port.port),
                 _service_domains(service, port.port, ambiguous),
-                functools.partial(_add_service_routes, context, service),
+                (context, service),
             )
             for service in port.http_services
-        ]
-        configs.append(_route_configuration(route_config_name(port.port), hosts))
-    return configs
+        )
+        plans.append((route_config_name(port.port), hosts))
+    routes = iter(mapper(host_routes, [source for _, hosts in plans for *_, source in hosts]))
+    return [
+        (name, _route_configuration(name, [(h, domains, next(routes)) for h, domains, _ in hosts]))
+        for name, hosts in plans
+    ]
+
+
+def host_routes(source: HostRoutes) -> bytes:
+    """The routes of a sidecar virtual host, serialized as its ``routes`` field.
+
+    That is a ``VirtualHost`` holding nothing else, serialized: its entries of
+    field 3, each as the virtual host holds them.
+    """
+    context, service = source
+    host = route_components_pb2.VirtualHost()
+    into = host.routes
+    added = 0
+    for vs in mesh_virtual_services(context.mesh, service.host):
+        for rule in vs.http:
+            added += add_routes(context, rule, into)
+    if not added:
+        add_default_route(context, service, into)
+    return bytes(host.SerializeToString(deterministic=True))
 
 
 def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:
+    """The gateway route configurations as messages (:func:`encoded_gateway_route_configs`)."""
+    return [_parsed(data) for _, data in encoded_gateway_route_configs(mesh, labels)]
+
+
+def encoded_gateway_route_configs(mesh: Mesh, labels: Labels) -> list[EncodedRouteConfig]:
     configs = []
     for port in gateway_ports(mesh, labels):
         if not port.is_http:
@@ -88,7 +160,7 @@ def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:
             if server.https_redirect
             for h in server.hosts
         ]
-        hosts: list[_Host] = []
+        hosts: list[tuple[str, list[str], list[Message]]] = []
         for host, bindings in gateway_bindings(mesh, port.servers):
             if any(host_matches(p, host) for p in redirected):
                 routes = [_https_redirect()]
@@ -103,14 +175,18 @@ def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:
                 ]
             if routes:
                 hosts.append(
-                    (virtual_host_name(host, port.port), _domains(host, port.port), _copies(routes))
+                    (virtual_host_name(host, port.port), _domains(host, port.port), routes)
                 )
         served = {name for name, _, _ in hosts}
         for pattern in dict.fromkeys(redirected):
             name = virtual_host_name(pattern, port.port)
             if name not in served:
-                hosts.append((name, _domains(pattern, port.port), _copies([_https_redirect()])))
-        configs.append(_route_configuration(gateway_route_config_name(port.port), hosts))
+                hosts.append((name, _domains(pattern, port.port), [_https_redirect()]))
+        name = gateway_route_config_name(port.port)
+        data = _route_configuration(
+            name, [(h, domains, _routes_field(routes)) for h, domains, routes in _claimed(hosts)]
+        )
+        configs.append((name, data))
     return configs
 
 
@@ -123,17 +199,14 @@ def _https_redirect() -> Message:
     )
 
 
+def _routes_field(routes: list[Message]) -> bytes:
+    return bytes(
+        route_components_pb2.VirtualHost(routes=routes).SerializeToString(deterministic=True)
+    )
+
+
 def _domains(host: str, port: int) -> list[str]:
     return [host] if host == "*" else [host, f"{host}:{port}"]
-
-
-def _add_service_routes(context: RouteContext, service: Service, into: Message) -> None:
-    added = 0
-    for vs in mesh_virtual_services(context.mesh, service.host):
-        for rule in vs.http:
-            added += add_routes(context, rule, into)
-    if not added:
-        add_default_route(context, service, into)
 
 
 def _service_domains(service: Service, port: int, ambiguous: set[str]) -> list[str]:
@@ -150,24 +223,37 @@ def _ambiguous_short_names(mesh: Mesh) -> set[str]:
     return {name for name, count in shorts.items() if count > 1}
 
 
-_Host = tuple[str, list[str], Callable[[Message], None]]
-"""A virtual host to be: its name, its domains, and what adds its routes to a repeated field."""
-
-
-def _copies(routes: list[Message]) -> Callable[[Message], None]:
-    return lambda into: into.extend(routes)
-
-
-def _route_configuration(name: str, hosts: Iterable[_Host]) -> Message:
-    config = route_pb2.RouteConfiguration(name=name)
+def _claimed(hosts: Iterable[tuple[str, list[str], H]]) -> list[tuple[str, list[str], H]]:
+    """The virtual hosts in name order, each with the domains no earlier one claimed;
+    those left with none are dropped (their routes are never built)."""
     claimed: set[str] = set()
-    for host_name, domains, fill in sorted(hosts, key=lambda h: h[0]):
+    kept = []
+    for name, domains, routes in sorted(hosts, key=lambda h: h[0]):
         fresh = [d for d in dict.fromkeys(domains) if d not in claimed]
-        if not fresh:
-            # Built all the same, as when every route was built before its host was known.
-            fill(route_components_pb2.VirtualHost().routes)
-            continue
-        claimed.update(fresh)
-        # Routes are added in place: built apart, they would be copied in.
-        fill(config.virtual_hosts.add(name=host_name, domains=fresh).routes)
-    return config
+        if fresh:
+            claimed.update(fresh)
+            kept.append((name, fresh, routes))
+    return kept
+
+
+_VIRTUAL_HOSTS = b"\x12"  # RouteConfiguration.virtual_hosts
+
+
+def _route_configuration(name: str, hosts: Iterable[tuple[str, list[str], bytes]]) -> bytes:
+    """A ``RouteConfiguration`` serialized as protobuf's deterministic serialization would.
+
+    Only its name (field 1) and virtual hosts (2) are set, and of each virtual
+    host its name (1), domains (2) and routes (3): a message holding only the
+    fields before 3, serialized, then the routes, is the virtual host's
+    serialization (fields in number order).
+    """
+    head = route_components_pb2.VirtualHost
+    parts = [route_pb2.RouteConfiguration(name=name).SerializeToString(deterministic=True)]
+    for host_name, domains, routes in hosts:
+        data = head(name=host_name, domains=domains).SerializeToString(deterministic=True)
+        parts.append(length_delimited(_VIRTUAL_HOSTS, data + routes))
+    return b"".join(parts)
+
+
+def _parsed(data: bytes) -> Message:
+    return route_pb2.RouteConfiguration.FromString(data)

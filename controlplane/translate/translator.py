@@ -33,7 +33,7 @@ time, then encoded likewise.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any, Generic, Protocol, TypeVar, overload
@@ -73,6 +73,8 @@ class Named(Protocol):
 
 
 T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
 N = TypeVar("N", bound=Named)
 
 
@@ -122,8 +124,9 @@ class Translator(Generic[T]):
     instead of a message (without ``encode``, they are parsed back). With
     ``fork_from``, a mesh with that many services or more to translate anew (a
     cold start) is translated on two cores
-    (:func:`~controlplane.forked_map.forked_map`: encoded outputs must pickle);
-    the caller says whether a second core is there to use.
+    (:func:`~controlplane.forked_map.forked_map`: encoded outputs must pickle),
+    and so are the routes of a sidecar's virtual hosts from that many hosts
+    (written as bytes); the caller says whether a second core is there to use.
     """
 
     @overload
@@ -249,6 +252,14 @@ class Translator(Generic[T]):
                 assignments.append(upstream_assignment(upstream))
         return tuple(self._all_encoded(clusters)), tuple(self._all_encoded(assignments))
 
+    def _map(self, fn: Callable[[A], R], items: Sequence[A]) -> list[R]:
+        """``[fn(item) for item in items]``, forked onto two cores from ``fork_from`` items
+        (results must pickle)."""
+        fork_from = self.fork_from
+        if fork_from is not None and len(items) >= fork_from:
+            return forked_map(fn, items, FORK_CHUNK)
+        return list(map(fn, items))
+
     def _routes_and_listeners(
         self, mesh: Mesh, proxy: ProxyClass, shared: str
     ) -> tuple[list[T], list[T]]:
@@ -258,7 +269,7 @@ class Translator(Generic[T]):
             donor = self._donors.get(shared)
             cached = self._routing.get(donor) if donor is not None else None
             if cached is None or cached[0] != view:
-                routes, listeners = routes_and_listeners(mesh, proxy)
+                routes, listeners = routes_and_listeners(mesh, proxy, self._map)
                 cached = (view, self._all_encoded(routes), self._all_encoded(listeners))
                 self._donors[shared] = proxy.key
             self._routing[proxy.key] = cached

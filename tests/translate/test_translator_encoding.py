@@ -220,7 +220,8 @@ def test_a_translator_forks_only_from_the_given_number_of_services(
     calls: list[int] = []
 
     def counting_map(fn: Any, items: Any, chunk: int) -> list[Any]:
-        calls.append(len(items))
+        if fn.__name__ == "_encoded_upstreams":
+            calls.append(len(items))
         return [fn(item) for item in items]
 
     monkeypatch.setattr(translator_module, "forked_map", counting_map)
@@ -231,3 +232,28 @@ def test_a_translator_forks_only_from_the_given_number_of_services(
     assert calls == []
     Translator(encode=Resource.from_message, fork_from=len(mesh.services)).translate(mesh, SIDECAR)
     assert calls == [len(mesh.services)]
+
+
+def test_a_translator_forks_a_sidecar_s_virtual_host_routes_from_the_given_number_of_hosts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mesh = kitchen_sink_mesh()
+    hosts = [
+        v.name
+        for config in translate(mesh, SIDECAR)[ROUTE_TYPE]
+        for v in config.virtual_hosts  # type: ignore[attr-defined]
+    ]
+    calls: list[int] = []
+
+    def counting_map(fn: Any, items: Any, chunk: int) -> list[Any]:
+        if fn.__name__ == "host_routes":
+            calls.append(len(items))
+        return [fn(item) for item in items]
+
+    monkeypatch.setattr(translator_module, "forked_map", counting_map)
+    for fork_from in (None, len(hosts) + 1):
+        Translator(encode=Resource.from_message, fork_from=fork_from).translate(mesh, SIDECAR)
+    assert calls == []
+    forked = Translator(encode=Resource.from_message, fork_from=len(hosts))
+    assert_as_translated(Snapshot(forked.translate(mesh, SIDECAR)), mesh, SIDECAR)
+    assert calls == [len(hosts)]
