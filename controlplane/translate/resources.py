@@ -29,6 +29,7 @@ from controlplane.translate.listeners import gateway_listeners, sidecar_listener
 from controlplane.translate.protos import Message
 from controlplane.translate.proxy import ProxyClass, ProxyRole
 from controlplane.translate.route_configs import (
+    HostRoutesMemory,
     Mapper,
     encoded_gateway_route_configs,
     encoded_sidecar_route_configs,
@@ -61,20 +62,23 @@ def translate(mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
 
 
 def routes_and_listeners(
-    mesh: Mesh, proxy: ProxyClass, mapper: Mapper = plain_map
+    mesh: Mesh,
+    proxy: ProxyClass,
+    mapper: Mapper = plain_map,
+    memory: HostRoutesMemory | None = None,
 ) -> tuple[list[Serialized], list[Message]]:
     """The route configurations (serialized) and listeners of an Envoy class, each sorted
     by name.
 
     ``mesh`` is what the class sees (:meth:`Mesh.seen_from` its namespace); ``mapper``
-    computes the routes of a sidecar's virtual hosts
+    computes the routes of a sidecar's virtual hosts that ``memory`` does not hold
     (:func:`~controlplane.translate.route_configs.encoded_sidecar_route_configs`).
     """
     if proxy.role is ProxyRole.GATEWAY:
         encoded = encoded_gateway_route_configs(mesh, proxy.labels)
         listeners = gateway_listeners(mesh, proxy)
     else:
-        encoded = encoded_sidecar_route_configs(mesh, mapper)
+        encoded = encoded_sidecar_route_configs(mesh, mapper, memory)
         listeners = sidecar_listeners(mesh, proxy)
     routes = sorted((Serialized(ROUTE_TYPE, name, data) for name, data in encoded), key=_by_name)
     return routes, sorted(listeners, key=lambda r: str(r.name))

@@ -48,7 +48,7 @@ from typing import Protocol, TypeVar
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
-from controlplane.model import Labels, Mesh, Service, host_aliases
+from controlplane.model import Labels, Mesh, Service, VirtualService, host_aliases
 from controlplane.translate.binding import (
     MESH_GATEWAY,
     gateway_bindings,
@@ -90,8 +90,9 @@ def plain_map(fn: Callable[[A], R], items: Sequence[A]) -> list[R]:
 EncodedRouteConfig = tuple[str, bytes]
 """A route configuration's name and its serialization."""
 
-HostRoutes = tuple[RouteContext, Service]
-"""Where the routes of one sidecar virtual host come from: its port and its service."""
+HostRoutes = tuple[RouteContext, Service, tuple[VirtualService, ...]]
+"""Where the routes of one sidecar virtual host come from: its port, its service and the
+VirtualServices routing it."""
 
 
 def sidecar_route_configs(mesh: Mesh) -> list[Message]:
@@ -100,12 +101,16 @@ def sidecar_route_configs(mesh: Mesh) -> list[Message]:
 
 
 def encoded_sidecar_route_configs(
-    mesh: Mesh, mapper: Mapper = plain_map
+    mesh: Mesh, mapper: Mapper = plain_map, memory: HostRoutesMemory | None = None
 ) -> list[EncodedRouteConfig]:
-    """The sidecar route configurations, serialized, with the routes of each virtual host
-    computed by ``mapper`` (:func:`host_routes` over every host: it may run elsewhere)."""
+    """The sidecar route configurations, serialized.
+
+    The routes of the virtual hosts are computed by ``mapper`` (:func:`host_routes`
+    over the hosts: it may run elsewhere), only for those ``memory`` does not hold.
+    """
     ambiguous = _ambiguous_short_names(mesh)
-    plans: list[tuple[str, list[tuple[str, list[str], HostRoutes]]]] = []
+    plans: list[tuple[str, list[tuple[str, list[str], Service]]]] = []
+    sources: list[HostRoutes] = []
     for port in sidecar_ports(mesh):
         if not port.is_http:
             continue
@@ -114,12 +119,16 @@ def encoded_sidecar_route_configs(
             (
                 virtual_host_name(service.host, port.port),
                 _service_domains(service, port.port, ambiguous),
-                (context, service),
+                service,
             )
             for service in port.http_services
         )
         plans.append((route_config_name(port.port), hosts))
-    routes = iter(mapper(host_routes, [source for _, hosts in plans for *_, source in hosts]))
+        sources.extend([(context, s, mesh_virtual_services(mesh, s.host)) for _, _, s in hosts])
+    if memory is None:
+        routes = iter(mapper(host_routes, sources))
+    else:
+        routes = iter(memory.routes(mesh, sources, mapper))
     return [
         (name, _route_configuration(name, [(h, domains, next(routes)) for h, domains, _ in hosts]))
         for name, hosts in plans
@@ -132,16 +141,59 @@ def host_routes(source: HostRoutes) -> bytes:
     That is a ``VirtualHost`` holding nothing else, serialized: its entries of
     field 3, each as the virtual host holds them.
     """
-    context, service = source
+    context, service, virtual_services = source
     host = route_components_pb2.VirtualHost()
     into = host.routes
     added = 0
-    for vs in mesh_virtual_services(context.mesh, service.host):
+    for vs in virtual_services:
         for rule in vs.http:
             added += add_routes(context, rule, into)
     if not added:
         add_default_route(context, service, into)
     return bytes(host.SerializeToString(deterministic=True))
+
+
+class HostRoutesMemory:
+    """The routes of a sidecar's virtual hosts, kept from one translation of a view to the next.
+
+    :func:`host_routes` reads the port, the service's host, the VirtualServices
+    routing it, and, to resolve the destinations of their rules and the default
+    route to the host itself, ``Mesh.service`` and ``Mesh.policy`` of the
+    hosts they name: of a service only its host and ports (cluster names and
+    which port a destination without one takes), of a DestinationRule its
+    subsets and traffic policies (hashing). So routes are reused while the
+    port, host and VirtualServices of the virtual host are equal and the
+    ``(host, ports)`` of every service and every DestinationRule of the mesh
+    are too; any change to the latter drops them all. A VirtualService edit
+    thus computes only the hosts it routes. Endpoints are not read.
+
+    Holds what the last translation used, nothing older; not thread-safe.
+    """
+
+    __slots__ = ("_resolution", "_routes")
+
+    def __init__(self) -> None:
+        self._resolution: tuple[object, ...] | None = None
+        self._routes: dict[tuple[int, str], tuple[tuple[VirtualService, ...], bytes]] = {}
+
+    def routes(self, mesh: Mesh, sources: list[HostRoutes], mapper: Mapper) -> list[bytes]:
+        """``mapper(host_routes, sources)``, computing only the routes not held."""
+        resolution = (tuple([(s.host, s.ports) for s in mesh.services]), mesh.destination_policies)
+        known = self._routes if resolution == self._resolution else {}
+        keys = [(context.port, service.host) for context, service, _ in sources]
+        held: list[bytes | None] = []
+        for key, (_, _, virtual_services) in zip(keys, sources, strict=True):
+            found = known.get(key)
+            held.append(found[1] if found is not None and found[0] == virtual_services else None)
+        made = iter(
+            mapper(host_routes, [s for s, h in zip(sources, held, strict=True) if h is None])
+        )
+        routes = [next(made) if data is None else data for data in held]
+        self._resolution = resolution
+        self._routes = {
+            key: (source[2], data) for key, source, data in zip(keys, sources, routes, strict=True)
+        }
+        return routes
 
 
 def gateway_route_configs(mesh: Mesh, labels: Labels) -> list[Message]:

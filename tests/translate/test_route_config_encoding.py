@@ -14,6 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ from controlplane.translate.binding import MESH_GATEWAY, mesh_virtual_services
 from controlplane.translate.names import route_config_name, virtual_host_name
 from controlplane.translate.ports import sidecar_ports
 from controlplane.translate.route_configs import (
+    HostRoutesMemory,
     encoded_gateway_route_configs,
     encoded_sidecar_route_configs,
     gateway_route_configs,
@@ -97,6 +99,14 @@ def oracle_sidecar_route_configs(mesh: Mesh) -> list[bytes]:
     return configs
 
 
+def counting(calls: list[int]) -> Callable[[Callable[[A], R], Sequence[A]], list[R]]:
+    def mapper(fn: Callable[[A], R], items: Sequence[A]) -> list[R]:
+        calls.append(len(items))
+        return [fn(item) for item in items]
+
+    return mapper
+
+
 def canonical(data: bytes) -> bytes:
     return bytes(
         route_pb2.RouteConfiguration.FromString(data).SerializeToString(deterministic=True)
@@ -138,8 +148,8 @@ def services(draw: st.DrawFn) -> Service:
 def destinations(draw: st.DrawFn) -> RouteDestination:
     return RouteDestination(
         draw(hosts | st.just("ghost.x.svc.cluster.local")),
-        subset=draw(st.sampled_from([None, "v1", "v2"])),
-        port=draw(st.none() | ports),
+        subset=draw(st.sampled_from([None, None, "v1", "v2"])),
+        port=draw(st.sampled_from([None, None, None, 80, 9080])),
         weight=draw(st.integers(0, 100)),
     )
 
@@ -167,35 +177,41 @@ def rules(draw: st.DrawFn) -> HttpRoute:
 
 
 @st.composite
+def virtual_services(draw: st.DrawFn, name: str) -> VirtualService:
+    return VirtualService(
+        "x",
+        name,
+        tuple(
+            draw(
+                st.lists(
+                    hosts | st.sampled_from(["*.x.svc.cluster.local", "*"]),
+                    min_size=1,
+                    max_size=2,
+                    unique=True,
+                )
+            )
+        ),
+        gateways=draw(st.sampled_from([(MESH_GATEWAY,), ("x/edge",), (MESH_GATEWAY, "x/edge")])),
+        http=tuple(draw(st.lists(rules(), max_size=3))),
+    )
+
+
+@st.composite
+def policies(draw: st.DrawFn, name: str) -> DestinationPolicy:
+    subsets = draw(st.lists(st.sampled_from(["v1", "v2"]), min_size=1, max_size=2, unique=True))
+    return DestinationPolicy(
+        host=draw(hosts),
+        namespace="x",
+        name=name,
+        subsets=tuple(Subset(s, (("v", s),)) for s in subsets),
+    )
+
+
+@st.composite
 def meshes(draw: st.DrawFn) -> Mesh:
     by_host = {s.host: s for s in draw(st.lists(services(), max_size=8))}
-    virtual_services = [
-        VirtualService(
-            "x",
-            f"vs{i}",
-            tuple(
-                draw(
-                    st.lists(
-                        hosts | st.sampled_from(["*.x.svc.cluster.local", "*"]),
-                        min_size=1,
-                        max_size=2,
-                        unique=True,
-                    )
-                )
-            ),
-            gateways=draw(
-                st.sampled_from([(MESH_GATEWAY,), ("x/edge",), (MESH_GATEWAY, "x/edge")])
-            ),
-            http=tuple(draw(st.lists(rules(), max_size=3))),
-        )
-        for i in range(draw(st.integers(0, 4)))
-    ]
-    policies = [
-        DestinationPolicy(
-            host=h, namespace="x", name=f"dr{i}", subsets=(Subset("v1", (("v", "1"),)),)
-        )
-        for i, h in enumerate(draw(st.lists(hosts, max_size=3, unique=True)))
-    ]
+    vss = [draw(virtual_services(f"vs{i}")) for i in range(draw(st.integers(0, 4)))]
+    by_policy_host = {p.host: p for p in draw(st.lists(policies("dr"), max_size=5))}
     servers = draw(
         st.lists(
             st.builds(
@@ -213,13 +229,81 @@ def meshes(draw: st.DrawFn) -> Mesh:
     )
     return Mesh(
         services=tuple(sorted(by_host.values(), key=lambda s: s.host)),
-        destination_policies=tuple(sorted(policies, key=lambda p: p.host)),
-        virtual_services=tuple(virtual_services),
+        destination_policies=tuple(sorted(by_policy_host.values(), key=lambda p: p.host)),
+        virtual_services=tuple(vss),
         gateways=(Gateway("x", "edge", EDGE, tuple(servers)),) if servers else (),
     )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EDITS = (
+    "virtual service",
+    "new virtual service",
+    "dropped virtual service",
+    "service",
+    "dropped service",
+    "policy",
+    "dropped policy",
+    "equal copies",
+)
+
+
+@st.composite
+def edited(draw: st.DrawFn, mesh: Mesh) -> Mesh:
+    """``mesh`` with one thing changed; what did not change is the same object."""
+    vss = list(mesh.virtual_services)
+    svcs = list(mesh.services)
+    pols = list(mesh.destination_policies)
+    kind = draw(st.sampled_from(EDITS))
+    # Mostly the services some route sends to: what they resolve to is what may change.
+    routed = [
+        cluster.rsplit("|", 1)[-1]
+        for config in sidecar_route_configs(mesh)
+        for virtual_host in config.virtual_hosts
+        for route in virtual_host.routes
+        for cluster in [
+            route.route.cluster,
+            *(w.name for w in route.route.weighted_clusters.clusters),
+        ]
+        if cluster.startswith("outbound|") and route.name != "default"
+    ]
+    if kind == "virtual service" and vss:
+        at = draw(st.integers(0, len(vss) - 1))
+        vss[at] = draw(virtual_services(vss[at].name))
+    elif kind == "new virtual service":
+        vss.insert(draw(st.integers(0, len(vss))), draw(virtual_services("new")))
+    elif kind == "dropped virtual service" and vss:
+        del vss[draw(st.integers(0, len(vss) - 1))]
+    elif kind == "service" and svcs:
+        at = draw(st.sampled_from([i for i, s in enumerate(svcs) if s.host in routed] or [0]))
+        svcs[at] = replace(draw(services()), host=svcs[at].host)
+        if svcs[at].ports == mesh.services[at].ports:
+            svcs[at] = replace(
+                svcs[at], ports=svcs[at].ports[1:] or (ServicePort("p", 1, Protocol.HTTP),)
+            )
+    elif kind == "dropped service" and svcs:
+        del svcs[draw(st.integers(0, len(svcs) - 1))]
+    elif kind == "policy":
+        # Subsets where it had none, none where it had some: what destinations resolve to.
+        host = draw(st.sampled_from(routed or ["a.x"]))
+        subsets = () if mesh.policy(host) else tuple(Subset(s, ()) for s in ("v1", "v2"))
+        pols = [p for p in pols if p.host != host] + [
+            DestinationPolicy(host, "x", "dr", subsets=subsets)
+        ]
+    elif kind == "dropped policy" and pols:
+        del pols[draw(st.integers(0, len(pols) - 1))]
+    elif kind == "equal copies":
+        vss = [replace(vs) for vs in vss]
+        svcs = [replace(s, ports=tuple(replace(p) for p in s.ports)) for s in svcs]
+        pols = [replace(p) for p in pols]
+    return replace(
+        mesh,
+        services=tuple(sorted(svcs, key=lambda s: s.host)),
+        destination_policies=tuple(sorted(pols, key=lambda p: p.host)),
+        virtual_services=tuple(vss),
+    )
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(meshes())
 def test_sidecar_route_configs_are_the_serialization_of_the_messages_built_whole(
     mesh: Mesh,
@@ -229,7 +313,7 @@ def test_sidecar_route_configs_are_the_serialization_of_the_messages_built_whole
     )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(meshes())
 def test_route_configs_are_canonical_and_do_not_depend_on_the_order_hosts_are_computed(
     mesh: Mesh,
@@ -276,9 +360,10 @@ def test_a_virtual_host_s_routes_are_its_routes_field_serialized() -> None:
             service = mesh.service(virtual_host.name.rsplit(":", 1)[0])
             assert service is not None
             routes_only = route_components_pb2.VirtualHost(routes=virtual_host.routes)
-            assert host_routes((context, service)) == routes_only.SerializeToString(
-                deterministic=True
-            )
+            virtual_services = mesh_virtual_services(mesh, service.host)
+            assert host_routes(
+                (context, service, virtual_services)
+            ) == routes_only.SerializeToString(deterministic=True)
 
 
 def test_translate_returns_the_route_configs_as_messages(bookinfo: Mesh) -> None:
@@ -345,3 +430,56 @@ def test_route_configs_computed_partly_by_a_forked_child_are_those_computed_here
 
     assert encoded_sidecar_route_configs(mesh, forked) == encoded_sidecar_route_configs(mesh)
     assert len(answered_by) == 2
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_routes_remembered_from_one_mesh_give_the_next_mesh_s_route_configs(
+    data: st.DataObject,
+) -> None:
+    first = data.draw(meshes())
+    second = data.draw(edited(first))
+    memory = HostRoutesMemory()
+    encoded_sidecar_route_configs(first, memory=memory)
+    assert encoded_sidecar_route_configs(second, memory=memory) == (
+        encoded_sidecar_route_configs(second)
+    )
+
+
+def test_a_virtual_service_edit_computes_only_the_virtual_hosts_it_routes() -> None:
+    mesh = many_services_mesh(30)
+    memory = HostRoutesMemory()
+    calls: list[int] = []
+    encoded_sidecar_route_configs(mesh, counting(calls), memory)
+    first = mesh.virtual_services[0]
+    rule = HttpRoute(name="edited", destinations=(RouteDestination(first.hosts[0]),))
+    edit = replace(
+        mesh, virtual_services=(replace(first, http=(rule,)), *mesh.virtual_services[1:])
+    )
+    assert encoded_sidecar_route_configs(edit, counting(calls), memory) == (
+        encoded_sidecar_route_configs(edit)
+    )
+    encoded_sidecar_route_configs(edit, counting(calls), memory)
+    assert calls == [30, 1, 0]
+
+
+def test_a_destination_rule_or_port_edit_computes_every_virtual_host_again() -> None:
+    mesh = many_services_mesh(30)
+    memory = HostRoutesMemory()
+    calls: list[int] = []
+    encoded_sidecar_route_configs(mesh, counting(calls), memory)
+    policy = DestinationPolicy(
+        host=mesh.services[5].host, namespace="default", name="dr", subsets=(Subset("v1", ()),)
+    )
+    with_policy = replace(mesh, destination_policies=(policy,))
+    assert encoded_sidecar_route_configs(with_policy, counting(calls), memory) == (
+        encoded_sidecar_route_configs(with_policy)
+    )
+    moved = replace(mesh.services[7], ports=(ServicePort("http", 9999, Protocol.HTTP),))
+    with_port = replace(
+        with_policy, services=tuple(moved if s.host == moved.host else s for s in mesh.services)
+    )
+    assert encoded_sidecar_route_configs(with_port, counting(calls), memory) == (
+        encoded_sidecar_route_configs(with_port)
+    )
+    assert calls == [30, 30, 30]

@@ -12,7 +12,7 @@ import os
 import time
 import weakref
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from controlplane.translate import (
     ROUTE_TYPE,
     ProxyClass,
     ProxyRole,
+    route_configs,
     translate,
 )
 from controlplane.translate import translator as translator_module
@@ -257,3 +258,32 @@ def test_a_translator_forks_a_sidecar_s_virtual_host_routes_from_the_given_numbe
     forked = Translator(encode=Resource.from_message, fork_from=len(hosts))
     assert_as_translated(Snapshot(forked.translate(mesh, SIDECAR)), mesh, SIDECAR)
     assert calls == [len(hosts)]
+
+
+def test_a_virtual_service_edit_computes_the_routes_of_the_hosts_it_routes_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mesh = kitchen_sink_mesh()
+    computed: list[str] = []
+    original = route_configs.host_routes
+
+    def counting(source: Any) -> bytes:
+        context, service, _ = source
+        computed.append(f"{service.host}:{context.port}")
+        return original(source)
+
+    monkeypatch.setattr(route_configs, "host_routes", counting)
+    translator = Translator(encode=Resource.from_message)
+    translator.translate(mesh, SIDECAR)
+    assert len(computed) > 2
+    computed.clear()
+    web = next(vs for vs in mesh.virtual_services if vs.hosts == (TARGET,))
+    edited = replace(
+        mesh,
+        virtual_services=tuple(
+            replace(vs, http=vs.http[1:]) if vs is web else vs for vs in mesh.virtual_services
+        ),
+    )
+    snapshot = Snapshot(translator.translate(edited, SIDECAR))
+    assert computed == [f"{TARGET}:80", f"{TARGET}:9090"]
+    assert_as_translated(snapshot, edited, SIDECAR)
