@@ -18,6 +18,8 @@ in it.
 
 from __future__ import annotations
 
+from envoy.config.route.v3 import route_pb2
+
 from controlplane.model import Mesh
 from controlplane.translate.clusters import build_clusters
 from controlplane.translate.endpoints import ENDPOINT_TYPE as ENDPOINT_TYPE  # its home: the writer
@@ -27,7 +29,15 @@ from controlplane.translate.grpc_resources import grpc_clusters, grpc_route_conf
 from controlplane.translate.listeners import gateway_listeners, sidecar_listeners
 from controlplane.translate.protos import Message
 from controlplane.translate.proxy import ProxyClass, ProxyRole
-from controlplane.translate.route_configs import gateway_route_configs, sidecar_route_configs
+from controlplane.translate.route_configs import (
+    HostRoutesMemory,
+    Mapper,
+    encoded_gateway_route_configs,
+    encoded_sidecar_route_configs,
+    plain_map,
+    sidecar_route_configs,
+)
+from controlplane.translate.wire import Serialized
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -46,23 +56,36 @@ def translate(mesh: Mesh, proxy: ProxyClass) -> dict[str, list[Message]]:
     return {
         CLUSTER_TYPE: build_clusters(mesh),
         ENDPOINT_TYPE: sorted(build_load_assignments(mesh), key=lambda a: str(a.cluster_name)),
-        ROUTE_TYPE: routes,
+        ROUTE_TYPE: [route_pb2.RouteConfiguration.FromString(r.data) for r in routes],
         LISTENER_TYPE: listeners,
     }
 
 
-def routes_and_listeners(mesh: Mesh, proxy: ProxyClass) -> tuple[list[Message], list[Message]]:
-    """The route configurations and listeners of an Envoy class, each sorted by name.
+def routes_and_listeners(
+    mesh: Mesh,
+    proxy: ProxyClass,
+    mapper: Mapper = plain_map,
+    memory: HostRoutesMemory | None = None,
+) -> tuple[list[Serialized], list[Message]]:
+    """The route configurations (serialized) and listeners of an Envoy class, each sorted
+    by name.
 
-    ``mesh`` is what the class sees (:meth:`Mesh.seen_from` its namespace).
+    ``mesh`` is what the class sees (:meth:`Mesh.seen_from` its namespace); ``mapper``
+    computes the routes of a sidecar's virtual hosts that ``memory`` does not hold
+    (:func:`~controlplane.translate.route_configs.encoded_sidecar_route_configs`).
     """
     if proxy.role is ProxyRole.GATEWAY:
-        routes = gateway_route_configs(mesh, proxy.labels)
+        encoded = encoded_gateway_route_configs(mesh, proxy.labels)
         listeners = gateway_listeners(mesh, proxy)
     else:
-        routes = sidecar_route_configs(mesh)
+        encoded = encoded_sidecar_route_configs(mesh, mapper, memory)
         listeners = sidecar_listeners(mesh, proxy)
-    return sorted(routes, key=lambda r: str(r.name)), sorted(listeners, key=lambda r: str(r.name))
+    routes = sorted((Serialized(ROUTE_TYPE, name, data) for name, data in encoded), key=_by_name)
+    return routes, sorted(listeners, key=lambda r: str(r.name))
+
+
+def _by_name(serialized: Serialized) -> str:
+    return serialized.name
 
 
 def _translate_grpc(mesh: Mesh) -> dict[str, list[Message]]:

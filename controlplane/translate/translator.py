@@ -13,7 +13,10 @@ reuses the encoded outputs whose inputs are unchanged:
   view are assembled once per mesh, for every class that shares the view;
 * route configurations and listeners do not depend on endpoints, so they are
   remembered per proxy class together with a *routing view* of the mesh (the
-  model without endpoints) and rebuilt only when that view changes.
+  model without endpoints) and rebuilt only when that view changes; the
+  routes of a sidecar's virtual hosts are remembered per host, so a
+  VirtualService edit computes only the hosts it routes
+  (:class:`~controlplane.translate.route_configs.HostRoutesMemory`).
 
 Each class sees the mesh from its namespace (:meth:`Mesh.seen_from`, Istio's
 ``exportTo``). Namespaces that see the same share one translation of routes
@@ -33,7 +36,7 @@ time, then encoded likewise.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any, Generic, Protocol, TypeVar, overload
@@ -55,6 +58,7 @@ from controlplane.translate.resources import (
     routes_and_listeners,
     translate,
 )
+from controlplane.translate.route_configs import HostRoutesMemory
 from controlplane.translate.upstreams import Discovery, service_upstreams
 from controlplane.translate.wire import Serialized
 
@@ -73,6 +77,8 @@ class Named(Protocol):
 
 
 T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
 N = TypeVar("N", bound=Named)
 
 
@@ -122,8 +128,9 @@ class Translator(Generic[T]):
     instead of a message (without ``encode``, they are parsed back). With
     ``fork_from``, a mesh with that many services or more to translate anew (a
     cold start) is translated on two cores
-    (:func:`~controlplane.forked_map.forked_map`: encoded outputs must pickle);
-    the caller says whether a second core is there to use.
+    (:func:`~controlplane.forked_map.forked_map`: encoded outputs must pickle),
+    and so are the routes of a sidecar's virtual hosts from that many hosts
+    (written as bytes); the caller says whether a second core is there to use.
     """
 
     @overload
@@ -157,6 +164,8 @@ class Translator(Generic[T]):
         # Per shared view (the class with its namespace replaced by its view name), the
         # class whose routes and listeners others of that view may reuse.
         self._donors: dict[str, str] = {}
+        # Per shared view, the routes of its sidecar virtual hosts, for the next translation.
+        self._host_routes: dict[str, HostRoutesMemory] = {}
 
     def _encoded(self, message: Message | Serialized) -> T:
         encode = self._encode
@@ -175,6 +184,7 @@ class Translator(Generic[T]):
         self._routing.pop(key, None)
         for shared in [s for s, donor in self._donors.items() if donor == key]:
             del self._donors[shared]
+            self._host_routes.pop(shared, None)
 
     def translate(self, mesh: Mesh, proxy: ProxyClass) -> dict[str, list[T]]:
         if proxy.role is ProxyRole.GRPC:
@@ -249,6 +259,14 @@ class Translator(Generic[T]):
                 assignments.append(upstream_assignment(upstream))
         return tuple(self._all_encoded(clusters)), tuple(self._all_encoded(assignments))
 
+    def _map(self, fn: Callable[[A], R], items: Sequence[A]) -> list[R]:
+        """``[fn(item) for item in items]``, forked onto two cores from ``fork_from`` items
+        (results must pickle)."""
+        fork_from = self.fork_from
+        if fork_from is not None and len(items) >= fork_from:
+            return forked_map(fn, items, FORK_CHUNK)
+        return list(map(fn, items))
+
     def _routes_and_listeners(
         self, mesh: Mesh, proxy: ProxyClass, shared: str
     ) -> tuple[list[T], list[T]]:
@@ -258,7 +276,8 @@ class Translator(Generic[T]):
             donor = self._donors.get(shared)
             cached = self._routing.get(donor) if donor is not None else None
             if cached is None or cached[0] != view:
-                routes, listeners = routes_and_listeners(mesh, proxy)
+                memory = self._host_routes.setdefault(shared, HostRoutesMemory())
+                routes, listeners = routes_and_listeners(mesh, proxy, self._map, memory)
                 cached = (view, self._all_encoded(routes), self._all_encoded(listeners))
                 self._donors[shared] = proxy.key
             self._routing[proxy.key] = cached

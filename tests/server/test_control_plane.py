@@ -158,7 +158,7 @@ async def test_only_the_cold_start_forks_and_a_later_reload_reaches_connected_pr
     plane._translator.fork_from = 2
     await plane.start()
     try:
-        assert len(forks) == 1  # the cold start, before gRPC runs
+        assert len(forks) == 2  # the cold start's clusters and sidecar routes, before gRPC runs
         assert plane._translator.fork_from is None
         async with grpc.aio.insecure_channel(plane.address) as channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
@@ -175,7 +175,7 @@ async def test_only_the_cold_start_forks_and_a_later_reload_reaches_connected_pr
             for i in range(6):
                 (tmp_path / f"svc-{i}.yaml").write_text(_service(i, 8080))
             await asyncio.get_running_loop().run_in_executor(None, plane.reload)
-            assert len(forks) == 1  # every service changed, but gRPC runs now: no fork
+            assert len(forks) == 2  # every service changed, but gRPC runs now: no fork
             update = await read(call)
             names = set()
             for any_message in update.resources:

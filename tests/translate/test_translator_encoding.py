@@ -12,7 +12,7 @@ import os
 import time
 import weakref
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from controlplane.translate import (
     ROUTE_TYPE,
     ProxyClass,
     ProxyRole,
+    route_configs,
     translate,
 )
 from controlplane.translate import translator as translator_module
@@ -220,7 +221,8 @@ def test_a_translator_forks_only_from_the_given_number_of_services(
     calls: list[int] = []
 
     def counting_map(fn: Any, items: Any, chunk: int) -> list[Any]:
-        calls.append(len(items))
+        if fn.__name__ == "_encoded_upstreams":
+            calls.append(len(items))
         return [fn(item) for item in items]
 
     monkeypatch.setattr(translator_module, "forked_map", counting_map)
@@ -231,3 +233,57 @@ def test_a_translator_forks_only_from_the_given_number_of_services(
     assert calls == []
     Translator(encode=Resource.from_message, fork_from=len(mesh.services)).translate(mesh, SIDECAR)
     assert calls == [len(mesh.services)]
+
+
+def test_a_translator_forks_a_sidecar_s_virtual_host_routes_from_the_given_number_of_hosts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mesh = kitchen_sink_mesh()
+    hosts = [
+        v.name
+        for config in translate(mesh, SIDECAR)[ROUTE_TYPE]
+        for v in config.virtual_hosts  # type: ignore[attr-defined]
+    ]
+    calls: list[int] = []
+
+    def counting_map(fn: Any, items: Any, chunk: int) -> list[Any]:
+        if fn.__name__ == "host_routes":
+            calls.append(len(items))
+        return [fn(item) for item in items]
+
+    monkeypatch.setattr(translator_module, "forked_map", counting_map)
+    for fork_from in (None, len(hosts) + 1):
+        Translator(encode=Resource.from_message, fork_from=fork_from).translate(mesh, SIDECAR)
+    assert calls == []
+    forked = Translator(encode=Resource.from_message, fork_from=len(hosts))
+    assert_as_translated(Snapshot(forked.translate(mesh, SIDECAR)), mesh, SIDECAR)
+    assert calls == [len(hosts)]
+
+
+def test_a_virtual_service_edit_computes_the_routes_of_the_hosts_it_routes_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mesh = kitchen_sink_mesh()
+    computed: list[str] = []
+    original = route_configs.host_routes
+
+    def counting(source: Any) -> bytes:
+        context, service, _ = source
+        computed.append(f"{service.host}:{context.port}")
+        return original(source)
+
+    monkeypatch.setattr(route_configs, "host_routes", counting)
+    translator = Translator(encode=Resource.from_message)
+    translator.translate(mesh, SIDECAR)
+    assert len(computed) > 2
+    computed.clear()
+    web = next(vs for vs in mesh.virtual_services if vs.hosts == (TARGET,))
+    edited = replace(
+        mesh,
+        virtual_services=tuple(
+            replace(vs, http=vs.http[1:]) if vs is web else vs for vs in mesh.virtual_services
+        ),
+    )
+    snapshot = Snapshot(translator.translate(edited, SIDECAR))
+    assert computed == [f"{TARGET}:80", f"{TARGET}:9090"]
+    assert_as_translated(snapshot, edited, SIDECAR)
