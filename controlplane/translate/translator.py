@@ -237,11 +237,7 @@ class Translator(Generic[T]):
     def _upstreams_of(
         self, services: list[tuple[Service, DestinationPolicy | None]]
     ) -> list[_ServiceOutput[T]]:
-        fork_from = self.fork_from
-        if fork_from is not None and len(services) >= fork_from:
-            made = forked_map(self._encoded_upstreams, services, FORK_CHUNK)
-        else:
-            made = list(map(self._encoded_upstreams, services))
+        made = self._map(self._encoded_upstreams, services)
         return [
             _ServiceOutput(service, policy, clusters, assignments)
             for (service, policy), (clusters, assignments) in zip(services, made, strict=True)
