@@ -221,8 +221,10 @@ class ControlPlane:
 
         return build
 
-    def _translate(self, mesh: Mesh, proxy: ProxyClass) -> Snapshot:
-        return Snapshot(self._translator.translate(mesh, proxy))
+    def _translate(
+        self, mesh: Mesh, proxy: ProxyClass, share: tuple[Snapshot, ...] = ()
+    ) -> Snapshot:
+        return Snapshot(self._translator.translate(mesh, proxy), share)
 
     def _verify(self, mesh: Mesh) -> str | None:
         """Why ``mesh`` cannot be served, or None; the store calls this before accepting it.
@@ -240,9 +242,15 @@ class ControlPlane:
         built: dict[str, Snapshot] = {}
         sizes: dict[tuple[str, str], int] = {}
         with self._translate_lock:
-            served = self._verified[0] if self._verified is not None else None
+            served, before = self._verified if self._verified is not None else (None, {})
+            last: tuple[Snapshot, ...] = ()
             for key in sorted(classes):
-                snapshot, problem = self._check(mesh, key, classes[key], sizes)
+                # The class's snapshot of the served model (an edit of routes leaves its
+                # clusters as they were) and the class checked last (classes of one view
+                # send the same clusters) lend the types that did not change.
+                previous = before.get(key)
+                share = last if previous is None else (previous, *last)
+                snapshot, problem = self._check(mesh, key, classes[key], sizes, share)
                 if problem is not None:
                     if served is not None and self._check(served, key, classes[key], {})[1]:
                         log.warning("proxy_class_untranslatable", key=key, problem=problem)
@@ -250,6 +258,7 @@ class ControlPlane:
                     return problem
                 assert snapshot is not None
                 built[key] = snapshot
+                last = (snapshot,)
             self._verified = (mesh, built)
             self._sizes = sizes
             with self._classes_lock:
@@ -260,11 +269,16 @@ class ControlPlane:
         return None
 
     def _check(
-        self, mesh: Mesh, key: str, proxy: ProxyClass, sizes: dict[tuple[str, str], int]
+        self,
+        mesh: Mesh,
+        key: str,
+        proxy: ProxyClass,
+        sizes: dict[tuple[str, str], int],
+        share: tuple[Snapshot, ...] = (),
     ) -> tuple[Snapshot | None, str | None]:
         """The snapshot of ``key`` for ``mesh``, or what keeps it from being served."""
         try:
-            snapshot = self._translate(mesh, proxy)
+            snapshot = self._translate(mesh, proxy, share)
             snapshot.check_consistency()
         except Exception as exc:
             return None, f"{type(exc).__name__} for proxy class {key}: {exc}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import is_
 from types import MappingProxyType
 from typing import Any
 
@@ -213,22 +214,44 @@ class Snapshot:
     """Resources per type URL plus content-derived versions; immutable once built.
 
     The four types of :data:`PUSH_ORDER` are always present, possibly empty.
+
+    Snapshots given as ``share`` lend this one their table of a type (the
+    resources by name, the version, and the links :meth:`check_consistency`
+    follows) when this one's resources of that type are the very same objects
+    in the same order: the proxy classes of a view send the same clusters and
+    load assignments, and an edit of routes leaves them as they were. Such a
+    type is indexed, hashed and checked once however many snapshots carry it.
     """
 
-    __slots__ = ("__weakref__", "_resources", "_versions", "selections")
+    __slots__ = ("__weakref__", "_consistent", "_links", "_resources", "_versions", "selections")
 
-    def __init__(self, resources: Mapping[str, Iterable[Resource]]) -> None:
+    def __init__(
+        self, resources: Mapping[str, Iterable[Resource]], share: Iterable[Snapshot] = ()
+    ) -> None:
+        lenders = tuple(share)
         by_type: dict[str, Mapping[str, Resource]] = {}
+        versions: dict[str, str] = {}
+        self._links: dict[str, Mapping[str, frozenset[str]]] = {}
         for url in (*PUSH_ORDER, *sorted(set(resources) - set(PUSH_ORDER))):
             items = list(resources.get(url, ()))
-            named = {resource.name: resource for resource in items}
-            if len(named) != len(items) or any(r.type_url != url for r in items):
-                _reject(url, items)
-            by_type[url] = MappingProxyType(named)
+            for lender in lenders:
+                named = lender._resources.get(url)
+                if named is not None and _same(items, named):
+                    by_type[url] = named
+                    versions[url] = lender._versions[url]
+                    links = lender._links.get(url)
+                    if links is not None:
+                        self._links[url] = links
+                    break
+            else:
+                table = {resource.name: resource for resource in items}
+                if len(table) != len(items) or any(r.type_url != url for r in items):
+                    _reject(url, items)
+                by_type[url] = MappingProxyType(table)
+                versions[url] = content_version(table)
         self._resources: Mapping[str, Mapping[str, Resource]] = MappingProxyType(by_type)
-        self._versions: Mapping[str, str] = MappingProxyType(
-            {url: content_version(named) for url, named in by_type.items()}
-        )
+        self._versions: Mapping[str, str] = MappingProxyType(versions)
+        self._consistent = False
         self.selections: dict[Any, Any] = {}
         """Memo of :func:`controlplane.xds.selection.select`, shared by every stream."""
 
@@ -267,17 +290,34 @@ class Snapshot:
         return {name: r.hash for name, r in self.resources(type_url).items()}
 
     def check_consistency(self) -> None:
-        """Raise :class:`InconsistentSnapshotError` listing every dangling or orphan link."""
+        """Raise :class:`InconsistentSnapshotError` listing every dangling or orphan link.
+
+        A snapshot found consistent is not checked again (it cannot change).
+        """
+        if self._consistent:
+            return
         referenced: dict[str, set[str]] = {ENDPOINT: set(), ROUTE: set()}
         for parent_url in (CLUSTER, LISTENER):
-            for parent in self.resources(parent_url).values():
-                for url, name in parent.references:
-                    referenced.setdefault(url, set()).add(name)
+            for url, names in self._links_of(parent_url).items():
+                referenced.setdefault(url, set()).update(names)
         if all(names <= self.resources(url).keys() for url, names in referenced.items()) and all(
             self.resources(url).keys() <= referenced[url] for url in (ENDPOINT, ROUTE)
         ):
+            self._consistent = True
             return
         self._report_inconsistency()
+
+    def _links_of(self, parent_url: str) -> Mapping[str, frozenset[str]]:
+        """``{type_url: names}`` the resources of ``parent_url`` need (remembered)."""
+        links = self._links.get(parent_url)
+        if links is None:
+            needed = set().union(*[r.references for r in self.resources(parent_url).values()])
+            by_url: dict[str, set[str]] = {}
+            for url, name in needed:
+                by_url.setdefault(url, set()).add(name)
+            links = {url: frozenset(names) for url, names in by_url.items()}
+            self._links[parent_url] = links
+        return links
 
     def _report_inconsistency(self) -> None:
         referenced: dict[str, set[str]] = {ENDPOINT: set(), ROUTE: set()}
@@ -311,6 +351,11 @@ class Snapshot:
             for url, named in self._resources.items()
         )
         return f"Snapshot({parts})"
+
+
+def _same(items: list[Resource], held: Mapping[str, Resource]) -> bool:
+    """True when the resources of ``held`` are ``items``: the same objects in the same order."""
+    return len(held) == len(items) and all(map(is_, items, held.values()))
 
 
 def _reject(url: str, resources: Iterable[Resource]) -> None:

@@ -4,6 +4,7 @@ the default classes verified at start share their serialized resources, also aft
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -15,7 +16,13 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from controlplane.server import memory
 from controlplane.server.control_plane import ControlPlane, ControlPlaneOptions
-from controlplane.translate import CLUSTER_TYPE, ENDPOINT_TYPE, ProxyClass, ProxyRole, translate
+from controlplane.translate import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    ProxyClass,
+    ProxyRole,
+    translate,
+)
 from controlplane.translate import translator as translator_module
 from controlplane.xds import CLUSTER, Snapshot
 from tests.server.support import read
@@ -190,3 +197,25 @@ async def test_only_the_cold_start_forks_and_a_later_reload_reaches_connected_pr
     for pid in forks:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+def test_classes_of_one_view_share_cluster_tables_and_an_edit_of_routes_keeps_them(
+    tmp_path: Path,
+) -> None:
+    plane = ControlPlane(ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0"))
+    mesh = kitchen_sink_mesh()
+    assert plane._verify(mesh) is None
+    assert plane._verified is not None
+    before = plane._verified[1]
+    gateway, sidecar = before[GATEWAY.key], before[SIDECAR.key]
+    for url in (CLUSTER_TYPE, ENDPOINT_TYPE):
+        assert sidecar.resources(url) is gateway.resources(url)
+    edited = dataclasses.replace(mesh, virtual_services=mesh.virtual_services[1:])
+    assert plane._verify(edited) is None
+    after = plane._verified[1]
+    assert after[SIDECAR.key].versions != sidecar.versions  # its listeners changed
+    for proxy in (SIDECAR, GATEWAY):
+        for url in (CLUSTER_TYPE, ENDPOINT_TYPE):
+            assert after[proxy.key].resources(url) is before[proxy.key].resources(url)
+        fresh = Snapshot.from_resources(translate(edited, proxy))
+        assert after[proxy.key].versions == fresh.versions

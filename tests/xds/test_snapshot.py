@@ -226,3 +226,94 @@ def test_a_cluster_written_as_bytes_keeps_its_reference_to_its_load_assignment()
     cluster = cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.EDS)
     written = Resource.from_message(Serialized(CLUSTER, "c", cluster.SerializeToString()))
     assert written.references == frozenset({(ENDPOINT, "c")})
+
+
+def _resources(*messages: object) -> list[Resource]:
+    return [Resource.from_message(message) for message in messages]
+
+
+def test_a_type_of_the_same_resource_objects_takes_over_the_lenders_table_and_version() -> None:
+    clusters = _resources(eds_cluster("a"), eds_cluster("b"))
+    assignments = _resources(load_assignment("a"), load_assignment("b"))
+    lender = Snapshot(
+        {CLUSTER: clusters, ENDPOINT: assignments, LISTENER: _resources(rds_listener("l", "r1"))}
+    )
+    routes = _resources(route_config("r2"))
+    listeners = _resources(rds_listener("l", "r2"))
+    borrower = Snapshot(
+        {CLUSTER: list(clusters), ENDPOINT: list(assignments), ROUTE: routes, LISTENER: listeners},
+        share=[lender],
+    )
+    assert borrower.resources(CLUSTER) is lender.resources(CLUSTER)
+    assert borrower.resources(ENDPOINT) is lender.resources(ENDPOINT)
+    assert borrower.resources(LISTENER) is not lender.resources(LISTENER)
+    fresh = Snapshot({CLUSTER: clusters, ENDPOINT: assignments, ROUTE: routes, LISTENER: listeners})
+    assert borrower.versions == fresh.versions
+    assert {url: dict(borrower.resources(url)) for url in borrower.type_urls} == {
+        url: dict(fresh.resources(url)) for url in fresh.type_urls
+    }
+
+
+def test_a_type_whose_resources_are_other_objects_or_in_another_order_is_indexed_anew() -> None:
+    clusters = _resources(eds_cluster("a"), eds_cluster("b"))
+    lender = Snapshot({CLUSTER: clusters})
+    for other in (list(reversed(clusters)), _resources(eds_cluster("a"), eds_cluster("b"))):
+        borrower = Snapshot({CLUSTER: other}, share=[lender])
+        assert borrower.resources(CLUSTER) is not lender.resources(CLUSTER)
+        assert list(borrower.resources(CLUSTER).values()) == other
+        assert borrower.versions == lender.versions
+
+
+def test_a_borrowed_type_is_still_checked_against_the_borrowers_own_types() -> None:
+    clusters = _resources(eds_cluster("a"), eds_cluster("b"))
+    lender = Snapshot(
+        {CLUSTER: clusters, ENDPOINT: _resources(load_assignment("a"), load_assignment("b"))}
+    )
+    lender.check_consistency()
+    missing = Snapshot(
+        {CLUSTER: clusters, ENDPOINT: _resources(load_assignment("a"))}, share=[lender]
+    )
+    with pytest.raises(InconsistentSnapshotError) as caught:
+        missing.check_consistency()
+    assert str(caught.value) == "Cluster 'b' needs missing ClusterLoadAssignment 'b'"
+    orphan = Snapshot(
+        {CLUSTER: clusters[:1], ENDPOINT: _resources(load_assignment("a"), load_assignment("b"))},
+        share=[lender],
+    )
+    with pytest.raises(InconsistentSnapshotError) as caught:
+        orphan.check_consistency()
+    assert str(caught.value) == "ClusterLoadAssignment 'b' is referenced by nothing"
+
+
+def test_links_are_followed_once_per_table_and_a_consistent_snapshot_is_not_checked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+    followed: list[str] = []
+    links_of = Snapshot._links_of
+
+    def counting(self: Snapshot, parent_url: str) -> object:
+        asked.append(parent_url.rsplit(".", 1)[-1])
+        if parent_url not in self._links:
+            followed.append(parent_url.rsplit(".", 1)[-1])
+        return links_of(self, parent_url)
+
+    monkeypatch.setattr(Snapshot, "_links_of", counting)
+    clusters = _resources(eds_cluster("a"))
+    assignments = _resources(load_assignment("a"))
+    lender = Snapshot({CLUSTER: clusters, ENDPOINT: assignments})
+    lender.check_consistency()
+    lender.check_consistency()
+    assert asked == followed == ["Cluster", "Listener"]
+    borrower = Snapshot(
+        {
+            CLUSTER: clusters,
+            ENDPOINT: assignments,
+            ROUTE: _resources(route_config("r")),
+            LISTENER: _resources(rds_listener("l", "r")),
+        },
+        share=[lender],
+    )
+    borrower.check_consistency()
+    assert asked == ["Cluster", "Listener", "Cluster", "Listener"]
+    assert followed == ["Cluster", "Listener", "Listener"]
