@@ -80,6 +80,7 @@ from controlplane.server.admission import Admission, Refusals, StreamLimits, pee
 from controlplane.server.events import EventHub
 from controlplane.server.stats import XdsStats
 from controlplane.server.untrusted import EndedRun, RepeatedNacks, clip
+from controlplane.xds import encoding
 from controlplane.xds.cache import ProxyClassLimitError, SnapshotCache
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.encoding import EncodedResponse
@@ -485,6 +486,7 @@ class AggregatedDiscoveryService:
         # second, not less: the ACKs of the wave's last pushes arrive after it ends,
         # and the buffers they leave should be among those handed back.
         self.housekeeper = memory.Housekeeper(self._loop, delay=1.0, busy=lambda: self.pushing)
+        self.housekeeper.also_release(encoding.release_bodies)
         # The first model was built before the server: what its load left behind
         # (parser buffers, the translation check's messages) goes back now, and the
         # model is frozen, rather than at the first push wave.
