@@ -62,6 +62,7 @@ reconnect elsewhere; the gRPC server's grace period bounds how long that takes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import itertools
 import logging
@@ -143,6 +144,10 @@ class _Flag:
         return waiter
 
 
+_READS = contextvars.Context()
+"""The context the readers' steps run in (see :class:`_Reader`)."""
+
+
 class _Reader:
     """Moves one stream's requests from gRPC into its inbox, driven by callbacks.
 
@@ -201,10 +206,12 @@ class _Reader:
             self._finish(stream)
             return
         else:
+            # In one context for every reader, as a task would run it in its own: a
+            # callback otherwise holds a copy of the current one while it waits.
             if awaited is None:  # a bare yield: resume on the next loop iteration
-                asyncio.get_running_loop().call_soon(self._step)
+                asyncio.get_running_loop().call_soon(self._step, context=_READS)
             else:
-                awaited.add_done_callback(self._step)
+                awaited.add_done_callback(self._step, context=_READS)
             return
         # Out of the except clause: a read started while an exception is being
         # handled would keep it, and with it this request, as its context.
