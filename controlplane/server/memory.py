@@ -30,6 +30,10 @@ response, a reload), at most once per ``interval``, on the event loop thread:
   of the heaps. Both are reached through ctypes (nothing on PyPI wraps them)
   and are no-ops on a C library without them (musl, macOS).
 
+Caches that pay only during bursts go first: each function given to
+:meth:`Housekeeper.also_release` runs before the collection (the xDS server
+drops its encoded response bodies, see :mod:`controlplane.xds.encoding`).
+
 The automatic collector is paused during push waves and reloads
 (:mod:`controlplane.collector`); this module's full collection runs after them.
 """
@@ -97,6 +101,7 @@ class Housekeeper:
     ) -> None:
         self._loop = loop
         self._busy = [busy]
+        self._releases: list[Callable[[], object]] = []
         self._delay = delay
         self._interval = interval
         self._pending: asyncio.TimerHandle | None = None
@@ -106,6 +111,11 @@ class Housekeeper:
     def hold_while(self, busy: Callable[[], bool]) -> None:
         """Also put runs off while ``busy()`` is true."""
         self._busy.append(busy)
+
+    def also_release(self, release: Callable[[], object]) -> None:
+        """Call ``release()`` at each run, before the collection: it drops what is
+        worth keeping only during bursts."""
+        self._releases.append(release)
 
     def soon(self) -> None:
         """Ask for a run; call only on the loop's thread (see :meth:`soon_threadsafe`)."""
@@ -142,6 +152,8 @@ class Housekeeper:
         self._last = self._loop.time()
         self.runs += 1
         started = time.perf_counter()
+        for release in self._releases:
+            release()
         collected = self.run()
         log.info(
             "heap_housekeeping",

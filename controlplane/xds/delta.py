@@ -133,8 +133,9 @@ class _DeltaType:
     nonce: str = ""
     acked_version: str = ""
     nacked_version: str = ""
-    pending: dict[str, str] = field(default_factory=dict)
-    """Unacknowledged ``{nonce: system version}``, oldest first."""
+    pending: dict[str, str] | None = None
+    """Unacknowledged ``{nonce: system version}``, oldest first; ``None`` when every
+    response is acknowledged (what most streams are, most of the time)."""
 
     def wants(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -263,19 +264,20 @@ class DeltaStream(StreamCore):
         nonce: str = request.response_nonce
         if not nonce:
             return
-        version = state.pending.get(nonce)
-        if version is None:
-            self._events.append(StaleRequest(type_url, nonce, state.nonce))
+        pending = state.pending
+        version = None if pending is None else pending.get(nonce)
+        if pending is None or version is None:
+            self._event(StaleRequest(type_url, nonce, state.nonce))
             return
-        for settled in list(state.pending):
-            del state.pending[settled]
+        for settled in list(pending):
+            del pending[settled]
             if settled == nonce:
                 break
-        if not state.pending:
-            state.pending = {}  # a dict emptied by deletions keeps its table
+        if not pending:
+            state.pending = None
         if request.HasField("error_detail"):
             state.nacked_version = version
-            self._events.append(
+            self._event(
                 Nack(
                     type_url,
                     rejected_version=version,
@@ -286,7 +288,7 @@ class DeltaStream(StreamCore):
             )
         else:
             state.acked_version = version
-            self._events.append(Ack(type_url, version, nonce))
+            self._event(Ack(type_url, version, nonce))
 
     def _subscribe(self, type_url: str, state: _DeltaType, request: Any, first: bool) -> None:
         subscribe = list(request.resource_names_subscribe)
@@ -338,7 +340,10 @@ class DeltaStream(StreamCore):
         state = self._types.get(response.type_url)
         if state is None:
             return
-        state.pending.pop(response.nonce, None)
+        if state.pending is not None:
+            state.pending.pop(response.nonce, None)
+            if not state.pending:
+                state.pending = None
         names = {r.name for r in response.sent}
         state.answer = state.answer.union(names, response.removed_names)
         if response.type_url == ENDPOINT:
@@ -431,9 +436,12 @@ class DeltaStream(StreamCore):
         state = self._types[delta.type_url]
         state.version = delta.version
         state.nonce = nonce
-        state.pending[nonce] = delta.version
-        while len(state.pending) > PENDING_LIMIT:
-            del state.pending[next(iter(state.pending))]
+        pending = state.pending
+        if pending is None:
+            pending = state.pending = {}
+        pending[nonce] = delta.version
+        while len(pending) > PENDING_LIMIT:
+            del pending[next(iter(pending))]
         return delta_response(
             snapshot.selections,
             delta.type_url,

@@ -183,12 +183,12 @@ class SotwStream(StreamCore):
         state = self._types.get(type_url)
         nonce = request.response_nonce
         if state is not None and nonce and state.nonce and nonce != state.nonce:
-            self._events.append(StaleRequest(type_url, nonce, state.nonce))
+            self._event(StaleRequest(type_url, nonce, state.nonce))
             return []
         if state is not None and nonce and nonce == state.nonce:
             if request.HasField("error_detail"):
                 state.nacked_version = state.version
-                self._events.append(
+                self._event(
                     Nack(
                         type_url,
                         rejected_version=state.version,
@@ -199,7 +199,7 @@ class SotwStream(StreamCore):
                 )
             else:
                 state.acked_version = state.version
-                self._events.append(Ack(type_url, state.version, nonce))
+                self._event(Ack(type_url, state.version, nonce))
 
         first = state is None
         if state is None:

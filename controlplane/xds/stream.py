@@ -30,6 +30,10 @@ from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 _TYPE_URLS = {type_url: type_url for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
 
+_NONCES = tuple(str(counter) for counter in range(4096))
+"""The texts of the first nonces, shared by every stream: a stream keeps its newest
+nonce per type, and its counter stays low (one step per response it sends)."""
+
 
 class TooManyNames(ProtocolError):
     """A request subscribes to more names of one type than the stream allows."""
@@ -86,7 +90,8 @@ class StreamCore:
 
     Slotted, and the node is kept as its encoding: a server holds one core per
     connected proxy, and a decoded ``Node`` costs over a kilobyte (its own
-    protobuf arena) where its bytes cost what the client sent.
+    protobuf arena) where its bytes cost what the client sent. Events are held
+    in a list only between a request that makes some and :meth:`pop_events`.
     """
 
     __slots__ = ("_counter", "_events", "_fixed_type", "_lookup", "_node", "_snapshot", "max_names")
@@ -102,7 +107,7 @@ class StreamCore:
         self._node: bytes | None = None
         self._snapshot: Snapshot | None = None
         self._counter = 0
-        self._events: list[StreamEvent] = []
+        self._events: list[StreamEvent] | None = None
         self.max_names = 0
         """Names of one type a subscription may hold (0: no limit); set by the driver."""
 
@@ -182,8 +187,14 @@ class StreamCore:
 
     def pop_events(self) -> list[StreamEvent]:
         """ACKs, NACKs and stale requests seen since the last call."""
-        events, self._events = self._events, []
-        return events
+        events, self._events = self._events, None
+        return [] if events is None else events
+
+    def _event(self, event: StreamEvent) -> None:
+        if self._events is None:
+            self._events = [event]
+        else:
+            self._events.append(event)
 
     def _begin(self, request: Any) -> tuple[str, Snapshot]:
         """The request's type URL and the stream's snapshot, learning the node if new.
@@ -208,8 +219,8 @@ class StreamCore:
         return type_url, self._snapshot
 
     def _next_nonce(self) -> str:
-        self._counter += 1
-        return str(self._counter)
+        counter = self._counter = self._counter + 1
+        return _NONCES[counter] if counter < len(_NONCES) else str(counter)
 
     def _type_url_of(self, request: Any) -> str:
         given: str = request.type_url

@@ -4,6 +4,9 @@ holds one per proxy (see docs/performance.md, "Where the rest goes")."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import types
+from pathlib import Path
 from typing import Any
 
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -15,6 +18,7 @@ from controlplane.xds import CLUSTER, SnapshotCache
 from tests.server.support import eventually, read
 from tests.xds.resources import NODE, base_mesh
 
+PROJECT = str(Path(__file__).resolve().parents[2] / "controlplane")
 CONTEXT = ("stream", "peer", "service", "protocol")
 NODE_CONTEXT = ("node_id", "node_cluster", "key")
 
@@ -77,3 +81,35 @@ async def test_the_model_loaded_before_the_server_is_housekept_once_it_serves(mo
         assert runs == [1]
     finally:
         await server.stop(0)
+
+
+async def test_a_waiting_stream_runs_no_task_or_coroutine_of_its_own_beyond_the_handler(
+    cache_and_server, channel
+):
+    def ours() -> list[str]:
+        # Live coroutines of the project's code, and tasks that run them, by name.
+        gc.collect()
+        names = [
+            coroutine.__qualname__
+            for coroutine in gc.get_objects()
+            if isinstance(coroutine, types.CoroutineType)
+            and coroutine.cr_code.co_filename.startswith(PROJECT)
+        ]
+        tasks = [task.get_coro() for task in asyncio.all_tasks()]
+        names += [f"task {c.__qualname__}" for c in tasks if isinstance(c, types.CoroutineType)]
+        return names
+
+    before = ours()
+    calls = []
+    for _ in range(3):
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await call.write(cluster_request())
+        response = await read(call)
+        await call.write(cluster_request(response.nonce, response.version_info))
+        calls.append(call)
+    _, server = cache_and_server
+    await eventually(lambda: server.ads.stream_count == 3)
+    await asyncio.sleep(0.1)
+    assert sorted(ours()) == sorted([*before, *["AggregatedDiscoveryService.serve_call"] * 3])
+    for call in calls:
+        call.cancel()

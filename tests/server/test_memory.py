@@ -126,3 +126,17 @@ async def test_the_end_of_a_burst_runs_housekeeping_after_the_delay_whatever_the
     assert len(calls) == 2
     assert 0.04 <= calls[1] - asked < 0.1
     housekeeper.cancel()
+
+
+async def test_housekeeping_calls_what_it_was_given_to_release_before_collecting(monkeypatch):
+    order: list[str] = []
+    monkeypatch.setattr(
+        memory.Housekeeper, "run", staticmethod(lambda: order.append("collect") or 0)
+    )
+    housekeeper = memory.Housekeeper(asyncio.get_running_loop(), delay=0.01, interval=0.01)
+    housekeeper.also_release(lambda: order.append("bodies"))
+    housekeeper.soon()
+    await asyncio.sleep(0.05)
+    housekeeper.soon()
+    await asyncio.sleep(0.05)
+    assert order == ["bodies", "collect", "bodies", "collect"]

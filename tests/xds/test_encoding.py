@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from envoy.service.discovery.v3 import discovery_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controlplane.xds import CLUSTER, ENDPOINT, LISTENER, DeltaStream, SotwStream, encoding
 from controlplane.xds.encoding import delta_response, sotw_response
+from controlplane.xds.snapshot import Resource
 from tests.xds.resources import NODE, base_mesh
 
 S1 = base_mesh()
@@ -78,3 +81,35 @@ def test_encoded_bodies_stay_within_their_budget(monkeypatch):
     assert sotw_response(memo, CLUSTER, "v", lists[2], "2").body is bodies[2]
     assert sotw_response(memo, CLUSTER, "v", lists[0], "2").body is not bodies[0]
     assert sotw_response(memo, CLUSTER, "v", lists[0], "2").body == bodies[0]
+
+
+def test_released_bodies_are_built_again_equal_and_a_memo_in_use_keeps_working():
+    memo: dict = {}
+    resources = S1.resources(CLUSTER)
+    ordered = [resources[name] for name in sorted(resources)]
+    first = sotw_response(memo, CLUSTER, "v", ordered, "1").body
+    delta = delta_response(memo, CLUSTER, "v", ordered, ["gone"], "1").body
+    assert encoding.release_bodies() >= len(first) + len(delta)
+    again = sotw_response(memo, CLUSTER, "v", ordered, "2").body
+    assert again is not first
+    assert again == first
+    assert delta_response(memo, CLUSTER, "v", ordered, ["gone"], "2").body == delta
+    assert sotw_response(memo, CLUSTER, "v", ordered, "3").body is again
+    assert encoding.release_bodies() >= len(again)
+    assert encoding.release_bodies() == 0
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=_TEXT, type_url=_TEXT, digest=_TEXT, value=st.binary(max_size=300))
+def test_response_entries_are_byte_for_byte_what_protobuf_writes(name, type_url, digest, value):
+    resource = Resource(name, type_url, digest, value, frozenset())
+    sotw = discovery_pb2.DiscoveryResponse()
+    sotw.resources.add(type_url=type_url, value=value)
+    assert encoding.sotw_entry(resource) == sotw.SerializeToString(deterministic=True)
+    delta = discovery_pb2.DeltaDiscoveryResponse()
+    item = delta.resources.add(name=name, version=digest)
+    item.resource.type_url, item.resource.value = type_url, value
+    assert encoding.delta_entry(resource) == delta.SerializeToString(deterministic=True)

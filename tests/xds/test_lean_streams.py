@@ -9,6 +9,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds import CLUSTER, ENDPOINT, DeltaStream, SotwStream
 from controlplane.xds import delta as delta_module
+from controlplane.xds import stream as stream_module
+from controlplane.xds.stream import Ack, StaleRequest
 from tests.xds.resources import NODE, base_mesh
 
 S1 = base_mesh()
@@ -38,7 +40,7 @@ def test_an_ads_stream_keys_its_types_by_the_shared_type_url_constants(core_clas
     assert kept is CLUSTER
 
 
-def test_a_settled_delta_stream_holds_the_shared_empty_sets_and_emptied_pending_maps():
+def test_a_settled_delta_stream_holds_the_shared_empty_sets_and_no_pending_map():
     core = DeltaStream(lambda node: S1)
     first = discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER)
     first.node.CopyFrom(NODE)
@@ -59,8 +61,47 @@ def test_a_settled_delta_stream_holds_the_shared_empty_sets_and_emptied_pending_
     for type_url in (CLUSTER, ENDPOINT):
         state = core._types[type_url]
         assert state.answer is delta_module._NONE
-        assert state.pending == {}
-        assert state.pending.__sizeof__() == {}.__sizeof__()
+        assert state.pending is None
+    assert core.pop_events() == [
+        Ack(CLUSTER, cds.version, cds.nonce),
+        Ack(ENDPOINT, eds.version, eds.nonce),
+    ]
+    assert core._events is None
+
+
+def test_a_delta_nonce_sent_again_after_it_was_settled_is_stale():
+    core = DeltaStream(lambda node: S1)
+    first = discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER)
+    first.node.CopyFrom(NODE)
+    (cds,) = core.on_request(first)
+    ack = discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=cds.nonce)
+    assert core.on_request(ack) == []
+    assert core.on_request(ack) == []
+    assert core.pop_events() == [
+        Ack(CLUSTER, cds.version, cds.nonce),
+        StaleRequest(CLUSTER, cds.nonce, cds.nonce),
+    ]
+
+
+@pytest.mark.parametrize("core_class", [SotwStream, DeltaStream])
+def test_streams_share_the_texts_of_their_nonces(core_class):
+    cores = [core_class(lambda node: S1) for _ in range(2)]
+    nonces = []
+    for core in cores:
+        request = core_class.request_type(type_url=CLUSTER)
+        request.node.CopyFrom(NODE)
+        (response,) = core.on_request(request)
+        nonces.append(response.nonce)
+    assert nonces[0] == "1"
+    assert nonces[0] is nonces[1]
+    assert cores[0]._types[CLUSTER].nonce is cores[1]._types[CLUSTER].nonce
+
+
+def test_nonces_beyond_the_shared_texts_still_count_up():
+    core = SotwStream(lambda node: S1)
+    core._counter = len(stream_module._NONCES) - 1
+    assert core._next_nonce() == str(len(stream_module._NONCES))
+    assert core._next_nonce() == str(len(stream_module._NONCES) + 1)
 
 
 @pytest.mark.parametrize(
