@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import is_
 from types import MappingProxyType
 from typing import Any
@@ -36,7 +36,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import any_pb2
 
 from controlplane.errors import InconsistentSnapshotError
-from controlplane.translate.wire import Serialized, length_delimited, string_field
+from controlplane.translate.wire import Serialized
 from controlplane.xds.types import (
     CLUSTER,
     ENDPOINT,
@@ -111,46 +111,11 @@ class Resource:
     hash: str
     value: bytes
     references: frozenset[Reference]
-    _sotw_entry: bytes | None = field(default=None, repr=False)
-    _delta_entry: bytes | None = field(default=None, repr=False)
 
     @property
     def body(self) -> any_pb2.Any:
         """A new ``Any`` holding this resource, as it goes on the wire."""
         return any_pb2.Any(type_url=self.type_url, value=self.value)
-
-    def _any_bytes(self) -> bytes:
-        # The serialization of ``body``: field 1 (type_url), then field 2 (value),
-        # each left out when empty, as protobuf writes them.
-        return string_field(b"\x0a", self.type_url) + (
-            length_delimited(b"\x12", self.value) if self.value else b""
-        )
-
-    @property
-    def sotw_entry(self) -> bytes:
-        """This resource encoded as one entry of ``DiscoveryResponse.resources``."""
-        entry = self._sotw_entry
-        if entry is None:
-            entry = length_delimited(b"\x12", self._any_bytes())
-            object.__setattr__(self, "_sotw_entry", entry)
-        return entry
-
-    @property
-    def delta_entry(self) -> bytes:
-        """This resource encoded as one entry of ``DeltaDiscoveryResponse.resources``
-        (a ``Resource`` with ``version`` = its hash, the body and the name)."""
-        entry = self._delta_entry
-        if entry is None:
-            item = b"".join(
-                (
-                    string_field(b"\x0a", self.hash),
-                    length_delimited(b"\x12", self._any_bytes()),
-                    string_field(b"\x1a", self.name),
-                )
-            )
-            entry = length_delimited(b"\x12", item)
-            object.__setattr__(self, "_delta_entry", entry)
-        return entry
 
     @classmethod
     def from_message(cls, message: Any) -> Resource:
