@@ -408,19 +408,7 @@ def _read_clean(file: str, document: Document) -> Resource | None:
     converted = clean(spec, namespace, name) if clean is not None else None
     annotations = metadata.get("annotations")
     if converted is not None and not annotations:
-        labels = metadata.get("labels")
-        return Resource(
-            Meta(
-                kind,
-                namespace,
-                name,
-                file,
-                document.index,
-                document.line,
-                shared_labels(labels) if labels else (),
-            ),
-            converted,
-        )
+        return Resource(_meta(kind, namespace, name, file, document, metadata), converted)
     if converted is None and found.spec is None:
         return None  # the spec may not even pass the schema's check: the exact path decides
     report = Reporter(file, document.index, "")
