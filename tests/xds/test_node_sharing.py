@@ -113,7 +113,7 @@ def test_distinct_builds_beyond_the_table_budget_push_older_ones_out_and_still_d
     assert again._node_shared is connected(envoy_node("r", build="build-0"))._node_shared
 
 
-def test_a_node_with_an_unknown_group_field_is_kept_whole():
+def test_a_node_with_unknown_fields_decodes_back_with_them():
     node = envoy_node("a")
     # Field 99, start group / end group: the client may send fields this server does not know.
     wire = node.SerializeToString() + b"\x9b\x06\x9c\x06"
@@ -121,16 +121,16 @@ def test_a_node_with_an_unknown_group_field_is_kept_whole():
     request.node.MergeFromString(wire)
     core = SotwStream(lambda node: S1)
     core.on_request(request)
-    assert core._node_shared is None
+    # Unknown fields come last in the encoding, so they ride along with the shared part.
+    assert core._node_shared == connected(envoy_node("b"))._node_shared + b"\x9b\x06\x9c\x06"
     assert core.node == request.node
+    assert core.node != node
     assert core.node_id == "a"
 
 
 texts = st.text(max_size=12)
 nodes = st.builds(
-    lambda node_id, cluster, agent, version, features, extensions, meta, zone: _node(
-        node_id, cluster, agent, version, features, extensions, meta, zone
-    ),
+    lambda *fields: _node(*fields),
     texts,
     texts,
     texts,
@@ -139,10 +139,14 @@ nodes = st.builds(
     st.lists(st.tuples(texts, texts, st.lists(texts, max_size=3)), max_size=40),
     st.dictionaries(texts, st.one_of(texts, st.floats(allow_nan=False)), max_size=4),
     texts,
+    st.lists(st.integers(0, 65535), max_size=3),
+    st.dictionaries(texts, texts, max_size=3),
 )
 
 
-def _node(node_id, cluster, agent, version, features, extensions, meta, zone) -> base_pb2.Node:
+def _node(
+    node_id, cluster, agent, version, features, extensions, meta, zone, addresses, params
+) -> base_pb2.Node:
     node = base_pb2.Node(
         id=node_id, cluster=cluster, user_agent_name=agent, client_features=features
     )
@@ -159,6 +163,10 @@ def _node(node_id, cluster, agent, version, features, extensions, meta, zone) ->
             node.metadata.fields[key].number_value = value
     if zone:
         node.locality.zone = zone
+    for port in addresses:  # field 11, above the shared ones
+        node.listening_addresses.add().socket_address.port_value = port
+    for key, value in params.items():  # field 12
+        node.dynamic_parameters[key].params[key] = value
     return node
 
 
