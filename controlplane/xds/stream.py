@@ -9,6 +9,8 @@ for the driver to log. A request may subscribe to at most ``max_names`` names
 of one type (:class:`TooManyNames`; 0: no limit). A driver may hand requests over as received bytes
 (:meth:`StreamCore.on_wire`, after :meth:`StreamCore.shrink` when they must
 wait); a request that does not decode is the client's protocol error.
+:class:`~controlplane.xds.sotw.SotwStream` and
+:class:`~controlplane.xds.delta.DeltaStream` add the protocol itself.
 
 The node is kept as its encoding, split in two (:func:`split_node`): the
 fields every proxy of one build sends alike (its user agent, ``extensions``
@@ -17,8 +19,6 @@ interned in a byte-bounded table shared by all streams, and the node's own
 fields per stream. The parts hold disjoint fields, so decoding one after the
 other gives the node back. A node too small to be worth it, or whose shared
 part the table has since dropped, simply costs its stream all its bytes.
-:class:`~controlplane.xds.sotw.SotwStream` and
-:class:`~controlplane.xds.delta.DeltaStream` add the protocol itself.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ _SHARED_FIELDS = frozenset(
     )
 )
 """The Node fields alike for every proxy of one build."""
+_SHARED_ABOVE = max(_SHARED_FIELDS)
+# split_node finds them as one run between the own fields: no own field may be numbered amid them.
+assert frozenset(range(min(_SHARED_FIELDS), _SHARED_ABOVE + 1)) == _SHARED_FIELDS
 
 _SPLIT_FROM = 512
 """Nodes shorter than this (bytes) are kept whole: splitting would save next to nothing."""
@@ -84,10 +87,6 @@ def split_node(node: base_pb2.Node) -> tuple[bytes, bytes | None]:
     if above <= below or not (wire.startswith(own[:below]) and wire.endswith(own[below:])):
         return wire, None
     return own, _SHARED_PARTS.intern(wire[below:above])
-
-
-_SHARED_ABOVE = max(_SHARED_FIELDS)
-assert frozenset(range(min(_SHARED_FIELDS), _SHARED_ABOVE + 1)) == _SHARED_FIELDS
 
 
 def _fields_below(wire: bytes, number: int) -> int:
