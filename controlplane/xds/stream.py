@@ -11,6 +11,14 @@ of one type (:class:`TooManyNames`; 0: no limit). A driver may hand requests ove
 wait); a request that does not decode is the client's protocol error.
 :class:`~controlplane.xds.sotw.SotwStream` and
 :class:`~controlplane.xds.delta.DeltaStream` add the protocol itself.
+
+The node is kept as its encoding, split in two (:func:`split_node`): the
+fields every proxy of one build sends alike (its user agent, ``extensions``
+and ``client_features``: nearly all of an Envoy's 20 KB) as one bytes object
+interned in a byte-bounded table shared by all streams, and the node's own
+fields per stream. The parts hold disjoint fields, so decoding one after the
+other gives the node back. A node too small to be worth it, or whose shared
+part the table has since dropped, simply costs its stream all its bytes.
 """
 
 from __future__ import annotations
@@ -24,11 +32,81 @@ from google.protobuf.message import DecodeError
 
 from controlplane.errors import ProtocolError
 from controlplane.translate.wire import read_varint
+from controlplane.xds.interning import Interner, MiB
 from controlplane.xds.repeated_names import ShrunkRequest
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 _TYPE_URLS = {type_url: type_url for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
+
+_SHARED_FIELDS = frozenset(
+    base_pb2.Node.DESCRIPTOR.fields_by_name[name].number
+    for name in (
+        "user_agent_name",
+        "user_agent_version",
+        "user_agent_build_version",
+        "extensions",
+        "client_features",
+    )
+)
+"""The Node fields alike for every proxy of one build."""
+_SHARED_ABOVE = max(_SHARED_FIELDS)
+# split_node finds them as one run between the own fields: no own field may be numbered amid them.
+assert frozenset(range(min(_SHARED_FIELDS), _SHARED_ABOVE + 1)) == _SHARED_FIELDS
+
+_SPLIT_FROM = 512
+"""Nodes shorter than this (bytes) are kept whole: splitting would save next to nothing."""
+
+_SHARED_PARTS: Interner[bytes] = Interner(16 * MiB, len)
+"""The shared parts of nodes. Distinct builds are few; a client inventing new ones
+only pushes older parts out (their streams keep them, as they would whole nodes)."""
+
+
+def split_node(node: base_pb2.Node) -> tuple[bytes, bytes | None]:
+    """``node``'s encoding as (its own fields, its :data:`_SHARED_FIELDS` interned), or
+    ``(encoding, None)`` when it is kept whole.
+
+    The shared fields are not walked one by one (an Envoy lists 200 extensions): the
+    own fields are encoded apart, and the serializer writes fields in number order,
+    so the shared ones (numbers 6 to 10) are what lies between the own fields below
+    and above them (both encodings deterministic: map entries, as in ``metadata``,
+    in one order). Should that order not hold, the node is kept whole.
+    """
+    wire = node.SerializeToString(deterministic=True)
+    if len(wire) < _SPLIT_FROM:
+        return wire, None
+    own = base_pb2.Node(
+        **{
+            field.name: value
+            for field, value in node.ListFields()
+            if field.number not in _SHARED_FIELDS
+        }
+    ).SerializeToString(deterministic=True)
+    below = _fields_below(own, _SHARED_ABOVE)
+    above = len(wire) - (len(own) - below)
+    if above <= below or not (wire.startswith(own[:below]) and wire.endswith(own[below:])):
+        return wire, None
+    return own, _SHARED_PARTS.intern(wire[below:above])
+
+
+def _fields_below(wire: bytes, number: int) -> int:
+    """Where the first top-level field numbered above ``number`` starts in ``wire``."""
+    at = 0
+    while at < len(wire):
+        tag, after = read_varint(wire, at)
+        if tag >> 3 > number:
+            return at
+        kind = tag & 7
+        if kind == 2:
+            size, after = read_varint(wire, after)
+            after += size
+        elif kind == 0:
+            _, after = read_varint(wire, after)
+        else:  # fixed64 or fixed32: Node has neither, but skip them all the same
+            after += 8 if kind == 1 else 4
+        at = after
+    return at
+
 
 _NONCES = tuple(str(counter) for counter in range(4096))
 """The texts of the first nonces, shared by every stream: a stream keeps its newest
@@ -90,11 +168,21 @@ class StreamCore:
 
     Slotted, and the node is kept as its encoding: a server holds one core per
     connected proxy, and a decoded ``Node`` costs over a kilobyte (its own
-    protobuf arena) where its bytes cost what the client sent. Events are held
+    protobuf arena) where its own bytes cost what the client sent about itself
+    (its build's bytes are shared, see :func:`split_node`). Events are held
     in a list only between a request that makes some and :meth:`pop_events`.
     """
 
-    __slots__ = ("_counter", "_events", "_fixed_type", "_lookup", "_node", "_snapshot", "max_names")
+    __slots__ = (
+        "_counter",
+        "_events",
+        "_fixed_type",
+        "_lookup",
+        "_node",
+        "_node_shared",
+        "_snapshot",
+        "max_names",
+    )
 
     def __init__(
         self,
@@ -105,6 +193,9 @@ class StreamCore:
         self._lookup: Callable[[base_pb2.Node], Snapshot] | None = snapshot_lookup
         self._fixed_type = type_url
         self._node: bytes | None = None
+        """The node's own fields (or all of it, see :func:`split_node`)."""
+        self._node_shared: bytes | None = None
+        """The node's interned shared fields, if split."""
         self._snapshot: Snapshot | None = None
         self._counter = 0
         self._events: list[StreamEvent] | None = None
@@ -115,7 +206,12 @@ class StreamCore:
     def node(self) -> base_pb2.Node | None:
         """The node of the stream's first request (``None`` before it arrives), decoded
         anew on each access (for logs and admin pages, not for the push path)."""
-        return None if self._node is None else base_pb2.Node.FromString(self._node)
+        if self._node is None:
+            return None
+        node = base_pb2.Node.FromString(self._node)
+        if self._node_shared is not None:
+            node.MergeFromString(self._node_shared)
+        return node
 
     @property
     def has_node(self) -> bool:
@@ -209,7 +305,7 @@ class StreamCore:
                 raise ProtocolError("client", "the first request of a stream must carry node")
             node = base_pb2.Node()
             node.CopyFrom(request.node)
-            self._node = node.SerializeToString()
+            self._node, self._node_shared = split_node(node)
             assert self._lookup is not None
             self._snapshot = self._lookup(node)
             # Used once. A driver's lookup is usually its own bound method, and holding
