@@ -52,6 +52,7 @@ from controlplane.model import (
     Endpoint,
     Gateway,
     Labels,
+    Locality,
     Mesh,
     Resolution,
     RouteDestination,
@@ -310,6 +311,70 @@ def _entry_services(resource: Resource, selected: Sequence[Resource]) -> tuple[S
     )
 
 
+MAX_LOCALITY_WEIGHT = 2**32 - 1
+"""Envoy sums the weights of a locality's endpoints into a uint32 and rejects more."""
+
+
+def _weight_overflows(
+    resource: Resource,
+    selected: Sequence[Resource],
+    service: Service,
+    changed: frozenset[str] | None,
+) -> list[Finding]:
+    """PF213 for each locality of ``service`` whose endpoints' weights sum past
+    :data:`MAX_LOCALITY_WEIGHT`, blamed on the heaviest endpoint's document (one in
+    the change being applied first): Envoy would reject the whole EDS update."""
+    spec = resource.spec
+    inline = spec.endpoints if isinstance(spec, ServiceEntrySpec) else ()
+    # Nearly every service is far below the limit whatever its ports and localities.
+    workloads = _workload_specs(selected)
+    bound = sum(max(w.weight, 1) for w in inline) + sum(max(w.weight, 1) for w in workloads)
+    if bound <= MAX_LOCALITY_WEIGHT:
+        return []
+    sources: list[tuple[WorkloadSpec, Meta, Path]] = [
+        (w, resource.meta, ("spec", "endpoints", i, "weight")) for i, w in enumerate(inline)
+    ]
+    sources += [(w, r.meta, ("spec", "weight")) for w, r in zip(workloads, selected, strict=True)]
+    findings: dict[tuple[str, int, Path], Finding] = {}
+    for port, endpoints in service.endpoints:
+        sums: dict[Locality, int] = defaultdict(int)
+        counts: dict[Locality, int] = defaultdict(int)
+        for endpoint in endpoints:
+            sums[endpoint.locality] += max(endpoint.weight, 1)
+            counts[endpoint.locality] += 1
+        for locality, total in sums.items():
+            if total <= MAX_LOCALITY_WEIGHT:
+                continue
+            addresses = {e.address for e in endpoints if e.locality == locality}
+            weight, meta, path = min(
+                (
+                    (w.weight, meta, path)
+                    for w, meta, path in sources
+                    if w.locality == locality and w.address in addresses
+                ),
+                key=lambda c: (
+                    changed is not None and c[1].file not in changed,
+                    -c[0],
+                    c[1].file,
+                    c[1].doc,
+                    repr(c[2]),
+                ),
+            )
+            findings.setdefault(
+                (meta.file, meta.doc, path),
+                _finding(
+                    "PF213",
+                    meta,
+                    path,
+                    f"the weights of the {counts[locality]} endpoints of {service.host} port "
+                    f"{port} in locality {str(locality) or '(none)'} sum to {total}, past "
+                    f"{MAX_LOCALITY_WEIGHT}: Envoy would reject the whole update; this "
+                    f"endpoint's weight is {weight}",
+                ),
+            )
+    return list(findings.values())
+
+
 _CLUSTER_SUFFIX = ".svc.cluster.local"
 
 
@@ -458,6 +523,7 @@ class MeshBuilder:
         self._host_candidates: dict[str, dict[Key, Service]] = defaultdict(dict)
         self._services: dict[str, Service] = {}
         self._host_conflicts: dict[str, list[Finding]] = {}
+        self._weight_findings: dict[Key, list[Finding]] = {}
         self._wildcards: tuple[str, ...] = ()
         # destination rules: per key, then per canonical host
         self._dr: dict[Key, tuple[Resource, DestinationPolicy]] = {}
@@ -505,7 +571,7 @@ class MeshBuilder:
             keys = readers.get(bucket)
             if keys:
                 service_keys |= keys
-        hosts_touched = self._update_services(service_keys)
+        hosts_touched = self._update_services(service_keys, changed)
         changed_hosts, membership = self._resolve_hosts(hosts_touched, changed)
         wildcards = self._wildcards
         if membership:
@@ -562,6 +628,7 @@ class MeshBuilder:
         findings = list(dup_findings)
         for group in (
             self._host_conflicts,
+            self._weight_findings,
             self._policy_conflicts,
             self._policy_checks,
             self._vs_findings,
@@ -665,7 +732,7 @@ class MeshBuilder:
 
     # -- services ------------------------------------------------------------------------
 
-    def _update_services(self, keys: set[Key]) -> set[str]:
+    def _update_services(self, keys: set[Key], changed: frozenset[str] | None) -> set[str]:
         touched: set[str] = set()
         resolved = self._resolved
         # Without duplicates every indexed workload is the one definition of its key,
@@ -686,6 +753,7 @@ class MeshBuilder:
                 readers[bucket].discard(key)
             resource = resolved(key)
             if resource is None:
+                self._weight_findings.pop(key, None)
                 continue
             spec = resource.spec
             selector = (
@@ -707,6 +775,11 @@ class MeshBuilder:
                 built = (_kube_service(resource, selected),)
             else:
                 built = _entry_services(resource, selected)
+            overflows = _weight_overflows(resource, selected, built[0], changed) if built else []
+            if overflows:
+                self._weight_findings[key] = overflows
+            else:
+                self._weight_findings.pop(key, None)
             built_before[key] = (resource, selected, built)
             for service in built:
                 candidates[service.host][key] = service

@@ -103,6 +103,12 @@ CODES: dict[str, Code] = _codes(
     ),
     Code("PF211", "policy-conflict", E, "Two DestinationRules name the same host."),
     Code("PF212", "translation-failed", E, "The file's resources cannot be translated."),
+    Code(
+        "PF213",
+        "endpoint-weights-overflow",
+        E,
+        "A service's endpoint weights in one locality sum past 4294967295 (Envoy's uint32).",
+    ),
 )
 
 
