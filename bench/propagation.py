@@ -157,6 +157,21 @@ def tree_cpu(pid: int) -> dict[int, float]:
     return out
 
 
+def thread_cpu(pid: int) -> collections.Counter[str]:
+    """CPU seconds of ``pid``'s threads, summed by thread name (``comm``): the main
+    thread is the event loop, gRPC's own threads read and write the sockets."""
+    out: collections.Counter[str] = collections.Counter()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                with open(f"{entry.path}/stat") as f:
+                    head, _, tail = f.read().rpartition(")")
+                fields = tail.split()
+                name = "main" if entry.name == str(pid) else head.partition("(")[2]
+                out[name] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its live descendants (from /proc)."""
     children: dict[int, list[int]] = collections.defaultdict(list)
@@ -671,6 +686,8 @@ class EditResult:
     errors: dict[str, int]
     client_cpu: float = 0.0
     """CPU of the client processes (every thread) from arming until all applied."""
+    sent: dict[str, list[int]] = field(default_factory=dict)
+    """Bytes each stream wrote in answer to the update (its ACK), by protocol."""
     foreign: float = 0.0
     wall: float = 0.0
     rss: int = 0
@@ -695,6 +712,10 @@ class Outcome:
     workers: int = 1
     """``pilotfish serve --workers``: the server's figures sum its processes."""
     per_channel: int = 0
+    peer_sized: list[EditResult] = field(default_factory=list)
+    """The peer again, each client acking with as many bytes as the xDS client in its
+    place sent to ACK the update (``ack_bytes``)."""
+    ack_bytes: dict[str, int] = field(default_factory=dict)
     peer_rss_held: int = 0
     """The peer's RSS once its streams are connected and it is quiet (``peer_rss`` is its peak)."""
 
@@ -735,6 +756,7 @@ def connect(
     client: str,
     args: argparse.Namespace,
     timeout: float,
+    mirrors: list[list[str]] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     start = time.time()
     commands = [
@@ -742,12 +764,13 @@ def connect(
             "op": "connect",
             "target": target,
             "protocols": protocols,
+            "mirrors": mirrors[i] if mirrors else None,
             "client": client,
             "per_channel": args.per_channel,
             "sync_concurrency": args.sync_concurrency,
             "timeout": timeout,
         }
-        for protocols in plan
+        for i, protocols in enumerate(plan)
     ]
     replies = workers.ask(commands, timeout + 60)
     return replies, start
@@ -763,6 +786,7 @@ def run_edits(
     profiler: Profiler | PerfProfiler | None = None,
     server: Server | None = None,
     interval: float = 0.0,
+    acks: dict[str, int] | None = None,
 ) -> list[EditResult]:
     results = []
     pid = proc.pid
@@ -774,20 +798,23 @@ def run_edits(
         time.sleep(max(0.0, last + interval - time.monotonic()))
         last = time.monotonic()
         target = arm(attempt)
-        workers.ask_all({"op": "arm", "target": target}, 60)
+        workers.ask_all({"op": "arm", "target": target, "acks": acks}, 60)
         if profiler is not None:
             profiler.start("push")
         cpu0 = proc_stats(pid).cpu
         split0 = tree_cpu(pid)
+        threads0 = thread_cpu(pid)
         offset = server.log_offset() if server is not None else 0
         meter = LoadMeter()
         t0 = time.time()
         fire(attempt)
         replies = workers.ask_all({"op": "collect", "timeout": timeout}, timeout + 60)
         foreign, wall = meter.foreign()
+        threads_applied = thread_cpu(pid)
         if profiler is not None:
             profiler.switch("after")
         wait_quiet(pid)
+        threads_quiet = thread_cpu(pid)
         if profiler is not None:
             profiler.stop()
         after = proc_stats(pid)
@@ -800,6 +827,7 @@ def run_edits(
         result = EditResult(
             latencies=latencies,
             bytes=merge(replies, "bytes"),
+            sent=merge(replies, "sent"),
             responses=merge(replies, "responses"),
             applied=sum(a is not None for v in applied.values() for a in v),
             armed=armed,
@@ -822,6 +850,16 @@ def run_edits(
             log(
                 f"    first applied +{ms(min(everything, default=math.nan))}; server: "
                 + server.timeline(offset, t0)
+            )
+        if len(split0) == 1:
+            log(
+                "    server CPU by thread, until every stream applied (then until quiet): "
+                + ", ".join(
+                    f"{name} {threads_applied[name] - threads0[name]:.2f}"
+                    f" ({threads_quiet[name] - threads_applied[name]:.2f})"
+                    for name in sorted(threads_quiet, key=lambda n: threads0[n] - threads_quiet[n])
+                    if threads_quiet[name] - threads0[name] >= 0.01
+                )
             )
         if len(split0) > 1:  # serve --workers: the CPU of the edit per process
             split = tree_cpu(pid)
@@ -975,6 +1013,10 @@ def run_n(
         )
         final = proc_stats(server.pid)
         outcome.hwm, outcome.cpu_total = final.hwm, final.cpu
+        outcome.ack_bytes = {
+            protocol: round(statistics.median(b for r in outcome.edits for b in r.sent[protocol]))
+            for protocol in outcome.edits[0].sent
+        }
         describe_edits("xDS ", outcome.edits, lines)
         lines.append(
             f"  server: peak RSS (VmHWM) {size(final.hwm)}, RSS now {size(final.rss)}, "
@@ -1017,7 +1059,7 @@ def run_n(
             log(f"  peer: connecting {n} fan-out streams")
             fanout_plan = [["fanout"] * len(p) for p in plan]
             replies, _ = connect(
-                workers, fanout_plan, f"127.0.0.1:{peer.port}", "light", args, sync_timeout
+                workers, fanout_plan, f"127.0.0.1:{peer.port}", "light", args, sync_timeout, plan
             )
             ready = sum(r["ready"] for r in replies)
             wait_quiet(peer.proc.pid)
@@ -1039,12 +1081,32 @@ def run_n(
             )
             stats = proc_stats(peer.proc.pid)
             outcome.peer_rss, outcome.peer_cpu = stats.hwm, stats.cpu - cpu0
+            if args.per_channel == 1 and outcome.ack_bytes:
+                # The same fan-out, each client now acking with as many bytes as the
+                # xDS client in its place sent to ACK the update: the floor for the
+                # same traffic both ways, not only for the pushes.
+                log(f"  peer, xDS-sized acks: {outcome.ack_bytes} bytes by protocol")
+                outcome.peer_sized = run_edits(
+                    workers,
+                    peer.proc,
+                    args.edits,
+                    update_timeout,
+                    arm_peer,
+                    fire_peer,
+                    acks=outcome.ack_bytes,
+                )
             lines.append(
                 f"  peer (bare grpc.aio fan-out, {ready}/{n} streams): RSS held "
                 f"{size(outcome.peer_rss_held)}, peak RSS {size(stats.hwm)}, CPU for "
                 f"{args.edits} fan-outs {outcome.peer_cpu:.2f} s"
             )
             describe_edits("peer", outcome.peer, lines)
+            if outcome.peer_sized:
+                lines.append(
+                    "  peer with xDS-sized acks (bytes by the protocol of the xDS stream in "
+                    f"each place: {outcome.ack_bytes}):"
+                )
+                describe_edits("peer", outcome.peer_sized, lines)
             workers.ask_all({"op": "close"}, 120)
         finally:
             peer.stop()
@@ -1195,7 +1257,7 @@ def connection_table(outcomes: list[Outcome]) -> list[str]:
         "clients; RSS held = once every stream is connected and the server is quiet):",
         f"{'streams':>8} {'p50':>8} {'p99 med':>8} {'p99 worst':>9} {'RSS held':>10} | "
         f"{'peer p50':>8} {'peer p99':>8} {'peer RSS':>10} | {'p50 x':>6} {'p99 x':>6} "
-        f"{'RSS x':>6} | targets",
+        f"{'RSS x':>6} | {'sized p99':>9} {'p99 x':>6} | targets",
     ]
     for o in rows:
         p50, p99, worst = summarize(o.edits)
@@ -1216,12 +1278,18 @@ def connection_table(outcomes: list[Outcome]) -> list[str]:
                 under = value < limit
                 shown = ms(limit) if name == "p99" else size(limit)
                 verdicts.append(f"{name} {'<' if under else '>='} {shown}")
+        s99 = summarize(o.peer_sized)[1] if o.peer_sized else math.nan
         lines.append(
             f"{o.streams:>8} {ms(p50):>8} {ms(p99):>8} {ms(worst):>9} {size(o.rss_held):>10} | "
             f"{ms(q50):>8} {ms(q99):>8} {size(o.peer_rss_held):>10} | "
             f"{times(p50 / q50 if q50 > 0 else math.nan):>6} {times(p99_ratio):>6} "
-            f"{times(rss_ratio):>6}"
+            f"{times(rss_ratio):>6} | {ms(s99):>9} {times(p99 / s99 if s99 > 0 else math.nan):>6}"
             f" | {', '.join(verdicts)}"
+        )
+    if any(o.peer_sized for o in rows):
+        lines.append(
+            "sized p99: the same peer, each client acking with as many bytes as the xDS "
+            "client in its place sent to ACK the update (a SotW EDS ACK repeats every name)"
         )
     return lines
 

@@ -432,15 +432,19 @@ class CoreClient:
 
 
 class FanoutClient:
-    """A stream of the bare fan-out peer: hello, welcome, then ``seq:<n>`` and acks."""
+    """A stream of the bare fan-out peer: hello, welcome, then ``seq:<n>`` and acks.
+
+    The ack is 3 bytes, or ``ack`` when the bench sets it: as many bytes as the xDS
+    client in the same place sent to ACK the update (see ``Worker.arm``)."""
 
     method = FANOUT_SUBSCRIBE
     protocol = "fanout"
-    __slots__ = ("ready", "target")
+    __slots__ = ("ack", "ready", "target")
 
     def __init__(self) -> None:
         self.ready = False
         self.target: Target | int | None = None
+        self.ack = ACK
 
     def start(self) -> list[bytes]:
         return [b"hello"]
@@ -450,16 +454,28 @@ class FanoutClient:
             self.ready = True
             return [], False
         seq = int(raw.split(b";", 1)[0].removeprefix(b"seq:"))
-        return [b"ack"], isinstance(self.target, int) and seq == self.target
+        return [self.ack], isinstance(self.target, int) and seq == self.target
 
 
 # --------------------------------------------------------------------------- the worker
+
+
+ACK = b"ack"
+
+
+def sized_ack(size: int) -> bytes:
+    """A fan-out ack of ``size`` bytes (at least the 3 of ``ack``)."""
+    return ACK.ljust(size, b".")
 
 
 @dataclass(slots=True)
 class _Slot:
     client: Any
     protocol: str
+    mirror: str = ""
+    """For a fan-out stream: the protocol of the xDS stream in the same place."""
+    sent: int = 0
+    """Bytes this stream wrote in answer to what it received since armed."""
     ready_at: float | None = None
     applied_at: float | None = None
     init_bytes: int = 0
@@ -503,6 +519,7 @@ class Worker:
         phase.started = time.time()
         slots = asyncio.Semaphore(int(spec["sync_concurrency"]))
         protocols: list[str] = spec["protocols"]
+        mirrors: list[str] = spec.get("mirrors") or protocols
         phase.waiting = len(protocols)
         for i, protocol in enumerate(protocols):
             if i % int(spec["per_channel"]) == 0:
@@ -517,7 +534,7 @@ class Worker:
                 client = CoreClient(node, protocol)
             else:
                 client = (SotwLight if protocol == "sotw" else DeltaLight)(node, self.memo)
-            slot = _Slot(client, protocol)
+            slot = _Slot(client, protocol, mirrors[i])
             phase.slots.append(slot)
             phase.tasks.append(
                 asyncio.create_task(self._run(phase, phase.channels[-1], slot, slots))
@@ -540,13 +557,19 @@ class Worker:
             "memo": {"decodes": self.memo.decodes, "hits": self.memo.hits},
         }
 
-    def arm(self, target: Target | int) -> dict[str, Any]:
+    def arm(self, target: Target | int, acks: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """Arm every stream for ``target``; with ``acks`` (bytes by protocol), each
+        fan-out stream acks with as many bytes as ``acks`` gives its mirror, else 3."""
         phase = self.phase
         assert phase is not None
         phase.settled.clear()
         phase.armed = True
         phase.waiting = 0
+        payloads = {p: sized_ack(n) for p, n in (acks or {}).items()}
         for slot in phase.slots:
+            if isinstance(slot.client, FanoutClient):
+                slot.client.ack = payloads.get(slot.mirror, ACK)
+            slot.sent = 0
             slot.bytes = 0
             slot.applied_at = None
             slot.responses = 0
@@ -574,6 +597,7 @@ class Worker:
             "cpu": settled - phase.cpu_armed,
             "applied_at": [s.applied_at for s in armed],
             "bytes": [s.bytes for s in armed],
+            "sent": [s.sent for s in armed],
             "responses": [s.responses for s in armed],
             "protocols": [s.protocol for s in armed],
             "errors": dict(collections.Counter(s.error for s in armed if s.error is not None)),
@@ -622,6 +646,8 @@ class Worker:
                 await asyncio.sleep(0)
                 for request in requests:
                     await call.write(request)
+                    if phase.armed:
+                        slot.sent += len(request)
                 slot.responses += 1
                 if slot.ready_at is None:
                     slot.init_bytes += len(raw)
@@ -663,7 +689,7 @@ async def _serve(conn: Any, index: int) -> None:
         if op == "connect":
             reply = await worker.connect(command)
         elif op == "arm":
-            reply = worker.arm(command["target"])
+            reply = worker.arm(command["target"], command.get("acks"))
         elif op == "collect":
             reply = await worker.collect(float(command["timeout"]))
         elif op == "close":
