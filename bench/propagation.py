@@ -1015,7 +1015,7 @@ def run_n(
         outcome.hwm, outcome.cpu_total = final.hwm, final.cpu
         outcome.ack_bytes = {
             protocol: round(statistics.median(b for r in outcome.edits for b in r.sent[protocol]))
-            for protocol in outcome.edits[0].sent
+            for protocol in (outcome.edits[0].sent if outcome.edits else {})
         }
         describe_edits("xDS ", outcome.edits, lines)
         lines.append(
