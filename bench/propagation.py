@@ -40,7 +40,15 @@ channel, so one TCP connection, per stream, the peer beside it on the same
 client processes, and prints a table of the two side by side: p50 and p99
 from file write to applied, the RSS each server holds once every stream is
 connected and it is quiet, the ratios, and the issue's targets (within 1.2x
-of the peer; under 1.5 s and 512 MiB where the peer itself is).
+of the peer; under 1.5 s and 512 MiB where the peer itself is). The peer then
+runs the same edits again with each client acking with as many bytes as the
+xDS client in its place sent to ACK the update (a SotW EDS ACK repeats its
+3,000 names: 150 KB; a delta ACK is 71 bytes): the floor for the same traffic
+both ways, printed as ``sized p99`` beside the rest.
+
+After each edit the server's CPU is also split by thread (``/proc/<pid>/task``):
+the event loop (``main``) and gRPC's own threads (``event_engine``: socket
+reads and writes), until every stream applied the update and then until quiet.
 
 ``--perf`` records the whole machine with ``perf record`` (every process,
 kernel included) during each push and prints where the two cores went, by
