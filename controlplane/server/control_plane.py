@@ -449,6 +449,8 @@ class ControlPlane:
         # A collection would hold the GIL the reload needs: not while one is due.
         watcher = self._watcher
         self._server.ads.housekeeper.hold_while(lambda: watcher.busy)
+        # Read again only for diagnostics and the state directory: compressed once quiet.
+        self._server.ads.housekeeper.also_release(self.store.pack_texts)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop watching, stop accepting streams, let in-flight sends finish within ``grace``."""

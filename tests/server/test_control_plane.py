@@ -219,3 +219,28 @@ def test_classes_of_one_view_share_cluster_tables_and_an_edit_of_routes_keeps_th
             assert after[proxy.key].resources(url) is before[proxy.key].resources(url)
         fresh = Snapshot.from_resources(translate(edited, proxy))
         assert after[proxy.key].versions == fresh.versions
+
+
+async def test_housekeeping_packs_the_texts_the_store_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory.Housekeeper, "run", staticmethod(lambda: 0))
+    text = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n"
+    (tmp_path / "web.yaml").write_text(text)
+    plane = ControlPlane(ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0"))
+    await plane.start()
+    try:
+        (version,) = plane.store._state.accepted.values()
+        assert version.body == text
+        assert plane._server is not None
+        housekeeper = plane._server.ads.housekeeper
+        runs = housekeeper.runs
+        housekeeper.soon()
+        for _ in range(100):
+            if housekeeper.runs > runs:
+                break
+            await asyncio.sleep(0.05)
+        assert isinstance(version.body, bytes)
+        assert version.text == text
+    finally:
+        await plane.stop(grace=0.1)

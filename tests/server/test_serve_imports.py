@@ -1,4 +1,5 @@
-"""What a `pilotfish serve` process imports: the server and nothing of the other commands."""
+"""What a `pilotfish serve` process imports: the server and nothing of the other commands,
+nor PyYAML while every file takes the fast path (controlplane.config.yamlexact)."""
 
 import json
 import subprocess
@@ -11,12 +12,12 @@ from tests.agents.live_support import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs `pilotfish serve` in-process; once its xDS port accepts connections, prints
-# which of the modules it must not hold it has imported, then stops it (SIGTERM).
+# which of the packages named in argv[4] it has imported, then stops it (SIGTERM).
 CHILD = textwrap.dedent(
     """
     import json, os, signal, socket, sys, threading, time
 
-    FORBIDDEN = tuple(f"{m}." for m in ("controlplane.demo", "agents", "selenium", "pytest"))
+    FORBIDDEN = tuple(f"{m}." for m in json.loads(sys.argv[4]))
 
     def report(port):
         deadline = time.monotonic() + 60
@@ -39,11 +40,47 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_serve_imports_neither_the_demo_nor_the_agents_nor_test_tools(tmp_path):
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: 8080
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: web-0
+  namespace: shop
+spec:
+  address: 10.0.0.1
+  labels:
+    app: web
+"""
+
+
+def held_by_serve(tmp_path: Path, files: dict[str, str], packages: list[str]) -> list[str]:
+    """Which of ``packages`` (and their submodules) a serve of ``files`` has imported."""
     config_dir = tmp_path / "mesh"
     config_dir.mkdir()
+    for name, text in files.items():
+        (config_dir / name).write_text(text)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(config_dir), str(tmp_path / "state"), str(free_port())],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(config_dir),
+            str(tmp_path / "state"),
+            str(free_port()),
+            json.dumps(packages),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -52,4 +89,25 @@ def test_serve_imports_neither_the_demo_nor_the_agents_nor_test_tools(tmp_path):
     )
     lines = done.stdout.strip().splitlines()
     assert lines, done.stderr[-2000:]
-    assert json.loads(lines[-1]) == []
+    held: list[str] = json.loads(lines[-1])
+    return held
+
+
+def test_serve_imports_neither_the_demo_nor_the_agents_nor_test_tools(tmp_path):
+    assert held_by_serve(tmp_path, {}, ["controlplane.demo", "agents", "selenium", "pytest"]) == []
+
+
+def test_serve_of_files_on_the_fast_path_leaves_pyyaml_unimported(tmp_path):
+    assert (
+        held_by_serve(tmp_path, {"web.yaml": SERVICE}, ["yaml", "controlplane.config.yamlexact"])
+        == []
+    )
+
+
+def test_a_file_only_the_exact_path_reads_imports_pyyaml(tmp_path):
+    # An anchor sends the file the exact way: the check above can see PyYAML.
+    anchored = SERVICE.replace("    app: web\n  ports", "    app: &app web\n  ports", 1)
+    held = held_by_serve(
+        tmp_path, {"web.yaml": anchored}, ["yaml", "controlplane.config.yamlexact"]
+    )
+    assert "yaml" in held and "controlplane.config.yamlexact" in held
