@@ -61,6 +61,7 @@ from controlplane.server.http_admin import HttpAdmin
 from controlplane.server.peers import AggregatingAdmin, Peers, WorkerSlot
 from controlplane.server.stats import RELOAD_BUCKETS, Histogram
 from controlplane.translate import ProxyClass, ProxyRole
+from controlplane.translate.resources import forget_lookups
 from controlplane.translate.translator import FORK_MIN_SERVICES, Translator
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.load_reports import LoadReports
@@ -451,6 +452,7 @@ class ControlPlane:
         self._server.ads.housekeeper.hold_while(lambda: watcher.busy)
         # Read again only for diagnostics and the state directory: compressed once quiet.
         self._server.ads.housekeeper.also_release(self.store.pack_texts)
+        self._server.ads.housekeeper.also_release(forget_lookups)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop watching, stop accepting streams, let in-flight sends finish within ``grace``."""
