@@ -34,7 +34,6 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import timedelta
-from importlib import resources
 from pathlib import PurePath
 from typing import Any, Protocol
 
@@ -288,9 +287,18 @@ class HttpAdmin:
         """Workers: this worker's metrics text -> every worker's (see controlplane.server.peers)."""
         self.parts = Parts(source)
         self._feed: DashboardFeed | None = None
-        self._page = (
-            resources.files("controlplane.server").joinpath("dashboard.html").read_text("utf-8")
-        )
+        self._page_text: str | None = None
+
+    @property
+    def _page(self) -> str:
+        """The dashboard's page, read at its first request: importlib.resources (and the
+        zipfile module it brings) stays out of a server whose dashboard nobody opens."""
+        if self._page_text is None:
+            from importlib import resources
+
+            page = resources.files("controlplane.server").joinpath("dashboard.html")
+            self._page_text = page.read_text("utf-8")
+        return self._page_text
 
     @property
     def feed(self) -> DashboardFeed:

@@ -1,5 +1,7 @@
 """What a `pilotfish serve` process imports: the server and nothing of the other commands,
-nor PyYAML while every file takes the fast path (controlplane.config.yamlexact)."""
+nor, while every file takes the fast path and is valid, what only the exact YAML path
+(PyYAML, controlplane.config.yamlexact), a diagnostic's suggestion (difflib) or the
+dashboard's page (importlib.resources) needs."""
 
 import json
 import subprocess
@@ -97,17 +99,23 @@ def test_serve_imports_neither_the_demo_nor_the_agents_nor_test_tools(tmp_path):
     assert held_by_serve(tmp_path, {}, ["controlplane.demo", "agents", "selenium", "pytest"]) == []
 
 
-def test_serve_of_files_on_the_fast_path_leaves_pyyaml_unimported(tmp_path):
-    assert (
-        held_by_serve(tmp_path, {"web.yaml": SERVICE}, ["yaml", "controlplane.config.yamlexact"])
-        == []
-    )
+# Imported on first use only (see the module docstring).
+LAZY = ["yaml", "controlplane.config.yamlexact", "difflib", "importlib.resources"]
+
+
+def test_serve_of_valid_files_on_the_fast_path_imports_none_of_the_lazy_modules(tmp_path):
+    assert held_by_serve(tmp_path, {"web.yaml": SERVICE}, LAZY) == []
 
 
 def test_a_file_only_the_exact_path_reads_imports_pyyaml(tmp_path):
     # An anchor sends the file the exact way: the check above can see PyYAML.
     anchored = SERVICE.replace("    app: web\n  ports", "    app: &app web\n  ports", 1)
-    held = held_by_serve(
-        tmp_path, {"web.yaml": anchored}, ["yaml", "controlplane.config.yamlexact"]
-    )
-    assert "yaml" in held and "controlplane.config.yamlexact" in held
+    held = held_by_serve(tmp_path, {"web.yaml": anchored}, LAZY)
+    assert set(held) & set(LAZY) == {"controlplane.config.yamlexact", "yaml"}
+
+
+def test_a_misspelt_field_imports_what_its_diagnostic_needs(tmp_path):
+    # The suggestion ("did you mean 'ports'?") and the diagnostic's line (the exact path).
+    misspelt = SERVICE.replace("  ports:", "  prots:", 1)
+    held = held_by_serve(tmp_path, {"web.yaml": misspelt}, LAZY)
+    assert set(held) & set(LAZY) == {"controlplane.config.yamlexact", "difflib", "yaml"}
