@@ -49,10 +49,10 @@ from prometheus_client.registry import Collector
 
 from controlplane.model import Mesh
 from controlplane.server.admin import ConfigView
+from controlplane.server.admin_errors import AdminStartError as AdminStartError
 from controlplane.server.ads import AggregatedDiscoveryService
 from controlplane.server.dashboard import DashboardFeed, Parts
 from controlplane.server.grpc_server import (
-    AddressInUseError,
     ServerStartError,
     check_address,
     split_address,
@@ -67,14 +67,6 @@ KEEPALIVE = 15.0
 """Seconds between comments on an idle event stream (proxies close silent connections)."""
 _CLOSED_CHECK = 1.0
 """Seconds between checks that an event stream's browser is still there."""
-
-
-class AdminStartError(ServerStartError):
-    """The HTTP admin address cannot be used."""
-
-    def __init__(self, cause: ServerStartError) -> None:
-        super().__init__(str(cause))
-        self.in_use = isinstance(cause, AddressInUseError)
 
 
 class Source(Protocol):

@@ -37,7 +37,7 @@ CHILD = textwrap.dedent(
     threading.Thread(target=report, args=(port,), daemon=True).start()
     from controlplane.cli import main
     sys.exit(main(["serve", "--config-dir", config_dir, "--state-dir", state_dir,
-                   "--xds-address", f"127.0.0.1:{port}", "--admin-address", "127.0.0.1:0"]))
+                   "--xds-address", f"127.0.0.1:{port}", "--admin-address", sys.argv[5]]))
     """
 )
 
@@ -67,7 +67,9 @@ spec:
 """
 
 
-def held_by_serve(tmp_path: Path, files: dict[str, str], packages: list[str]) -> list[str]:
+def held_by_serve(
+    tmp_path: Path, files: dict[str, str], packages: list[str], admin: str = "127.0.0.1:0"
+) -> list[str]:
     """Which of ``packages`` (and their submodules) a serve of ``files`` has imported."""
     config_dir = tmp_path / "mesh"
     config_dir.mkdir()
@@ -82,6 +84,7 @@ def held_by_serve(tmp_path: Path, files: dict[str, str], packages: list[str]) ->
             str(tmp_path / "state"),
             str(free_port()),
             json.dumps(packages),
+            admin,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -119,3 +122,10 @@ def test_a_misspelt_field_imports_what_its_diagnostic_needs(tmp_path):
     misspelt = SERVICE.replace("  ports:", "  prots:", 1)
     held = held_by_serve(tmp_path, {"web.yaml": misspelt}, LAZY)
     assert set(held) & set(LAZY) == {"controlplane.config.yamlexact", "difflib", "yaml"}
+
+
+def test_serve_without_the_admin_imports_neither_aiohttp_nor_the_http_admin(tmp_path):
+    http = ["aiohttp", "controlplane.server.http_admin"]
+    assert held_by_serve(tmp_path, {"web.yaml": SERVICE}, http, admin="off") == []
+    (tmp_path / "on").mkdir()
+    assert set(held_by_serve(tmp_path / "on", {"web.yaml": SERVICE}, http)) >= set(http)
