@@ -124,8 +124,8 @@ def test_a_misspelt_field_imports_what_its_diagnostic_needs(tmp_path):
     assert set(held) & set(LAZY) == {"controlplane.config.yamlexact", "difflib", "yaml"}
 
 
-def test_serve_without_the_admin_imports_neither_aiohttp_nor_the_http_admin(tmp_path):
-    http = ["aiohttp", "controlplane.server.http_admin"]
+def test_serve_without_the_admin_imports_no_http_server_nor_prometheus_client(tmp_path):
+    http = ["aiohttp", "controlplane.server.http_admin", "prometheus_client"]
     assert held_by_serve(tmp_path, {"web.yaml": SERVICE}, http, admin="off") == []
     (tmp_path / "on").mkdir()
     assert set(held_by_serve(tmp_path / "on", {"web.yaml": SERVICE}, http)) >= set(http)
