@@ -237,9 +237,9 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from controlplane.config.state import default_state_dir
     from controlplane.server import event_loop
+    from controlplane.server.admin_errors import AdminStartError
     from controlplane.server.control_plane import ControlPlaneOptions
     from controlplane.server.grpc_server import ServerStartError, XdsServerOptions, check_address
-    from controlplane.server.http_admin import AdminStartError
     from controlplane.server.workers import leave
 
     root = Path(args.config_dir)
@@ -385,8 +385,8 @@ def _supervise(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def _cannot_listen(exc: ServerStartError, flag: str = "--xds-address") -> int:
+    from controlplane.server.admin_errors import AdminStartError
     from controlplane.server.grpc_server import AddressInUseError
-    from controlplane.server.http_admin import AdminStartError
 
     in_use = exc.in_use if isinstance(exc, AdminStartError) else isinstance(exc, AddressInUseError)
     hint = f"pick another with {flag}" if in_use else f"check {flag}"

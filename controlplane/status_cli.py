@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-import yaml
 
 from controlplane.server.grpc_server import split_address
 from controlplane.xds.types import short_name
@@ -197,6 +196,8 @@ def _show_config(stub: Any, args: argparse.Namespace) -> str:
     data = config_json(response)
     if args.output == "json":
         return json.dumps(data, indent=2) + "\n"
+    import yaml  # only here: `pilotfish serve` builds this parser and never needs PyYAML
+
     text: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     return text
 

@@ -28,7 +28,6 @@ from one place only.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -217,6 +216,8 @@ def suggest(name: str, choices: list[str]) -> str:
     lowered = {c.lower(): c for c in choices}
     if name.lower() in lowered:
         return f"; did you mean {lowered[name.lower()]!r}?"
+    import difflib  # only for a misspelt field: not imported by a clean load
+
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -41,7 +41,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -52,6 +52,9 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 VERSIONS = "files"
 _DIGEST = re.compile(r"[0-9a-f]{64}\Z")
+
+Text = str | Callable[[], str]
+"""A version's text, or what returns it (called only when the version is written)."""
 
 
 def default_state_dir(config_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
@@ -74,7 +77,7 @@ class StateDir:
         self.read_only = read_only
         self.config_dir = os.path.realpath(config_dir)
         self._cond = threading.Condition()
-        self._pending: dict[str, tuple[str, str]] | None = None
+        self._pending: dict[str, tuple[str, Text]] | None = None
         self._writing = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -122,8 +125,11 @@ class StateDir:
         log.error("config_state_unusable", state_dir=str(self.path), reason=reason)
         return {}
 
-    def save(self, files: Mapping[str, tuple[str, str]]) -> None:
-        """Record ``{path: (digest, text)}`` as the accepted versions, in the background."""
+    def save(self, files: Mapping[str, tuple[str, Text]]) -> None:
+        """Record ``{path: (digest, text)}`` as the accepted versions, in the background.
+
+        A text may be a function returning it: it is called, on the writer's
+        thread, only for a version not stored yet."""
         with self._cond:
             if self._closed or self.read_only:
                 return
@@ -179,7 +185,7 @@ class StateDir:
                     self._writing = False
                     self._cond.notify_all()
 
-    def _write(self, files: Mapping[str, tuple[str, str]]) -> None:
+    def _write(self, files: Mapping[str, tuple[str, Text]]) -> None:
         versions = self.path / VERSIONS
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         versions.mkdir(exist_ok=True, mode=0o700)
@@ -193,7 +199,8 @@ class StateDir:
         wrote = False
         for digest, text in {digest: text for digest, text in files.values()}.items():
             if digest not in stored:
-                _write_atomically(versions / digest, text.encode("utf-8"))
+                data = (text if isinstance(text, str) else text()).encode("utf-8")
+                _write_atomically(versions / digest, data)
                 stored.add(digest)
                 wrote = True
         if wrote:

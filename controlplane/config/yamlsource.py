@@ -27,7 +27,9 @@ Positions are not kept: :func:`locate` re-composes one document and walks a
 field path to its node only when a diagnostic needs a line and column. A
 directory with no errors never pays for position bookkeeping.
 
-PyYAML exceptions are wrapped here, once, into :class:`YamlSyntaxError`.
+PyYAML exceptions are wrapped, once, into :class:`YamlSyntaxError`. The exact
+path and :func:`locate` live in :mod:`~controlplane.config.yamlexact`, imported
+when first used: a server whose files all take the fast path never loads PyYAML.
 
 Parsing is bounded by :class:`~controlplane.config.limits.ConfigLimits`: the
 size of each document is checked on the text before libyaml composes it, the
@@ -41,23 +43,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import yaml
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from yaml.reader import ReaderError
-from yaml.resolver import Resolver
-
 from controlplane.config.limits import DEFAULT_LIMITS, ConfigLimits, describe_bytes
 from controlplane.errors import PilotfishError
-
-try:
-    from yaml._yaml import CParser
-except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    CParser = None  # type: ignore[assignment, misc]
 
 try:
     from yaml_rs import loads as _fast_loads
@@ -68,14 +59,6 @@ _STR = "tag:yaml.org,2002:str"
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
 _MERGE = "tag:yaml.org,2002:merge"
-_RESOLVER = Resolver()
-_CONSTRUCTOR = SafeConstructor()
-_SCALAR_CONSTRUCTORS = {
-    "tag:yaml.org,2002:null": _CONSTRUCTOR.construct_yaml_null,
-    "tag:yaml.org,2002:bool": _CONSTRUCTOR.construct_yaml_bool,
-    "tag:yaml.org,2002:int": _CONSTRUCTOR.construct_yaml_int,
-    "tag:yaml.org,2002:float": _CONSTRUCTOR.construct_yaml_float,
-}
 
 
 class YamlSyntaxError(PilotfishError):
@@ -122,51 +105,6 @@ _set_index, _set_line, _set_data, _set_size = (
 _implicit_tags: dict[str, str] = {}
 
 
-def _resolve_scalar(value: str, implicit: tuple[bool, bool]) -> str:
-    if not implicit[0]:
-        return _STR
-    tag = _implicit_tags.get(value)
-    if tag is None:
-        tag = _RESOLVER.resolve(ScalarNode, value, implicit)  # type: ignore[no-untyped-call]
-        if len(_implicit_tags) < 100_000:
-            _implicit_tags[value] = tag
-    return tag
-
-
-if CParser is not None:
-
-    class _FastComposer(CParser):  # type: ignore[misc, valid-type]
-        """libyaml composer whose tag resolution skips PyYAML's per-node path tracking."""
-
-        def descend_resolver(self, current_node: Any, current_index: Any) -> None:
-            return None
-
-        def ascend_resolver(self) -> None:
-            return None
-
-        def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
-            if kind is ScalarNode:
-                if not implicit[0]:
-                    return _STR
-                tag = _implicit_tags.get(value)
-                return tag if tag is not None else _resolve_scalar(value, implicit)
-            return _SEQ if kind is SequenceNode else _MAP
-
-    def _compose_all(text: str) -> Iterator[Node]:
-        composer = _FastComposer(text)
-        try:
-            while composer.check_node():
-                node: Node = composer.get_node()  # type: ignore[assignment]
-                yield node
-        finally:
-            composer.dispose()
-
-else:  # pragma: no cover
-
-    def _compose_all(text: str) -> Iterator[Node]:
-        return yaml.compose_all(text, Loader=yaml.SafeLoader)
-
-
 _scalar_cache: dict[tuple[str, str], Any] = {}
 _Cache = TypeVar("_Cache", bound=set[Any] | dict[Any, Any])
 _load_caches: list[set[Any] | dict[Any, Any]] = []
@@ -210,110 +148,6 @@ def forget_scalars() -> None:
     _plain_shapes.clear()
     for cache in _load_caches:
         cache.clear()
-
-
-def _scalar(node: ScalarNode) -> Any:
-    tag = node.tag
-    if tag == _STR:
-        return node.value
-    key = (tag, node.value)
-    try:
-        return _scalar_cache[key]
-    except KeyError:
-        pass
-    construct = _SCALAR_CONSTRUCTORS.get(tag)
-    try:
-        value = construct(node) if construct is not None else node.value
-    except (ValueError, KeyError, IndexError):
-        kind = tag.rsplit(":", 1)[-1]
-        raise YamlSyntaxError(
-            f"YAML syntax: {node.value!r} is not a valid {kind}; quote it if it is a string",
-            *_mark_of(node),
-        ) from None
-    if len(_scalar_cache) < 100_000:
-        _scalar_cache[key] = value
-    return value
-
-
-def _mark_of(node: Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-class _Aliases:
-    """Per document with anchors: the path being built (to catch cycles) and the values left."""
-
-    __slots__ = ("active", "left", "limit", "line")
-
-    def __init__(self, limit: int, line: int) -> None:
-        self.active: set[int] = set()
-        self.limit = limit
-        self.left = limit
-        self.line = line
-
-    def spend(self, count: int) -> None:
-        self.left -= count
-        if self.left < 0:
-            raise YamlLimitError(
-                "PF109",
-                f"aliases expand this document past {self.limit:,} values; "
-                "remove the alias or repeat the values it stands for",
-                self.line,
-            )
-
-
-def _build(node: Node, aliases: _Aliases | None) -> Any:
-    """Plain data for ``node``; ``aliases`` tracks the path and budget when there are anchors."""
-    cls = type(node)
-    if cls is ScalarNode:
-        return node.value if node.tag == _STR else _scalar(node)  # type: ignore[arg-type]
-    if aliases is not None:
-        ident = id(node)
-        if ident in aliases.active:
-            raise YamlSyntaxError(
-                "recursive alias: a node contains itself; point the alias elsewhere",
-                *_mark_of(node),
-            )
-        aliases.active.add(ident)
-        # Children are counted here, so that scalars cost nothing more on any path.
-        aliases.spend(len(node.value) + 1)
-    try:
-        if cls is SequenceNode:
-            return [_build(item, aliases) for item in node.value]
-        result: dict[str, Any] = {}
-        merged: set[str] | None = None
-        for key_node, value_node in node.value:
-            if type(key_node) is not ScalarNode:
-                raise YamlSyntaxError("mapping keys must be scalars", *_mark_of(key_node))
-            if aliases is not None and len(aliases.active) == 1:
-                # Where an expansion starts, for the diagnostic: the top-level key.
-                aliases.line = key_node.start_mark.line + 1
-            if key_node.tag == _MERGE:
-                merged = merged if merged is not None else set()
-                for key, value in _merged(_build(value_node, aliases), value_node):
-                    if key not in result:
-                        result[key] = value
-                        merged.add(key)
-                continue
-            key = key_node.value
-            if key in result:
-                if merged is None or key not in merged:
-                    raise YamlSyntaxError(
-                        f"duplicate key {key!r}: a key may appear once per mapping, remove one",
-                        *_mark_of(key_node),
-                    )
-                merged.discard(key)
-            result[key] = _build(value_node, aliases)
-        return result
-    finally:
-        if aliases is not None:
-            aliases.active.discard(id(node))
-
-
-def _merged(value: Any, node: Node) -> Iterator[tuple[str, Any]]:
-    for source in value if isinstance(value, list) else [value]:
-        if not isinstance(source, dict):
-            raise YamlSyntaxError("a merge key (<<) needs a mapping", *_mark_of(node))
-        yield from source.items()
 
 
 # libyaml ends a document at every line that starts with one of these markers.
@@ -567,46 +401,9 @@ def parse(text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Document]:
 
 def parse_exact(text: str, limits: ConfigLimits = DEFAULT_LIMITS) -> list[Document]:
     """:func:`parse` by the exact path alone (libyaml), whatever the text."""
-    documents: list[Document] = []
-    try:
-        if 4 * len(text) > limits.max_document_bytes:
-            _check_document_sizes(text, limits.max_document_bytes)
-        # Without anchors there are no aliases: no node can contain itself or repeat.
-        may_alias = "&" in text
-        for index, node in enumerate(_compose_all(text)):
-            start, end = node.start_mark, node.end_mark
-            if index >= limits.max_documents_per_file:
-                raise YamlLimitError(
-                    "PF107",
-                    f"the file has more than {limits.max_documents_per_file:,} documents; "
-                    "split the file",
-                    start.line + 1,
-                )
-            size = end.index - start.index
-            aliases = _Aliases(size + limits.max_alias_nodes, start.line + 1) if may_alias else None
-            data = _build(node, aliases)
-            if data is None:
-                continue
-            documents.append(Document(index, start.line + 1, data, size))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise YamlSyntaxError(f"YAML syntax: {problem}", line, column) from None
-    except ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - text.rfind("\n", 0, exc.position)
-        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        raise YamlSyntaxError(
-            f"YAML syntax: character #x{code:04X} is not allowed in YAML; remove it",
-            line,
-            column,
-        ) from None
-    except yaml.YAMLError as exc:
-        raise YamlSyntaxError(f"YAML error: {exc}", 1, 1) from None
-    except RecursionError:
-        raise YamlSyntaxError("YAML nesting is too deep", 1, 1) from None
-    return documents
+    from controlplane.config import yamlexact
+
+    return yamlexact.parse_exact(text, limits)
 
 
 def locate(text: str, doc: int, path: Sequence[str | int]) -> tuple[int, int]:
@@ -627,38 +424,6 @@ def locate_all(
     A file with an error in each of thousands of documents would otherwise be
     composed once per error: quadratic in the file's size.
     """
-    positions = [(1, 1)] * len(wanted)
-    by_doc: dict[int, list[int]] = {}
-    for position, (doc, _) in enumerate(wanted):
-        by_doc.setdefault(doc, []).append(position)
-    if not by_doc:
-        return positions
-    last = max(by_doc)
-    try:
-        for index, node in enumerate(_compose_all(text)):
-            for position in by_doc.get(index, ()):
-                positions[position] = _walk(node, wanted[position][1])
-            if index >= last:
-                break
-    except yaml.YAMLError:
-        pass
-    return positions
+    from controlplane.config import yamlexact
 
-
-def _walk(node: Node, path: Sequence[str | int]) -> tuple[int, int]:
-    position = _mark_of(node)
-    for part in path:
-        if isinstance(node, MappingNode) and isinstance(part, str):
-            for key_node, value_node in node.value:
-                if isinstance(key_node, ScalarNode) and key_node.value == part:
-                    position = _mark_of(key_node)
-                    node = value_node
-                    break
-            else:
-                return position
-        elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            position = _mark_of(node)
-        else:
-            return position
-    return position
+    return yamlexact.locate_all(text, wanted)

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -57,14 +58,17 @@ from controlplane.server import memory
 from controlplane.server.admin import AdminServices, ConfigView
 from controlplane.server.ads import AggregatedDiscoveryService
 from controlplane.server.grpc_server import XdsServer, XdsServerOptions, start_xds_server
-from controlplane.server.http_admin import HttpAdmin
 from controlplane.server.peers import AggregatingAdmin, Peers, WorkerSlot
 from controlplane.server.stats import RELOAD_BUCKETS, Histogram
 from controlplane.translate import ProxyClass, ProxyRole
+from controlplane.translate.resources import forget_lookups
 from controlplane.translate.translator import FORK_MIN_SERVICES, Translator
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.load_reports import LoadReports
 from controlplane.xds.snapshot import Resource, Snapshot
+
+if TYPE_CHECKING:
+    from controlplane.server.http_admin import HttpAdmin
 
 log = structlog.get_logger(__name__)
 
@@ -383,6 +387,9 @@ class ControlPlane:
         memory.tune()
         loop = asyncio.get_running_loop()
         if self.options.admin_address is not None:
+            # Imported here: a server without the admin never loads aiohttp.
+            from controlplane.server.http_admin import HttpAdmin
+
             # Before the first load, so that /healthz answers and /readyz says 503 meanwhile.
             http_admin = HttpAdmin(self)
             worker = self.options.worker
@@ -449,6 +456,9 @@ class ControlPlane:
         # A collection would hold the GIL the reload needs: not while one is due.
         watcher = self._watcher
         self._server.ads.housekeeper.hold_while(lambda: watcher.busy)
+        # Read again only for diagnostics and the state directory: compressed once quiet.
+        self._server.ads.housekeeper.also_release(self.store.pack_texts)
+        self._server.ads.housekeeper.also_release(forget_lookups)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop watching, stop accepting streams, let in-flight sends finish within ``grace``."""

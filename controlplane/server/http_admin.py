@@ -34,7 +34,6 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import timedelta
-from importlib import resources
 from pathlib import PurePath
 from typing import Any, Protocol
 
@@ -50,10 +49,10 @@ from prometheus_client.registry import Collector
 
 from controlplane.model import Mesh
 from controlplane.server.admin import ConfigView
+from controlplane.server.admin_errors import AdminStartError as AdminStartError
 from controlplane.server.ads import AggregatedDiscoveryService
 from controlplane.server.dashboard import DashboardFeed, Parts
 from controlplane.server.grpc_server import (
-    AddressInUseError,
     ServerStartError,
     check_address,
     split_address,
@@ -68,14 +67,6 @@ KEEPALIVE = 15.0
 """Seconds between comments on an idle event stream (proxies close silent connections)."""
 _CLOSED_CHECK = 1.0
 """Seconds between checks that an event stream's browser is still there."""
-
-
-class AdminStartError(ServerStartError):
-    """The HTTP admin address cannot be used."""
-
-    def __init__(self, cause: ServerStartError) -> None:
-        super().__init__(str(cause))
-        self.in_use = isinstance(cause, AddressInUseError)
 
 
 class Source(Protocol):
@@ -288,9 +279,18 @@ class HttpAdmin:
         """Workers: this worker's metrics text -> every worker's (see controlplane.server.peers)."""
         self.parts = Parts(source)
         self._feed: DashboardFeed | None = None
-        self._page = (
-            resources.files("controlplane.server").joinpath("dashboard.html").read_text("utf-8")
-        )
+        self._page_text: str | None = None
+
+    @property
+    def _page(self) -> str:
+        """The dashboard's page, read at its first request: importlib.resources (and the
+        zipfile module it brings) stays out of a server whose dashboard nobody opens."""
+        if self._page_text is None:
+            from importlib import resources
+
+            page = resources.files("controlplane.server").joinpath("dashboard.html")
+            self._page_text = page.read_text("utf-8")
+        return self._page_text
 
     @property
     def feed(self) -> DashboardFeed:

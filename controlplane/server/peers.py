@@ -27,16 +27,17 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
 from envoy.service.status.v3 import csds_pb2
-from prometheus_client import Metric, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.server.admin import AdminServices, ClientStatusService
 from pilotfish.admin.v1 import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:
+    from prometheus_client import Metric
 
 log = structlog.get_logger(__name__)
 
@@ -158,6 +159,10 @@ class Peers:
 
 def merge_metrics(texts: Mapping[int, bytes]) -> bytes:
     """Prometheus texts of several workers as one, each sample labelled ``worker``."""
+    # Imported here, as the HTTP admin that alone calls this: not by a server without it.
+    from prometheus_client import Metric, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
     families: dict[str, Metric] = {}
     for index, text in sorted(texts.items()):
         for family in text_string_to_metric_families(text.decode("utf-8")):

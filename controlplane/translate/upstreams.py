@@ -111,6 +111,11 @@ _address_and_port = attrgetter("address", "port")
 _selects = functools.lru_cache(maxsize=4096)(labels_match)
 
 
+def forget_selections() -> None:
+    """Empty the cache of label selections (see :func:`~.resources.forget_lookups`)."""
+    _selects.cache_clear()
+
+
 def upstreams(mesh: Mesh) -> tuple[Upstream, ...]:
     """Every upstream of ``mesh``, sorted by cluster name."""
     found: list[Upstream] = []

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from yaml.nodes import Node
 
-from controlplane.config import build, yamlsource
+from controlplane.config import build, yamlexact
 from controlplane.config.build import MeshBuilder
 from controlplane.config.diagnostics import Diagnostic, Severity
 from controlplane.config.document import read_text
@@ -284,14 +284,14 @@ def test_the_errors_of_thousands_of_documents_are_placed_in_one_pass_over_the_fi
         doc("WorkloadEntry", "adress: 10.0.0.1\n", name=f"w{i}") + "---\n" for i in range(2000)
     )
     composed = 0
-    compose_all = yamlsource._compose_all
+    compose_all = yamlexact._compose_all
 
     def counting(text: str) -> Iterator[Node]:
         nonlocal composed
         composed += 1
         return compose_all(text)
 
-    monkeypatch.setattr(yamlsource, "_compose_all", counting)
+    monkeypatch.setattr(yamlexact, "_compose_all", counting)
     diagnostics = diagnose(text)
     assert [(d.line, d.field) for d in diagnostics[:2]] == [(6, "spec.adress"), (13, "spec.adress")]
     assert len(diagnostics) == 2000

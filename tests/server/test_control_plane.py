@@ -24,6 +24,8 @@ from controlplane.translate import (
     translate,
 )
 from controlplane.translate import translator as translator_module
+from controlplane.translate import upstreams as upstreams_module
+from controlplane.translate.endpoints import is_ip
 from controlplane.xds import CLUSTER, Snapshot
 from tests.server.support import read
 from tests.translate.support import kitchen_sink_mesh, reweighted
@@ -219,3 +221,36 @@ def test_classes_of_one_view_share_cluster_tables_and_an_edit_of_routes_keeps_th
             assert after[proxy.key].resources(url) is before[proxy.key].resources(url)
         fresh = Snapshot.from_resources(translate(edited, proxy))
         assert after[proxy.key].versions == fresh.versions
+
+
+async def test_housekeeping_packs_texts_and_empties_the_translation_lookups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory.Housekeeper, "run", staticmethod(lambda: 0))
+    text = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n"
+        "spec: {selector: {app: web}, ports: [{name: http, port: 80}]}\n---\n"
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: web-0}\n"
+        "spec: {address: 10.0.0.1, labels: {app: web}}\n"
+    )
+    (tmp_path / "web.yaml").write_text(text)
+    plane = ControlPlane(ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0"))
+    await plane.start()
+    try:
+        (version,) = plane.store._state.accepted.values()
+        assert version.body == text
+        assert is_ip.cache_info().currsize > 0  # the first translation looked the address up
+        assert plane._server is not None
+        housekeeper = plane._server.ads.housekeeper
+        runs = housekeeper.runs
+        housekeeper.soon()
+        for _ in range(100):
+            if housekeeper.runs > runs:
+                break
+            await asyncio.sleep(0.05)
+        assert isinstance(version.body, bytes)
+        assert version.text == text
+        assert is_ip.cache_info().currsize == 0
+        assert upstreams_module._selects.cache_info().currsize == 0
+    finally:
+        await plane.stop(grace=0.1)

@@ -1,0 +1,18 @@
+"""The error ``pilotfish serve`` reports when the HTTP admin address cannot be used.
+
+Apart from :mod:`controlplane.server.http_admin`, so that the command line can
+catch it without importing aiohttp: a server started with ``--admin-address
+off`` never imports the HTTP admin (about 10 MiB of modules).
+"""
+
+from __future__ import annotations
+
+from controlplane.server.grpc_server import AddressInUseError, ServerStartError
+
+
+class AdminStartError(ServerStartError):
+    """The HTTP admin address cannot be used."""
+
+    def __init__(self, cause: ServerStartError) -> None:
+        super().__init__(str(cause))
+        self.in_use = isinstance(cause, AddressInUseError)
