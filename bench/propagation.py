@@ -106,6 +106,9 @@ TARGETS = {
     1000: 0.300,
     10000: 1.5,
 }
+HOUSEKEEPING_WAIT = 12.0
+"""Seconds to wait for the server's housekeeping after a sync: its interval (10 s) and delay
+(1 s), see controlplane/server/memory.py."""
 PEER_NOTE = "issue: a bare grpc.aio fan-out reaches 1,000 streams at p99 ~25 ms here"
 
 
@@ -396,6 +399,19 @@ class Server:
 
     def log_offset(self) -> int:
         return self.log_path.stat().st_size
+
+    def wait_for_event(self, event: str, start: int, timeout: float) -> bool:
+        """Wait until the server logs ``event`` after byte ``start``, at most ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        needle = f'"event": "{event}"'.encode()
+        while True:
+            with open(self.log_path, "rb") as f:
+                f.seek(start)
+                if any(needle in line for line in f):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
 
     def timeline(self, start: int, t0: float) -> str:
         """When, after ``t0`` (the file write), the server logged the reload, the first
@@ -955,7 +971,13 @@ def run_n(
         ready_at = [t for r in replies for t in r["ready_at"] if t is not None]
         outcome.ready = len(ready_at)
         outcome.sync_seconds = max(ready_at) - start if ready_at else math.nan
+        synced = server.log_offset()
         quiet = wait_quiet(server.pid)
+        # What the server holds from then on: after the housekeeping that its quiet
+        # moments bring (due within its interval after the sync's last large response;
+        # none comes if it already ran after it).
+        if server.wait_for_event("heap_housekeeping", synced, HOUSEKEEPING_WAIT):
+            wait_quiet(server.pid)
         held = proc_stats(server.pid)
         outcome.rss_held = held.rss
         init = merge(replies, "init_bytes")
