@@ -25,22 +25,34 @@ _UNIT_SECONDS = {
 _cache: dict[str, timedelta | None] = {}
 
 
+def _seconds(text: str) -> float | None:
+    """The seconds ``text`` spells in Go's form, however many; None when it is not that form."""
+    position, seconds = 0, 0.0
+    for match in _PART.finditer(text):
+        if match.start() != position:
+            return None
+        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    return seconds if position and position == len(text) else None
+
+
+def duration_error(text: str) -> str:
+    """What is wrong with ``text``, which :func:`parse_duration` refused, for a PF116."""
+    if _seconds(text) is not None:
+        return (
+            f"duration {text!r} is longer than the longest Istio takes, 2562047h (about 292 years)"
+        )
+    return f"invalid duration {text!r}: write it like 1.5s or 100ms"
+
+
 def parse_duration(text: str) -> timedelta | None:
     """The duration ``text`` denotes, or None when it is not a valid Istio duration."""
     try:
         return _cache[text]
     except KeyError:
         pass
-    result: timedelta | None = None
-    position, seconds = 0, 0.0
-    for match in _PART.finditer(text):
-        if match.start() != position:
-            break
-        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        position = match.end()
-    else:
-        if position and position == len(text) and seconds <= _MAX_SECONDS:
-            result = timedelta(seconds=seconds)
+    seconds = _seconds(text)
+    result = timedelta(seconds=seconds) if seconds is not None and seconds <= _MAX_SECONDS else None
     if len(_cache) < 10_000:
         _cache[text] = result
     return result

@@ -17,7 +17,7 @@ import functools
 import re
 from typing import Any
 
-from controlplane.config.durations import parse_duration
+from controlplane.config.durations import duration_error, parse_duration
 from controlplane.config.report import Path, Reporter
 from controlplane.config.resources import slot_constructor
 from controlplane.config.visibility import export_to
@@ -123,7 +123,7 @@ def _duration(value: str | None, path: Path, report: Reporter) -> Any:
         return None
     parsed = parse_duration(value)
     if parsed is None:
-        report.error("PF116", path, f"invalid duration {value!r}: write it like 1.5s or 100ms")
+        report.error("PF116", path, duration_error(value))
     return parsed
 
 

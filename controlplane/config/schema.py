@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from controlplane.config.durations import parse_duration
+from controlplane.config.durations import duration_error, parse_duration
 from controlplane.config.istio_schema import ENUMS, MESSAGES, FieldSpec
 from controlplane.config.report import Path, Reporter
 
@@ -338,7 +338,7 @@ def _check_value(value: Any, type_: str, path: Path, report: Reporter, *, warn: 
                 "PF116", path, f"expected a duration like 1.5s or 100ms, found {_describe(value)}"
             )
         elif parse_duration(value) is None:
-            report.error("PF116", path, f"invalid duration {value!r}: write it like 1.5s or 100ms")
+            report.error("PF116", path, duration_error(value))
     elif type_ == "int-or-string":
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             report.error("PF112", path, f"expected a number or a name, found {_describe(value)}")

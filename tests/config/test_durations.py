@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from controlplane.config.durations import parse_duration
+from controlplane.config.durations import duration_error, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -68,3 +68,12 @@ def test_results_are_cached_per_text() -> None:
     assert parse_duration("7s") is parse_duration("7s")
     assert parse_duration("7x") is None
     assert parse_duration("7x") is None
+
+
+def test_a_duration_past_go_s_limit_is_told_apart_from_a_misspelt_one() -> None:
+    assert parse_duration("2562048h") is None
+    assert duration_error("2562048h") == (
+        "duration '2562048h' is longer than the longest Istio takes, 2562047h (about 292 years)"
+    )
+    assert duration_error("1 day") == "invalid duration '1 day': write it like 1.5s or 100ms"
+    assert duration_error("-30s") == "invalid duration '-30s': write it like 1.5s or 100ms"
