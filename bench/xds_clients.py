@@ -165,6 +165,7 @@ class Memo:
         self._delta = _Bounded(256)
         self._diffs = _Bounded(256)
         self._targets = _Bounded(256)
+        self._requests = _Bounded(1024)
         self.decodes = 0
         self.hits = 0
 
@@ -213,6 +214,18 @@ class Memo:
         wire = request.SerializeToString()
         self._diffs.put(key, (have, wire))
         return wire
+
+    def sotw_request(self, type_url: str, version: str, nonce: str, names_wire: bytes) -> bytes:
+        """A SotW request (an ACK, mostly) repeating ``names_wire``; one shared object per
+        distinct request in this process, as the streams' nonces are per-stream counters
+        that run alike (a SotW EDS ACK is 150 KB to build)."""
+        key = (type_url, version, nonce, id(names_wire))
+        found = self._requests.get(key)
+        if found is not None and found[0] is names_wire:
+            return found[1]  # type: ignore[no-any-return]
+        request = _sotw_header(type_url, version, nonce) + names_wire
+        self._requests.put(key, (names_wire, request))
+        return request
 
     def carries(self, key: bytes, raw: bytes, bodies: Iterable[Any], target: Target) -> bool:
         """Whether an EDS response carries ``target`` (decoded once per content)."""
@@ -293,7 +306,7 @@ class SotwLight:
         type_url = response.type_url
         state = self._types[type_url]  # KeyError: a type never requested
         state.version, state.nonce, state.answered = response.version_info, response.nonce, True
-        out = [_sotw_header(type_url, state.version, state.nonce) + state.names_wire]
+        out = [self._memo.sotw_request(type_url, state.version, state.nonce, state.names_wire)]
         applied = False
         if type_url in DEPENDENT:
             key = content_key(raw, response.nonce)
@@ -305,8 +318,9 @@ class SotwLight:
                 dependent.names, dependent.names_wire = catalog.refs, catalog.names_wire
                 dependent.answered = False
                 out.append(
-                    _sotw_header(catalog.dependent, dependent.version, dependent.nonce)
-                    + dependent.names_wire
+                    self._memo.sotw_request(
+                        catalog.dependent, dependent.version, dependent.nonce, dependent.names_wire
+                    )
                 )
         elif type_url == ENDPOINT and isinstance(self.target, Target):
             key = content_key(raw, response.nonce)
