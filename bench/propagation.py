@@ -369,6 +369,7 @@ class Server:
             "--max-streams-per-connection",
             "0",
             *(("--workers", str(self.workers)) if self.workers > 1 else ()),
+            *(("--read-buffer-bytes", args.read_buffer) if args.read_buffer else ()),
         ]
         env = dict(os.environ)
         if args.profile and not args.py_spy:
@@ -1370,6 +1371,11 @@ def main() -> None:
     parser.add_argument("--sync-timeout", type=float, default=0.0, help="seconds (0: by N)")
     parser.add_argument("--update-timeout", type=float, default=0.0, help="seconds (0: by N)")
     parser.add_argument("--no-peer", action="store_true", help="skip the fan-out peer")
+    parser.add_argument(
+        "--read-buffer",
+        default="",
+        help="pilotfish serve --read-buffer-bytes (default: serve's own, 8KiB; 0: gRPC's)",
+    )
     parser.add_argument("--profile", action="store_true", help="profile the server's push path")
     parser.add_argument(
         "--profile-native",

@@ -328,3 +328,48 @@ def test_serve_logs_diagnostics_with_the_fields_and_paths_of_validate_json(
             }
         ]
     )
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, 8 * 1024), ("0", 0), ("64KiB", 65536)])
+def test_serve_read_buffer_bytes_reaches_the_xds_server_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str | None, expected: int
+) -> None:
+    from controlplane import cli
+
+    seen: list[int] = []
+
+    async def capture(options: object, grace: float) -> None:
+        seen.append(options.server.read_buffer_bytes)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(cli, "_run_until_signalled", capture)
+    (tmp_path / "config").mkdir()
+    argv = ["serve", "--config-dir", str(tmp_path / "config"), "--admin-address", "off"]
+    argv += ["--xds-address", "127.0.0.1:0", "--state-dir", str(tmp_path / "state")]
+    if given is not None:
+        argv += ["--read-buffer-bytes", given]
+    assert cli.main(argv) == 0
+    assert seen == [expected]
+
+
+def test_serve_read_buffer_bytes_that_is_no_size_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "controlplane",
+            "serve",
+            "--config-dir",
+            str(tmp_path),
+            "--read-buffer-bytes",
+            "lots",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "pilotfish serve: error: argument --read-buffer-bytes: 'lots' is not a size like "
+        "65536, 64KiB or 1.5MiB"
+    )
