@@ -13,6 +13,10 @@ It runs on the same event loop as ``pilotfish serve`` does by default
 (uvloop when installed, see controlplane/server/event_loop.py), so that the
 two are compared on equal terms; ``--event-loop asyncio`` runs it on asyncio's.
 
+``--pilotfish-options`` serves with the gRPC channel options ``pilotfish serve``
+uses instead of gRPC's defaults (keepalive pings, the 8 KiB read buffer cap,
+pending-call limits): the same transport settings, for a like-for-like floor.
+
 Usage: ``python bench/fanout_peer.py --port PORT`` (prints ``ready`` when serving).
 """
 
@@ -69,7 +73,17 @@ class Fanout:
         return str(len(self.queues)).encode()
 
 
-async def serve(port: int) -> None:
+def pilotfish_options() -> list[tuple[str, int]]:
+    """The gRPC channel options ``pilotfish serve`` runs with (keepalive, the read buffer
+    cap, pending-call limits...), without its per-connection and per-address limits,
+    which the bench turns off for the server too."""
+    from controlplane.server.grpc_server import XdsServerOptions
+
+    options = XdsServerOptions(max_streams_per_connection=0, max_connections_per_peer=0)
+    return options.channel_options()
+
+
+async def serve(port: int, options: list[tuple[str, int]]) -> None:
     fanout = Fanout()
     handler = grpc.method_handlers_generic_handler(
         "bench.Fanout",
@@ -78,7 +92,7 @@ async def serve(port: int) -> None:
             "Trigger": grpc.unary_unary_rpc_method_handler(fanout.trigger),
         },
     )
-    server = grpc.aio.server(options=OPTIONS)
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -94,8 +108,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--event-loop", choices=event_loop.LOOPS, default="auto")
+    parser.add_argument(
+        "--pilotfish-options",
+        action="store_true",
+        help="serve with pilotfish serve's gRPC channel options instead of gRPC's defaults",
+    )
     args = parser.parse_args()
-    event_loop.run(serve(args.port), args.event_loop)
+    options = pilotfish_options() if args.pilotfish_options else OPTIONS
+    event_loop.run(serve(args.port, options), args.event_loop)
 
 
 if __name__ == "__main__":

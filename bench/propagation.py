@@ -475,7 +475,7 @@ class Server:
 
 
 class Peer:
-    def __init__(self, reaper: Reaper, event_loop: str) -> None:
+    def __init__(self, reaper: Reaper, event_loop: str, pilotfish_options: bool = False) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [
@@ -485,6 +485,7 @@ class Peer:
                 str(self.port),
                 "--event-loop",
                 event_loop,
+                *(["--pilotfish-options"] if pilotfish_options else []),
             ],
             stdout=subprocess.PIPE,
             cwd=ROOT,
@@ -1085,7 +1086,7 @@ def run_n(
         lines += cprofile_report(server.profile_path)
 
     if not args.no_peer:
-        peer = Peer(reaper, args.event_loop)
+        peer = Peer(reaper, args.event_loop, args.peer_pilotfish_options)
         try:
             log(f"  peer: connecting {n} fan-out streams")
             fanout_plan = [["fanout"] * len(p) for p in plan]
@@ -1127,7 +1128,9 @@ def run_n(
                     acks=outcome.ack_bytes,
                 )
             lines.append(
-                f"  peer (bare grpc.aio fan-out, {ready}/{n} streams): RSS held "
+                f"  peer (bare grpc.aio fan-out, "
+                f"{'pilotfish serve' if args.peer_pilotfish_options else 'gRPC'}'s channel "
+                f"options, {ready}/{n} streams): RSS held "
                 f"{size(outcome.peer_rss_held)}, peak RSS {size(stats.hwm)}, CPU for "
                 f"{args.edits} fan-outs {outcome.peer_cpu:.2f} s"
             )
@@ -1371,6 +1374,11 @@ def main() -> None:
     parser.add_argument("--sync-timeout", type=float, default=0.0, help="seconds (0: by N)")
     parser.add_argument("--update-timeout", type=float, default=0.0, help="seconds (0: by N)")
     parser.add_argument("--no-peer", action="store_true", help="skip the fan-out peer")
+    parser.add_argument(
+        "--peer-pilotfish-options",
+        action="store_true",
+        help="the peer serves with pilotfish serve's gRPC channel options, not gRPC's defaults",
+    )
     parser.add_argument(
         "--read-buffer",
         default="",
