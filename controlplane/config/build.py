@@ -775,6 +775,7 @@ class MeshBuilder:
                 built = (_kube_service(resource, selected),)
             else:
                 built = _entry_services(resource, selected)
+            # Every host of a ServiceEntry has the same endpoints: one check covers them.
             overflows = _weight_overflows(resource, selected, built[0], changed) if built else []
             if overflows:
                 self._weight_findings[key] = overflows
