@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -433,3 +436,18 @@ def test_locate_of_a_merged_key_gives_the_mapping_that_merges_it() -> None:
 
 def test_locate_matches_quoted_keys_by_their_value() -> None:
     assert locate('a:\n  "b": 1\n', 0, ("a", "b")) == (2, 3)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "0"), ("1", "1")])
+def test_yaml_rs_mimalloc_is_kept_off_huge_pages_unless_the_environment_says(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "MIMALLOC_ALLOW_THP"}
+    if given is not None:
+        env["MIMALLOC_ALLOW_THP"] = given
+    code = (
+        "import os, sys, controlplane.config.yamlsource as y; "
+        "assert 'yaml_rs' in sys.modules; print(os.environ['MIMALLOC_ALLOW_THP'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout == f"{expected}\n"

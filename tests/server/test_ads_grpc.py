@@ -194,6 +194,7 @@ def test_server_options_become_grpc_channel_arguments():
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.so_reuseport", 0),
+        ("grpc.enable_channelz", 0),
         ("grpc.max_concurrent_streams", 1_000),
         ("grpc.experimental.tcp_max_read_buffer_size", 8 * 1024),
         ("grpc.max_connection_age_ms", 1_800_000),
