@@ -1,8 +1,8 @@
 """The error ``pilotfish serve`` reports when the HTTP admin address cannot be used.
 
 Apart from :mod:`controlplane.server.http_admin`, so that the command line can
-catch it without importing aiohttp: a server started with ``--admin-address
-off`` never imports the HTTP admin (about 10 MiB of modules).
+catch it without importing the HTTP admin: a server started with
+``--admin-address off`` never imports it nor prometheus-client.
 """
 
 from __future__ import annotations

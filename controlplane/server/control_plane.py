@@ -388,7 +388,7 @@ class ControlPlane:
         memory.tune()
         loop = asyncio.get_running_loop()
         if self.options.admin_address is not None:
-            # Imported here: a server without the admin never loads aiohttp.
+            # Imported here: a server without the admin never loads h11 nor prometheus-client.
             from controlplane.server.http_admin import HttpAdmin
 
             # Before the first load, so that /healthz answers and /readyz says 503 meanwhile.

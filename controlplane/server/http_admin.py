@@ -1,7 +1,8 @@
 """The HTTP admin endpoint: health, readiness, the model as JSON and Prometheus metrics.
 
-:class:`HttpAdmin` serves an aiohttp application on the event loop the gRPC
-server runs on (``pilotfish serve --admin-address``):
+:class:`HttpAdmin` serves these routes on the event loop the gRPC server runs
+on (``pilotfish serve --admin-address``), with the small HTTP/1.1 server of
+:mod:`~controlplane.server.http11`:
 
 * ``/healthz``: 200 while the process serves;
 * ``/readyz``: 200 once the first configuration is loaded and xDS is served, 503 before;
@@ -27,7 +28,6 @@ every worker through :attr:`HttpAdmin.merge_metrics` (see
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import enum
 import json
@@ -37,7 +37,6 @@ from datetime import timedelta
 from pathlib import PurePath
 from typing import Any, Protocol
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -57,6 +56,7 @@ from controlplane.server.grpc_server import (
     check_address,
     split_address,
 )
+from controlplane.server.http11 import BodyWriter, HttpServer, Request, Response, Streamed
 from controlplane.server.peers import LOCAL_ONLY
 from controlplane.server.stats import Histogram
 from controlplane.xds.cache import SnapshotCache
@@ -272,10 +272,10 @@ class HttpAdmin:
         self.source = source
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(MeshCollector(source))
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
         self.host = ""
         self.port = 0
-        self.merge_metrics: Callable[[bytes, web.Request], Awaitable[bytes]] | None = None
+        self.merge_metrics: Callable[[bytes, Request], Awaitable[bytes]] | None = None
         """Workers: this worker's metrics text -> every worker's (see controlplane.server.peers)."""
         self.parts = Parts(source)
         self._feed: DashboardFeed | None = None
@@ -303,16 +303,16 @@ class HttpAdmin:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/debug/config", self._config)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/", self._dashboard)
-        app.router.add_get("/dashboard/state", self._dashboard_state)
-        app.router.add_get("/dashboard/stream", self._dashboard_stream)
-        return app
+    def routes(self) -> dict[str, Callable[[Request], Awaitable[Response | Streamed]]]:
+        return {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/debug/config": self._config,
+            "/metrics": self._metrics,
+            "/": self._dashboard,
+            "/dashboard/state": self._dashboard_state,
+            "/dashboard/stream": self._dashboard_stream,
+        }
 
     async def start(
         self, address: str, *, reuse_port: bool = False, unix_path: str | None = None
@@ -327,121 +327,103 @@ class HttpAdmin:
         except ServerStartError as exc:
             raise AdminStartError(exc) from exc
         host, port = split_address(address)
-        # A browser that stopped reading its event stream must not hold a shutdown for
-        # aiohttp's default minute.
-        runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0
-        )
-        await runner.setup()
-        sites: list[web.BaseSite] = [web.TCPSite(runner, host, port, reuse_port=reuse_port)]
-        if unix_path is not None:
-            sites.append(web.UnixSite(runner, unix_path))
+        server = HttpServer(self.routes())
         try:
-            for site in sites:
-                await site.start()
+            bound = await server.listen_tcp(host, port, reuse_port=reuse_port)
+            if unix_path is not None:
+                await server.listen_unix(unix_path)
         except OSError as exc:
-            await runner.cleanup()
+            await server.close()
             raise AdminStartError(ServerStartError(f"cannot listen on {address}: {exc}")) from exc
-        self._runner = runner
+        self._server = server
         self.host = host
-        self.port = _bound_port(runner) or port
+        self.port = bound
 
     async def stop(self) -> None:
         if self._feed is not None:
-            await self._feed.close()  # ends the event streams, so cleanup does not wait on them
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+            await self._feed.close()  # ends the event streams, so closing does not wait on them
+        if self._server is not None:
+            server, self._server = self._server, None
+            # A browser that stopped reading its event stream must not hold a shutdown.
+            await server.close(grace=2.0)
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    async def _healthz(self, request: Request) -> Response:
+        return Response(b"ok\n")
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    async def _readyz(self, request: Request) -> Response:
         if self.source.config_view.loaded and self.source.ads is not None:
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="loading the config directory\n")
+            return Response(b"ready\n")
+        return Response(b"loading the config directory\n", status=503)
 
-    async def _config(self, request: web.Request) -> web.Response:
+    async def _config(self, request: Request) -> Response:
         body = {"version": self.source.config_view.version, **to_json(self.source.mesh)}
-        return web.json_response(body, dumps=_dumps)
+        return _json(body)
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: Request) -> Response:
         body = generate_latest(self.registry)
         if self.merge_metrics is not None:
             body = await self.merge_metrics(body, request)
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
+        return Response(body, content_type=CONTENT_TYPE_LATEST)
 
-    async def _dashboard(self, request: web.Request) -> web.Response:
+    async def _dashboard(self, request: Request) -> Response:
         # Scripts and styles run only with this response's nonce: even markup that got
         # into the page some other way could not run a script or load anything.
         nonce = secrets.token_urlsafe(16)
-        response = web.Response(
-            text=self._page.replace("{{nonce}}", nonce), content_type="text/html", charset="utf-8"
-        )
-        response.headers["Content-Security-Policy"] = (
+        policy = (
             f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
             "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
             "frame-ancestors 'none'"
         )
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return Response(
+            self._page.replace("{{nonce}}", nonce).encode("utf-8"),
+            content_type="text/html; charset=utf-8",
+            headers=(
+                ("Content-Security-Policy", policy),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Cache-Control", "no-store"),
+            ),
+        )
 
-    async def _dashboard_state(self, request: web.Request) -> web.Response:
+    async def _dashboard_state(self, request: Request) -> Response:
         local_only = bool(request.headers.get(LOCAL_ONLY))
         built, _ = await self.parts.build_async(local_only=local_only)  # sliced, as the stream's
-        document = {name: json.loads(text) for name, text in built.items()}
-        return web.json_response(document, dumps=_dumps)
+        return _json({name: json.loads(text) for name, text in built.items()})
 
-    async def _dashboard_stream(self, request: web.Request) -> web.StreamResponse:
+    async def _dashboard_stream(self, request: Request) -> Streamed:
         """Server-sent events: each dashboard part as it changes, the newest only."""
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-store",
-                "X-Accel-Buffering": "no",
-            }
+        return Streamed(
+            self._events,
+            content_type="text/event-stream",
+            headers=(("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")),
         )
-        await response.prepare(request)
+
+    async def _events(self, body: BodyWriter) -> None:
         feed = self.feed
         subscriber = feed.subscribe()
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
         try:
-            await response.write(b"retry: 2000\n\n")
-            while True:
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    break
+            await body.write(b"retry: 2000\n\n")
+            while not body.closed:
                 try:
                     parts = await asyncio.wait_for(subscriber.take(), _CLOSED_CHECK)
                 except TimeoutError:
                     if loop.time() - quiet_since >= KEEPALIVE:
-                        await response.write(b": keep-alive\n\n")
+                        await body.write(b": keep-alive\n\n")
                         quiet_since = loop.time()
                     continue
                 if parts is None:
                     break
                 for part, text in parts:
-                    await response.write(f"event: {part}\ndata: {text}\n\n".encode())
+                    await body.write(f"event: {part}\ndata: {text}\n\n".encode())
                 quiet_since = loop.time()
-        except ConnectionError:
-            pass  # the browser went away
         finally:
             feed.unsubscribe(subscriber)
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-        return response
+
+
+def _json(value: Any) -> Response:
+    return Response(_dumps(value).encode("utf-8"), content_type="application/json; charset=utf-8")
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, indent=2) + "\n"
-
-
-def _bound_port(runner: web.AppRunner) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return 0

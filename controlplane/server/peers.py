@@ -125,18 +125,14 @@ class Peers:
 
     async def _http_get(self, path: str) -> dict[int, bytes]:
         """``path`` of every peer's HTTP admin, local-only: the bodies of those that answered."""
-        from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector
+        from controlplane.server.http11 import HttpError, get
 
         async def one(index: int) -> tuple[int, bytes | None]:
-            connector = UnixConnector(path=str(self.slot.http_path(index)))
-            timeout = ClientTimeout(total=self.timeout)
             try:
-                async with ClientSession(connector=connector, timeout=timeout) as session:
-                    url = f"http://worker{path}"
-                    async with session.get(url, headers={LOCAL_ONLY: "1"}) as response:
-                        response.raise_for_status()
-                        return index, await response.read()
-            except (ClientError, TimeoutError, OSError) as exc:
+                async with asyncio.timeout(self.timeout):
+                    body = await get(str(self.slot.http_path(index)), path, [(LOCAL_ONLY, "1")])
+                return index, body
+            except (HttpError, TimeoutError, OSError) as exc:
                 log.warning("worker_peer_unanswered", peer=index, error=str(exc) or repr(exc))
                 return index, None
 

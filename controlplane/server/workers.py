@@ -12,7 +12,7 @@ server on a busy port fails with one clear line. The supervisor reserves the
 xDS port (and the HTTP admin port) with a *guard*: a socket bound with
 ``SO_REUSEPORT`` alone that never listens. Linux lets only sockets that set
 ``SO_REUSEPORT`` too, of the same user, bind beside it: the workers (gRPC and
-aiohttp with ``reuse_port``) join and the kernel spreads new connections over
+the HTTP admin with ``reuse_port``) join and the kernel spreads new connections over
 the listening ones, while an unrelated ``pilotfish serve`` still meets a busy
 port (its check binds without ``SO_REUSEPORT``; so does a second supervisor's).
 The guard holds the port while every worker is restarting, so nobody else can

@@ -125,7 +125,17 @@ def test_a_misspelt_field_imports_what_its_diagnostic_needs(tmp_path):
 
 
 def test_serve_without_the_admin_imports_no_http_server_nor_prometheus_client(tmp_path):
-    http = ["aiohttp", "controlplane.server.http_admin", "prometheus_client"]
+    http = [
+        "h11",
+        "controlplane.server.http11",
+        "controlplane.server.http_admin",
+        "prometheus_client",
+    ]
     assert held_by_serve(tmp_path, {"web.yaml": SERVICE}, http, admin="off") == []
     (tmp_path / "on").mkdir()
     assert set(held_by_serve(tmp_path / "on", {"web.yaml": SERVICE}, http)) >= set(http)
+
+
+def test_serve_with_the_admin_imports_no_aiohttp(tmp_path):
+    # aiohttp's import alone was 10.6 MiB of the server's memory (docs/performance.md).
+    assert held_by_serve(tmp_path, {"web.yaml": SERVICE}, ["aiohttp"]) == []
