@@ -69,6 +69,22 @@ def test_a_settled_delta_stream_holds_the_shared_empty_sets_and_no_pending_map()
     assert core._events is None
 
 
+def test_delta_streams_subscribed_to_the_same_missing_names_share_one_absent_set():
+    cores = []
+    for _ in range(2):
+        core = DeltaStream(lambda node: S1)
+        first = discovery_pb2.DeltaDiscoveryRequest(
+            type_url=ENDPOINT, resource_names_subscribe=["a", "gone-1", "gone-2"]
+        )
+        first.node.CopyFrom(NODE)
+        (eds,) = core.on_request(first)
+        assert sorted(eds.removed_names) == ["gone-1", "gone-2"]
+        cores.append(core)
+    one, other = (core._types[ENDPOINT].absent for core in cores)
+    assert one == {"gone-1", "gone-2"}
+    assert one is other
+
+
 def test_a_delta_nonce_sent_again_after_it_was_settled_is_stale():
     core = DeltaStream(lambda node: S1)
     first = discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER)
