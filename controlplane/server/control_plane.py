@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -202,9 +203,11 @@ class ControlPlane:
 
     def _classify(self, node: base_pb2.Node) -> str:
         proxy = ProxyClass.from_node(node)
+        # Every stream keeps its class's key: interned, they all hold one string.
+        key = sys.intern(proxy.key)
         with self._classes_lock:
-            self._classes.setdefault(proxy.key, proxy)
-        return proxy.key
+            self._classes.setdefault(key, proxy)
+        return key
 
     def _forget(self, key: str) -> None:
         # Called by the cache under its lock, like the builder. The two locks are taken

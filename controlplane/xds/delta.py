@@ -124,7 +124,7 @@ class _DeltaType:
     subscription selects in the snapshot, so it is the shared :class:`Selection`
     mapping, not a copy: a stream costs memory only while it differs."""
     absent: frozenset[str] = frozenset()
-    """Immutable, so that streams in the same state share it (see ``on_snapshot``)."""
+    """Immutable and interned, so that streams in the same state share it."""
     answer: frozenset[str] = field(default_factory=lambda: _NONE)
     """Replaced, never changed in place: most streams owe nothing, and share :data:`_NONE`."""
     reply: bool = False
@@ -427,7 +427,9 @@ class DeltaStream(StreamCore):
         removed = gone | unreported | unanswered
         state.sent = select(snapshot, type_url, intern_key(state.wildcard, state.names)).hashes
         if removed or state.absent:
-            state.absent = (state.absent | removed) & state.names
+            # Interned like the names: every stream of a class subscribed to a name that
+            # is gone reports the same ones, and would otherwise hold a set of its own.
+            state.absent = intern_names(_frozen((state.absent | removed) & state.names))
         state.answer = _NONE
         return resources, sorted(removed)
 

@@ -246,3 +246,13 @@ def test_serve_refuses_a_max_proxy_classes_below_one(
     assert capsys.readouterr().err.splitlines()[-1] == (
         "pilotfish serve: error: argument --max-proxy-classes: '0' is not a positive whole number"
     )
+
+
+def test_the_streams_of_a_class_share_one_key_string(tmp_path: Path) -> None:
+    # Every stream keeps its class's key: ten thousand streams, one string.
+    plane = ControlPlane(ControlPlaneOptions(tmp_path, xds_address="127.0.0.1:0"))
+    first = plane._classify(node("sidecar-a", node_id="one"))
+    second = plane._classify(node("sidecar-b", node_id="two"))
+    assert first == second == "sidecar|0.0.0.0|{}"
+    assert first is second
+    assert list(plane._classes) == [first]

@@ -3,6 +3,8 @@ the idle state must stay small (see docs/performance.md, "Where the rest goes").
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -11,6 +13,7 @@ from controlplane.xds import CLUSTER, ENDPOINT, DeltaStream, SotwStream
 from controlplane.xds import delta as delta_module
 from controlplane.xds import stream as stream_module
 from controlplane.xds.stream import Ack, StaleRequest
+from controlplane.xds.subscription import Subscription
 from tests.xds.resources import NODE, base_mesh
 
 S1 = base_mesh()
@@ -67,6 +70,35 @@ def test_a_settled_delta_stream_holds_the_shared_empty_sets_and_no_pending_map()
         Ack(ENDPOINT, eds.version, eds.nonce),
     ]
     assert core._events is None
+
+
+def test_a_sotw_type_state_is_its_own_subscription():
+    # One object per type and stream, not a state plus a Subscription (72 bytes more).
+    core = SotwStream(lambda node: S1)
+    first = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=["a"])
+    first.node.CopyFrom(NODE)
+    core.on_request(first)
+    state = core._types[ENDPOINT]
+    assert isinstance(state, Subscription)
+    assert (state.wildcard, state.names) == (False, frozenset({"a"}))
+    assert not hasattr(state, "__dict__")
+    assert not [r for r in gc.get_referents(state) if isinstance(r, Subscription)]
+
+
+def test_delta_streams_subscribed_to_the_same_missing_names_share_one_absent_set():
+    cores = []
+    for _ in range(2):
+        core = DeltaStream(lambda node: S1)
+        first = discovery_pb2.DeltaDiscoveryRequest(
+            type_url=ENDPOINT, resource_names_subscribe=["a", "gone-1", "gone-2"]
+        )
+        first.node.CopyFrom(NODE)
+        (eds,) = core.on_request(first)
+        assert sorted(eds.removed_names) == ["gone-1", "gone-2"]
+        cores.append(core)
+    one, other = (core._types[ENDPOINT].absent for core in cores)
+    assert one == {"gone-1", "gone-2"}
+    assert one is other
 
 
 def test_a_delta_nonce_sent_again_after_it_was_settled_is_stale():

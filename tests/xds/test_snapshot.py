@@ -223,7 +223,7 @@ def test_a_resource_written_as_bytes_is_the_resource_of_its_message() -> None:
 def test_a_cluster_written_as_bytes_keeps_its_reference_to_its_load_assignment() -> None:
     cluster = cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.EDS)
     written = Resource.from_message(Serialized(CLUSTER, "c", cluster.SerializeToString()))
-    assert written.references == frozenset({(ENDPOINT, "c")})
+    assert written.references == ((ENDPOINT, "c"),)
 
 
 def _resources(*messages: object) -> list[Resource]:
@@ -315,3 +315,15 @@ def test_links_are_followed_once_per_table_and_a_consistent_snapshot_is_not_chec
     borrower.check_consistency()
     assert asked == ["Cluster", "Listener", "Cluster", "Listener"]
     assert followed == ["Cluster", "Listener", "Listener"]
+
+
+def test_a_cluster_refers_to_its_load_assignment_by_its_own_name_string() -> None:
+    # A mesh holds one reference per cluster: a tuple, and no second copy of the name.
+    name = "outbound|80||a.default"
+    for cluster in (eds_cluster(name), eds_cluster(name, service_name=name)):
+        resource = Resource.from_message(cluster)
+        assert resource.references == ((ENDPOINT, name),)
+        assert resource.references[0][1] is resource.name
+    assert Resource.from_message(eds_cluster(name, service_name="svc")).references == (
+        (ENDPOINT, "svc"),
+    )
