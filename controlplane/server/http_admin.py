@@ -56,7 +56,14 @@ from controlplane.server.grpc_server import (
     check_address,
     split_address,
 )
-from controlplane.server.http11 import BodyWriter, HttpServer, Request, Response, Streamed
+from controlplane.server.http11 import (
+    BodyWriter,
+    Handler,
+    HttpServer,
+    Request,
+    Response,
+    Streamed,
+)
 from controlplane.server.peers import LOCAL_ONLY
 from controlplane.server.stats import Histogram
 from controlplane.xds.cache import SnapshotCache
@@ -303,7 +310,7 @@ class HttpAdmin:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def routes(self) -> dict[str, Callable[[Request], Awaitable[Response | Streamed]]]:
+    def routes(self) -> dict[str, Handler]:
         return {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
