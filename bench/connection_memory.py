@@ -101,7 +101,9 @@ async def measure(
     streams: int, per_channel: int, names: int, read_buffer: int, top: int = 0
 ) -> float:
     cache = SnapshotCache(lambda node: "sidecar", lambda key: base_mesh())
-    server = await start_xds_server(cache, options=XdsServerOptions(read_buffer_bytes=read_buffer))
+    # Every client connection comes from 127.0.0.1: lift the per-peer connection limit.
+    options = XdsServerOptions(read_buffer_bytes=read_buffer, max_connections_per_peer=0)
+    server = await start_xds_server(cache, options=options)
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Event(), context.Event()
     try:
