@@ -76,10 +76,9 @@ class Response:
 class BodyWriter:
     """What a :class:`Streamed` response's ``produce`` writes its body to."""
 
-    def __init__(self, writer: asyncio.StreamWriter, conn: h11.Connection, head: bool) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, conn: h11.Connection) -> None:
         self._writer = writer
         self._conn = conn
-        self._head = head
         self.closed = False
         """The client went away (or sent something: nothing is expected until the end)."""
 
@@ -87,7 +86,7 @@ class BodyWriter:
         """Send ``data`` now; :class:`ConnectionError` once the client is gone."""
         if self.closed:
             raise ConnectionResetError("the client went away")
-        if self._head or not data:
+        if not data:
             return
         self._writer.write(self._conn.send(h11.Data(data=data)))
         await self._writer.drain()
@@ -204,7 +203,7 @@ class HttpServer:
             headers = [("Content-Type", answer.content_type), *answer.headers]
             writer.write(conn.send(_head(200, headers)))
             await writer.drain()
-            if not await _produce(answer, conn, reader, writer, head):
+            if not head and not await _produce(answer, conn, reader, writer):
                 return False
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
@@ -289,12 +288,9 @@ async def _produce(
     conn: h11.Connection,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    head: bool,
 ) -> bool:
     """Run ``answer.produce``; whether the client is still there at its end."""
-    body = BodyWriter(writer, conn, head)
-    if head:
-        return True
+    body = BodyWriter(writer, conn)
 
     async def watch() -> None:
         await reader.read(1)

@@ -154,6 +154,15 @@ async def test_a_streamed_body_is_chunked_and_ends_when_produce_returns(served):
     )
 
 
+async def test_head_of_a_streamed_response_sends_its_head_and_never_produces(served):
+    app, _, port = served
+    answer = await exchange(port, b"HEAD /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+    assert answer.endswith(b"\r\n\r\n")
+    assert b"data:" not in answer
+    assert not app.stream_ended.is_set()
+
+
 async def test_a_streamed_body_learns_that_its_client_went_away(served):
     app, _, port = served
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
